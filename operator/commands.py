@@ -1,0 +1,12 @@
+"""The `simulate` and `bench` command groups of the CLI.
+
+Each command is a thin wrapper: it imports its implementation lazily (the heavy imports, numba,
+matplotlib, stay out of `leitstand --help`) and prints or writes what the implementation returns.
+"""
+
+from __future__ import annotations
+
+import typer
+
+simulate_app = typer.Typer(no_args_is_help=True)
+bench_app = typer.Typer(no_args_is_help=True)

@@ -1,0 +1,218 @@
+"""Value types of the scheduling core: nodes, queues, jobs, running allocations, snapshots and plans.
+
+Everything here is a frozen, slotted dataclass: the operator (or the simulator) builds a `Snapshot`
+from what it observes, `leitstand.scheduler.cycle` turns it into a `Plan`, and nothing in between
+mutates these values. The hot path does not iterate over these objects: `leitstand.scheduler.state`
+encodes them once into arrays and updates the arrays incrementally.
+
+Units are in the names: GPU amounts are milli-GPU (1000 = one whole GPU) so fractional GPUs count
+exactly; CPU is milli-cores; memory is MiB; times are seconds on the caller's clock (the core has no
+clock of its own).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NewType
+
+GPU_MILLI = 1000
+"""Milli-GPU in one whole GPU."""
+
+NodeName = NewType("NodeName", str)
+JobId = NewType("JobId", str)
+QueueName = NewType("QueueName", str)
+
+NODE_LEVEL = "node"
+"""The implicit bottom topology level: one domain per node (all replicas on one host)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Ordered topology levels, top to bottom, e.g. ("spine", "rack", "nvlink-domain").
+
+    The node itself is always the implicit lowest level, named `NODE_LEVEL`.
+    """
+
+    levels: tuple[str, ...] = ()
+
+    def level_index(self, name: str) -> int:
+        """Index of a level name; `len(levels)` for the node level. Raises ValueError naming the choices."""
+        if name == NODE_LEVEL:
+            return len(self.levels)
+        try:
+            return self.levels.index(name)
+        except ValueError:
+            known = ", ".join((*self.levels, NODE_LEVEL))
+            raise ValueError(f"unknown topology level {name!r}; known levels: {known}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One schedulable machine as the scheduler sees it (capacity, not current use)."""
+
+    name: NodeName
+    gpus: int
+    cpu_milli: int
+    memory_mib: int
+    gpu_model: str = ""
+    node_pool: str = "default"
+    jurisdiction: str = ""
+    topology: tuple[str, ...] = ()
+    """One domain name per `Topology.levels` entry, top-down; "" where the node lacks the label."""
+    schedulable: bool = True
+
+
+class JobPhase(enum.Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A gang: `replicas` identical pods that start together or not at all.
+
+    Each replica needs `gpus` devices with `gpu_milli` of each: whole GPUs are `gpu_milli=1000`,
+    a slice is `gpus=1, gpu_milli=250`, a CPU-only pod is `gpus=0`.
+    """
+
+    id: JobId
+    queue: QueueName
+    replicas: int = 1
+    gpus: int = 1
+    gpu_milli: int = GPU_MILLI
+    cpu_milli: int = 0
+    memory_mib: int = 0
+    gpu_models: frozenset[str] = frozenset()
+    """Allowed GPU models; empty means any."""
+    required_level: str | None = None
+    """All replicas inside one domain of this topology level (hard)."""
+    preferred_level: str | None = None
+    """Try to fit inside one domain of this level, fall back upwards."""
+    node_pool: str | None = None
+    jurisdiction: str | None = None
+    """Data residency: only nodes labelled with this jurisdiction."""
+    priority: int = 50
+    preemptible: bool | None = None
+    """None follows the Run:ai rule: priority < 100 means preemptible."""
+    created_at: float = 0.0
+
+    @property
+    def is_preemptible(self) -> bool:
+        return self.priority < 100 if self.preemptible is None else self.preemptible
+
+    @property
+    def gpu_milli_per_replica(self) -> int:
+        return self.gpus * self.gpu_milli
+
+    @property
+    def gpu_milli_total(self) -> int:
+        """What the gang counts against its queue's quota, in milli-GPU."""
+        return self.replicas * self.gpus * self.gpu_milli
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPlacement:
+    """Where one replica runs: a node and the indices of the GPUs it uses on that node."""
+
+    node: NodeName
+    gpu_indices: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunningJob:
+    """A job that holds resources, with where each replica sits."""
+
+    job: Job
+    placements: tuple[ReplicaPlacement, ...]
+    started_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """A node of the queue tree (Run:ai department/project). Only leaves hold jobs.
+
+    Amounts are milli-GPU. `limit_milli=None` means no cap (unlike KAI, where unset means 0).
+    """
+
+    name: QueueName
+    parent: QueueName | None = None
+    quota_milli: int = 0
+    limit_milli: int | None = None
+    over_quota_weight: float = 1.0
+    priority: int = 100
+    node_pool: str | None = None
+    """Reservation: this queue's jobs run only in this pool, and no other queue's jobs run there."""
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Knobs of one scheduling cycle."""
+
+    policy: str = "leitstand"
+    min_runtime_seconds: float = 60.0
+    """A running job younger than this is not a preemption/reclaim victim."""
+    max_jobs_per_cycle: int = 100_000
+    max_victims: int = 64
+    """At most this many jobs are evicted for one waiting gang."""
+    usage_half_life_seconds: float | None = None
+    """Time-decayed fair share when set (see fairshare.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one cycle decides on. Built by the operator or a simulator; never mutated."""
+
+    nodes: tuple[Node, ...]
+    queues: tuple[Queue, ...]
+    pending: tuple[Job, ...]
+    running: tuple[RunningJob, ...] = ()
+    topology: Topology = field(default_factory=Topology)
+    now: float = 0.0
+    usage_milli_seconds: dict[QueueName, float] = field(default_factory=dict)
+    """Past GPU usage per queue (decayed), for time-based fair share; empty = off."""
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    job_id: JobId
+    placements: tuple[ReplicaPlacement, ...]
+
+
+class EvictionKind(enum.Enum):
+    RECLAIM = "reclaim"
+    """Taken back for another queue that is below its fair share."""
+    PREEMPT = "preempt"
+    """Displaced by a higher-priority job of the same queue."""
+    CONSOLIDATE = "consolidate"
+    """Moved elsewhere to make room; re-placed in the same plan."""
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    job_id: JobId
+    kind: EvictionKind
+    for_job: JobId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReason:
+    """Why a job stays pending, in words a tenant can act on."""
+
+    job_id: JobId
+    code: str
+    """Stable machine-readable code, e.g. "QueueAtLimit", "NoTopologyDomain", "OverFairShare"."""
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The outcome of one cycle: what to bind, what to evict, why the rest waits."""
+
+    bindings: tuple[Binding, ...] = ()
+    evictions: tuple[Eviction, ...] = ()
+    pending: tuple[PendingReason, ...] = ()
+    fair_share_milli: dict[QueueName, float] = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)

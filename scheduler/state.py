@@ -1,0 +1,270 @@
+"""Cluster state as a struct of arrays: what the placement kernels read and the cycle updates.
+
+Built once from `model.Node` values (`ClusterState.from_nodes`), then kept current incrementally:
+`allocate` and `release` touch one node's row, never rebuild. The cycle works on a `copy()` when it
+tries what-if moves (preemption victims, consolidation), so a rejected plan costs one array copy.
+
+Layout (N nodes, G = the largest GPU count of any node, L = number of labelled topology levels):
+- `gpu_count[N]`, `gpu_free_milli[N, G]` (slots beyond a node's GPU count stay 0, so they never fit);
+- `cpu_free_milli[N]`, `cpu_capacity_milli[N]`, `memory_free_mib[N]`, `memory_capacity_mib[N]`;
+- `gpu_model[N]`, `node_pool[N]`, `jurisdiction[N]`: category codes (`codes.NONE` when absent);
+- `domain[N, L + 1]`: dense domain ids per level (unique per level, nested by construction because a
+  domain is identified by its whole path from the top); `NONE` where the node lacks that label. The
+  last column is the node level: the node's own index.
+- `schedulable[N]`.
+
+This module holds data and bookkeeping only: no policy, no Kubernetes, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from leitstand.scheduler.codes import GPU_DTYPE, INDEX_DTYPE, NONE, RESOURCE_DTYPE
+from leitstand.scheduler.model import GPU_MILLI, Node, NodeName, RunningJob, Topology
+
+
+class StateError(ValueError):
+    """An allocation or release that would corrupt the state (over-commit, unknown node)."""
+
+
+def _codes(values: Iterable[str]) -> dict[str, int]:
+    table: dict[str, int] = {}
+    for value in values:
+        if value and value not in table:
+            table[value] = len(table)
+    return table
+
+
+@dataclass(slots=True)
+class ClusterState:
+    topology: Topology
+    node_names: tuple[NodeName, ...]
+    node_index: dict[NodeName, int]
+    gpu_count: NDArray[np.int32]
+    gpu_free_milli: NDArray[np.int32]
+    cpu_free_milli: NDArray[np.int64]
+    cpu_capacity_milli: NDArray[np.int64]
+    memory_free_mib: NDArray[np.int64]
+    memory_capacity_mib: NDArray[np.int64]
+    gpu_model: NDArray[np.int32]
+    node_pool: NDArray[np.int32]
+    jurisdiction: NDArray[np.int32]
+    domain: NDArray[np.int32]
+    domain_count: NDArray[np.int32]
+    """Number of domains per level (L + 1 entries; the last is N)."""
+    schedulable: NDArray[np.bool_]
+    model_codes: dict[str, int]
+    pool_codes: dict[str, int]
+    jurisdiction_codes: dict[str, int]
+    domain_names: tuple[tuple[str, ...], ...]
+    """Per level, the name of each domain id (the label value at that level)."""
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_nodes(cls, nodes: Sequence[Node], topology: Topology | None = None) -> ClusterState:
+        topology = topology or Topology()
+        n = len(nodes)
+        n_levels = len(topology.levels)
+        max_gpus = max([node.gpus for node in nodes] + [1])
+        names = tuple(node.name for node in nodes)
+        index = {name: i for i, name in enumerate(names)}
+        if len(index) != n:
+            dupes = sorted({name for name in names if names.count(name) > 1})
+            raise StateError(f"duplicate node names: {', '.join(dupes[:5])}")
+        model_codes = _codes(node.gpu_model for node in nodes)
+        pool_codes = _codes(node.node_pool for node in nodes)
+        jurisdiction_codes = _codes(node.jurisdiction for node in nodes)
+
+        gpu_count = np.array([node.gpus for node in nodes], dtype=INDEX_DTYPE)
+        gpu_free = np.zeros((n, max_gpus), dtype=GPU_DTYPE)
+        for i, node in enumerate(nodes):
+            if node.gpus < 0 or node.cpu_milli < 0 or node.memory_mib < 0:
+                raise StateError(f"node {node.name}: capacities must be >= 0")
+            gpu_free[i, : node.gpus] = GPU_MILLI
+        cpu = np.array([node.cpu_milli for node in nodes], dtype=RESOURCE_DTYPE)
+        mem = np.array([node.memory_mib for node in nodes], dtype=RESOURCE_DTYPE)
+
+        domain = np.full((n, n_levels + 1), NONE, dtype=INDEX_DTYPE)
+        domain_names: list[tuple[str, ...]] = []
+        counts = []
+        for level in range(n_levels):
+            ids: dict[tuple[str, ...], int] = {}
+            level_names: list[str] = []
+            for i, node in enumerate(nodes):
+                labels = tuple(node.topology[: level + 1])
+                if len(labels) <= level or not labels[level]:
+                    continue
+                if labels not in ids:
+                    ids[labels] = len(ids)
+                    level_names.append(labels[level])
+                domain[i, level] = ids[labels]
+            domain_names.append(tuple(level_names))
+            counts.append(len(ids))
+        domain[:, n_levels] = np.arange(n, dtype=INDEX_DTYPE)
+        domain_names.append(names)
+        counts.append(n)
+
+        def coded(table: dict[str, int], values: Iterable[str]) -> NDArray[np.int32]:
+            return np.array([table.get(v, NONE) if v else NONE for v in values], dtype=INDEX_DTYPE)
+
+        return cls(
+            topology=topology,
+            node_names=names,
+            node_index=index,
+            gpu_count=gpu_count,
+            gpu_free_milli=gpu_free,
+            cpu_free_milli=cpu.copy(),
+            cpu_capacity_milli=cpu,
+            memory_free_mib=mem.copy(),
+            memory_capacity_mib=mem,
+            gpu_model=coded(model_codes, (node.gpu_model for node in nodes)),
+            node_pool=coded(pool_codes, (node.node_pool for node in nodes)),
+            jurisdiction=coded(jurisdiction_codes, (node.jurisdiction for node in nodes)),
+            domain=domain,
+            domain_count=np.array(counts, dtype=INDEX_DTYPE),
+            schedulable=np.array([node.schedulable for node in nodes], dtype=np.bool_),
+            model_codes=model_codes,
+            pool_codes=pool_codes,
+            jurisdiction_codes=jurisdiction_codes,
+            domain_names=tuple(domain_names),
+        )
+
+    def copy(self) -> ClusterState:
+        """A what-if copy: the mutable arrays are copied, the static ones shared."""
+        return ClusterState(
+            topology=self.topology,
+            node_names=self.node_names,
+            node_index=self.node_index,
+            gpu_count=self.gpu_count,
+            gpu_free_milli=self.gpu_free_milli.copy(),
+            cpu_free_milli=self.cpu_free_milli.copy(),
+            cpu_capacity_milli=self.cpu_capacity_milli,
+            memory_free_mib=self.memory_free_mib.copy(),
+            memory_capacity_mib=self.memory_capacity_mib,
+            gpu_model=self.gpu_model,
+            node_pool=self.node_pool,
+            jurisdiction=self.jurisdiction,
+            domain=self.domain,
+            domain_count=self.domain_count,
+            schedulable=self.schedulable,
+            model_codes=self.model_codes,
+            pool_codes=self.pool_codes,
+            jurisdiction_codes=self.jurisdiction_codes,
+            domain_names=self.domain_names,
+        )
+
+    # -- sizes ----------------------------------------------------------------------------------
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.node_names)
+
+    @property
+    def n_levels(self) -> int:
+        """Labelled topology levels (the node level is one more, at index `n_levels`)."""
+        return len(self.topology.levels)
+
+    @property
+    def gpu_capacity_milli(self) -> int:
+        return int(self.gpu_count.sum()) * GPU_MILLI
+
+    @property
+    def gpu_used_milli(self) -> int:
+        return self.gpu_capacity_milli - int(self.gpu_free_milli.sum())
+
+    # -- incremental updates ---------------------------------------------------------------------
+
+    def allocate(
+        self, node: int, gpu_indices: Sequence[int], gpu_milli: int, cpu_milli: int, memory_mib: int
+    ) -> None:
+        """Charge one replica to `node`. Raises StateError (and changes nothing) on over-commit."""
+        gpus = list(gpu_indices)
+        for g in gpus:
+            if not 0 <= g < self.gpu_count[node]:
+                raise StateError(f"node {self.node_names[node]} has no GPU {g}")
+            if self.gpu_free_milli[node, g] < gpu_milli:
+                raise StateError(
+                    f"node {self.node_names[node]} GPU {g}: {gpu_milli} milli requested, "
+                    f"{self.gpu_free_milli[node, g]} free"
+                )
+        if len(set(gpus)) != len(gpus):
+            raise StateError(f"node {self.node_names[node]}: GPU indices repeat: {gpus}")
+        if cpu_milli > self.cpu_free_milli[node] or memory_mib > self.memory_free_mib[node]:
+            raise StateError(f"node {self.node_names[node]}: not enough CPU or memory left")
+        for g in gpus:
+            self.gpu_free_milli[node, g] -= gpu_milli
+        self.cpu_free_milli[node] -= cpu_milli
+        self.memory_free_mib[node] -= memory_mib
+
+    def release(
+        self, node: int, gpu_indices: Sequence[int], gpu_milli: int, cpu_milli: int, memory_mib: int
+    ) -> None:
+        """Give back what `allocate` charged. Raises StateError if it would exceed capacity."""
+        for g in gpu_indices:
+            if self.gpu_free_milli[node, g] + gpu_milli > GPU_MILLI:
+                raise StateError(f"node {self.node_names[node]} GPU {g}: release beyond capacity")
+        if (
+            self.cpu_free_milli[node] + cpu_milli > self.cpu_capacity_milli[node]
+            or self.memory_free_mib[node] + memory_mib > self.memory_capacity_mib[node]
+        ):
+            raise StateError(f"node {self.node_names[node]}: CPU or memory release beyond capacity")
+        for g in gpu_indices:
+            self.gpu_free_milli[node, g] += gpu_milli
+        self.cpu_free_milli[node] += cpu_milli
+        self.memory_free_mib[node] += memory_mib
+
+    def allocate_job(self, running: RunningJob) -> None:
+        """Charge every replica of a running job (all or nothing)."""
+        job = running.job
+        done: list[tuple[int, tuple[int, ...]]] = []
+        try:
+            for placement in running.placements:
+                node = self._node(placement.node)
+                self.allocate(node, placement.gpu_indices, job.gpu_milli, job.cpu_milli, job.memory_mib)
+                done.append((node, placement.gpu_indices))
+        except StateError:
+            for node, gpus in done:
+                self.release(node, gpus, job.gpu_milli, job.cpu_milli, job.memory_mib)
+            raise
+
+    def release_job(self, running: RunningJob) -> None:
+        job = running.job
+        for placement in running.placements:
+            node = self._node(placement.node)
+            self.release(node, placement.gpu_indices, job.gpu_milli, job.cpu_milli, job.memory_mib)
+
+    def _node(self, name: NodeName) -> int:
+        try:
+            return self.node_index[name]
+        except KeyError:
+            raise StateError(f"unknown node {name!r}") from None
+
+    # -- masks ------------------------------------------------------------------------------------
+
+    def node_mask(
+        self,
+        *,
+        node_pool: str | None = None,
+        jurisdiction: str | None = None,
+        gpu_models: Iterable[str] = (),
+        excluded_pools: Iterable[str] = (),
+    ) -> NDArray[np.bool_]:
+        """Nodes a job may use: schedulable, in its pool and jurisdiction, of an allowed model."""
+        mask = self.schedulable.copy()
+        if node_pool is not None:
+            mask &= self.node_pool == self.pool_codes.get(node_pool, -2)
+        for pool in excluded_pools:
+            if pool in self.pool_codes:
+                mask &= self.node_pool != self.pool_codes[pool]
+        if jurisdiction is not None:
+            mask &= self.jurisdiction == self.jurisdiction_codes.get(jurisdiction, -2)
+        models = [self.model_codes.get(m, -2) for m in gpu_models]
+        if models:
+            mask &= np.isin(self.gpu_model, np.array(models, dtype=INDEX_DTYPE))
+        return mask

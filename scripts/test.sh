@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): static checks, the fast unit tier, then the
+# end-to-end tier against the local cluster (built once into ~/.cache/leitstand, then cached).
+# Set LEITSTAND_SKIP_E2E=1 to run only the fast tier.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-$HOME/.cache/leitstand/numba}
+
+echo "== ruff"; ruff check .
+echo "== mypy"; mypy scheduler operator tests
+echo "== import-linter"; lint-imports
+echo "== unit, scenario, property and parity tests"
+pytest -m "not e2e" -q
+if [ "${LEITSTAND_SKIP_E2E:-0}" != 1 ]; then
+    echo "== local cluster build (cached)"; leitstand cluster build
+    echo "== end-to-end tests against the local cluster"
+    pytest -m e2e -q tests/e2e
+fi
