@@ -61,8 +61,9 @@ def _run(args: list[str], cwd: Path, log: Path) -> str:
         out.write(proc.stdout)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-        raise BuildError(f"`{' '.join(args[:3])} ...` failed in {cwd} (exit {proc.returncode}); "
-                         f"full log: {log}\n{tail}")
+        raise BuildError(
+            f"`{' '.join(args[:3])} ...` failed in {cwd} (exit {proc.returncode}); full log: {log}\n{tail}"
+        )
     return proc.stdout
 
 
@@ -78,11 +79,19 @@ def check_go() -> str:
     proxy = subprocess.run([go, "env", "GOPROXY"], capture_output=True, text=True).stdout.strip()
     if proxy in ("", "off"):
         raise BuildError("GOPROXY is off: set GOPROXY=https://proxy.golang.org (or your mirror).")
-    probe = subprocess.run([go, "list", "-m", "-json", f"sigs.k8s.io/kwok@v{KWOK_VERSION}"],
-                           capture_output=True, text=True, env=_go_env(), cwd=Path.home(), timeout=120)
+    probe = subprocess.run(
+        [go, "list", "-m", "-json", f"sigs.k8s.io/kwok@v{KWOK_VERSION}"],
+        capture_output=True,
+        text=True,
+        env=_go_env(),
+        cwd=Path.home(),
+        timeout=120,
+    )
     if probe.returncode != 0:
-        raise BuildError(f"the Go module proxy ({proxy}) is not reachable: "
-                         f"{probe.stderr.strip()[-400:]}\nCheck network access or set GOPROXY.")
+        raise BuildError(
+            f"the Go module proxy ({proxy}) is not reachable: "
+            f"{probe.stderr.strip()[-400:]}\nCheck network access or set GOPROXY."
+        )
     return version
 
 
@@ -99,7 +108,8 @@ def _reports(binary: Path, flag: str, expected: str) -> bool:
 def k8s_built(paths: CachePaths) -> bool:
     want = f"v{K8S_VERSION}"
     return all(
-        _kubectl_reports(paths.binary(name), want) if name == "kubectl"
+        _kubectl_reports(paths.binary(name), want)
+        if name == "kubectl"
         else _reports(paths.binary(name), "--version", want)
         for name in K8S_BINARIES
     )
@@ -140,7 +150,9 @@ def build_k8s(paths: CachePaths, log: Path) -> None:
     staging_version = "v0." + K8S_VERSION.split(".", 1)[1]
     # The release's own language settings, so the binaries run with the GODEBUG defaults k8s chose.
     _run(["go", "mod", "edit", "-go=1.24.0", "-godebug=default=go1.24"], wrapper, log)
-    info = json.loads(_run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{K8S_VERSION}"], wrapper, log))
+    info = json.loads(
+        _run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{K8S_VERSION}"], wrapper, log)
+    )
     modules = staging_modules(Path(info["GoMod"]).read_text())
     if not modules:
         raise BuildError(f"no staging replaces found in {info['GoMod']}; the recipe needs revisiting.")
@@ -151,11 +163,29 @@ def build_k8s(paths: CachePaths, log: Path) -> None:
     build_date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     ldflags = ["-s", "-w"]
     for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
-        ldflags += [f"-X {pkg}.gitVersion=v{K8S_VERSION}", f"-X {pkg}.gitMajor=1", f"-X {pkg}.gitMinor={minor}",
-                    f"-X {pkg}.gitTreeState=clean", f"-X {pkg}.buildDate={build_date}"]
+        ldflags += [
+            f"-X {pkg}.gitVersion=v{K8S_VERSION}",
+            f"-X {pkg}.gitMajor=1",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate={build_date}",
+        ]
     paths.bin.mkdir(parents=True, exist_ok=True)
-    _run(["go", "build", "-trimpath", "-tags=selinux,notest", "-ldflags", " ".join(ldflags),
-          "-o", str(paths.bin) + "/", *pkgs], wrapper, log)
+    _run(
+        [
+            "go",
+            "build",
+            "-trimpath",
+            "-tags=selinux,notest",
+            "-ldflags",
+            " ".join(ldflags),
+            "-o",
+            str(paths.bin) + "/",
+            *pkgs,
+        ],
+        wrapper,
+        log,
+    )
 
 
 def build_etcd(paths: CachePaths, log: Path) -> None:
@@ -163,8 +193,20 @@ def build_etcd(paths: CachePaths, log: Path) -> None:
     _fresh_wrapper(wrapper, "etcd", log)
     _run(["go", "get", f"go.etcd.io/etcd/server/v3@v{ETCD_VERSION}"], wrapper, log)
     paths.bin.mkdir(parents=True, exist_ok=True)
-    _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(paths.binary("etcd")),
-          "go.etcd.io/etcd/server/v3"], wrapper, log)
+    _run(
+        [
+            "go",
+            "build",
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            "-o",
+            str(paths.binary("etcd")),
+            "go.etcd.io/etcd/server/v3",
+        ],
+        wrapper,
+        log,
+    )
 
 
 def build_kwok(paths: CachePaths, log: Path) -> None:
@@ -173,8 +215,20 @@ def build_kwok(paths: CachePaths, log: Path) -> None:
     # `go get` of the command package (not just the module) so go.sum covers all its imports.
     _run(["go", "get", f"sigs.k8s.io/kwok/cmd/kwok@v{KWOK_VERSION}"], wrapper, log)
     paths.bin.mkdir(parents=True, exist_ok=True)
-    _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(paths.binary("kwok")),
-          "sigs.k8s.io/kwok/cmd/kwok"], wrapper, log)
+    _run(
+        [
+            "go",
+            "build",
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            "-o",
+            str(paths.binary("kwok")),
+            "sigs.k8s.io/kwok/cmd/kwok",
+        ],
+        wrapper,
+        log,
+    )
     copy_upstream_stages(paths, log)
 
 
@@ -198,8 +252,10 @@ def build(force: bool = False, report: Report = print) -> dict[str, float]:
     paths = cache_paths()
     todo = ["kubernetes", "etcd", "kwok"] if force else missing(paths)
     if not todo:
-        report(f"build: up to date in {paths.bin} (k8s v{K8S_VERSION}, etcd v{ETCD_VERSION}, "
-               f"kwok v{KWOK_VERSION})")
+        report(
+            f"build: up to date in {paths.bin} (k8s v{K8S_VERSION}, etcd v{ETCD_VERSION}, "
+            f"kwok v{KWOK_VERSION})"
+        )
         return {}
     report(f"build: {check_go()}; building {', '.join(todo)} into {paths.bin}")
     builders = {"kubernetes": build_k8s, "etcd": build_etcd, "kwok": build_kwok}
@@ -215,6 +271,7 @@ def build(force: bool = False, report: Report = print) -> dict[str, float]:
         report(f"build: {name} done in {seconds[name]:.0f} s")
     still = missing(paths)
     if still:
-        raise BuildError(f"built, but {', '.join(still)} still does not report the pinned version; "
-                         f"see {paths.logs}.")
+        raise BuildError(
+            f"built, but {', '.join(still)} still does not report the pinned version; see {paths.logs}."
+        )
     return seconds

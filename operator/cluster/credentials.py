@@ -58,29 +58,38 @@ def token_lines(tokens: dict[str, str], users: tuple[User, ...] = USERS) -> str:
     return "".join(f'{tokens[u.name]},{u.name},{u.name},"{",".join(u.groups)}"\n' for u in users)
 
 
-def kubeconfig(server: str, ca_pem: bytes, user: str, token: str, namespace: str | None = None) -> dict[str, Any]:
+def kubeconfig(
+    server: str, ca_pem: bytes, user: str, token: str, namespace: str | None = None
+) -> dict[str, Any]:
     context: dict[str, Any] = {"cluster": "leitstand-local", "user": user}
     if namespace:
         context["namespace"] = namespace
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "leitstand-local",
-                      "cluster": {"server": server, "certificate-authority-data": b64encode(ca_pem).decode()}}],
+        "clusters": [
+            {
+                "name": "leitstand-local",
+                "cluster": {"server": server, "certificate-authority-data": b64encode(ca_pem).decode()},
+            }
+        ],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": f"{user}@leitstand-local", "context": context}],
         "current-context": f"{user}@leitstand-local",
     }
 
 
-def write_kubeconfigs(run: Path, server: str, ca_pem: bytes, tokens: dict[str, str],
-                      users: tuple[User, ...] = USERS) -> dict[str, Path]:
+def write_kubeconfigs(
+    run: Path, server: str, ca_pem: bytes, tokens: dict[str, str], users: tuple[User, ...] = USERS
+) -> dict[str, Path]:
     """Write `<run>/<user>.kubeconfig` (mode 600) for every user; return the paths by user name."""
     written: dict[str, Path] = {}
     for user in users:
         path = run / f"{user.name}.kubeconfig"
         path.touch(mode=0o600)
-        path.write_text(yaml.safe_dump(kubeconfig(server, ca_pem, user.name, tokens[user.name], user.namespace)))
+        path.write_text(
+            yaml.safe_dump(kubeconfig(server, ca_pem, user.name, tokens[user.name], user.namespace))
+        )
         written[user.name] = path
     return written
 
@@ -93,40 +102,67 @@ def rbac_objects(users: tuple[User, ...] = USERS) -> list[dict[str, Any]]:
             "kind": "ClusterRole",
             "metadata": {"name": OPERATOR_CLUSTER_ROLE},
             "rules": [
-                {"apiGroups": [""], "resources": ["pods"],
-                 "verbs": ["get", "list", "watch", "create", "delete", "patch", "update"]},
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods"],
+                    "verbs": ["get", "list", "watch", "create", "delete", "patch", "update"],
+                },
                 {"apiGroups": [""], "resources": ["pods/binding", "pods/eviction"], "verbs": ["create"]},
                 {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["get", "patch", "update"]},
                 {"apiGroups": [""], "resources": ["nodes", "namespaces"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
-                 "verbs": ["create", "patch", "update"]},
-                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                 "verbs": ["get", "list", "watch", "create", "update", "patch"]},
-                {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
-                 "verbs": ["get", "list", "watch"]},
+                {
+                    "apiGroups": ["", "events.k8s.io"],
+                    "resources": ["events"],
+                    "verbs": ["create", "patch", "update"],
+                },
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch"],
+                },
+                {
+                    "apiGroups": ["apiextensions.k8s.io"],
+                    "resources": ["customresourcedefinitions"],
+                    "verbs": ["get", "list", "watch"],
+                },
                 {"apiGroups": ["leitstand.dev"], "resources": ["*"], "verbs": ["*"]},
             ],
         },
     ]
     for user in users:
         if "leitstand:operators" in user.groups:
-            objects.append({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": f"{OPERATOR_CLUSTER_ROLE}:{user.name}"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                            "name": OPERATOR_CLUSTER_ROLE},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user.name}],
-            })
+            objects.append(
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": f"{OPERATOR_CLUSTER_ROLE}:{user.name}"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": OPERATOR_CLUSTER_ROLE,
+                    },
+                    "subjects": [
+                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user.name}
+                    ],
+                }
+            )
         if user.namespace:
             objects.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": user.namespace}})
-            objects.append({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": {"name": f"leitstand:tenant:{user.name}", "namespace": user.namespace},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user.name}],
-            })
+            objects.append(
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "RoleBinding",
+                    "metadata": {"name": f"leitstand:tenant:{user.name}", "namespace": user.namespace},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": "edit",
+                    },
+                    "subjects": [
+                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user.name}
+                    ],
+                }
+            )
     return objects
 
 
@@ -141,16 +177,58 @@ def _openssl(*args: str, cwd: Path) -> None:
 def make_pki(pki: Path) -> None:
     """CA (`ca.crt`), serving cert (`server.crt/key`, SAN 127.0.0.1 and localhost), SA keys (`sa.key/pub`)."""
     pki.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "3650", "-subj", "/CN=leitstand-local-ca", cwd=pki)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=kube-apiserver", cwd=pki)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=leitstand-local-ca",
+        cwd=pki,
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=kube-apiserver",
+        cwd=pki,
+    )
     (pki / "server.ext").write_text(
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
         "DNS:kubernetes.default.svc,IP:10.96.0.1\n"
-        "extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.crt", "-days", "3650", "-extfile", "server.ext", cwd=pki)
+        "extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n"
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "3650",
+        "-extfile",
+        "server.ext",
+        cwd=pki,
+    )
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
     for key in ("ca.key", "server.key", "sa.key"):

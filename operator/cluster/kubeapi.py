@@ -37,13 +37,15 @@ class KubeApi:
         if conn is None:
             parts = urlsplit(self.server)
             context = ssl.create_default_context(cafile=self.ca_file)
-            conn = http.client.HTTPSConnection(parts.hostname or "127.0.0.1", parts.port,
-                                               context=context, timeout=self.timeout_seconds)
+            conn = http.client.HTTPSConnection(
+                parts.hostname or "127.0.0.1", parts.port, context=context, timeout=self.timeout_seconds
+            )
             self._local.conn = conn
         return conn
 
-    def request(self, method: str, path: str, body: Any = None,
-                content_type: str = "application/json") -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
         """Send one request; return (status, decoded JSON or text). Retries once on a dropped connection."""
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
@@ -88,9 +90,15 @@ class KubeApi:
 def collection_path(obj: dict[str, Any]) -> str:
     """The POST path for a core or RBAC object (the kinds `controlplane` creates)."""
     kind = obj["kind"]
-    plural = {"Namespace": "namespaces", "Node": "nodes", "ClusterRole": "clusterroles",
-              "ClusterRoleBinding": "clusterrolebindings", "RoleBinding": "rolebindings", "Role": "roles",
-              "ServiceAccount": "serviceaccounts"}[kind]
+    plural = {
+        "Namespace": "namespaces",
+        "Node": "nodes",
+        "ClusterRole": "clusterroles",
+        "ClusterRoleBinding": "clusterrolebindings",
+        "RoleBinding": "rolebindings",
+        "Role": "roles",
+        "ServiceAccount": "serviceaccounts",
+    }[kind]
     api_version = obj["apiVersion"]
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     namespace = obj.get("metadata", {}).get("namespace")

@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from leitstand.operator.cluster.kubeapi import KubeApi
 
-TOPOLOGY_LABELS = ("leitstand.dev/spine", "leitstand.dev/rack", "leitstand.dev/nvlink-domain",
-                   "kubernetes.io/hostname")
+TOPOLOGY_LABELS = (
+    "leitstand.dev/spine",
+    "leitstand.dev/rack",
+    "leitstand.dev/nvlink-domain",
+    "kubernetes.io/hostname",
+)
 KWOK_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}
 
 
@@ -82,8 +85,18 @@ class ClusterSpec:
         return sum(pool.count for pool in self.pools)
 
 
-_POOL_KEYS = {"name": str, "count": int, "gpus": int, "gpu_product": str, "product": str,
-              "gpu_memory_mib": int, "cpu": str, "memory": str, "pods": int, "jurisdiction": str}
+_POOL_KEYS = {
+    "name": str,
+    "count": int,
+    "gpus": int,
+    "gpu_product": str,
+    "product": str,
+    "gpu_memory_mib": int,
+    "cpu": str,
+    "memory": str,
+    "pods": int,
+    "jurisdiction": str,
+}
 
 
 def parse_pool(text: str) -> NodePool:
@@ -148,8 +161,12 @@ def load_spec(path: Path) -> ClusterSpec:
     return ClusterSpec(pools=pools, topology=topology_from_mapping(raw.get("topology") or {}))
 
 
-def make_spec(nodes: int | None = None, pools: Iterable[str] = (), topology: str | None = None,
-              nodes_file: Path | None = None) -> ClusterSpec:
+def make_spec(
+    nodes: int | None = None,
+    pools: Iterable[str] = (),
+    topology: str | None = None,
+    nodes_file: Path | None = None,
+) -> ClusterSpec:
     """Combine the CLI options: a nodes file, or `--nodes N` of the default pool plus any `--pool`s."""
     spec = load_spec(nodes_file) if nodes_file else ClusterSpec()
     extra = tuple(parse_pool(p) for p in pools)
@@ -180,8 +197,9 @@ def node_manifests(spec: ClusterSpec) -> list[dict[str, Any]]:
             if i and i % topo.nodes_per_nvlink_domain == 0:
                 domain += 1
             name = f"{pool.name}-{i:04d}"
-            manifests.append(_node(name, pool, index, spine=rack // topo.racks_per_spine, rack=rack,
-                                   domain=domain))
+            manifests.append(
+                _node(name, pool, index, spine=rack // topo.racks_per_spine, rack=rack, domain=domain)
+            )
             index += 1
         if pool.count:
             rack += 1
@@ -190,8 +208,13 @@ def node_manifests(spec: ClusterSpec) -> list[dict[str, Any]]:
 
 
 def _node(name: str, pool: NodePool, index: int, spine: int, rack: int, domain: int) -> dict[str, Any]:
-    resources = {"cpu": pool.cpu, "memory": pool.memory, "pods": str(pool.pods),
-                 "ephemeral-storage": "30Ti", "nvidia.com/gpu": str(pool.gpus)}
+    resources = {
+        "cpu": pool.cpu,
+        "memory": pool.memory,
+        "pods": str(pool.pods),
+        "ephemeral-storage": "30Ti",
+        "nvidia.com/gpu": str(pool.gpus),
+    }
     labels = {
         "type": "kwok",
         "kubernetes.io/hostname": name,
@@ -217,15 +240,20 @@ def _node(name: str, pool: NodePool, index: int, spine: int, rack: int, domain: 
             "capacity": resources,
             "allocatable": dict(resources),
             # Data only (non-routable); kwok adds no address when one is present.
-            "addresses": [{"type": "InternalIP", "address": f"10.{64 + (index >> 16)}.{(index >> 8) & 255}."
-                                                            f"{index & 255}"},
-                          {"type": "Hostname", "address": name}],
+            "addresses": [
+                {
+                    "type": "InternalIP",
+                    "address": f"10.{64 + (index >> 16)}.{(index >> 8) & 255}.{index & 255}",
+                },
+                {"type": "Hostname", "address": name},
+            ],
         },
     }
 
 
 def create_nodes(api: KubeApi, manifests: list[dict[str, Any]], workers: int = 16) -> int:
     """POST every Node (existing ones are left alone) from `workers` threads; return how many were sent."""
+
     def create(node: dict[str, Any]) -> int:
         return api.create("/api/v1/nodes", node)
 
@@ -239,7 +267,10 @@ def ready_count(api: KubeApi, selector: str = "type=kwok") -> tuple[int, int]:
     body = api.get(f"/api/v1/nodes?labelSelector={selector}")
     items = body.get("items", [])
     ready = sum(
-        any(c.get("type") == "Ready" and c.get("status") == "True" for c in n.get("status", {}).get("conditions") or [])
+        any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in n.get("status", {}).get("conditions") or []
+        )
         for n in items
     )
     return ready, len(items)
