@@ -1,0 +1,395 @@
+"""Hierarchical fair share with Run:ai / KAI semantics, in exact milli-GPU.
+
+What it holds: validation of the queue tree (`build_queue_tree`), the per-cycle division of GPU
+capacity among queues (`compute_fair_shares`), and `saturation`, the allocated / fair-share ratio
+that queue ordering and reclaim compare.
+
+Who calls it: `leitstand.scheduler.cycle` once per cycle, the simulator, the operator's read API
+(to show deserved / fair share per queue), and the scenario tests.
+
+What it must not do: read a clock, log, mutate its inputs, or round. Shares are floats in milli-GPU
+(1000 = one GPU); see docs/fairshare.md for the algorithm, examples and where it deviates from KAI.
+
+The rules, at every level of the tree (the implicit root divides `capacity_milli` among the
+queues whose parent is None; every inner queue divides its own share among its children):
+
+1. Deserved phase: each child gets min(quota, requestable); requestable = min(demand, limit),
+   additionally bounded by quota when over_quota_weight is 0 (such a queue never goes over quota),
+   and for an inner queue by the sum of its children's requestable.
+   If these sum above what the parent has, every child's deserved part is scaled down by the same
+   factor and nothing is left for phase 2 (deviation: KAI hands out the full quotas and lets the
+   shares sum above the capacity; we keep sum(children) == parent so reclaim never chases GPUs that
+   do not exist).
+2. Over-quota phase: children grouped by `priority`, highest first; a bucket is satisfied in full
+   before a lower one gets anything. Inside a bucket, water-filling by weight: each unsatisfied child
+   with weight > 0 gets remaining × w / Σw, capped at requestable − share; repeat while someone was
+   capped. Weight 0 gets nothing over quota.
+3. Time-decayed (optional, `usage_share` given): the weight of a child in the over-quota phase is
+   P = max(0, W + k·(W − U)), W its weight normalised among the competing children of its bucket,
+   U its past usage as a fraction of what its parent could hand out (see `_effective_weights`).
+   Usage only reorders who gets surplus: a child whose P fell to 0 still takes what no one else in
+   its bucket wants, by its configured weight, so no GPU stays idle because of history.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from leitstand.scheduler.errors import InvalidSpecError
+from leitstand.scheduler.model import GPU_MILLI, Queue, QueueName
+
+_EPS_MILLI = 1e-9
+"""Below this many milli-GPU an unmet request counts as met (float noise, not demand)."""
+
+__all__ = [
+    "FairShares",
+    "QueueTree",
+    "build_queue_tree",
+    "compute_fair_shares",
+    "saturation",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTree:
+    """A validated queue tree. `children[None]` are the top-level queues (children of the implicit root).
+
+    `order` lists every queue top-down (a parent before its children); siblings are ordered by
+    (created_at, name) so that every derived result is deterministic.
+    """
+
+    queues: dict[QueueName, Queue]
+    children: dict[QueueName | None, tuple[QueueName, ...]]
+    order: tuple[QueueName, ...]
+
+    def is_leaf(self, name: QueueName) -> bool:
+        return not self.children.get(name)
+
+    @property
+    def leaves(self) -> tuple[QueueName, ...]:
+        return tuple(n for n in self.order if self.is_leaf(n))
+
+    def ancestors(self, name: QueueName) -> tuple[QueueName, ...]:
+        """Parent first, up to the top-level queue; empty for a top-level queue."""
+        out: list[QueueName] = []
+        parent = self.queues[name].parent
+        while parent is not None:
+            out.append(parent)
+            parent = self.queues[parent].parent
+        return tuple(out)
+
+    def path(self, name: QueueName) -> tuple[QueueName, ...]:
+        """From the top-level queue down to `name` inclusive (the levels reclaim compares at)."""
+        return (*reversed(self.ancestors(name)), name)
+
+
+@dataclass(frozen=True, slots=True)
+class FairShares:
+    """The result of one fair-share computation; every queue of the tree has an entry in every dict.
+
+    All amounts are milli-GPU floats (exact; no whole-GPU rounding).
+    """
+
+    share_milli: dict[QueueName, float]
+    """The fair share: deserved part + over-quota part."""
+    deserved_milli: dict[QueueName, float]
+    """The in-quota part actually granted: min(quota, requestable), times `deserved_scale`."""
+    requestable_milli: dict[QueueName, float]
+    """The most the queue can use: min(demand, limit), ≤ quota for weight 0, ≤ Σ children for inner queues."""
+    demand_milli: dict[QueueName, float]
+    """Leaf demand as given (0 when absent); inner queues: sum of their children."""
+    deserved_scale: dict[QueueName, float]
+    """1.0 normally; below 1 when the quotas of this queue's level did not fit its parent's share."""
+    capacity_milli: float
+
+    def over_quota_milli(self, name: QueueName) -> float:
+        """The part of the fair share above the (granted) quota."""
+        return self.share_milli[name] - self.deserved_milli[name]
+
+    def share_gpus(self, name: QueueName) -> float:
+        return self.share_milli[name] / float(GPU_MILLI)
+
+
+def saturation(allocated_milli: float, share_milli: float) -> float:
+    """allocated / fair share: below 1 the queue is owed GPUs, above 1 it borrows.
+
+    0 when nothing is allocated; inf when something is allocated against a zero share.
+    """
+    if share_milli <= 0.0:
+        return math.inf if allocated_milli > 0.0 else 0.0
+    return allocated_milli / share_milli
+
+
+def build_queue_tree(queues: Sequence[Queue]) -> QueueTree:
+    """Validate the queue specs and index them as a tree.
+
+    Raises `InvalidSpecError` (a ValueError) naming the queue and the fix for: duplicate names,
+    negative or non-finite amounts, a quota above the limit, an unknown parent, a cycle.
+    """
+    by_name: dict[QueueName, Queue] = {}
+    for q in queues:
+        if not q.name:
+            raise InvalidSpecError("a queue has an empty name; give every queue a cluster-unique name")
+        if q.name in by_name:
+            raise InvalidSpecError(f"queue {q.name!r} is defined twice; queue names are cluster-wide unique")
+        _validate_queue(q)
+        by_name[q.name] = q
+
+    for q in by_name.values():
+        if q.parent is not None and q.parent not in by_name:
+            raise InvalidSpecError(
+                f"queue {q.name!r}: parent {q.parent!r} is not a known queue; "
+                f"create queue {q.parent!r} or set parent to an existing queue (or none for top level)"
+            )
+    _reject_cycles(by_name)
+
+    kids: dict[QueueName | None, list[Queue]] = {}
+    for q in by_name.values():
+        kids.setdefault(q.parent, []).append(q)
+    children: dict[QueueName | None, tuple[QueueName, ...]] = {
+        parent: tuple(k.name for k in sorted(group, key=lambda k: (k.created_at, k.name)))
+        for parent, group in kids.items()
+    }
+    order: list[QueueName] = []
+    frontier: list[QueueName] = list(children.get(None, ()))
+    while frontier:
+        order.extend(frontier)
+        frontier = [c for name in frontier for c in children.get(name, ())]
+    return QueueTree(queues=by_name, children=children, order=tuple(order))
+
+
+def _validate_queue(q: Queue) -> None:
+    if q.quota_milli < 0:
+        raise InvalidSpecError(
+            f"queue {q.name!r}: quota {q.quota_milli} milli-GPU is negative; use 0 or more"
+        )
+    if q.limit_milli is not None:
+        if q.limit_milli < 0:
+            raise InvalidSpecError(
+                f"queue {q.name!r}: limit {q.limit_milli} milli-GPU is negative; "
+                "use 0 or more, or leave it unset for no cap"
+            )
+        if q.limit_milli < q.quota_milli:
+            raise InvalidSpecError(
+                f"queue {q.name!r}: quota {q.quota_milli / GPU_MILLI:g} GPUs is above its limit "
+                f"{q.limit_milli / GPU_MILLI:g} GPUs; raise the limit or lower the quota"
+            )
+    if not math.isfinite(q.over_quota_weight) or q.over_quota_weight < 0:
+        raise InvalidSpecError(
+            f"queue {q.name!r}: over-quota weight {q.over_quota_weight!r} must be a finite number ≥ 0"
+        )
+
+
+def _reject_cycles(by_name: Mapping[QueueName, Queue]) -> None:
+    acyclic: set[QueueName] = set()
+    for start in by_name:
+        chain: list[QueueName] = []
+        on_chain: set[QueueName] = set()
+        name: QueueName | None = start
+        while name is not None and name not in acyclic:
+            if name in on_chain:
+                loop = [*chain[chain.index(name) :], name]
+                raise InvalidSpecError(
+                    f"queue tree has a cycle: {' -> '.join(loop)}; point one of these queues' parent "
+                    "at a queue outside the cycle, or at none to make it top level"
+                )
+            chain.append(name)
+            on_chain.add(name)
+            name = by_name[name].parent
+        acyclic.update(chain)
+
+
+def compute_fair_shares(
+    queues: Sequence[Queue],
+    demand_milli: Mapping[QueueName, int],
+    capacity_milli: float,
+    *,
+    usage_share: Mapping[QueueName, float] | None = None,
+    usage_factor: float = 1.0,
+) -> FairShares:
+    """Divide `capacity_milli` among the queue tree, top-down (rules in the module docstring).
+
+    `demand_milli`: per leaf queue, allocated + pending requests in milli-GPU; absent leaves demand 0.
+    `usage_share`: per queue, decayed past usage as a fraction of cluster capacity over the window
+    (time-based fair share; None = off). An inner queue without an entry uses the sum of its
+    children. `usage_factor` is k in P = max(0, W + k·(W − U)).
+    Raises `InvalidSpecError` for an invalid tree, demand on an inner or unknown queue, or negative /
+    non-finite numbers.
+    """
+    tree = build_queue_tree(queues)
+    if not math.isfinite(capacity_milli) or capacity_milli < 0:
+        raise InvalidSpecError(f"capacity {capacity_milli!r} milli-GPU must be a finite number ≥ 0")
+    if not math.isfinite(usage_factor) or usage_factor < 0:
+        raise InvalidSpecError(f"usage factor k={usage_factor!r} must be a finite number ≥ 0")
+    for name, amount in demand_milli.items():
+        if name not in tree.queues:
+            raise InvalidSpecError(
+                f"demand given for unknown queue {name!r}; create the queue or drop the jobs"
+            )
+        if not tree.is_leaf(name):
+            raise InvalidSpecError(
+                f"queue {name!r} has child queues ({', '.join(tree.children[name])}) and cannot hold jobs; "
+                "submit the jobs to one of its leaf queues"
+            )
+        if not math.isfinite(amount) or amount < 0:
+            raise InvalidSpecError(f"queue {name!r}: demand {amount!r} milli-GPU must be finite and ≥ 0")
+    if usage_share is not None:
+        for name, u in usage_share.items():
+            if name not in tree.queues:
+                raise InvalidSpecError(f"usage given for unknown queue {name!r}")
+            if not math.isfinite(u) or u < 0:
+                raise InvalidSpecError(f"queue {name!r}: usage share {u!r} must be finite and ≥ 0")
+
+    # Bottom-up: demand, requestable and usage of inner queues come from their children.
+    demand: dict[QueueName, float] = {}
+    requestable: dict[QueueName, float] = {}
+    usage: dict[QueueName, float] = {}
+    for name in reversed(tree.order):
+        q = tree.queues[name]
+        kids = tree.children.get(name, ())
+        if kids:
+            demand[name] = math.fsum(demand[k] for k in kids)
+            req = math.fsum(requestable[k] for k in kids)
+            used = math.fsum(usage[k] for k in kids)
+        else:
+            demand[name] = float(demand_milli.get(name, 0))
+            req = demand[name]
+            used = 0.0
+        if q.limit_milli is not None:
+            req = min(req, float(q.limit_milli))
+        if q.over_quota_weight == 0:
+            req = min(req, float(q.quota_milli))
+        requestable[name] = req
+        usage[name] = used if usage_share is None else usage_share.get(name, used)
+
+    share: dict[QueueName, float] = {}
+    deserved: dict[QueueName, float] = {}
+    scale: dict[QueueName, float] = {}
+    parents: list[QueueName | None] = [None, *tree.order]
+    for parent in parents:
+        kids = tree.children.get(parent, ())
+        if not kids:
+            continue
+        available = capacity_milli if parent is None else share[parent]
+        level = _divide(
+            [tree.queues[k] for k in kids],
+            available,
+            requestable,
+            usage if usage_share is not None else None,
+            usage_factor,
+            # What the parent can hand out, as a fraction of the cluster: U is relative to it.
+            parent_fraction=1.0 if parent is None or capacity_milli == 0 else available / capacity_milli,
+        )
+        share.update(level.share_milli)
+        deserved.update(level.deserved_milli)
+        scale.update(dict.fromkeys(kids, level.scale))
+    return FairShares(
+        share_milli=share,
+        deserved_milli=deserved,
+        requestable_milli=requestable,
+        demand_milli=demand,
+        deserved_scale=scale,
+        capacity_milli=float(capacity_milli),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Level:
+    share_milli: dict[QueueName, float]
+    deserved_milli: dict[QueueName, float]
+    scale: float
+
+
+def _divide(
+    kids: Sequence[Queue],
+    available_milli: float,
+    requestable: Mapping[QueueName, float],
+    usage: Mapping[QueueName, float] | None,
+    usage_factor: float,
+    *,
+    parent_fraction: float,
+) -> _Level:
+    """One level: the parent's `available_milli` divided among its children `kids`."""
+    wanted = {k.name: min(float(k.quota_milli), requestable[k.name]) for k in kids}
+    total_wanted = math.fsum(wanted.values())
+    if total_wanted > available_milli:
+        # Quotas over-committed at this level: scale every in-quota part by the same factor
+        # (documented deviation from KAI, which grants them all and exceeds the capacity).
+        factor = available_milli / total_wanted
+        deserved = {name: amount * factor for name, amount in wanted.items()}
+        return _Level(share_milli=dict(deserved), deserved_milli=deserved, scale=factor)
+
+    share = dict(wanted)
+    remaining = available_milli - total_wanted
+    for priority in sorted({k.priority for k in kids}, reverse=True):
+        if remaining <= _EPS_MILLI:
+            break
+        bucket = [
+            k
+            for k in kids
+            if k.priority == priority
+            and k.over_quota_weight > 0
+            and requestable[k.name] - share[k.name] > _EPS_MILLI
+        ]
+        if not bucket:
+            continue
+        configured = {k.name: k.over_quota_weight for k in bucket}
+        if usage is not None:
+            effective = _effective_weights(configured, usage, usage_factor, parent_fraction)
+            remaining = _water_fill(effective, share, requestable, remaining)
+        # Without usage this is the whole fill; with usage it only reaches queues whose P fell to 0.
+        remaining = _water_fill(configured, share, requestable, remaining)
+    return _Level(share_milli=share, deserved_milli=wanted, scale=1.0)
+
+
+def _effective_weights(
+    weights: Mapping[QueueName, float],
+    usage: Mapping[QueueName, float],
+    usage_factor: float,
+    parent_fraction: float,
+) -> dict[QueueName, float]:
+    """P = max(0, W + k·(W − U)) for the competitors of one priority bucket.
+
+    W: weight normalised among the competitors (sums to 1). U: the queue's past usage (fraction of
+    the cluster) divided by the parent's share of the cluster now, i.e. its usage relative to what its
+    parent could hand out. At the top level this is KAI's capacity-normalised usage, so light use of
+    an idle cluster costs little; below it, the parent's current share stands in for the parent's
+    capacity over the window (which the core does not know).
+    """
+    total = math.fsum(weights.values())
+    out: dict[QueueName, float] = {}
+    for name, w in weights.items():
+        w_norm = w / total
+        u = usage.get(name, 0.0) / parent_fraction if parent_fraction > 0 else 0.0
+        out[name] = max(0.0, w_norm + usage_factor * (w_norm - u))
+    return out
+
+
+def _water_fill(
+    weights: Mapping[QueueName, float],
+    share: dict[QueueName, float],
+    cap: Mapping[QueueName, float],
+    remaining_milli: float,
+) -> float:
+    """Water-fill `remaining_milli` over `weights` (updating `share` in place); returns what is left.
+
+    Each round offers remaining × w / Σw to every active queue; queues whose unmet request fits in
+    their slice are filled exactly and leave, and the rest is re-offered. When no one is capped, every
+    active queue takes its slice and nothing is left. Same fixed point as KAI's rounds.
+    """
+    active = [n for n, w in weights.items() if w > 0 and cap[n] - share[n] > _EPS_MILLI]
+    while active and remaining_milli > _EPS_MILLI:
+        per_weight = remaining_milli / math.fsum(weights[n] for n in active)
+        capped = [n for n in active if cap[n] - share[n] <= per_weight * weights[n]]
+        if not capped:
+            for n in active:
+                share[n] += per_weight * weights[n]
+            return 0.0
+        for n in capped:
+            remaining_milli -= cap[n] - share[n]
+            share[n] = cap[n]
+        capped_set = set(capped)
+        active = [n for n in active if n not in capped_set]
+    return max(remaining_milli, 0.0)
