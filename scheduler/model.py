@@ -158,6 +158,10 @@ class SchedulerConfig:
     """At most this many jobs are evicted for one waiting gang."""
     usage_half_life_seconds: float | None = None
     """Time-decayed fair share when set (see fairshare.py)."""
+    consolidation: bool = True
+    """Run the consolidate action: move preemptible jobs elsewhere to make room for a waiting gang."""
+    max_consolidation_moves: int = 4
+    """At most this many running jobs are moved (evicted and re-placed) for one waiting gang."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,3 +220,5 @@ class Plan:
     pending: tuple[PendingReason, ...] = ()
     fair_share_milli: dict[QueueName, float] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    cycle_id: int = 0
+    """Which cycle produced this plan (for log lines and audit records); 0 when unknown."""
