@@ -7,6 +7,8 @@ Called by the console script `leitstand` (pyproject). Each group lives next to w
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from leitstand.operator.cluster.commands import app as cluster_app
@@ -21,6 +23,45 @@ app = typer.Typer(
 app.add_typer(cluster_app, name="cluster", help="The local Kubernetes cluster with simulated GPU nodes.")
 app.add_typer(simulate_app, name="simulate", help="Trace-driven simulations of the scheduling core.")
 app.add_typer(bench_app, name="bench", help="Benchmarks that print numbers (JSON with --json).")
+
+
+@app.command()
+def demo(
+    nodes: Annotated[int, typer.Option(help="Simulated DGX nodes (8 GPUs each) if a cluster must be started.")] = 16,
+    nodes_per_rack: Annotated[int, typer.Option(help="Nodes per rack (one topology domain).")] = 4,
+    keep: Annotated[bool, typer.Option(help="Leave the cluster running afterwards.")] = False,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 300.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run a multi-tenant scenario through the scheduling core on the local cluster (started if needed)."""
+    import json
+
+    from leitstand.operator import demo as demo_mod
+    from leitstand.operator.cluster import controlplane
+    from leitstand.operator.cluster.layout import run_dir
+    from leitstand.operator.cluster.nodes import make_spec
+
+    started = False
+    if not controlplane.status().get("running"):
+        spec = make_spec(nodes, [], f"nodes-per-rack={nodes_per_rack},racks-per-spine=2")
+        try:
+            controlplane.up(spec, report=typer.echo)
+        except controlplane.ClusterError as exc:
+            typer.echo(f"demo: the local cluster did not come up: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        started = True
+    api = demo_mod.api_for_run(run_dir())
+    try:
+        demo_mod.cleanup(api)
+        summary = demo_mod.run_demo(api, report=typer.echo, timeout_seconds=timeout)
+    finally:
+        if started and not keep:
+            controlplane.down(report=typer.echo)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    expected_pending = {f"{j.namespace}/{j.name}" for j in demo_mod.SCENARIO if j.jurisdiction}
+    if set(summary["unfinished"]) != expected_pending:
+        raise typer.Exit(1)
 
 
 def main() -> None:
