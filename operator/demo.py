@@ -212,7 +212,7 @@ class DemoLoop:
                 if status == 404:
                     break
                 time.sleep(0.1)
-            fresh = {
+            fresh: dict[str, Any] = {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta},
                 "spec": {k: v for k, v in pod["spec"].items() if k != "nodeName"},
@@ -253,7 +253,7 @@ def run_demo(api: KubeApi, report: Report = print, timeout_seconds: float = 300.
             break
         time.sleep(1.0)
     _nodes, gangs = loop.observe()
-    summary = {
+    summary: dict[str, Any] = {
         "seconds": round(loop.now(), 1),
         "finished": sorted(j for j, g in gangs.items() if g.finished),
         "unfinished": sorted(j for j, g in gangs.items() if not g.finished),
