@@ -64,11 +64,11 @@ class DemoJob:
 
 SCENARIO = (
     # tenant-b borrows idle capacity beyond its 64-GPU quota with preemptible training gangs
-    *(DemoJob(f"b-train-{i}", "tenant-b", replicas=2, seconds=90) for i in range(6)),
-    DemoJob("b-notebooks", "tenant-b", replicas=4, gpus=1, fraction=0.5, seconds=60),
+    *(DemoJob(f"b-train-{i}", "tenant-b", replicas=2, seconds=45) for i in range(6)),
+    DemoJob("b-notebooks", "tenant-b", replicas=4, gpus=1, fraction=0.5, seconds=30),
     # tenant-a: an in-quota gang that must sit in one rack; then one that needs reclaim
-    DemoJob("a-pretrain", "tenant-a", replicas=2, seconds=30, required="rack"),
-    DemoJob("a-finetune", "tenant-a", replicas=4, seconds=30, required="rack", submit_after=8),
+    DemoJob("a-pretrain", "tenant-a", replicas=2, seconds=20, required="rack"),
+    DemoJob("a-finetune", "tenant-a", replicas=4, seconds=20, required="rack", submit_after=8),
     # data residency that no node offers: stays pending with a reason
     DemoJob("a-sovereign", "tenant-a", replicas=1, gpus=2, jurisdiction="eu-fr", submit_after=8),
 )
