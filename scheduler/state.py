@@ -11,15 +11,21 @@ Layout (N nodes, G = the largest GPU count of any node, L = number of labelled t
 - `domain[N, L + 1]`: dense domain ids per level (unique per level, nested by construction because a
   domain is identified by its whole path from the top); `NONE` where the node lacks that label. The
   last column is the node level: the node's own index.
-- `schedulable[N]`.
+- `schedulable[N]`;
+- per-node aggregates the placement kernels use as an O(1) prefilter, kept current by `allocate` and
+  `release`: `gpu_whole_free[N]` (GPUs with all 1000 milli free) and `gpu_max_free_milli[N]` (the
+  most free milli on any one GPU). Code that writes `gpu_free_milli` directly (tests, what-if
+  tricks) must call `refresh_aggregates()` afterwards, or placement will use stale prefilters.
 
-This module holds data and bookkeeping only: no policy, no Kubernetes, no clock.
+Who calls it: the cycle, the simulators and the placement layer (`placement.py` passes the arrays to
+`placement_kernels.py`). This module holds data and bookkeeping only: no policy, no Kubernetes, no
+clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -63,6 +69,31 @@ class ClusterState:
     jurisdiction_codes: dict[str, int]
     domain_names: tuple[tuple[str, ...], ...]
     """Per level, the name of each domain id (the label value at that level)."""
+    gpu_whole_free: NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, dtype=INDEX_DTYPE))
+    """Per node: GPUs with all `GPU_MILLI` free (derived; see `refresh_aggregates`)."""
+    gpu_max_free_milli: NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, dtype=GPU_DTYPE))
+    """Per node: the largest free milli-GPU on any one of its GPUs (derived)."""
+
+    def __post_init__(self) -> None:
+        if self.gpu_whole_free.shape != self.gpu_count.shape or self.gpu_max_free_milli.shape != self.gpu_count.shape:
+            self.gpu_whole_free = np.zeros(self.gpu_count.shape, dtype=INDEX_DTYPE)
+            self.gpu_max_free_milli = np.zeros(self.gpu_count.shape, dtype=GPU_DTYPE)
+            self.refresh_aggregates()
+
+    def refresh_aggregates(self) -> None:
+        """Recompute the per-node GPU aggregates from `gpu_free_milli` (all nodes, vectorised)."""
+        free = self.gpu_free_milli
+        if free.shape[1] == 0:
+            self.gpu_whole_free[:] = 0
+            self.gpu_max_free_milli[:] = 0
+            return
+        self.gpu_whole_free[:] = (free == GPU_MILLI).sum(axis=1)
+        self.gpu_max_free_milli[:] = free.max(axis=1)
+
+    def _refresh_node(self, node: int) -> None:
+        row = self.gpu_free_milli[node]
+        self.gpu_whole_free[node] = int((row == GPU_MILLI).sum())
+        self.gpu_max_free_milli[node] = int(row.max()) if row.size else 0
 
     # -- construction -------------------------------------------------------------------------
 
@@ -157,6 +188,8 @@ class ClusterState:
             pool_codes=self.pool_codes,
             jurisdiction_codes=self.jurisdiction_codes,
             domain_names=self.domain_names,
+            gpu_whole_free=self.gpu_whole_free.copy(),
+            gpu_max_free_milli=self.gpu_max_free_milli.copy(),
         )
 
     # -- sizes ----------------------------------------------------------------------------------
@@ -172,7 +205,7 @@ class ClusterState:
 
     @property
     def gpu_capacity_milli(self) -> int:
-        return int(self.gpu_count.sum()) * GPU_MILLI
+        return int(self.gpu_count.sum()) * int(GPU_MILLI)
 
     @property
     def gpu_used_milli(self) -> int:
@@ -180,9 +213,7 @@ class ClusterState:
 
     # -- incremental updates ---------------------------------------------------------------------
 
-    def allocate(
-        self, node: int, gpu_indices: Sequence[int], gpu_milli: int, cpu_milli: int, memory_mib: int
-    ) -> None:
+    def allocate(self, node: int, gpu_indices: Sequence[int], gpu_milli: int, cpu_milli: int, memory_mib: int) -> None:
         """Charge one replica to `node`. Raises StateError (and changes nothing) on over-commit."""
         gpus = list(gpu_indices)
         for g in gpus:
@@ -201,10 +232,10 @@ class ClusterState:
             self.gpu_free_milli[node, g] -= gpu_milli
         self.cpu_free_milli[node] -= cpu_milli
         self.memory_free_mib[node] -= memory_mib
+        if gpus:
+            self._refresh_node(node)
 
-    def release(
-        self, node: int, gpu_indices: Sequence[int], gpu_milli: int, cpu_milli: int, memory_mib: int
-    ) -> None:
+    def release(self, node: int, gpu_indices: Sequence[int], gpu_milli: int, cpu_milli: int, memory_mib: int) -> None:
         """Give back what `allocate` charged. Raises StateError if it would exceed capacity."""
         for g in gpu_indices:
             if self.gpu_free_milli[node, g] + gpu_milli > GPU_MILLI:
@@ -218,6 +249,8 @@ class ClusterState:
             self.gpu_free_milli[node, g] += gpu_milli
         self.cpu_free_milli[node] += cpu_milli
         self.memory_free_mib[node] += memory_mib
+        if len(gpu_indices):
+            self._refresh_node(node)
 
     def allocate_job(self, running: RunningJob) -> None:
         """Charge every replica of a running job (all or nothing)."""

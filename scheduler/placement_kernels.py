@@ -1,0 +1,617 @@
+"""Compiled gang-placement kernels: feasibility per node, domain choice, node and GPU choice.
+
+What it holds: `place_gang_kernel`, the whole placement decision for one gang in compiled code
+(arrays in, arrays out), and `replica_capacity_kernel`, how many replicas of a request one node
+holds. Helpers live in this file because Numba's cache does not notice edits in other files.
+
+Who calls it: only `placement.py` (the dispatch point between this module and its pure-Python twin
+`placement_reference.py`, which must stay step-for-step identical: parity tests compare them).
+
+What it must not do: hold Python objects or mutable globals, log, or leave the state arrays changed.
+The kernel charges replicas to the arrays tentatively while it places a gang (so the policy scores
+see the replicas already placed) and always undoes every charge before it returns.
+
+Cache note: `node_score_kernel` / `choose_gpus_kernel` are compiled into these kernels from
+`policy_kernels.py`. Numba's on-disk cache (`NUMBA_CACHE_DIR`) keys on this file only, so after
+editing `policy_kernels.py` clear the cache directory (or touch this file) to recompile.
+
+Algorithm (docs/placement.md has the long form):
+1. Per node: replica capacity = min over CPU, memory and GPUs of how many replicas fit (0 outside
+   the node mask, and for a required level, 0 on nodes lacking that label).
+2. Levels to try, finest first: the preferred level, then upwards level by level down to the required
+   level (or to the top and then "anywhere" when nothing is required).
+3. Per level: sum node capacities per domain (bottom-up counts); take the tightest domain holding
+   the whole gang (smallest capacity ≥ replicas, ties → the smallest node rank in the domain).
+4. Inside it, replica by replica: the feasible node with the highest policy score (ties → smallest
+   rank), GPUs by the policy's `choose_gpus_kernel`; only the chosen node is re-scored.
+5. All replicas or none: a failed domain is undone and the next tightest is tried.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+from leitstand.scheduler.policy_kernels import choose_gpus_kernel, node_score_kernel
+
+GPU_MILLI = 1000
+CAPACITY_LIMIT = 1 << 30
+"""Replica capacity of a node that the request does not constrain at all (no GPU, CPU or memory)."""
+MAX_DOMAIN_TRIES = 4
+"""Domains tried per level when the greedy fill of the tightest one fails (fragmentation)."""
+
+STATUS_OK = 0
+STATUS_NO_MATCHING_NODES = 1
+STATUS_INSUFFICIENT = 2
+STATUS_NO_TOPOLOGY_DOMAIN = 3
+STATUS_FRAGMENTED = 4
+STATUS_BAD_POLICY_CHOICE = 5
+
+DIAG_MATCHING_NODES = 0
+DIAG_LACK_GPU = 1
+DIAG_LACK_CPU = 2
+DIAG_LACK_MEMORY = 3
+DIAG_TOTAL_REPLICAS = 4
+DIAG_LABELLED_NODES = 5
+DIAG_BEST_LEVEL = 6
+DIAG_BEST_DOMAIN = 7
+DIAG_BEST_DOMAIN_REPLICAS = 8
+DIAG_LEVEL_USED = 9
+DIAG_DOMAIN_USED = 10
+DIAG_SIZE = 11
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
+def mix64_kernel(
+    x: np.uint64,
+) -> np.uint64:
+    """splitmix64 finaliser on uint64 (wrapping arithmetic)."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
+def _node_rand(
+    rand_base: np.uint64,
+    n: int,
+) -> np.uint64:
+    return mix64_kernel(rand_base ^ (np.uint64(n) * _GOLDEN))
+
+
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
+def replica_capacity_kernel(
+    n: int,
+    gpu_free_milli: NDArray[np.int32],
+    gpu_count: NDArray[np.int32],
+    cpu_free_milli: NDArray[np.int64],
+    memory_free_mib: NDArray[np.int64],
+    gpu_whole_free: NDArray[np.int32],
+    gpu_max_free_milli: NDArray[np.int32],
+    req_gpus: int,
+    req_milli: int,
+    req_cpu: int,
+    req_mem: int,
+) -> int:
+    """How many replicas node `n` holds now (capped at CAPACITY_LIMIT)."""
+    k = CAPACITY_LIMIT
+    if req_cpu > 0:
+        c = cpu_free_milli[n] // req_cpu
+        if c < k:
+            k = c
+    if req_mem > 0:
+        c = memory_free_mib[n] // req_mem
+        if c < k:
+            k = c
+    if k <= 0:
+        return 0
+    if req_gpus > 0:
+        if req_milli >= GPU_MILLI:
+            c = gpu_whole_free[n] // req_gpus
+        elif gpu_max_free_milli[n] < req_milli:
+            c = 0
+        else:
+            total = 0
+            for g in range(gpu_count[n]):
+                total += gpu_free_milli[n, g] // req_milli
+            c = total // req_gpus
+            if req_gpus > 1:
+                # c replicas on req_gpus distinct GPUs each fit iff sum_g min(slots_g, c) >= c * req_gpus
+                while c > 0:
+                    s = 0
+                    for g in range(gpu_count[n]):
+                        slots = gpu_free_milli[n, g] // req_milli
+                        s += slots if slots < c else c
+                    if s >= c * req_gpus:
+                        break
+                    c -= 1
+        if c < k:
+            k = c
+    return k
+
+
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
+def _refresh_node(
+    n: int,
+    gpu_free_milli: NDArray[np.int32],
+    gpu_count: NDArray[np.int32],
+    gpu_whole_free: NDArray[np.int32],
+    gpu_max_free_milli: NDArray[np.int32],
+) -> None:
+    whole = 0
+    best = 0
+    for g in range(gpu_count[n]):
+        free = gpu_free_milli[n, g]
+        if free == GPU_MILLI:
+            whole += 1
+        if free > best:
+            best = free
+    gpu_whole_free[n] = whole
+    gpu_max_free_milli[n] = best
+
+
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
+def _undo(
+    placed: int,
+    out_nodes: NDArray[np.int32],
+    out_gpus: NDArray[np.int32],
+    gpu_free_milli: NDArray[np.int32],
+    gpu_count: NDArray[np.int32],
+    cpu_free_milli: NDArray[np.int64],
+    memory_free_mib: NDArray[np.int64],
+    gpu_whole_free: NDArray[np.int32],
+    gpu_max_free_milli: NDArray[np.int32],
+    req_gpus: int,
+    req_milli: int,
+    req_cpu: int,
+    req_mem: int,
+) -> None:
+    for r in range(placed):
+        n = out_nodes[r]
+        for j in range(req_gpus):
+            gpu_free_milli[n, out_gpus[r, j]] += req_milli
+        cpu_free_milli[n] += req_cpu
+        memory_free_mib[n] += req_mem
+        if req_gpus > 0:
+            _refresh_node(n, gpu_free_milli, gpu_count, gpu_whole_free, gpu_max_free_milli)
+
+
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
+def _fill_domain(
+    level: int,
+    dom: int,
+    capacity: NDArray[np.int64],
+    domain: NDArray[np.int32],
+    node_rank: NDArray[np.int64],
+    gpu_free_milli: NDArray[np.int32],
+    gpu_count: NDArray[np.int32],
+    cpu_free_milli: NDArray[np.int64],
+    cpu_capacity_milli: NDArray[np.int64],
+    memory_free_mib: NDArray[np.int64],
+    gpu_model: NDArray[np.int32],
+    gpu_whole_free: NDArray[np.int32],
+    gpu_max_free_milli: NDArray[np.int32],
+    replicas: int,
+    req_gpus: int,
+    req_milli: int,
+    req_cpu: int,
+    req_mem: int,
+    policy: int,
+    typ_cpu: NDArray[np.int64],
+    typ_milli: NDArray[np.int64],
+    typ_num: NDArray[np.int64],
+    typ_model_ok: NDArray[np.bool_],
+    typ_weight: NDArray[np.float64],
+    rand_base: np.uint64,
+    out_nodes: NDArray[np.int32],
+    out_gpus: NDArray[np.int32],
+) -> int:
+    """Place every replica inside domain `dom` of `level` (level < 0: anywhere); all or none.
+
+    On success the replicas stay charged to the arrays (the caller undoes them); on failure nothing
+    stays charged. Returns a STATUS_* code.
+    """
+    n_nodes = capacity.shape[0]
+    count = 0
+    for n in range(n_nodes):
+        if capacity[n] > 0 and (level < 0 or domain[n, level] == dom):
+            count += 1
+    cand = np.empty(count, np.int64)
+    i = 0
+    for n in range(n_nodes):
+        if capacity[n] > 0 and (level < 0 or domain[n, level] == dom):
+            cand[i] = n
+            i += 1
+    feasible = np.ones(count, np.bool_)
+    scores = np.empty(count, np.int64)
+    for i in range(count):
+        n = cand[i]
+        scores[i] = node_score_kernel(
+            policy,
+            n,
+            gpu_free_milli,
+            gpu_count,
+            cpu_free_milli,
+            cpu_capacity_milli,
+            memory_free_mib,
+            gpu_model,
+            req_gpus,
+            req_milli,
+            req_cpu,
+            req_mem,
+            typ_cpu,
+            typ_milli,
+            typ_num,
+            typ_model_ok,
+            typ_weight,
+            _node_rand(rand_base, n),
+        )
+    chosen = np.empty(req_gpus, np.int32)
+    for r in range(replicas):
+        best = -1
+        for i in range(count):
+            if not feasible[i]:
+                continue
+            if (
+                best < 0
+                or scores[i] > scores[best]
+                or (scores[i] == scores[best] and node_rank[cand[i]] < node_rank[cand[best]])
+            ):
+                best = i
+        if best < 0:
+            _undo(
+                r,
+                out_nodes,
+                out_gpus,
+                gpu_free_milli,
+                gpu_count,
+                cpu_free_milli,
+                memory_free_mib,
+                gpu_whole_free,
+                gpu_max_free_milli,
+                req_gpus,
+                req_milli,
+                req_cpu,
+                req_mem,
+            )
+            return STATUS_FRAGMENTED
+        n = cand[best]
+        if req_gpus > 0:
+            for j in range(req_gpus):
+                chosen[j] = -1
+            choose_gpus_kernel(
+                policy,
+                n,
+                gpu_free_milli,
+                gpu_count,
+                req_gpus,
+                req_milli,
+                typ_cpu,
+                typ_milli,
+                typ_num,
+                typ_model_ok,
+                typ_weight,
+                chosen,
+                cpu_free_milli[n],
+                gpu_model[n],
+                req_cpu,
+            )
+            ok = True
+            for j in range(req_gpus):
+                g = chosen[j]
+                if g < 0 or g >= gpu_count[n] or gpu_free_milli[n, g] < req_milli:
+                    ok = False
+                for k in range(j):
+                    if chosen[k] == g:
+                        ok = False
+            if not ok:
+                _undo(
+                    r,
+                    out_nodes,
+                    out_gpus,
+                    gpu_free_milli,
+                    gpu_count,
+                    cpu_free_milli,
+                    memory_free_mib,
+                    gpu_whole_free,
+                    gpu_max_free_milli,
+                    req_gpus,
+                    req_milli,
+                    req_cpu,
+                    req_mem,
+                )
+                return STATUS_BAD_POLICY_CHOICE
+            for j in range(req_gpus):
+                gpu_free_milli[n, chosen[j]] -= req_milli
+                out_gpus[r, j] = chosen[j]
+            _refresh_node(n, gpu_free_milli, gpu_count, gpu_whole_free, gpu_max_free_milli)
+        cpu_free_milli[n] -= req_cpu
+        memory_free_mib[n] -= req_mem
+        out_nodes[r] = n
+        left = replica_capacity_kernel(
+            n,
+            gpu_free_milli,
+            gpu_count,
+            cpu_free_milli,
+            memory_free_mib,
+            gpu_whole_free,
+            gpu_max_free_milli,
+            req_gpus,
+            req_milli,
+            req_cpu,
+            req_mem,
+        )
+        if left > 0:
+            scores[best] = node_score_kernel(
+                policy,
+                n,
+                gpu_free_milli,
+                gpu_count,
+                cpu_free_milli,
+                cpu_capacity_milli,
+                memory_free_mib,
+                gpu_model,
+                req_gpus,
+                req_milli,
+                req_cpu,
+                req_mem,
+                typ_cpu,
+                typ_milli,
+                typ_num,
+                typ_model_ok,
+                typ_weight,
+                _node_rand(rand_base, n),
+            )
+        else:
+            feasible[best] = False
+    return STATUS_OK
+
+
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
+def place_gang_kernel(
+    gpu_free_milli: NDArray[np.int32],
+    gpu_count: NDArray[np.int32],
+    cpu_free_milli: NDArray[np.int64],
+    cpu_capacity_milli: NDArray[np.int64],
+    memory_free_mib: NDArray[np.int64],
+    gpu_model: NDArray[np.int32],
+    gpu_whole_free: NDArray[np.int32],
+    gpu_max_free_milli: NDArray[np.int32],
+    domain: NDArray[np.int32],
+    domain_count: NDArray[np.int32],
+    node_mask: NDArray[np.bool_],
+    node_rank: NDArray[np.int64],
+    replicas: int,
+    req_gpus: int,
+    req_milli: int,
+    req_cpu: int,
+    req_mem: int,
+    required_level: int,
+    preferred_level: int,
+    policy: int,
+    typ_cpu: NDArray[np.int64],
+    typ_milli: NDArray[np.int64],
+    typ_num: NDArray[np.int64],
+    typ_model_ok: NDArray[np.bool_],
+    typ_weight: NDArray[np.float64],
+    rand_base: np.uint64,
+    out_nodes: NDArray[np.int32],
+    out_gpus: NDArray[np.int32],
+    diag: NDArray[np.int64],
+) -> int:
+    """Place one gang; fills `out_nodes[R]`, `out_gpus[R, W]` and `diag[DIAG_SIZE]`; returns STATUS_*.
+
+    The state arrays are unchanged on return (tentative charges are undone).
+    """
+    n_nodes = gpu_count.shape[0]
+    for k in range(diag.shape[0]):
+        diag[k] = 0
+    diag[DIAG_BEST_LEVEL] = -1
+    diag[DIAG_BEST_DOMAIN] = -1
+    diag[DIAG_LEVEL_USED] = -1
+    diag[DIAG_DOMAIN_USED] = -1
+    # 1. replica capacity per node (bottom of the bottom-up counts)
+    capacity = np.zeros(n_nodes, np.int64)
+    total = 0
+    for n in range(n_nodes):
+        if not node_mask[n]:
+            continue
+        diag[DIAG_MATCHING_NODES] += 1
+        if required_level >= 0 and domain[n, required_level] < 0:
+            continue
+        diag[DIAG_LABELLED_NODES] += 1
+        c = replica_capacity_kernel(
+            n,
+            gpu_free_milli,
+            gpu_count,
+            cpu_free_milli,
+            memory_free_mib,
+            gpu_whole_free,
+            gpu_max_free_milli,
+            req_gpus,
+            req_milli,
+            req_cpu,
+            req_mem,
+        )
+        if c == 0:
+            if req_cpu > 0 and cpu_free_milli[n] < req_cpu:
+                diag[DIAG_LACK_CPU] += 1
+            if req_mem > 0 and memory_free_mib[n] < req_mem:
+                diag[DIAG_LACK_MEMORY] += 1
+            if (
+                req_gpus > 0
+                and replica_capacity_kernel(
+                    n,
+                    gpu_free_milli,
+                    gpu_count,
+                    cpu_free_milli,
+                    memory_free_mib,
+                    gpu_whole_free,
+                    gpu_max_free_milli,
+                    req_gpus,
+                    req_milli,
+                    0,
+                    0,
+                )
+                == 0
+            ):
+                diag[DIAG_LACK_GPU] += 1
+        capacity[n] = c
+        total += c if c < replicas else replicas
+    diag[DIAG_TOTAL_REPLICAS] = total
+    if diag[DIAG_MATCHING_NODES] == 0:
+        return STATUS_NO_MATCHING_NODES
+    if required_level >= 0 and diag[DIAG_LABELLED_NODES] == 0:
+        return STATUS_NO_TOPOLOGY_DOMAIN
+    if total < replicas:
+        return STATUS_INSUFFICIENT
+    # 2. levels, finest first
+    level = required_level
+    if preferred_level >= 0 and preferred_level > required_level:
+        level = preferred_level
+    while True:
+        fragmented = False
+        if level < 0:
+            status = _fill_domain(
+                -1,
+                -1,
+                capacity,
+                domain,
+                node_rank,
+                gpu_free_milli,
+                gpu_count,
+                cpu_free_milli,
+                cpu_capacity_milli,
+                memory_free_mib,
+                gpu_model,
+                gpu_whole_free,
+                gpu_max_free_milli,
+                replicas,
+                req_gpus,
+                req_milli,
+                req_cpu,
+                req_mem,
+                policy,
+                typ_cpu,
+                typ_milli,
+                typ_num,
+                typ_model_ok,
+                typ_weight,
+                rand_base,
+                out_nodes,
+                out_gpus,
+            )
+            if status == STATUS_OK:
+                _undo(
+                    replicas,
+                    out_nodes,
+                    out_gpus,
+                    gpu_free_milli,
+                    gpu_count,
+                    cpu_free_milli,
+                    memory_free_mib,
+                    gpu_whole_free,
+                    gpu_max_free_milli,
+                    req_gpus,
+                    req_milli,
+                    req_cpu,
+                    req_mem,
+                )
+            return status
+        # 3. bottom-up counts per domain of this level, then the tightest domain that holds the gang
+        n_domains = domain_count[level]
+        dom_capacity = np.zeros(n_domains, np.int64)
+        dom_rank = np.empty(n_domains, np.int64)
+        for d in range(n_domains):
+            dom_rank[d] = np.iinfo(np.int64).max
+        for n in range(n_nodes):
+            if capacity[n] > 0:
+                d = domain[n, level]
+                if d >= 0:
+                    c = capacity[n]
+                    dom_capacity[d] += c if c < replicas else replicas
+                    if node_rank[n] < dom_rank[d]:
+                        dom_rank[d] = node_rank[n]
+        if diag[DIAG_BEST_LEVEL] < 0 or level == required_level:
+            largest = -1
+            for d in range(n_domains):
+                if largest < 0 or dom_capacity[d] > dom_capacity[largest]:
+                    largest = d
+            diag[DIAG_BEST_LEVEL] = level
+            diag[DIAG_BEST_DOMAIN] = largest
+            diag[DIAG_BEST_DOMAIN_REPLICAS] = dom_capacity[largest] if largest >= 0 else 0
+        for _ in range(MAX_DOMAIN_TRIES):
+            best = -1
+            for d in range(n_domains):
+                if dom_capacity[d] < replicas:
+                    continue
+                if (
+                    best < 0
+                    or dom_capacity[d] < dom_capacity[best]
+                    or (dom_capacity[d] == dom_capacity[best] and dom_rank[d] < dom_rank[best])
+                ):
+                    best = d
+            if best < 0:
+                break
+            # 4. node and GPU choice inside the domain
+            status = _fill_domain(
+                level,
+                best,
+                capacity,
+                domain,
+                node_rank,
+                gpu_free_milli,
+                gpu_count,
+                cpu_free_milli,
+                cpu_capacity_milli,
+                memory_free_mib,
+                gpu_model,
+                gpu_whole_free,
+                gpu_max_free_milli,
+                replicas,
+                req_gpus,
+                req_milli,
+                req_cpu,
+                req_mem,
+                policy,
+                typ_cpu,
+                typ_milli,
+                typ_num,
+                typ_model_ok,
+                typ_weight,
+                rand_base,
+                out_nodes,
+                out_gpus,
+            )
+            if status == STATUS_OK:
+                _undo(
+                    replicas,
+                    out_nodes,
+                    out_gpus,
+                    gpu_free_milli,
+                    gpu_count,
+                    cpu_free_milli,
+                    memory_free_mib,
+                    gpu_whole_free,
+                    gpu_max_free_milli,
+                    req_gpus,
+                    req_milli,
+                    req_cpu,
+                    req_mem,
+                )
+                diag[DIAG_LEVEL_USED] = level
+                diag[DIAG_DOMAIN_USED] = best
+                return STATUS_OK
+            if status == STATUS_BAD_POLICY_CHOICE:
+                return status
+            fragmented = True
+            dom_capacity[best] = -1  # 5. all or none: give up this domain, try the next tightest
+        if level == required_level:
+            return STATUS_FRAGMENTED if fragmented else STATUS_NO_TOPOLOGY_DOMAIN
+        level -= 1
