@@ -1,0 +1,58 @@
+"""Allocate: place pending gangs on free resources, in the order of work. No evictions.
+
+Who calls it: `cycle.run_cycle`, first action. Per job, in order: cheap admission checks (limit at
+every level, non-preemptible within quota), then `place_gang` on the working state, then a bind.
+Failed shapes are remembered for the rest of the action: the state only fills up while allocate
+runs, so a shape that did not fit once will not fit later (identical gangs cost one placement call).
+A queue whose limit has no headroom left has the rest of its jobs marked at once.
+
+Every job that stays pending gets a reason here; later actions may overwrite it with a better one.
+"""
+
+from __future__ import annotations
+
+from leitstand.scheduler.actions.context import Code, CycleContext, ShapeKey
+from leitstand.scheduler.model import PendingReason
+from leitstand.scheduler.placement import GangPlacement, Unplaceable, place_gang
+
+__all__ = ["run"]
+
+
+def run(ctx: CycleContext) -> None:
+    failed: dict[ShapeKey, Unplaceable] = {}
+    acc = ctx.stmt.accounting
+    budget = ctx.config.max_jobs_per_cycle
+    work = ctx.work_queue()
+    for job in work:
+        if budget <= 0:
+            ctx.wait(job, Code.CYCLE_BUDGET, "not considered this cycle (max_jobs_per_cycle reached); next cycle")
+            continue
+        budget -= 1
+        block = ctx.admission_block(job)
+        if block is not None:
+            ctx.reasons[job.id] = block
+            if block.code == Code.QUEUE_AT_LIMIT and acc.limit_block(job.queue, 1) is not None:
+                # No headroom at all: nothing else in this queue can start by allocation.
+                for rest in work.drain(job.queue):
+                    ctx.reasons[rest.id] = ctx.admission_block(rest) or PendingReason(
+                        rest.id, block.code, block.message
+                    )
+            continue
+        request = ctx.request(job)
+        if isinstance(request, PendingReason):
+            ctx.reasons[job.id] = request
+            continue
+        shape = ctx.shape_key(job, request)
+        known = failed.get(shape)
+        if known is not None:
+            ctx.wait(job, known.code, known.message)
+            continue
+        result = place_gang(ctx.stmt.state, request, ctx.policy)
+        if isinstance(result, Unplaceable):
+            failed[shape] = result
+            ctx.wait(job, result.code, result.message)
+            continue
+        assert isinstance(result, GangPlacement)
+        ctx.stmt.bind(job, request, result)
+        ctx.bound.add(job.id)
+        ctx.reasons.pop(job.id, None)

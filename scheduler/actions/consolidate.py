@@ -1,0 +1,109 @@
+"""Consolidate: move preemptible jobs elsewhere so that a waiting gang fits, losing no one.
+
+Who calls it: `cycle.run_cycle`, last action, when `SchedulerConfig.consolidation` is on. For a
+gang that still waits for room (not for a policy reason such as a limit), it looks for at most
+`max_consolidation_moves` preemptible running jobs (older than the minimum runtime, not started or
+moved in this cycle, any queue) whose eviction gives the gang a valid placement *and* after which
+every moved job is placed again somewhere else. Only then are the moves made: each moved job
+appears in the plan as an eviction of kind CONSOLIDATE and a new binding. Queue accounting is
+unchanged for the moved jobs, so no quota or fair-share rule is touched; the waiting gang passes the
+same admission checks as in allocate. Cheapest moves first: fewest GPUs, youngest, lowest priority.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from leitstand.scheduler.actions.context import POLICY_BLOCKS, CycleContext, ShapeKey
+from leitstand.scheduler.model import EvictionKind, Job, PendingReason, RunningJob
+from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
+from leitstand.scheduler.victims import choose_victims
+
+__all__ = ["run"]
+
+MAX_ATTEMPTS = 64
+"""Waiting gangs tried per cycle; consolidation is a search, bounded so a deep backlog stays cheap."""
+
+
+def _move_cost(running: RunningJob) -> tuple[int, float, int, str]:
+    return (running.job.gpu_milli_total, -running.started_at, running.job.priority, running.job.id)
+
+
+def run(ctx: CycleContext) -> None:
+    if not ctx.config.consolidation or ctx.config.max_consolidation_moves <= 0:
+        return
+    stmt = ctx.stmt
+    movable = [
+        held
+        for held in stmt.running.values()
+        if held.job.is_preemptible and ctx.is_victim_age(held) and held.job.id not in ctx.bound
+    ]
+    if not movable:
+        return
+    failed: set[ShapeKey] = set()
+    attempts = 0
+    for job in ctx.work_queue():
+        current = ctx.reasons.get(job.id)
+        if current is not None and current.code in POLICY_BLOCKS:
+            continue
+        if ctx.admission_block(job) is not None:
+            continue
+        request = ctx.request(job)
+        if isinstance(request, PendingReason):
+            continue
+        shape = ctx.shape_key(job, request)
+        if shape in failed:
+            continue
+        if attempts >= MAX_ATTEMPTS:
+            break
+        attempts += 1
+
+        def replace_moved(moved: Sequence[RunningJob]) -> bool:
+            """Place every moved job again (on the statement); False if one has no home."""
+            for m in moved:
+                again = ctx.request(m.job)
+                if isinstance(again, PendingReason):
+                    return False
+                home = place_gang(stmt.state, again, ctx.policy)
+                if not isinstance(home, GangPlacement):
+                    return False
+                stmt.bind(m.job, again, home)
+            return True
+
+        def accept(moved: Sequence[RunningJob], req: GangRequest, placement: GangPlacement, job: Job = job) -> bool:
+            mark = stmt.checkpoint()
+            try:
+                stmt.bind(job, req, placement)
+                return replace_moved(moved)
+            finally:
+                stmt.rollback(mark)
+
+        choice = choose_victims(
+            stmt,
+            request,
+            movable,
+            ctx.policy,
+            max_victims=ctx.config.max_consolidation_moves,
+            for_job=job.id,
+            accept=accept,
+            key=_move_cost,
+        )
+        if choice is None:
+            failed.add(shape)
+            continue
+        mark = stmt.checkpoint()
+        for m in choice.victims:
+            stmt.evict(
+                m, EvictionKind.CONSOLIDATE, job.id, f"moved to make room for job {job.id}; re-placed in this cycle"
+            )
+        stmt.bind(job, choice.request, choice.placement)
+        if not replace_moved(choice.victims):  # cannot happen: same state as accept() saw
+            stmt.rollback(mark)
+            failed.add(shape)
+            continue
+        ctx.bound.add(job.id)
+        ctx.bound.update(m.job.id for m in choice.victims)
+        ctx.reasons.pop(job.id, None)
+        moved_ids = {m.job.id for m in choice.victims}
+        movable = [m for m in movable if m.job.id not in moved_ids]
+        failed.clear()

@@ -1,0 +1,173 @@
+"""What every action of one cycle shares: the snapshot, the fair shares, the working statement, and
+the per-job bookkeeping (requests, pending reasons, failure memo).
+
+Built once by `cycle.run_cycle` ("open the snapshot"); the actions read and update it in turn;
+`cycle.run_cycle` turns it into a `Plan` ("close"). Nothing here decides who runs: the admission
+rules every action shares (limits, non-preemptible in quota, reservations) live here so that their
+pending messages read the same whichever action found them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from leitstand.scheduler.fairshare import FairShares, QueueTree
+from leitstand.scheduler.model import (
+    Job,
+    JobId,
+    PendingReason,
+    QueueName,
+    RunningJob,
+    SchedulerConfig,
+    Snapshot,
+)
+from leitstand.scheduler.ordering import WorkQueue
+from leitstand.scheduler.placement import GangRequest
+from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.statement import Statement, gpus
+
+
+class Code:
+    """Stable pending-reason codes the cycle itself emits (placement adds its own, e.g. NoTopologyDomain)."""
+
+    QUEUE_AT_LIMIT = "QueueAtLimit"
+    NON_PREEMPTIBLE_OVER_QUOTA = "NonPreemptibleOverQuota"
+    OVER_FAIR_SHARE = "OverFairShare"
+    UNKNOWN_QUEUE = "UnknownQueue"
+    INVALID_REQUEST = "InvalidRequest"
+    POOL_NOT_ALLOWED = "PoolNotAllowed"
+    CYCLE_BUDGET = "CycleBudget"
+
+
+POLICY_BLOCKS = frozenset(
+    {
+        Code.QUEUE_AT_LIMIT,
+        Code.NON_PREEMPTIBLE_OVER_QUOTA,
+        Code.UNKNOWN_QUEUE,
+        Code.INVALID_REQUEST,
+        Code.POOL_NOT_ALLOWED,
+        Code.CYCLE_BUDGET,
+    }
+)
+"""Reasons that no eviction can cure (other than preemption inside the queue for QueueAtLimit)."""
+
+ShapeKey = tuple[object, ...]
+
+
+@dataclass(slots=True)
+class CycleContext:
+    snapshot: Snapshot
+    config: SchedulerConfig
+    tree: QueueTree
+    shares: FairShares
+    policy: PolicyContext
+    stmt: Statement
+    pending_by_queue: dict[QueueName, list[Job]]
+    """Pending jobs of known leaf queues (others already have a reason)."""
+    reserved_pools: dict[QueueName, str | None]
+    """Effective reservation of each queue (its own `node_pool` or its nearest ancestor's)."""
+    all_reserved: frozenset[str]
+    reasons: dict[JobId, PendingReason] = field(default_factory=dict)
+    bound: set[JobId] = field(default_factory=set)
+    """Jobs bound or moved in this cycle: never victims in the same cycle."""
+    _requests: dict[JobId, GangRequest | PendingReason] = field(default_factory=dict)
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+
+    def wait(self, job: Job, code: str, message: str) -> None:
+        self.reasons[job.id] = PendingReason(job.id, code, message)
+
+    def still_pending(self) -> dict[QueueName, list[Job]]:
+        return {q: [j for j in jobs if j.id not in self.bound] for q, jobs in self.pending_by_queue.items()}
+
+    def work_queue(self, jobs_by_queue: Mapping[QueueName, Sequence[Job]] | None = None) -> WorkQueue:
+        return WorkQueue(
+            self.still_pending() if jobs_by_queue is None else jobs_by_queue, self.stmt.accounting, self.shares
+        )
+
+    def is_victim_age(self, running: RunningJob) -> bool:
+        """Old enough to be evicted (minimum runtime protection) and not started in this cycle."""
+        return (
+            running.job.id not in self.bound
+            and self.snapshot.now - running.started_at >= self.config.min_runtime_seconds
+        )
+
+    # -- requests and reservations ------------------------------------------------------------------
+
+    def request(self, job: Job) -> GangRequest | PendingReason:
+        """The job's gang request in array terms (memoised), or why no request can be formed."""
+        cached = self._requests.get(job.id)
+        if cached is not None:
+            return cached
+        result = self._build_request(job)
+        self._requests[job.id] = result
+        return result
+
+    def _build_request(self, job: Job) -> GangRequest | PendingReason:
+        own = self.reserved_pools.get(job.queue)
+        if own is not None:
+            if job.node_pool is not None and job.node_pool != own:
+                return PendingReason(
+                    job.id,
+                    Code.POOL_NOT_ALLOWED,
+                    f"queue {job.queue} is reserved to node pool {own}; the job asks for pool {job.node_pool}",
+                )
+            job = replace(job, node_pool=own)
+        excluded = tuple(sorted(p for p in self.all_reserved if p != own))
+        if job.node_pool is not None and job.node_pool in excluded:
+            return PendingReason(
+                job.id,
+                Code.POOL_NOT_ALLOWED,
+                f"node pool {job.node_pool} is reserved for other queues; queue {job.queue} may not use it",
+            )
+        try:
+            return GangRequest.for_job(self.stmt.state, job, excluded_pools=excluded)
+        except ValueError as err:
+            return PendingReason(job.id, Code.INVALID_REQUEST, str(err))
+
+    def running_request(self, running: RunningJob) -> GangRequest | PendingReason:
+        """The request of a running job, for re-placing it elsewhere (consolidation)."""
+        return self.request(running.job)
+
+    # -- shared admission rules ------------------------------------------------------------------------
+
+    def admission_block(self, job: Job, freed: Mapping[QueueName, int] | None = None) -> PendingReason | None:
+        """Limit at every level, and non-preemptible jobs within quota; None when admissible."""
+        acc = self.stmt.accounting
+        amount = job.gpu_milli_total
+        hit = acc.limit_block(job.queue, amount, freed)
+        if hit is not None:
+            name, allocated, limit = hit
+            return PendingReason(
+                job.id,
+                Code.QUEUE_AT_LIMIT,
+                f"waiting: queue {name} at limit {gpus(allocated)}/{gpus(limit)} GPUs (this job needs {gpus(amount)})",
+            )
+        if not job.is_preemptible:
+            over = acc.in_quota_block(job.queue, amount)
+            if over is not None:
+                name, used, quota = over
+                return PendingReason(
+                    job.id,
+                    Code.NON_PREEMPTIBLE_OVER_QUOTA,
+                    f"non-preemptible jobs may only use in-quota GPUs: {name} has "
+                    f"{gpus(used)}/{gpus(quota)} in quota (this job needs {gpus(amount)})",
+                )
+        return None
+
+    def shape_key(self, job: Job, request: GangRequest) -> ShapeKey:
+        """Jobs with equal keys succeed or fail placement alike on the same state."""
+        return (
+            job.replicas,
+            job.gpus,
+            request.gpu_milli,
+            job.cpu_milli,
+            job.memory_mib,
+            job.gpu_models,
+            job.required_level,
+            job.preferred_level,
+            job.node_pool,
+            job.jurisdiction,
+            self.reserved_pools.get(job.queue),
+        )

@@ -1,0 +1,93 @@
+"""Preempt: inside one leaf queue, stop lower-priority preemptible jobs so a higher-priority one runs.
+
+Who calls it: `cycle.run_cycle`, after reclaim. Rules:
+- victims: preemptible running jobs of the *same* leaf queue with strictly lower priority, older
+  than the minimum runtime, not started or moved in this cycle;
+- the queue's limit holds at every level once the victims are gone and the job runs (so a queue
+  at its limit can still swap a low-priority job for a high-priority one);
+- preemption never grows a queue beyond its fair share (it may stay where it is);
+- victims are chosen topology-aware (`victims.choose_victims`) and the job is bound in the same plan.
+A non-preemptible job over its queue's quota is not helped by stopping preemptible jobs, so it is
+left with its `NonPreemptibleOverQuota` reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from leitstand.scheduler.actions.context import POLICY_BLOCKS, Code, CycleContext, ShapeKey
+from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
+from leitstand.scheduler.placement import GangPlacement, GangRequest
+from leitstand.scheduler.victims import choose_victims
+
+__all__ = ["run"]
+
+_EPS = 1e-6
+_CURABLE = frozenset({Code.QUEUE_AT_LIMIT})
+"""Policy blocks that evicting jobs of the same queue can cure."""
+
+
+def run(ctx: CycleContext) -> None:
+    acc = ctx.stmt.accounting
+    by_queue: dict[QueueName, list[RunningJob]] = {}
+    for held in ctx.stmt.running.values():
+        if held.job.is_preemptible and acc.knows(held.job.queue) and ctx.is_victim_age(held):
+            by_queue.setdefault(held.job.queue, []).append(held)
+    if not by_queue:
+        return
+    failed: set[tuple[QueueName, int, ShapeKey]] = set()
+
+    for job in ctx.work_queue():
+        current = ctx.reasons.get(job.id)
+        if current is not None and current.code in POLICY_BLOCKS and current.code not in _CURABLE:
+            continue
+        candidates = [v for v in by_queue.get(job.queue, ()) if v.job.priority < job.priority]
+        if not candidates:
+            continue
+        request = ctx.request(job)
+        if isinstance(request, PendingReason):
+            ctx.reasons[job.id] = request
+            continue
+        memo = (job.queue, job.priority, ctx.shape_key(job, request))
+        if memo in failed:
+            continue
+
+        before = acc.allocated_milli[job.queue]
+
+        def accept(
+            taken: Sequence[RunningJob],
+            _request: GangRequest,
+            _placement: GangPlacement,
+            job: Job = job,
+            before: int = before,
+        ) -> bool:
+            # `taken` is already evicted on the statement: the accounting shows the queue without them.
+            if ctx.admission_block(job) is not None:
+                return False
+            after = acc.allocated_milli[job.queue] + job.gpu_milli_total
+            return after <= max(before, ctx.shares.share_milli[job.queue]) + _EPS
+
+        choice = choose_victims(
+            ctx.stmt,
+            request,
+            candidates,
+            ctx.policy,
+            max_victims=ctx.config.max_victims,
+            for_job=job.id,
+            accept=accept,
+        )
+        if choice is None:
+            failed.add(memo)
+            continue
+        for victim in choice.victims:
+            ctx.stmt.evict(
+                victim,
+                EvictionKind.PREEMPT,
+                job.id,
+                f"preempted by job {job.id} (priority {job.priority} > {victim.job.priority}) in queue {job.queue}",
+            )
+            by_queue[job.queue].remove(victim)
+        ctx.stmt.bind(job, choice.request, choice.placement)
+        ctx.bound.add(job.id)
+        ctx.reasons.pop(job.id, None)
+        failed.clear()

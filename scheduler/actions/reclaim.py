@@ -1,0 +1,151 @@
+"""Reclaim: take GPUs back from queues above their fair share for a queue below its own.
+
+Who calls it: `cycle.run_cycle`, after allocate, for the gangs allocate could not place. The rules
+(Run:ai / KAI, `notes/runai-semantics.md`), checked at every level of the queue tree where the
+reclaimer's path and the victim's path differ (the split level and every level below it):
+
+- the reclaimer, with the job added, stays within its fair share — or within its quota;
+- victims are preemptible running jobs, older than the minimum runtime, of queues above their fair
+  share (above their quota is enough when the reclaimer is still within its quota);
+- in-quota work is never reclaimed: a victim queue never drops below its deserved (in-quota) share;
+- no ping-pong: unless the reclaimer is still within quota, it must not end up more saturated
+  (allocated / fair share) than any queue it took from;
+- victims are chosen topology-aware (`victims.choose_victims`): only a set whose freed GPUs give the
+  gang a valid placement is evicted, and the gang is bound in the same plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from leitstand.scheduler.actions.context import POLICY_BLOCKS, Code, CycleContext, ShapeKey
+from leitstand.scheduler.fairshare import saturation
+from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
+from leitstand.scheduler.statement import gpus
+from leitstand.scheduler.victims import choose_victims
+
+__all__ = ["run"]
+
+_EPS = 1e-6
+
+Pairs = tuple[tuple[QueueName, QueueName], ...]
+
+
+def run(ctx: CycleContext) -> None:
+    acc = ctx.stmt.accounting
+    share = ctx.shares.share_milli
+    deserved = ctx.shares.deserved_milli
+    by_queue: dict[QueueName, list[RunningJob]] = {}
+    for held in ctx.stmt.running.values():
+        if held.job.is_preemptible and acc.knows(held.job.queue) and ctx.is_victim_age(held):
+            by_queue.setdefault(held.job.queue, []).append(held)
+    if not by_queue:
+        return
+    pairs_cache: dict[tuple[QueueName, QueueName], Pairs] = {}
+    failed: set[tuple[QueueName, ShapeKey]] = set()
+
+    def pairs(reclaimer: QueueName, victim: QueueName) -> Pairs:
+        key = (reclaimer, victim)
+        if key not in pairs_cache:
+            p, v = acc.paths[reclaimer], acc.paths[victim]
+            split = 0
+            while split < min(len(p), len(v)) and p[split] == v[split]:
+                split += 1
+            pairs_cache[key] = tuple(zip(p[split:], v[split:], strict=False))
+        return pairs_cache[key]
+
+    for job in ctx.work_queue():
+        current = ctx.reasons.get(job.id)
+        if current is not None and current.code in POLICY_BLOCKS:
+            continue
+        block = ctx.admission_block(job)
+        if block is not None:
+            ctx.reasons[job.id] = block
+            continue
+        request = ctx.request(job)
+        if isinstance(request, PendingReason):
+            ctx.reasons[job.id] = request
+            continue
+        amount = job.gpu_milli_total
+        over = _over_fair_share(ctx, job)
+        if over is not None:
+            ctx.reasons[job.id] = over
+            continue
+        memo = (job.queue, ctx.shape_key(job, request))
+        if memo in failed:
+            continue
+
+        def in_quota_after(q: QueueName, amount: int = amount) -> bool:
+            return acc.allocated_milli[q] + amount <= deserved[q] + _EPS
+
+        candidates: list[RunningJob] = []
+        for queue, held in by_queue.items():
+            levels = pairs(job.queue, queue)
+            if not levels or not held:
+                continue  # same leaf (preemption's business) or nothing to take
+            if all(acc.allocated_milli[v] > (deserved[v] if in_quota_after(q) else share[v]) + _EPS for q, v in levels):
+                candidates.extend(held)
+        if not candidates:
+            failed.add(memo)
+            continue
+
+        def admissible(victim: RunningJob, taken: Sequence[RunningJob], job: Job = job) -> bool:
+            # `taken` is already evicted on the statement, so the accounting reflects it.
+            for q, v in pairs(job.queue, victim.job.queue):
+                after = acc.allocated_milli[v] - victim.job.gpu_milli_total
+                if after < deserved[v] - _EPS:
+                    return False  # in-quota work is never reclaimed
+                reclaimer_after = acc.allocated_milli[q] + job.gpu_milli_total
+                if not in_quota_after(q) and saturation(reclaimer_after, share[q]) > saturation(after, share[v]) + _EPS:
+                    return False  # would leave the reclaimer more saturated: ping-pong
+            return True
+
+        choice = choose_victims(
+            ctx.stmt,
+            request,
+            candidates,
+            ctx.policy,
+            max_victims=ctx.config.max_victims,
+            for_job=job.id,
+            admissible=admissible,
+        )
+        if choice is None:
+            failed.add(memo)
+            if current is not None:
+                ctx.wait(
+                    job,
+                    current.code,
+                    f"{current.message}; no preemptible jobs of queues above their fair share "
+                    "would free a valid placement",
+                )
+            continue
+        for victim in choice.victims:
+            ctx.stmt.evict(
+                victim,
+                EvictionKind.RECLAIM,
+                job.id,
+                f"reclaimed for job {job.id} of queue {job.queue} (below its fair share); "
+                f"queue {victim.job.queue} is above its fair share",
+            )
+            by_queue[victim.job.queue].remove(victim)
+        ctx.stmt.bind(job, choice.request, choice.placement)
+        ctx.bound.add(job.id)
+        ctx.reasons.pop(job.id, None)
+        failed.clear()
+
+
+def _over_fair_share(ctx: CycleContext, job: Job) -> PendingReason | None:
+    """Why this job may not reclaim: its queue would go above both its fair share and its quota."""
+    acc = ctx.stmt.accounting
+    amount = job.gpu_milli_total
+    for q in acc.paths[job.queue]:
+        after = acc.allocated_milli[q] + amount
+        if after > ctx.shares.share_milli[q] + _EPS and after > ctx.shares.deserved_milli[q] + _EPS:
+            return PendingReason(
+                job.id,
+                Code.OVER_FAIR_SHARE,
+                f"waiting for free GPUs: with this job queue {q} would hold {gpus(after)} GPUs, above "
+                f"its fair share of {gpus(ctx.shares.share_milli[q])}; only queues within their fair "
+                "share take GPUs back from others",
+            )
+    return None

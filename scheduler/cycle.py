@@ -1,0 +1,180 @@
+"""One scheduling cycle: snapshot in, plan out.
+
+What it holds: `run_cycle`, the only entry point of the decision core that the operator, the
+simulators and the benchmarks call. It reads as KAI's cycle — open the snapshot, run the actions
+(allocate, reclaim, preempt, consolidate; one module each in `actions/`), close — written as
+Kueue-style numbered steps, each timed into `Plan.phase_seconds` under a cycle id.
+
+What it must not do: log (the operator writes one INFO line per cycle from `phase_seconds`), read a
+clock other than for timings (`snapshot.now` is the scheduling time), or mutate the snapshot or the
+caller's `ClusterState` (it works on a copy).
+
+Semantics are documented in `docs/cycle.md`; the Run:ai rules behind them in
+`notes/runai-semantics.md`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Mapping
+
+from leitstand.scheduler.actions import allocate, consolidate, preempt, reclaim
+from leitstand.scheduler.actions.context import Code, CycleContext
+from leitstand.scheduler.fairshare import build_queue_tree, compute_fair_shares
+from leitstand.scheduler.model import (
+    GPU_MILLI,
+    Job,
+    JobId,
+    PendingReason,
+    Plan,
+    Queue,
+    QueueName,
+    SchedulerConfig,
+    Snapshot,
+)
+from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.state import ClusterState
+from leitstand.scheduler.statement import QueueAccounting, Statement
+
+__all__ = ["ACTIONS", "run_cycle"]
+
+ACTIONS: tuple[tuple[str, Callable[[CycleContext], None]], ...] = (
+    ("allocate", allocate.run),
+    ("reclaim", reclaim.run),
+    ("preempt", preempt.run),
+    ("consolidate", consolidate.run),
+)
+"""The actions of a cycle, in order (KAI's action list)."""
+
+_cycle_ids = itertools.count(1)
+
+
+def run_cycle(
+    snapshot: Snapshot,
+    config: SchedulerConfig = SchedulerConfig(),  # noqa: B008 - frozen value, safe as a default
+    *,
+    state: ClusterState | None = None,
+) -> Plan:
+    """Decide what to bind, what to evict and why the rest waits.
+
+    `state`, when given, is an incrementally maintained `ClusterState` that already reflects
+    `snapshot.running`; the cycle works on a copy of it. Without it, the state is built from the
+    snapshot. Raises `InvalidSpecError` for an invalid queue tree and `StateError` when the running
+    jobs over-commit the nodes; everything else that cannot run becomes a `PendingReason`.
+    """
+    cycle_id = next(_cycle_ids)
+    phases: dict[str, float] = {}
+    clock = time.perf_counter
+    started = mark = clock()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = clock()
+        phases[name] = now - mark
+        mark = now
+
+    # 1. Open the snapshot: the working state (a copy; never the caller's arrays) and the queue tree.
+    if state is None:
+        work = ClusterState.from_nodes(snapshot.nodes, snapshot.topology)
+        for held in snapshot.running:
+            work.allocate_job(held)
+    else:
+        work = state.copy()
+    tree = build_queue_tree(snapshot.queues)
+    accounting = QueueAccounting.empty(tree)
+    stmt = Statement(state=work, accounting=accounting, now=snapshot.now)
+    for held in snapshot.running:
+        accounting.add(held.job, 1)
+        stmt.running[held.job.id] = held
+    lap("snapshot")
+
+    # 2. Sort the pending jobs into their leaf queues; jobs of unknown or inner queues wait here.
+    reasons: dict[JobId, PendingReason] = {}
+    pending_by_queue: dict[QueueName, list[Job]] = {}
+    for job in snapshot.pending:
+        if job.queue not in tree.queues:
+            reasons[job.id] = PendingReason(
+                job.id, Code.UNKNOWN_QUEUE, f"queue {job.queue} does not exist; create it or resubmit"
+            )
+        elif not tree.is_leaf(job.queue):
+            reasons[job.id] = PendingReason(
+                job.id,
+                Code.UNKNOWN_QUEUE,
+                f"queue {job.queue} has child queues and holds no jobs; submit to one of its leaf queues",
+            )
+        else:
+            pending_by_queue.setdefault(job.queue, []).append(job)
+    lap("queues")
+
+    # 3. Fair share, once per cycle: capacity = GPUs of schedulable nodes; leaf demand = allocated + pending.
+    demand: dict[QueueName, int] = {q: accounting.allocated_milli[q] for q in tree.leaves}
+    for queue, jobs in pending_by_queue.items():
+        demand[queue] += sum(j.gpu_milli_total for j in jobs)
+    capacity = float(work.gpu_count[work.schedulable].sum()) * GPU_MILLI
+    shares = compute_fair_shares(
+        snapshot.queues, demand, capacity, usage_share=_usage_share(snapshot, config, capacity)
+    )
+    lap("fair_share")
+
+    # 4. The actions, in order, on one statement: allocate, reclaim, preempt, consolidate.
+    reserved = {q: _reservation(tree.queues, q) for q in tree.order}
+    ctx = CycleContext(
+        snapshot=snapshot,
+        config=config,
+        tree=tree,
+        shares=shares,
+        policy=PolicyContext.build(work, config.policy),
+        stmt=stmt,
+        pending_by_queue=pending_by_queue,
+        reserved_pools=reserved,
+        all_reserved=frozenset(p for p in reserved.values() if p is not None),
+    )
+    ctx.reasons.update(reasons)
+    for name, action in ACTIONS:
+        action(ctx)
+        lap(name)
+
+    # 5. Close: the statement's log is the plan; every pending job left unbound carries a reason.
+    bindings = stmt.bindings()
+    bound_now = {b.job_id for b in bindings}
+    pending = tuple(
+        ctx.reasons.get(job.id)
+        or PendingReason(job.id, "NotScheduled", "not placed this cycle; will be retried next cycle")
+        for job in snapshot.pending
+        if job.id not in bound_now
+    )
+    lap("close")
+    phases["total"] = clock() - started
+    return Plan(
+        bindings=bindings,
+        evictions=stmt.evictions(),
+        pending=pending,
+        fair_share_milli=dict(shares.share_milli),
+        phase_seconds=phases,
+        cycle_id=cycle_id,
+    )
+
+
+def _reservation(queues: Mapping[QueueName, Queue], name: QueueName) -> str | None:
+    """A queue's node pool reservation: its own, or its nearest ancestor's."""
+    current: QueueName | None = name
+    while current is not None:
+        queue = queues[current]
+        if queue.node_pool is not None:
+            return queue.node_pool
+        current = queue.parent
+    return None
+
+
+def _usage_share(snapshot: Snapshot, config: SchedulerConfig, capacity_milli: float) -> dict[QueueName, float] | None:
+    """Decayed usage as a fraction of what the cluster could have delivered over the same window.
+
+    With exponential decay of half-life h, the window integral of a constant capacity C is C·h/ln 2.
+    """
+    half_life = config.usage_half_life_seconds
+    if half_life is None or not snapshot.usage_milli_seconds or capacity_milli <= 0:
+        return None
+    window = capacity_milli * half_life / math.log(2)
+    return {q: used / window for q, used in snapshot.usage_milli_seconds.items()}

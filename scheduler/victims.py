@@ -1,0 +1,195 @@
+"""Topology-aware victim choice: which running jobs to stop so that a waiting gang really fits.
+
+What it holds: `choose_victims`, shared by reclaim, preempt and consolidate. For each candidate
+domain (a domain of the gang's required level; each node for a one-replica gang; otherwise the
+whole allowed node set) it evicts candidates cheapest first on the cycle's `Statement`, asks
+`place_gang` after each one whether the gang now has a valid placement *inside that domain*, then
+drops every victim the placement does not need. The cheapest successful set over all domains wins:
+lowest highest-priority, then fewest jobs, then fewest GPUs, then youngest. Everything is rolled
+back before returning; the caller replays the chosen evictions and the returned placement, so an
+eviction is never issued without the preemptor's placement in the same plan.
+
+Why not "cheapest jobs anywhere": peers that pick victims without looking at topology free GPUs the
+waiting gang cannot use (Kueue #5243, Volcano reclaim bugs); here freed GPUs are proven useful by an
+actual placement in the post-eviction state.
+
+Who calls it: `actions/reclaim.py`, `actions/preempt.py`, `actions/consolidate.py`.
+What it must not do: decide whether eviction is allowed at all (the action passes `admissible` and
+`accept` for its own rules), or leave anything changed in the statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from leitstand.scheduler.codes import NONE
+from leitstand.scheduler.model import GPU_MILLI, EvictionKind, JobId, RunningJob
+from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
+from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.statement import Statement
+
+Admissible = Callable[[RunningJob, Sequence[RunningJob]], bool]
+"""May this candidate join the victims already taken? Called with `taken` already evicted on the
+statement (state and accounting show them gone). Must be monotone: more victims never make a
+candidate admissible again."""
+Accept = Callable[[Sequence[RunningJob], GangRequest, GangPlacement], bool]
+"""Final check of a set, called with exactly these victims evicted on the statement and the placement
+found in that state; must leave the statement as it found it."""
+
+MAX_DOMAINS = 16
+"""Candidate domains tried per waiting gang (the most promising first); bounds the cost of a search."""
+
+
+@dataclass(frozen=True, slots=True)
+class VictimChoice:
+    victims: tuple[RunningJob, ...]
+    request: GangRequest
+    """The waiting gang's request, restricted to the chosen domain."""
+    placement: GangPlacement
+    """Valid in the state where exactly `victims` are evicted."""
+
+
+def victim_cost(running: RunningJob) -> tuple[int, float, int, str]:
+    """Sort key, cheapest first: lowest priority, youngest (latest start), fewest GPUs, then id."""
+    return (running.job.priority, -running.started_at, running.job.gpu_milli_total, running.job.id)
+
+
+def _set_cost(victims: Sequence[RunningJob]) -> tuple[int, int, int, float]:
+    return (
+        max(v.job.priority for v in victims),
+        len(victims),
+        sum(v.job.gpu_milli_total for v in victims),
+        -max(v.started_at for v in victims),
+    )
+
+
+def choose_victims(
+    stmt: Statement,
+    request: GangRequest,
+    candidates: Sequence[RunningJob],
+    policy: PolicyContext,
+    *,
+    max_victims: int,
+    for_job: JobId,
+    admissible: Admissible | None = None,
+    accept: Accept | None = None,
+    key: Callable[[RunningJob], tuple[int, float, int, str]] = victim_cost,
+) -> VictimChoice | None:
+    """The cheapest victim set whose eviction gives `request` a valid placement, or None."""
+    if not candidates or max_victims <= 0:
+        return None
+    state = stmt.state
+    ordered = sorted(candidates, key=key)
+    nodes_of = {v.job.id: np.array([state.node_index[p.node] for p in v.placements], dtype=np.int64) for v in ordered}
+
+    best: VictimChoice | None = None
+    for domain_mask in _candidate_domains(stmt, request, ordered, nodes_of):
+        local = [v for v in ordered if bool(domain_mask[nodes_of[v.job.id]].any())]
+        if not local:
+            continue
+        domain_request = replace(request, node_mask=domain_mask)
+        found = _search_domain(stmt, domain_request, local, policy, max_victims, for_job, admissible, accept)
+        if found is not None and (best is None or _set_cost(found.victims) < _set_cost(best.victims)):
+            best = found
+    return best
+
+
+def _candidate_domains(
+    stmt: Statement,
+    request: GangRequest,
+    ordered: Sequence[RunningJob],
+    nodes_of: dict[JobId, NDArray[np.int64]],
+) -> list[NDArray[np.bool_]]:
+    """Node masks to search in, most free fitting capacity first (fewest victims likely needed)."""
+    state = stmt.state
+    level = request.required_level
+    if level == NONE and request.replicas == 1:
+        level = state.n_levels  # one replica lives on one node: each node is a domain
+    if level == NONE:
+        return [request.node_mask]
+    column = state.domain[:, level]
+    touched = {int(d) for v in ordered for d in column[nodes_of[v.job.id]] if d != NONE}
+    need = request.replicas * max(request.gpus, 1)
+    scored: list[tuple[int, int, NDArray[np.bool_]]] = []
+    for d in sorted(touched):
+        mask = request.node_mask & (column == d)
+        if not mask.any():
+            continue
+        free_units = _fit_units(stmt, request, mask)
+        reclaimable = sum(int(v.job.gpus * int(mask[nodes_of[v.job.id]].sum())) for v in ordered)
+        if free_units + reclaimable * _units_per_gpu(request) < need:
+            continue  # even evicting every candidate here would not make room
+        scored.append((-free_units, d, mask))
+    scored.sort(key=lambda item: (item[0], item[1]))
+    return [mask for _, _, mask in scored[:MAX_DOMAINS]]
+
+
+def _units_per_gpu(request: GangRequest) -> int:
+    # Upper bound on how many more slots of the gang's size one freed GPU can add: ceil(1000 / milli).
+    return -(-GPU_MILLI // request.gpu_milli) if request.gpu_milli > 0 else 1
+
+
+def _fit_units(stmt: Statement, request: GangRequest, mask: NDArray[np.bool_]) -> int:
+    """How many device-slots of the gang's size are free inside `mask` (a necessary condition)."""
+    if request.gpus == 0 or request.gpu_milli <= 0:
+        return request.replicas
+    free = stmt.state.gpu_free_milli[mask]
+    return int((free // request.gpu_milli).sum())
+
+
+def _search_domain(
+    stmt: Statement,
+    request: GangRequest,
+    local: Sequence[RunningJob],
+    policy: PolicyContext,
+    max_victims: int,
+    for_job: JobId,
+    admissible: Admissible | None,
+    accept: Accept | None,
+) -> VictimChoice | None:
+    """Greedy in cost order until the gang fits, then prune victims it does not need."""
+    mark = stmt.checkpoint()
+    need = request.replicas * max(request.gpus, 1)
+    taken: list[RunningJob] = []
+    placement: GangPlacement | None = None
+    try:
+        for victim in local:
+            if len(taken) >= max_victims:
+                break
+            if admissible is not None and not admissible(victim, taken):
+                continue
+            stmt.evict(victim, EvictionKind.PREEMPT, for_job, "what-if")
+            taken.append(victim)
+            if request.gpus > 0 and _fit_units(stmt, request, request.node_mask) < need:
+                continue
+            result = place_gang(stmt.state, request, policy)
+            if isinstance(result, GangPlacement) and (accept is None or accept(taken, request, result)):
+                placement = result
+                break
+        if placement is None:
+            return None
+        # Prune: drop the most expensive victims the placement can do without.
+        for victim in reversed(list(taken)):
+            if len(taken) == 1:
+                break
+            trial = [v for v in taken if v is not victim]
+            stmt.rollback(mark)
+            for v in trial:
+                stmt.evict(v, EvictionKind.PREEMPT, for_job, "what-if")
+            result = place_gang(stmt.state, request, policy)
+            if isinstance(result, GangPlacement) and (accept is None or accept(trial, request, result)):
+                taken, placement = trial, result
+        # Recompute the placement for exactly the final set (the state the caller will replay).
+        stmt.rollback(mark)
+        for v in taken:
+            stmt.evict(v, EvictionKind.PREEMPT, for_job, "what-if")
+        final = place_gang(stmt.state, request, policy)
+        if not isinstance(final, GangPlacement) or (accept is not None and not accept(taken, request, final)):
+            return None
+        return VictimChoice(victims=tuple(taken), request=request, placement=final)
+    finally:
+        stmt.rollback(mark)
