@@ -162,9 +162,7 @@ def build_queue_tree(queues: Sequence[Queue]) -> QueueTree:
 
 def _validate_queue(q: Queue) -> None:
     if q.quota_milli < 0:
-        raise InvalidSpecError(
-            f"queue {q.name!r}: quota {q.quota_milli} milli-GPU is negative; use 0 or more"
-        )
+        raise InvalidSpecError(f"queue {q.name!r}: quota {q.quota_milli} milli-GPU is negative; use 0 or more")
     if q.limit_milli is not None:
         if q.limit_milli < 0:
             raise InvalidSpecError(
@@ -225,9 +223,7 @@ def compute_fair_shares(
         raise InvalidSpecError(f"usage factor k={usage_factor!r} must be a finite number ≥ 0")
     for name, amount in demand_milli.items():
         if name not in tree.queues:
-            raise InvalidSpecError(
-                f"demand given for unknown queue {name!r}; create the queue or drop the jobs"
-            )
+            raise InvalidSpecError(f"demand given for unknown queue {name!r}; create the queue or drop the jobs")
         if not tree.is_leaf(name):
             raise InvalidSpecError(
                 f"queue {name!r} has child queues ({', '.join(tree.children[name])}) and cannot hold jobs; "
@@ -329,9 +325,7 @@ def _divide(
         bucket = [
             k
             for k in kids
-            if k.priority == priority
-            and k.over_quota_weight > 0
-            and requestable[k.name] - share[k.name] > _EPS_MILLI
+            if k.priority == priority and k.over_quota_weight > 0 and requestable[k.name] - share[k.name] > _EPS_MILLI
         ]
         if not bucket:
             continue
