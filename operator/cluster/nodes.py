@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from leitstand.operator.cluster.kubeapi import KubeApi
 
 TOPOLOGY_LABELS = (

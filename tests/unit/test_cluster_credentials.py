@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import yaml
+
 from leitstand.operator.cluster.build import staging_modules
 from leitstand.operator.cluster.credentials import (
     USERS,

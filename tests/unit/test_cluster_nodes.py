@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from leitstand.operator.cluster.nodes import (
     TOPOLOGY_LABELS,
     ClusterSpec,
