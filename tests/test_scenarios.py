@@ -18,6 +18,7 @@ from scenarios.loader import ONLY_FAIRSHARE, Scenario, ScenarioError, load_scena
 from leitstand.scheduler.model import (
     GPU_MILLI,
     NODE_LEVEL,
+    EvictionKind,
     Plan,
     SchedulerConfig,
     Snapshot,
@@ -76,9 +77,12 @@ def check_plan(scenario: Scenario, plan: Plan) -> None:
     # Sanity of the plan itself, whatever the file expects.
     bound_ids = [b.job_id for b in plan.bindings]
     assert len(bound_ids) == len(set(bound_ids)), f"{name}: a job is bound twice: {bound_ids}"
+    # A running job moved by consolidation is evicted (kind consolidate) and bound again in the same plan.
+    moved = {e.job_id for e in plan.evictions if e.kind is EvictionKind.CONSOLIDATE}
+    bindable = {**pending_jobs, **{r.job.id: r.job for r in snap.running if r.job.id in moved}}
     for b in plan.bindings:
-        assert b.job_id in pending_jobs, f"{name}: bound {b.job_id}, which is not pending"
-        job = pending_jobs[b.job_id]
+        assert b.job_id in bindable, f"{name}: bound {b.job_id}, which is not pending"
+        job = bindable[b.job_id]
         assert len(b.placements) == job.replicas, f"{name}: {b.job_id}: {len(b.placements)} of {job.replicas} replicas"
         for p in b.placements:
             assert p.node in nodes, f"{name}: {b.job_id} placed on unknown node {p.node}"

@@ -67,10 +67,6 @@ def run(ctx: CycleContext) -> None:
             ctx.reasons[job.id] = request
             continue
         amount = job.gpu_milli_total
-        over = _over_fair_share(ctx, job)
-        if over is not None:
-            ctx.reasons[job.id] = over
-            continue
         memo = (job.queue, ctx.shape_key(job, request))
         if memo in failed:
             continue
@@ -87,6 +83,11 @@ def run(ctx: CycleContext) -> None:
                 candidates.extend(held)
         if not candidates:
             failed.add(memo)
+            continue
+        over = _over_fair_share(ctx, job)
+        if over is not None:
+            # Only said when reclaim was the way out: someone else borrows GPUs this job could use.
+            ctx.reasons[job.id] = over
             continue
 
         def admissible(victim: RunningJob, taken: Sequence[RunningJob], job: Job = job) -> bool:
