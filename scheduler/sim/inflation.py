@@ -124,7 +124,9 @@ def typical_tasks(pods: PodTable, model_codes: dict[str, int]) -> TypicalTasks:
     return typical_tasks_from_shapes(table, model_codes)
 
 
-def merge_allocation_curve(arrived_milli: NDArray[np.int64], used_milli: NDArray[np.int64], total_gpus: int) -> list[float]:
+def merge_allocation_curve(
+    arrived_milli: NDArray[np.int64], used_milli: NDArray[np.int64], total_gpus: int
+) -> list[float]:
     """The authors' merge: per event arrived % = round(arrived/gpus/10), allocation % =
     round(used/gpus/10, 2); column k = mean allocation % of events at k (else at k±1), rounded half-even."""
     arrived_pct = np.array([round(float(a) / total_gpus / 10) for a in arrived_milli], dtype=np.int64)

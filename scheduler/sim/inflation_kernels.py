@@ -94,21 +94,64 @@ def select_node_kernel(
     best_score = np.int64(0)
     best_rank = np.int64(0)
     for n in range(gpu_count.shape[0]):
-        if not node_fits_kernel(n, gpu_free_milli, gpu_count, cpu_free_milli, memory_free_mib, gpu_model,
-                                req_gpus, req_milli, req_cpu, req_mem, model_ok):
+        if not node_fits_kernel(
+            n,
+            gpu_free_milli,
+            gpu_count,
+            cpu_free_milli,
+            memory_free_mib,
+            gpu_model,
+            req_gpus,
+            req_milli,
+            req_cpu,
+            req_mem,
+            model_ok,
+        ):
             continue
         if policy == RANDOM:
-            score = node_score_kernel(policy, n, gpu_free_milli, gpu_count, cpu_free_milli,
-                                      cpu_capacity_milli, memory_free_mib, gpu_model, req_gpus, req_milli,
-                                      req_cpu, req_mem, typ_cpu, typ_milli, typ_num, typ_model_ok,
-                                      typ_weight, _splitmix64_kernel(rng_state))
+            score = node_score_kernel(
+                policy,
+                n,
+                gpu_free_milli,
+                gpu_count,
+                cpu_free_milli,
+                cpu_capacity_milli,
+                memory_free_mib,
+                gpu_model,
+                req_gpus,
+                req_milli,
+                req_cpu,
+                req_mem,
+                typ_cpu,
+                typ_milli,
+                typ_num,
+                typ_model_ok,
+                typ_weight,
+                _splitmix64_kernel(rng_state),
+            )
         elif cache_stamp[n] == node_version[n]:
             score = cache_score[n]
         else:
-            score = node_score_kernel(policy, n, gpu_free_milli, gpu_count, cpu_free_milli,
-                                      cpu_capacity_milli, memory_free_mib, gpu_model, req_gpus, req_milli,
-                                      req_cpu, req_mem, typ_cpu, typ_milli, typ_num, typ_model_ok,
-                                      typ_weight, np.uint64(0))
+            score = node_score_kernel(
+                policy,
+                n,
+                gpu_free_milli,
+                gpu_count,
+                cpu_free_milli,
+                cpu_capacity_milli,
+                memory_free_mib,
+                gpu_model,
+                req_gpus,
+                req_milli,
+                req_cpu,
+                req_mem,
+                typ_cpu,
+                typ_milli,
+                typ_num,
+                typ_model_ok,
+                typ_weight,
+                np.uint64(0),
+            )
             cache_score[n] = score
             cache_stamp[n] = node_version[n]
         if best < 0 or score > best_score or (score == best_score and node_rank[n] < best_rank):
@@ -163,17 +206,51 @@ def run_stream_kernel(
         req_milli = task_milli[k]
         s = task_shape[k]
         arrived += req_gpus * req_milli
-        n = select_node_kernel(policy, gpu_free_milli, gpu_count, cpu_free_milli, cpu_capacity_milli,
-                               memory_free_mib, gpu_model, node_rank, req_gpus, req_milli, task_cpu[k],
-                               task_mem[k], shape_model_ok[s], typ_cpu, typ_milli, typ_num, typ_model_ok,
-                               typ_weight, rng_state, cache_score[s], cache_stamp[s], node_version)
+        n = select_node_kernel(
+            policy,
+            gpu_free_milli,
+            gpu_count,
+            cpu_free_milli,
+            cpu_capacity_milli,
+            memory_free_mib,
+            gpu_model,
+            node_rank,
+            req_gpus,
+            req_milli,
+            task_cpu[k],
+            task_mem[k],
+            shape_model_ok[s],
+            typ_cpu,
+            typ_milli,
+            typ_num,
+            typ_model_ok,
+            typ_weight,
+            rng_state,
+            cache_score[s],
+            cache_stamp[s],
+            node_version,
+        )
         placed_node[k] = n
         if n >= 0:
             if req_gpus > 0 and req_milli > 0:
                 out = np.empty(req_gpus, dtype=np.int32)
-                choose_gpus_kernel(policy, n, gpu_free_milli, gpu_count, req_gpus, req_milli, typ_cpu,
-                                   typ_milli, typ_num, typ_model_ok, typ_weight, out, cpu_free_milli[n],
-                                   gpu_model[n], task_cpu[k])
+                choose_gpus_kernel(
+                    policy,
+                    n,
+                    gpu_free_milli,
+                    gpu_count,
+                    req_gpus,
+                    req_milli,
+                    typ_cpu,
+                    typ_milli,
+                    typ_num,
+                    typ_model_ok,
+                    typ_weight,
+                    out,
+                    cpu_free_milli[n],
+                    gpu_model[n],
+                    task_cpu[k],
+                )
                 for j in range(req_gpus):
                     gpu_free_milli[n, out[j]] -= req_milli
                 used += req_gpus * req_milli
