@@ -10,3 +10,7 @@ import typer
 
 simulate_app = typer.Typer(no_args_is_help=True)
 bench_app = typer.Typer(no_args_is_help=True)
+
+from leitstand.operator.simulate_inflation import inflation  # noqa: E402
+
+simulate_app.command("inflation")(inflation)

@@ -1,0 +1,156 @@
+"""`leitstand simulate inflation`: the FGD paper's workload-inflation experiment on the openb trace.
+
+Thin CLI over `leitstand.scheduler.sim.inflation`: loads the node and pod CSVs, runs every requested
+policy × seed, prints a rich table (ours vs the authors' published medians when the expected-results
+file has the workload) and writes a PNG of allocation vs arrived workload, or prints JSON with
+`--json`. Heavy imports (numba, matplotlib) happen inside the command.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+TRACE_DIR = "alibaba-gpu-2023"
+EXPECTED = "fgd_expected_results/analysis_allo_discrete.csv"
+
+
+def traces_root() -> Path:
+    """`$LEITSTAND_TRACES`, else `../shared/traces` next to the repository root."""
+    env = os.environ.get("LEITSTAND_TRACES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "traces"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`"42-51"` → 42..51; `"42,45,50-51"` → [42, 45, 50, 51]."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(part)])
+        except ValueError:
+            raise typer.BadParameter(
+                f"bad seed range {part!r}; use e.g. 42-51 or 42,43", param_hint="--seeds"
+            ) from None
+    if not seeds:
+        raise typer.BadParameter("no seeds given")
+    return seeds
+
+
+def published_unallocated(expected_csv: Path, workload: str, seeds: list[int]) -> dict[str, list[float]]:
+    """The authors' unallocated GPU % at 100 % arrived, per policy display name, for `seeds`."""
+    out: dict[str, dict[int, float]] = {}
+    if not expected_csv.exists():
+        return {}
+    with open(expected_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            name = row["workload"].removeprefix("openb_pod_list_")
+            if name != workload:
+                continue
+            policy = row["sc_policy"].split("-", 1)[-1]
+            out.setdefault(policy, {})[int(row["seed"])] = round(100.0 - float(row["100"]), 2)
+    return {p: [v[s] for s in seeds if s in v] for p, v in out.items() if any(s in v for s in seeds)}
+
+
+def inflation(
+    nodes: Annotated[Path | None, typer.Option(help="Node CSV (default: the trace's GPU node list).")] = None,
+    pods: Annotated[Path | None, typer.Option(help="Pod CSV (default: openb_pod_list_default.csv).")] = None,
+    policy: Annotated[str, typer.Option(help="Policies, comma-separated, case-insensitive.")] = "leitstand",
+    seeds: Annotated[str, typer.Option(help="Seeds: 42-51, or a comma list.")] = "42-51",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table and plot.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="PNG path (default out/inflation-<workload>.png).")] = None,
+) -> None:
+    """Paper protocol (FGD, ATC'23): inflate the trace to 1.3× GPU capacity, arrive-only, per policy."""
+    from leitstand.scheduler.codes import PolicyCode
+    from leitstand.scheduler.sim import openb
+    from leitstand.scheduler.sim.inflation import Workload, run_policy
+
+    root = traces_root() / TRACE_DIR
+    nodes_path = nodes or root / "openb_node_list_gpu_node.csv"
+    pods_path = pods or root / "openb_pod_list_default.csv"
+    try:
+        codes = [PolicyCode.parse(p) for p in policy.split(",") if p.strip()]
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--policy") from None
+    seed_list = parse_seeds(seeds)
+    for path in (nodes_path, pods_path):
+        if not path.exists():
+            raise typer.BadParameter(f"{path} does not exist (set LEITSTAND_TRACES or pass --nodes/--pods)")
+
+    workload_name = openb.workload_name(pods_path)
+    workload = Workload.build(openb.load_nodes(nodes_path), openb.load_pods(pods_path))
+    published = published_unallocated(root / EXPECTED, workload_name, seed_list)
+    results: dict[str, dict[str, Any]] = {}
+    for code in codes:
+        summary = run_policy(workload, code, seed_list)
+        entry: dict[str, Any] = {
+            "unallocated_pct_at_100": summary.unallocated_pct_at_100,
+            "per_seed": summary.per_seed,
+            "allocation_pct_by_arrived": summary.allocation_pct_by_arrived,
+            "seconds": round(summary.seconds, 2),
+        }
+        if published.get(code.display_name):
+            entry["published"] = round(statistics.median(published[code.display_name]), 3)
+        results[code.display_name] = entry
+    document = {"workload": workload_name, "results": results}
+    if json_out:
+        typer.echo(json.dumps(document))
+        return
+    _print_table(document, len(seed_list))
+    _write_plot(document, plot or Path("out") / f"inflation-{workload_name}.png")
+
+
+def _print_table(document: dict[str, Any], n_seeds: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Inflation, workload {document['workload']}: unallocated GPU % at 100 % arrived")
+    table.add_column("policy")
+    table.add_column(f"median ({n_seeds} seeds)", justify="right")
+    table.add_column("published", justify="right")
+    table.add_column("Δ", justify="right")
+    table.add_column("seconds", justify="right")
+    for name, entry in document["results"].items():
+        pub = entry.get("published")
+        ours = entry["unallocated_pct_at_100"]
+        table.add_row(
+            name,
+            f"{ours:.2f}",
+            "" if pub is None else f"{pub:.2f}",
+            "" if pub is None else f"{ours - pub:+.2f}",
+            f"{entry['seconds']:.1f}",
+        )
+    Console().print(table)
+
+
+def _write_plot(document: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, entry in document["results"].items():
+        curve = entry["allocation_pct_by_arrived"]
+        ax.plot(range(len(curve)), curve, label=name)
+    ax.plot([0, 100], [0, 100], color="grey", linewidth=0.6, linestyle=":")
+    ax.set_xlabel("arrived workload, % of cluster GPU capacity")
+    ax.set_ylabel("GPU allocation, %")
+    ax.set_title(f"FGD inflation protocol, workload {document['workload']} (median over seeds)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    typer.echo(f"plot written to {path}")
