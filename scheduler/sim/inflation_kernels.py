@@ -21,17 +21,18 @@ from numpy.typing import NDArray
 from leitstand.scheduler.policy_kernels import RANDOM, choose_gpus_kernel, node_score_kernel
 
 
-@njit(cache=True)  # type: ignore[misc]
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
 def _splitmix64_kernel(state: NDArray[np.uint64]) -> np.uint64:
     """One draw of splitmix64 (Random's per-node score); advances `state[0]`."""
     state[0] = state[0] + np.uint64(0x9E3779B97F4A7C15)
     z = state[0]
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    out: np.uint64 = z ^ (z >> np.uint64(31))
+    return out
 
 
-@njit(cache=True)  # type: ignore[misc]
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
 def node_fits_kernel(
     n: int,
     gpu_free_milli: NDArray[np.int32],
@@ -60,7 +61,7 @@ def node_fits_kernel(
     return fitting >= req_gpus
 
 
-@njit(cache=True)  # type: ignore[misc]
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
 def select_node_kernel(
     policy: int,
     gpu_free_milli: NDArray[np.int32],
@@ -161,7 +162,7 @@ def select_node_kernel(
     return best
 
 
-@njit(cache=True)  # type: ignore[misc]
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
 def run_stream_kernel(
     policy: int,
     gpu_free_milli: NDArray[np.int32],
