@@ -115,7 +115,7 @@ def gpupacking(free: list[int], req_gpus: int, req_milli: int) -> int:
     if fully_used:
         return max(50 - fully_used, 33)
     pct = sum(int(f) * 100 // GPU_MILLI for f in used)
-    return max(100 - pct // 10, 50)
+    return int(max(100 - pct // 10, 50))
 
 
 def dotprod(
