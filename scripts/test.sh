@@ -8,13 +8,16 @@ export PATH="$PWD/.venv/bin:$PATH"
 export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-$HOME/.cache/leitstand/numba}
 
 echo "== ruff"; ruff check .
-echo "== mypy"; mypy scheduler operator tests
-echo "== import-linter"
-# grimp cannot see through setuptools' editable finder (the mapped packages have no file origin), so
-# the contracts are checked on a throw-away tree that links the two folders under their real names.
+# mypy and grimp cannot see through setuptools' editable finder (the mapped packages have no file
+# origin, so imports of leitstand.* would silently become Any), so both check a throw-away tree that
+# links the two folders under their installed names.
 lint_root=$(mktemp -d); trap 'rm -rf "$lint_root"' EXIT
 mkdir "$lint_root/leitstand"
 ln -s "$PWD/scheduler" "$lint_root/leitstand/scheduler"; ln -s "$PWD/operator" "$lint_root/leitstand/operator"
+echo "== mypy (strict on leitstand.scheduler)"
+MYPYPATH="$lint_root" mypy -p leitstand.scheduler -p leitstand.operator
+MYPYPATH="$lint_root" mypy tests
+echo "== import-linter"
 PYTHONPATH="$lint_root" lint-imports
 echo "== unit, scenario, property and parity tests"
 pytest -m "not e2e" -q
