@@ -150,9 +150,7 @@ def build_k8s(paths: CachePaths, log: Path) -> None:
     staging_version = "v0." + K8S_VERSION.split(".", 1)[1]
     # The release's own language settings, so the binaries run with the GODEBUG defaults k8s chose.
     _run(["go", "mod", "edit", "-go=1.24.0", "-godebug=default=go1.24"], wrapper, log)
-    info = json.loads(
-        _run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{K8S_VERSION}"], wrapper, log)
-    )
+    info = json.loads(_run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{K8S_VERSION}"], wrapper, log))
     modules = staging_modules(Path(info["GoMod"]).read_text())
     if not modules:
         raise BuildError(f"no staging replaces found in {info['GoMod']}; the recipe needs revisiting.")
@@ -252,10 +250,7 @@ def build(force: bool = False, report: Report = print) -> dict[str, float]:
     paths = cache_paths()
     todo = ["kubernetes", "etcd", "kwok"] if force else missing(paths)
     if not todo:
-        report(
-            f"build: up to date in {paths.bin} (k8s v{K8S_VERSION}, etcd v{ETCD_VERSION}, "
-            f"kwok v{KWOK_VERSION})"
-        )
+        report(f"build: up to date in {paths.bin} (k8s v{K8S_VERSION}, etcd v{ETCD_VERSION}, kwok v{KWOK_VERSION})")
         return {}
     report(f"build: {check_go()}; building {', '.join(todo)} into {paths.bin}")
     builders = {"kubernetes": build_k8s, "etcd": build_etcd, "kwok": build_kwok}
@@ -271,7 +266,5 @@ def build(force: bool = False, report: Report = print) -> dict[str, float]:
         report(f"build: {name} done in {seconds[name]:.0f} s")
     still = missing(paths)
     if still:
-        raise BuildError(
-            f"built, but {', '.join(still)} still does not report the pinned version; see {paths.logs}."
-        )
+        raise BuildError(f"built, but {', '.join(still)} still does not report the pinned version; see {paths.logs}.")
     return seconds

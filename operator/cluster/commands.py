@@ -43,9 +43,7 @@ def build(
 
 @app.command()
 def up(
-    nodes: Annotated[
-        int | None, typer.Option(help="Nodes in the default pool (8x NVIDIA-B200). [default: 4]")
-    ] = None,
+    nodes: Annotated[int | None, typer.Option(help="Nodes in the default pool (8x NVIDIA-B200). [default: 4]")] = None,
     pool: Annotated[
         list[str] | None,
         typer.Option(
@@ -58,13 +56,9 @@ def up(
     ] = None,
     nodes_file: Annotated[
         Path | None,
-        typer.Option(
-            help="YAML {topology: {...}, pools: [{name, count, gpus, product, ...}]} instead of --nodes."
-        ),
+        typer.Option(help="YAML {topology: {...}, pools: [{name, count, gpus, product, ...}]} instead of --nodes."),
     ] = None,
-    with_kube_scheduler: Annotated[
-        bool, typer.Option(help="Also run kube-scheduler (the baseline).")
-    ] = False,
+    with_kube_scheduler: Annotated[bool, typer.Option(help="Also run kube-scheduler (the baseline).")] = False,
 ) -> None:
     """Start the cluster on free loopback ports, create the GPU nodes and wait until they are Ready."""
     from leitstand.operator.cluster import controlplane

@@ -11,6 +11,7 @@ and removes the folder. Nothing here ever kills by name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -80,9 +81,7 @@ class State:
     def save(self) -> None:
         path = Path(self.run) / "state.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({**self.__dict__, "processes": [p.__dict__ for p in self.processes]}, indent=2)
-        )
+        tmp.write_text(json.dumps({**self.__dict__, "processes": [p.__dict__ for p in self.processes]}, indent=2))
         tmp.replace(path)
 
     @classmethod
@@ -247,9 +246,7 @@ def up(
         build_mod.build(report=report)
     for stage in UPSTREAM_STAGES:
         if not (paths.stages / Path(stage).name).is_file():
-            raise ClusterError(
-                f"KWOK stage {stage} missing in {paths.stages}; run `leitstand cluster build`."
-            )
+            raise ClusterError(f"KWOK stage {stage} missing in {paths.stages}; run `leitstand cluster build`.")
     for sub in ("pki", "logs", "etcd"):
         (run / sub).mkdir(parents=True, exist_ok=True)
     run.chmod(0o700)
@@ -295,7 +292,7 @@ def _bring_up(
     token_file.touch(mode=0o600)
     token_file.write_text(credentials.token_lines(tokens))
     ca_pem = (pki / "ca.crt").read_bytes()
-    kubeconfigs = credentials.write_kubeconfigs(run, state.server, ca_pem, tokens)
+    kubeconfigs: dict[str, Path] = credentials.write_kubeconfigs(run, state.server, ca_pem, tokens)
     admin_kc = str(kubeconfigs["admin"])
 
     # 2. etcd.
@@ -317,9 +314,7 @@ def _bring_up(
             "--log-level=warn",
         ],
     )
-    _wait(
-        etcd, lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health", expect="true"), 30, "GET /health"
-    )
+    _wait(etcd, lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health", expect="true"), 30, "GET /health")
     seconds["etcd"] = time.monotonic() - t
 
     # 3. kube-apiserver.
@@ -355,9 +350,7 @@ def _bring_up(
     ca_context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     _wait(apiserver, lambda: _http_ok(f"{state.server}/readyz", ca_context, "ok"), 120, "GET /readyz")
     api = KubeApi(state.server, tokens["admin"], str(pki / "ca.crt"))
-    _wait(
-        apiserver, lambda: api.request("GET", "/api/v1/namespaces/default")[0] == 200, 60, "namespace default"
-    )
+    _wait(apiserver, lambda: api.request("GET", "/api/v1/namespaces/default")[0] == 200, 60, "namespace default")
     for obj in credentials.rbac_objects():
         api.create(collection_path(obj), obj)
     seconds["kube-apiserver"] = time.monotonic() - t
@@ -403,12 +396,8 @@ def _bring_up(
         )
         components.append((scheduler, ports["scheduler"]))
     for record, port in components:
-        _wait(
-            record,
-            lambda port=port: _http_ok(f"https://127.0.0.1:{port}/healthz", _insecure(), "ok"),
-            90,
-            "GET /healthz",
-        )
+        healthz = f"https://127.0.0.1:{port}/healthz"
+        _wait(record, functools.partial(_http_ok, healthz, _insecure(), "ok"), 90, "GET /healthz")
     seconds["controllers"] = time.monotonic() - t
 
     # 5. KWOK with the upstream stages plus ours.
@@ -439,7 +428,7 @@ def _bring_up(
         limit = ready_timeout_seconds or 60 + 0.3 * total
         _wait(kwok, lambda: nodes.ready_count(api)[0] >= total, limit, f"{total} nodes Ready")
     seconds["nodes_ready"] = time.monotonic() - t
-    api.close()
+    api.close_all()
     state.nodes = total
     state.save()
     return kubeconfigs
@@ -463,9 +452,7 @@ def down(report: Report = print) -> list[ProcessRecord]:
     if still:
         raise ClusterError(f"could not stop {', '.join(f'{p.name} (pid {p.pid})' for p in still)}")
     shutil.rmtree(run)
-    report(
-        f"down: stopped {', '.join(f'{p.name} (pid {p.pid})' for p in stopped) or 'nothing'}; removed {run}"
-    )
+    report(f"down: stopped {', '.join(f'{p.name} (pid {p.pid})' for p in stopped) or 'nothing'}; removed {run}")
     return stopped
 
 

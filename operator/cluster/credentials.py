@@ -58,9 +58,7 @@ def token_lines(tokens: dict[str, str], users: tuple[User, ...] = USERS) -> str:
     return "".join(f'{tokens[u.name]},{u.name},{u.name},"{",".join(u.groups)}"\n' for u in users)
 
 
-def kubeconfig(
-    server: str, ca_pem: bytes, user: str, token: str, namespace: str | None = None
-) -> dict[str, Any]:
+def kubeconfig(server: str, ca_pem: bytes, user: str, token: str, namespace: str | None = None) -> dict[str, Any]:
     context: dict[str, Any] = {"cluster": "leitstand-local", "user": user}
     if namespace:
         context["namespace"] = namespace
@@ -87,9 +85,7 @@ def write_kubeconfigs(
     for user in users:
         path = run / f"{user.name}.kubeconfig"
         path.touch(mode=0o600)
-        path.write_text(
-            yaml.safe_dump(kubeconfig(server, ca_pem, user.name, tokens[user.name], user.namespace))
-        )
+        path.write_text(yaml.safe_dump(kubeconfig(server, ca_pem, user.name, tokens[user.name], user.namespace)))
         written[user.name] = path
     return written
 
@@ -141,9 +137,7 @@ def rbac_objects(users: tuple[User, ...] = USERS) -> list[dict[str, Any]]:
                         "kind": "ClusterRole",
                         "name": OPERATOR_CLUSTER_ROLE,
                     },
-                    "subjects": [
-                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user.name}
-                    ],
+                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user.name}],
                 }
             )
         if user.namespace:
@@ -158,9 +152,7 @@ def rbac_objects(users: tuple[User, ...] = USERS) -> list[dict[str, Any]]:
                         "kind": "ClusterRole",
                         "name": "edit",
                     },
-                    "subjects": [
-                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user.name}
-                    ],
+                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user.name}],
                 }
             )
     return objects

@@ -31,6 +31,8 @@ class KubeApi:
     ca_file: str
     timeout_seconds: float = 30.0
     _local: threading.local = field(default_factory=threading.local, repr=False)
+    _opened: list[http.client.HTTPSConnection] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _connection(self) -> http.client.HTTPSConnection:
         conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
@@ -41,6 +43,8 @@ class KubeApi:
                 parts.hostname or "127.0.0.1", parts.port, context=context, timeout=self.timeout_seconds
             )
             self._local.conn = conn
+            with self._lock:
+                self._opened.append(conn)
         return conn
 
     def request(
@@ -79,6 +83,14 @@ class KubeApi:
         if status != 200:
             raise ApiError(status, "GET", path, json.dumps(body) if not isinstance(body, str) else body)
         return body
+
+    def close_all(self) -> None:
+        """Close every thread's connection (after a thread pool is done with this client)."""
+        with self._lock:
+            for conn in self._opened:
+                conn.close()
+            self._opened.clear()
+        self._local.conn = None
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -198,9 +198,7 @@ def node_manifests(spec: ClusterSpec) -> list[dict[str, Any]]:
             if i and i % topo.nodes_per_nvlink_domain == 0:
                 domain += 1
             name = f"{pool.name}-{i:04d}"
-            manifests.append(
-                _node(name, pool, index, spine=rack // topo.racks_per_spine, rack=rack, domain=domain)
-            )
+            manifests.append(_node(name, pool, index, spine=rack // topo.racks_per_spine, rack=rack, domain=domain))
             index += 1
         if pool.count:
             rack += 1
@@ -256,10 +254,11 @@ def create_nodes(api: KubeApi, manifests: list[dict[str, Any]], workers: int = 1
     """POST every Node (existing ones are left alone) from `workers` threads; return how many were sent."""
 
     def create(node: dict[str, Any]) -> int:
-        return api.create("/api/v1/nodes", node)
+        return int(api.create("/api/v1/nodes", node))
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(manifests)))) as pool:
         list(pool.map(create, manifests))
+    api.close_all()
     return len(manifests)
 
 
@@ -268,10 +267,7 @@ def ready_count(api: KubeApi, selector: str = "type=kwok") -> tuple[int, int]:
     body = api.get(f"/api/v1/nodes?labelSelector={selector}")
     items = body.get("items", [])
     ready = sum(
-        any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in n.get("status", {}).get("conditions") or []
-        )
+        any(c.get("type") == "Ready" and c.get("status") == "True" for c in n.get("status", {}).get("conditions") or [])
         for n in items
     )
     return ready, len(items)
