@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from leitstand.scheduler import placement_kernels as K
-from leitstand.scheduler.codes import NONE
+from leitstand.scheduler.codes import NONE, PolicyCode
 from leitstand.scheduler.model import GPU_MILLI, NODE_LEVEL, Job, ReplicaPlacement
 from leitstand.scheduler.placement_reference import place_gang_reference
 from leitstand.scheduler.policies import PolicyContext
@@ -203,6 +203,33 @@ def _unplaceable(state: ClusterState, request: GangRequest, status: int, diag: N
     return Unplaceable(POLICY_ERROR, f"placement policy chose GPUs that do not fit {shape} (a bug)")
 
 
+@dataclass(slots=True)
+class _ScoreCache:
+    """Policy scores of one request shape: `score[n]` is valid while `stamp[n] == node_version[n]`."""
+
+    policy: PolicyContext | None
+    score: NDArray[np.int64]
+    stamp: NDArray[np.int64]
+
+
+_NO_CACHE = _ScoreCache(None, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+_MAX_CACHED_SHAPES = 64
+
+
+def _score_cache(state: ClusterState, request: GangRequest, policy: PolicyContext) -> _ScoreCache:
+    key = ("score", int(policy.code), request.gpus, request.gpu_milli, request.cpu_milli, request.memory_mib)
+    entry = state.score_cache.get(key)
+    if not isinstance(entry, _ScoreCache) or entry.score.shape[0] != state.n_nodes:
+        if len(state.score_cache) >= _MAX_CACHED_SHAPES:
+            state.score_cache.clear()
+        entry = _ScoreCache(policy, np.zeros(state.n_nodes, np.int64), np.zeros(state.n_nodes, np.int64))
+        state.score_cache[key] = entry
+    if entry.policy is not policy:  # another context (typical tasks, seed) scores differently
+        entry.policy = policy
+        entry.stamp[:] = 0
+    return entry
+
+
 def _validate(state: ClusterState, request: GangRequest) -> str | None:
     if request.replicas < 0 or request.gpus < 0 or request.cpu_milli < 0 or request.memory_mib < 0:
         return "replicas, gpus, CPU and memory must be >= 0"
@@ -224,11 +251,14 @@ def place_gang(
     *,
     engine: Engine = "numba",
     nonce: int = 0,
+    score_cache: bool = True,
 ) -> GangPlacement | Unplaceable:
-    """Choose nodes and GPUs for all replicas, or none. Does not modify `state`.
+    """Choose nodes and GPUs for all replicas, or none. Does not modify `state` (its score cache aside).
 
     `nonce` varies the per-node random numbers a policy sees (`rand_u64`, e.g. for Random) between
     calls; with the same state, request, policy and nonce the result is deterministic.
+    `score_cache`: reuse policy scores of nodes unchanged since they were last scored for the same
+    request shape and policy (never for Random); the result is identical either way.
     """
     problem = _validate(state, request)
     if problem is not None:
@@ -239,6 +269,8 @@ def place_gang(
     if request.replicas == 0:
         return GangPlacement(nodes=nodes, gpus=gpus)
     diag = np.zeros(K.DIAG_SIZE, dtype=np.int64)
+    use_cache = score_cache and policy.code != PolicyCode.RANDOM
+    cache = _score_cache(state, request, policy) if use_cache else _NO_CACHE
     kernel = K.place_gang_kernel if engine == "numba" else place_gang_reference
     status = kernel(
         state.gpu_free_milli,
@@ -251,6 +283,8 @@ def place_gang(
         state.gpu_max_free_milli,
         state.domain,
         state.domain_count,
+        state.domain_order,
+        state.domain_start,
         np.ascontiguousarray(request.node_mask, dtype=np.bool_),
         np.ascontiguousarray(policy.node_rank, dtype=np.int64),
         request.replicas,
@@ -267,6 +301,10 @@ def place_gang(
         policy.typ_model_ok,
         policy.typ_weight,
         np.uint64(rand_base(policy.seed, nonce)),
+        state.node_version,
+        cache.score,
+        cache.stamp,
+        use_cache,
         nodes,
         gpus,
         diag,
@@ -286,6 +324,13 @@ def apply_placement(state: ClusterState, request: GangRequest, placement: GangPl
     for r in range(request.replicas):
         used = [int(g) for g in placement.gpus[r] if g >= 0]
         state.allocate(int(placement.nodes[r]), used, request.gpu_milli, request.cpu_milli, request.memory_mib)
+
+
+def release_placement(state: ClusterState, request: GangRequest, placement: GangPlacement) -> None:
+    """Give back what `apply_placement` charged (a job ended, or a what-if is rolled back)."""
+    for r in range(request.replicas):
+        used = [int(g) for g in placement.gpus[r] if g >= 0]
+        state.release(int(placement.nodes[r]), used, request.gpu_milli, request.cpu_milli, request.memory_mib)
 
 
 def replica_placements(state: ClusterState, placement: GangPlacement) -> tuple[ReplicaPlacement, ...]:

@@ -12,8 +12,11 @@ The kernel charges replicas to the arrays tentatively while it places a gang (so
 see the replicas already placed) and always undoes every charge before it returns.
 
 Cache note: `node_score_kernel` / `choose_gpus_kernel` are compiled into these kernels from
-`policy_kernels.py`. Numba's on-disk cache (`NUMBA_CACHE_DIR`) keys on this file only, so after
-editing `policy_kernels.py` clear the cache directory (or touch this file) to recompile.
+`policy_kernels.py`. Numba's on-disk cache (`NUMBA_CACHE_DIR`) keys on this file's timestamp only, so
+a cached placement kernel would keep running an old policy after `policy_kernels.py` changes. On
+import, `_refresh_cache_stamp` therefore bumps this file's mtime when `policy_kernels.py` is newer
+(before the decorators below read the stamp). If that is not possible (read-only install), clear
+`NUMBA_CACHE_DIR` after editing the policies.
 
 Algorithm (docs/placement.md has the long form):
 1. Per node: replica capacity = min over CPU, memory and GPUs of how many replicas fit (0 outside
@@ -29,11 +32,27 @@ Algorithm (docs/placement.md has the long form):
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+from leitstand.scheduler import policy_kernels as _policy_kernels
 from leitstand.scheduler.policy_kernels import choose_gpus_kernel, node_score_kernel
+
+
+def _refresh_cache_stamp() -> None:
+    """Make Numba's cache see edits of policy_kernels.py (it only stamps this file)."""
+    here = os.path.abspath(__file__)
+    try:
+        if os.stat(_policy_kernels.__file__).st_mtime > os.stat(here).st_mtime:
+            os.utime(here)
+    except OSError:
+        pass
+
+
+_refresh_cache_stamp()
 
 GPU_MILLI = 1000
 CAPACITY_LIMIT = 1 << 30
@@ -66,7 +85,7 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
 def mix64_kernel(
     x: np.uint64,
 ) -> np.uint64:
@@ -77,7 +96,7 @@ def mix64_kernel(
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
 def _node_rand(
     rand_base: np.uint64,
     n: int,
@@ -85,7 +104,7 @@ def _node_rand(
     return mix64_kernel(rand_base ^ (np.uint64(n) * _GOLDEN))
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
 def replica_capacity_kernel(
     n: int,
     gpu_free_milli: NDArray[np.int32],
@@ -98,45 +117,56 @@ def replica_capacity_kernel(
     req_milli: int,
     req_cpu: int,
     req_mem: int,
+    limit: int,
 ) -> int:
-    """How many replicas node `n` holds now (capped at CAPACITY_LIMIT)."""
-    k = CAPACITY_LIMIT
-    if req_cpu > 0:
-        c = cpu_free_milli[n] // req_cpu
-        if c < k:
-            k = c
-    if req_mem > 0:
-        c = memory_free_mib[n] // req_mem
-        if c < k:
-            k = c
+    """min(limit, how many replicas node `n` holds now).
+
+    Integer division is the slow part of this hot loop, so it divides only where a resource binds
+    below `limit` (callers ask for at most the gang's replica count, often 1).
+    """
+    k = limit
+    if req_cpu > 0 and cpu_free_milli[n] < req_cpu * k:
+        k = cpu_free_milli[n] // req_cpu
+    if req_mem > 0 and memory_free_mib[n] < req_mem * k:
+        k = memory_free_mib[n] // req_mem
     if k <= 0:
         return 0
     if req_gpus > 0:
         if req_milli >= GPU_MILLI:
-            c = gpu_whole_free[n] // req_gpus
+            if gpu_whole_free[n] < req_gpus * k:
+                k = gpu_whole_free[n] // req_gpus
         elif gpu_max_free_milli[n] < req_milli:
-            c = 0
+            return 0
+        elif req_gpus == 1:
+            total = 0
+            for g in range(gpu_count[n]):
+                free = gpu_free_milli[n, g]
+                if free >= req_milli:
+                    total += 1 if free < 2 * req_milli else free // req_milli
+                    if total >= k:
+                        break
+            if total < k:
+                k = total
         else:
             total = 0
             for g in range(gpu_count[n]):
                 total += gpu_free_milli[n, g] // req_milli
             c = total // req_gpus
-            if req_gpus > 1:
-                # c replicas on req_gpus distinct GPUs each fit iff sum_g min(slots_g, c) >= c * req_gpus
-                while c > 0:
-                    s = 0
-                    for g in range(gpu_count[n]):
-                        slots = gpu_free_milli[n, g] // req_milli
-                        s += slots if slots < c else c
-                    if s >= c * req_gpus:
-                        break
-                    c -= 1
-        if c < k:
-            k = c
+            # c replicas on req_gpus distinct GPUs each fit iff sum_g min(slots_g, c) >= c * req_gpus
+            while c > 0:
+                s = 0
+                for g in range(gpu_count[n]):
+                    slots = gpu_free_milli[n, g] // req_milli
+                    s += slots if slots < c else c
+                if s >= c * req_gpus:
+                    break
+                c -= 1
+            if c < k:
+                k = c
     return k
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
 def _refresh_node(
     n: int,
     gpu_free_milli: NDArray[np.int32],
@@ -188,6 +218,8 @@ def _fill_domain(
     dom: int,
     capacity: NDArray[np.int64],
     domain: NDArray[np.int32],
+    domain_order: NDArray[np.int32],
+    domain_start: NDArray[np.int32],
     node_rank: NDArray[np.int64],
     gpu_free_milli: NDArray[np.int32],
     gpu_count: NDArray[np.int32],
@@ -209,6 +241,10 @@ def _fill_domain(
     typ_model_ok: NDArray[np.bool_],
     typ_weight: NDArray[np.float64],
     rand_base: np.uint64,
+    node_version: NDArray[np.int64],
+    cached_score: NDArray[np.int64],
+    cached_stamp: NDArray[np.int64],
+    use_cache: bool,
     out_nodes: NDArray[np.int32],
     out_gpus: NDArray[np.int32],
 ) -> int:
@@ -218,20 +254,29 @@ def _fill_domain(
     stays charged. Returns a STATUS_* code.
     """
     n_nodes = capacity.shape[0]
-    count = 0
-    for n in range(n_nodes):
-        if capacity[n] > 0 and (level < 0 or domain[n, level] == dom):
-            count += 1
-    cand = np.empty(count, np.int64)
-    i = 0
-    for n in range(n_nodes):
-        if capacity[n] > 0 and (level < 0 or domain[n, level] == dom):
-            cand[i] = n
-            i += 1
+    if level < 0:
+        cand = np.empty(n_nodes, np.int64)
+        count = 0
+        for n in range(n_nodes):
+            cand[count] = n
+            count += capacity[n] > 0
+    else:  # the domain's members, from the static per-level index
+        first = domain_start[level, dom]
+        last = domain_start[level, dom + 1]
+        cand = np.empty(last - first, np.int64)
+        count = 0
+        for i in range(first, last):
+            n = domain_order[level, i]
+            cand[count] = n
+            count += capacity[n] > 0
     feasible = np.ones(count, np.bool_)
     scores = np.empty(count, np.int64)
     for i in range(count):
         n = cand[i]
+        # the committed state of n: a cached score is valid while the node's stamp is unchanged
+        if use_cache and cached_stamp[n] == node_version[n]:
+            scores[i] = cached_score[n]
+            continue
         scores[i] = node_score_kernel(
             policy,
             n,
@@ -252,6 +297,9 @@ def _fill_domain(
             typ_weight,
             _node_rand(rand_base, n),
         )
+        if use_cache:
+            cached_score[n] = scores[i]
+            cached_stamp[n] = node_version[n]
     chosen = np.empty(req_gpus, np.int32)
     for r in range(replicas):
         best = -1
@@ -346,6 +394,7 @@ def _fill_domain(
             req_milli,
             req_cpu,
             req_mem,
+            1,
         )
         if left > 0:
             scores[best] = node_score_kernel(
@@ -385,6 +434,8 @@ def place_gang_kernel(
     gpu_max_free_milli: NDArray[np.int32],
     domain: NDArray[np.int32],
     domain_count: NDArray[np.int32],
+    domain_order: NDArray[np.int32],
+    domain_start: NDArray[np.int32],
     node_mask: NDArray[np.bool_],
     node_rank: NDArray[np.int64],
     replicas: int,
@@ -401,6 +452,10 @@ def place_gang_kernel(
     typ_model_ok: NDArray[np.bool_],
     typ_weight: NDArray[np.float64],
     rand_base: np.uint64,
+    node_version: NDArray[np.int64],
+    cached_score: NDArray[np.int64],
+    cached_stamp: NDArray[np.int64],
+    use_cache: bool,
     out_nodes: NDArray[np.int32],
     out_gpus: NDArray[np.int32],
     diag: NDArray[np.int64],
@@ -416,30 +471,55 @@ def place_gang_kernel(
     diag[DIAG_BEST_DOMAIN] = -1
     diag[DIAG_LEVEL_USED] = -1
     diag[DIAG_DOMAIN_USED] = -1
-    # 1. replica capacity per node (bottom of the bottom-up counts)
+    # 1. replica capacity per node (bottom of the bottom-up counts). First a branch-free necessary
+    # test on the per-node aggregates (exact for one replica of a whole-GPU, single-GPU or CPU-only
+    # request), then the exact count only on the nodes that pass it.
     capacity = np.zeros(n_nodes, np.int64)
+    matching = 0
+    labelled = 0
+    for n in range(n_nodes):
+        m = node_mask[n]
+        lab = m
+        if required_level >= 0:
+            lab = m & (domain[n, required_level] >= 0)
+        matching += m
+        labelled += lab
+        gpu_ok = True
+        if req_gpus > 0 and req_milli >= GPU_MILLI:
+            gpu_ok = gpu_whole_free[n] >= req_gpus
+        elif req_gpus > 0:
+            gpu_ok = gpu_max_free_milli[n] >= req_milli
+        ok = lab & (cpu_free_milli[n] >= req_cpu) & (memory_free_mib[n] >= req_mem) & gpu_ok
+        capacity[n] = ok
+    diag[DIAG_MATCHING_NODES] = matching
+    diag[DIAG_LABELLED_NODES] = labelled
+    if replicas > 1 or (req_gpus > 1 and req_milli < GPU_MILLI):
+        for n in range(n_nodes):
+            if capacity[n] > 0:
+                capacity[n] = replica_capacity_kernel(
+                    n,
+                    gpu_free_milli,
+                    gpu_count,
+                    cpu_free_milli,
+                    memory_free_mib,
+                    gpu_whole_free,
+                    gpu_max_free_milli,
+                    req_gpus,
+                    req_milli,
+                    req_cpu,
+                    req_mem,
+                    replicas,
+                )
     total = 0
     for n in range(n_nodes):
-        if not node_mask[n]:
-            continue
-        diag[DIAG_MATCHING_NODES] += 1
-        if required_level >= 0 and domain[n, required_level] < 0:
-            continue
-        diag[DIAG_LABELLED_NODES] += 1
-        c = replica_capacity_kernel(
-            n,
-            gpu_free_milli,
-            gpu_count,
-            cpu_free_milli,
-            memory_free_mib,
-            gpu_whole_free,
-            gpu_max_free_milli,
-            req_gpus,
-            req_milli,
-            req_cpu,
-            req_mem,
-        )
-        if c == 0:
+        total += capacity[n]
+    if total < replicas:
+        # why not: count what the labelled matching nodes lack (only on this slow, failing path)
+        for n in range(n_nodes):
+            if capacity[n] > 0 or not node_mask[n]:
+                continue
+            if required_level >= 0 and domain[n, required_level] < 0:
+                continue
             if req_cpu > 0 and cpu_free_milli[n] < req_cpu:
                 diag[DIAG_LACK_CPU] += 1
             if req_mem > 0 and memory_free_mib[n] < req_mem:
@@ -458,12 +538,11 @@ def place_gang_kernel(
                     req_milli,
                     0,
                     0,
+                    1,
                 )
                 == 0
             ):
                 diag[DIAG_LACK_GPU] += 1
-        capacity[n] = c
-        total += c if c < replicas else replicas
     diag[DIAG_TOTAL_REPLICAS] = total
     if diag[DIAG_MATCHING_NODES] == 0:
         return STATUS_NO_MATCHING_NODES
@@ -483,6 +562,8 @@ def place_gang_kernel(
                 -1,
                 capacity,
                 domain,
+                domain_order,
+                domain_start,
                 node_rank,
                 gpu_free_milli,
                 gpu_count,
@@ -504,6 +585,10 @@ def place_gang_kernel(
                 typ_model_ok,
                 typ_weight,
                 rand_base,
+                node_version,
+                cached_score,
+                cached_stamp,
+                use_cache,
                 out_nodes,
                 out_gpus,
             )
@@ -565,6 +650,8 @@ def place_gang_kernel(
                 best,
                 capacity,
                 domain,
+                domain_order,
+                domain_start,
                 node_rank,
                 gpu_free_milli,
                 gpu_count,
@@ -586,6 +673,10 @@ def place_gang_kernel(
                 typ_model_ok,
                 typ_weight,
                 rand_base,
+                node_version,
+                cached_score,
+                cached_stamp,
+                use_cache,
                 out_nodes,
                 out_gpus,
             )

@@ -55,9 +55,10 @@ def replica_capacity_reference(
     req_milli: int,
     req_cpu: int,
     req_mem: int,
+    limit: int,
 ) -> int:
-    """Replicas node `n` holds: min over CPU, memory and GPUs (capped at CAPACITY_LIMIT)."""
-    k = K.CAPACITY_LIMIT
+    """min(limit, replicas node `n` holds now): the minimum over CPU, memory and GPUs."""
+    k = limit
     if req_cpu > 0:
         k = min(k, int(cpu_free_milli[n]) // req_cpu)
     if req_mem > 0:
@@ -102,6 +103,8 @@ def place_gang_reference(
     gpu_max_free_milli: NDArray[np.int32],
     domain: NDArray[np.int32],
     domain_count: NDArray[np.int32],
+    domain_order: NDArray[np.int32],
+    domain_start: NDArray[np.int32],
     node_mask: NDArray[np.bool_],
     node_rank: NDArray[np.int64],
     replicas: int,
@@ -118,6 +121,10 @@ def place_gang_reference(
     typ_model_ok: NDArray[np.bool_],
     typ_weight: NDArray[np.float64],
     rand_base: np.uint64,
+    node_version: NDArray[np.int64],
+    cached_score: NDArray[np.int64],
+    cached_stamp: NDArray[np.int64],
+    use_cache: bool,
     out_nodes: NDArray[np.int32],
     out_gpus: NDArray[np.int32],
     diag: NDArray[np.int64],
@@ -130,7 +137,7 @@ def place_gang_reference(
     req = (req_gpus, req_milli, req_cpu, req_mem)
     typ = (typ_cpu, typ_milli, typ_num, typ_model_ok, typ_weight)
 
-    def capacity_of(n: int, cpu: int = req_cpu, mem: int = req_mem) -> int:
+    def capacity_of(n: int, cpu: int = req_cpu, mem: int = req_mem, limit: int = replicas) -> int:
         return replica_capacity_reference(
             n,
             gpu_free_milli,
@@ -143,6 +150,7 @@ def place_gang_reference(
             req_milli,
             cpu,
             mem,
+            limit,
         )
 
     def score_of(n: int) -> int:
@@ -162,6 +170,16 @@ def place_gang_reference(
             )
         )
 
+    def committed_score_of(n: int) -> int:
+        """Score on the committed state: from the cache while the node's stamp is unchanged."""
+        if use_cache and cached_stamp[n] == node_version[n]:
+            return int(cached_score[n])
+        value = score_of(n)
+        if use_cache:
+            cached_score[n] = value
+            cached_stamp[n] = node_version[n]
+        return value
+
     def undo(placed: int) -> None:
         for r in range(placed):
             n = int(out_nodes[r])
@@ -174,9 +192,14 @@ def place_gang_reference(
 
     def fill(level: int, dom: int) -> int:
         """Every replica inside `dom` of `level` (level < 0: anywhere), or none; charges stay on success."""
-        cand = [n for n in range(n_nodes) if capacity[n] > 0 and (level < 0 or domain[n, level] == dom)]
+        members = (
+            range(n_nodes)
+            if level < 0
+            else domain_order[level, domain_start[level, dom] : domain_start[level, dom + 1]]
+        )
+        cand = [int(n) for n in members if capacity[n] > 0]
         feasible = [True] * len(cand)
-        scores = [score_of(n) for n in cand]
+        scores = [committed_score_of(n) for n in cand]
         for r in range(replicas):
             best = -1
             for i, n in enumerate(cand):
@@ -220,7 +243,7 @@ def place_gang_reference(
             cpu_free_milli[n] -= req_cpu
             memory_free_mib[n] -= req_mem
             out_nodes[r] = n
-            if capacity_of(n) > 0:
+            if capacity_of(n, limit=1) > 0:
                 scores[best] = score_of(n)
             else:
                 feasible[best] = False
@@ -239,13 +262,15 @@ def place_gang_reference(
         if required_level >= 0 and domain[n, required_level] < 0:
             continue
         diag[K.DIAG_LABELLED_NODES] += 1
-        c = capacity_of(n)
-        if c == 0:
+        capacity[n] = capacity_of(n)
+        total += capacity[n]
+    if total < replicas:  # why not: what the labelled matching nodes lack
+        for n in range(n_nodes):
+            if capacity[n] > 0 or not node_mask[n] or (required_level >= 0 and domain[n, required_level] < 0):
+                continue
             diag[K.DIAG_LACK_CPU] += int(req_cpu > 0 and cpu_free_milli[n] < req_cpu)
             diag[K.DIAG_LACK_MEMORY] += int(req_mem > 0 and memory_free_mib[n] < req_mem)
-            diag[K.DIAG_LACK_GPU] += int(req_gpus > 0 and capacity_of(n, 0, 0) == 0)
-        capacity[n] = c
-        total += min(c, replicas)
+            diag[K.DIAG_LACK_GPU] += int(req_gpus > 0 and capacity_of(n, 0, 0, 1) == 0)
     diag[K.DIAG_TOTAL_REPLICAS] = total
     if diag[K.DIAG_MATCHING_NODES] == 0:
         return int(K.STATUS_NO_MATCHING_NODES)

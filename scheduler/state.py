@@ -15,7 +15,11 @@ Layout (N nodes, G = the largest GPU count of any node, L = number of labelled t
 - per-node aggregates the placement kernels use as an O(1) prefilter, kept current by `allocate` and
   `release`: `gpu_whole_free[N]` (GPUs with all 1000 milli free) and `gpu_max_free_milli[N]` (the
   most free milli on any one GPU). Code that writes `gpu_free_milli` directly (tests, what-if
-  tricks) must call `refresh_aggregates()` afterwards, or placement will use stale prefilters.
+  tricks) must call `refresh_aggregates()` afterwards, or placement will use stale prefilters;
+- `node_version[N]`: a stamp that changes whenever a node's free resources change (`allocate`,
+  `release`, `refresh_aggregates`). Stamps are unique across all states of the process, so a
+  `copy()` can share `score_cache` (placement's per-request-shape policy scores, valid while a
+  node's stamp matches) with its original without ever reading a score of a different node state.
 
 Who calls it: the cycle, the simulators and the placement layer (`placement.py` passes the arrays to
 `placement_kernels.py`). This module holds data and bookkeeping only: no policy, no Kubernetes, no
@@ -26,12 +30,38 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from leitstand.scheduler.codes import GPU_DTYPE, INDEX_DTYPE, NONE, RESOURCE_DTYPE
 from leitstand.scheduler.model import GPU_MILLI, Node, NodeName, RunningJob, Topology
+
+_NEXT_STAMP = [1]
+"""Process-wide source of node version stamps (see `ClusterState.node_version`)."""
+
+
+def _fresh_stamps(n: int) -> NDArray[np.int64]:
+    start = _NEXT_STAMP[0]
+    _NEXT_STAMP[0] = start + n
+    return np.arange(start, start + n, dtype=np.int64)
+
+
+def _domain_index(
+    domain: NDArray[np.int32], domain_count: NDArray[np.int32]
+) -> tuple[NDArray[np.int32], NDArray[np.int32]]:
+    """Per level: nodes sorted by domain id, and where each domain's run starts (see the fields)."""
+    n, levels = domain.shape
+    order = np.zeros((levels, n), dtype=INDEX_DTYPE)
+    start = np.zeros((levels, n + 1), dtype=INDEX_DTYPE)
+    for level in range(levels):
+        ids = domain[:, level].astype(np.int64)
+        key = np.where(ids < 0, np.iinfo(np.int64).max, ids)
+        order[level] = np.argsort(key, kind="stable")
+        counts = np.bincount(ids[ids >= 0], minlength=int(domain_count[level]))
+        start[level, 1 : len(counts) + 1] = np.cumsum(counts)
+    return order, start
 
 
 class StateError(ValueError):
@@ -73,8 +103,22 @@ class ClusterState:
     """Per node: GPUs with all `GPU_MILLI` free (derived; see `refresh_aggregates`)."""
     gpu_max_free_milli: NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, dtype=GPU_DTYPE))
     """Per node: the largest free milli-GPU on any one of its GPUs (derived)."""
+    node_version: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Per node: changes whenever its free resources change (unique across states; see above)."""
+    domain_order: NDArray[np.int32] = field(default_factory=lambda: np.zeros((0, 0), dtype=INDEX_DTYPE))
+    """Static index, shape (L + 1, N): per level, node indices sorted by domain id (ascending node
+    index inside a domain; unlabelled nodes last)."""
+    domain_start: NDArray[np.int32] = field(default_factory=lambda: np.zeros((0, 0), dtype=INDEX_DTYPE))
+    """Static index, shape (L + 1, N + 1): members of domain d at level l are
+    `domain_order[l, domain_start[l, d] : domain_start[l, d + 1]]`."""
+    score_cache: dict[Any, Any] = field(default_factory=dict)
+    """Owned by `placement.py`: cached policy scores per request shape, checked against node_version."""
 
     def __post_init__(self) -> None:
+        if self.domain_order.shape != self.domain.shape[::-1]:
+            self.domain_order, self.domain_start = _domain_index(self.domain, self.domain_count)
+        if self.node_version.shape != self.gpu_count.shape:
+            self.node_version = _fresh_stamps(self.gpu_count.shape[0])
         if self.gpu_whole_free.shape != self.gpu_count.shape or self.gpu_max_free_milli.shape != self.gpu_count.shape:
             self.gpu_whole_free = np.zeros(self.gpu_count.shape, dtype=INDEX_DTYPE)
             self.gpu_max_free_milli = np.zeros(self.gpu_count.shape, dtype=GPU_DTYPE)
@@ -83,6 +127,7 @@ class ClusterState:
     def refresh_aggregates(self) -> None:
         """Recompute the per-node GPU aggregates from `gpu_free_milli` (all nodes, vectorised)."""
         free = self.gpu_free_milli
+        self.node_version[:] = _fresh_stamps(self.node_version.shape[0])
         if free.shape[1] == 0:
             self.gpu_whole_free[:] = 0
             self.gpu_max_free_milli[:] = 0
@@ -91,6 +136,7 @@ class ClusterState:
         self.gpu_max_free_milli[:] = free.max(axis=1)
 
     def _refresh_node(self, node: int) -> None:
+        self.node_version[node] = _fresh_stamps(1)[0]
         row = self.gpu_free_milli[node]
         self.gpu_whole_free[node] = int((row == GPU_MILLI).sum())
         self.gpu_max_free_milli[node] = int(row.max()) if row.size else 0
@@ -190,6 +236,10 @@ class ClusterState:
             domain_names=self.domain_names,
             gpu_whole_free=self.gpu_whole_free.copy(),
             gpu_max_free_milli=self.gpu_max_free_milli.copy(),
+            node_version=self.node_version.copy(),
+            domain_order=self.domain_order,
+            domain_start=self.domain_start,
+            score_cache=self.score_cache,
         )
 
     # -- sizes ----------------------------------------------------------------------------------
@@ -232,8 +282,7 @@ class ClusterState:
             self.gpu_free_milli[node, g] -= gpu_milli
         self.cpu_free_milli[node] -= cpu_milli
         self.memory_free_mib[node] -= memory_mib
-        if gpus:
-            self._refresh_node(node)
+        self._refresh_node(node)
 
     def release(self, node: int, gpu_indices: Sequence[int], gpu_milli: int, cpu_milli: int, memory_mib: int) -> None:
         """Give back what `allocate` charged. Raises StateError if it would exceed capacity."""
@@ -249,8 +298,7 @@ class ClusterState:
             self.gpu_free_milli[node, g] += gpu_milli
         self.cpu_free_milli[node] += cpu_milli
         self.memory_free_mib[node] += memory_mib
-        if len(gpu_indices):
-            self._refresh_node(node)
+        self._refresh_node(node)
 
     def allocate_job(self, running: RunningJob) -> None:
         """Charge every replica of a running job (all or nothing)."""

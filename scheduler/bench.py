@@ -1,0 +1,288 @@
+"""Benchmark drivers of the placement core: synthetic clusters, job mixes, and timed runs.
+
+What it holds: `make_cluster` (nodes × 8 GPUs under four labelled topology levels
+zone > spine > rack > nvlink-domain, plus the node level), `fill_cluster` (a seeded partial fill
+with whole GPUs and slices), `make_jobs` (mixed gang sizes, slices, model constraints, required and
+preferred levels), and `run_core_bench`, which returns plain dicts of numbers.
+
+Who calls it: `leitstand bench core` (operator/bench_core.py prints what this returns) and
+developers from a REPL. Tests may call the drivers on tiny sizes.
+
+What it must not do: assert on timings, print, or touch anything outside the state it builds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from leitstand.scheduler.model import GPU_MILLI, Job, JobId, Node, NodeName, QueueName, Topology
+from leitstand.scheduler.placement import (
+    Engine,
+    GangPlacement,
+    GangRequest,
+    Unplaceable,
+    apply_placement,
+    place_gang,
+    release_placement,
+)
+from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.state import ClusterState
+
+LEVELS = ("zone", "spine", "rack", "nvlink-domain")
+"""Four labelled levels, top-down; the node is the implicit fifth."""
+GPUS_PER_NODE = 8
+NODES_PER_NVLINK_DOMAIN = 4
+NVLINK_DOMAINS_PER_RACK = 2
+RACKS_PER_SPINE = 8
+SPINES_PER_ZONE = 8
+NODE_CPU_MILLI = 224_000
+NODE_MEMORY_MIB = 2 * 1024 * 1024
+MODELS = ("B200", "H100")
+
+
+def make_cluster(n_gpus: int) -> ClusterState:
+    """`n_gpus // 8` nodes of 8 GPUs; models alternate by spine (B200, H100)."""
+    n_nodes = max(1, n_gpus // GPUS_PER_NODE)
+    nodes = []
+    per_rack = NODES_PER_NVLINK_DOMAIN * NVLINK_DOMAINS_PER_RACK
+    per_spine = per_rack * RACKS_PER_SPINE
+    per_zone = per_spine * SPINES_PER_ZONE
+    for i in range(n_nodes):
+        nvl, rack, spine, zone = (
+            i // NODES_PER_NVLINK_DOMAIN,
+            i // per_rack,
+            i // per_spine,
+            i // per_zone,
+        )
+        nodes.append(
+            Node(
+                name=NodeName(f"node-{i:05d}"),
+                gpus=GPUS_PER_NODE,
+                cpu_milli=NODE_CPU_MILLI,
+                memory_mib=NODE_MEMORY_MIB,
+                gpu_model=MODELS[spine % len(MODELS)],
+                topology=(f"zone-{zone}", f"spine-{spine}", f"rack-{rack}", f"nvl-{nvl}"),
+            )
+        )
+    return ClusterState.from_nodes(nodes, Topology(LEVELS))
+
+
+def fill_cluster(state: ClusterState, fraction: float, seed: int = 1) -> None:
+    """Use about `fraction` of the GPUs: whole nodes, partly used nodes, and sliced GPUs (in place)."""
+    rng = np.random.default_rng(seed)
+    n, g = state.gpu_free_milli.shape
+    used = np.zeros((n, g), dtype=np.int64)
+    for i in range(n):
+        u = rng.random()
+        if u < fraction * 0.55:
+            used[i, :] = GPU_MILLI  # a whole-node job
+        elif u < fraction * 1.45:
+            k = int(rng.integers(1, g))
+            used[i, :k] = GPU_MILLI
+            for j in range(k, min(g, k + int(rng.integers(0, 3)))):
+                used[i, j] = int(rng.choice([250, 500, 750]))
+    state.gpu_free_milli[:, :] = (GPU_MILLI - used).astype(np.int32)
+    share = used.sum(axis=1) / float(g * GPU_MILLI)
+    state.cpu_free_milli[:] = (state.cpu_capacity_milli * (1.0 - 0.6 * share)).astype(np.int64)
+    state.memory_free_mib[:] = (state.memory_capacity_mib * (1.0 - 0.6 * share)).astype(np.int64)
+    state.refresh_aggregates()
+
+
+def make_jobs(count: int, seed: int = 2) -> list[Job]:
+    """A mixed pending list: slices, single-node jobs and gangs with topology constraints."""
+    rng = np.random.default_rng(seed)
+    jobs = []
+    for i in range(count):
+        u = rng.random()
+        models: frozenset[str] = frozenset({"B200"}) if rng.random() < 0.3 else frozenset()
+        common: dict[str, Any] = {"id": JobId(f"job-{i}"), "queue": QueueName("q"), "gpu_models": models}
+        if u < 0.35:  # a slice of one GPU
+            job = Job(**common, gpus=1, gpu_milli=int(rng.choice([250, 500])), cpu_milli=4000, memory_mib=16384)
+        elif u < 0.55:  # one node, whole GPUs
+            gpus = int(rng.choice([1, 2, 4, 8]))
+            job = Job(**common, gpus=gpus, cpu_milli=8000 * gpus, memory_mib=65536 * gpus)
+        elif u < 0.80:  # small gang, prefers one NVLink domain
+            job = Job(
+                **common,
+                replicas=int(rng.choice([2, 4])),
+                gpus=8,
+                cpu_milli=64000,
+                memory_mib=262144,
+                preferred_level="nvlink-domain",
+            )
+        elif u < 0.95:  # medium gang, one rack required
+            job = Job(
+                **common,
+                replicas=int(rng.choice([4, 6, 8])),
+                gpus=8,
+                cpu_milli=64000,
+                memory_mib=262144,
+                required_level="rack",
+                preferred_level="nvlink-domain",
+            )
+        else:  # large gang, one spine required
+            job = Job(
+                **common,
+                replicas=int(rng.choice([16, 32])),
+                gpus=8,
+                cpu_milli=64000,
+                memory_mib=262144,
+                required_level="spine",
+                preferred_level="rack",
+            )
+        jobs.append(job)
+    return jobs
+
+
+@dataclass(frozen=True, slots=True)
+class TimedRun:
+    seconds: list[float]
+    results: list[GangPlacement | Unplaceable]
+
+
+def time_placements(
+    state: ClusterState,
+    requests: Sequence[GangRequest],
+    policy: PolicyContext,
+    engine: Engine,
+    *,
+    score_cache: bool = True,
+    churn_fill: float | None = None,
+) -> TimedRun:
+    """Time `place_gang` per request (only that call is timed).
+
+    With `churn_fill`, each placement is applied and the oldest running gangs are released whenever
+    GPU use exceeds `churn_fill` + 5 points, so the cluster stays partly full while it changes under
+    the placements (as in a running scheduler). Without it, every request sees the same state.
+    """
+    seconds = []
+    results: list[GangPlacement | Unplaceable] = []
+    clock = time.perf_counter
+    capacity_milli = state.gpu_capacity_milli
+    used_milli = state.gpu_used_milli
+    live: deque[tuple[GangRequest, GangPlacement]] = deque()
+    for request in requests:
+        start = clock()
+        result = place_gang(state, request, policy, engine=engine, score_cache=score_cache)
+        seconds.append(clock() - start)
+        results.append(result)
+        if churn_fill is None or not isinstance(result, GangPlacement):
+            continue
+        apply_placement(state, request, result)
+        live.append((request, result))
+        used_milli += request.replicas * request.gpus * request.gpu_milli
+        while live and used_milli > (churn_fill + 0.05) * capacity_milli:
+            old_request, old = live.popleft()
+            release_placement(state, old_request, old)
+            used_milli -= old_request.replicas * old_request.gpus * old_request.gpu_milli
+    return TimedRun(seconds, results)
+
+
+def same_result(a: GangPlacement | Unplaceable, b: GangPlacement | Unplaceable) -> bool:
+    if isinstance(a, Unplaceable) or isinstance(b, Unplaceable):
+        return bool(a == b)
+    return bool(np.array_equal(a.nodes, b.nodes) and np.array_equal(a.gpus, b.gpus))
+
+
+def _stats_us(seconds: Sequence[float]) -> dict[str, float]:
+    us = np.array(seconds) * 1e6
+    return {
+        "median": round(float(np.median(us)), 2),
+        "p99": round(float(np.percentile(us, 99)), 2),
+        "mean": round(float(us.mean()), 2),
+    }
+
+
+def run_cycle_loop(state: ClusterState, jobs: Sequence[Job], policy: PolicyContext) -> dict[str, Any]:
+    """The tight loop of a cycle: request, place, apply, for every pending job in order."""
+    placed = 0
+    start = time.perf_counter()
+    for job in jobs:
+        request = GangRequest.for_job(state, job)
+        result = place_gang(state, request, policy)
+        if isinstance(result, GangPlacement):
+            apply_placement(state, request, result)
+            placed += 1
+    return {"seconds": time.perf_counter() - start, "jobs": len(jobs), "placed": placed}
+
+
+def run_core_bench(
+    sizes: Sequence[int] = (1000, 10_000, 100_000),
+    *,
+    gangs: int = 2000,
+    cycle_jobs: int = 5000,
+    cycle_gpus: int = 100_000,
+    reference_gangs: int = 20,
+    fill: float = 0.65,
+    policy: str = "leitstand",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Per-gang latency per size, the tight cycle loop, and compiled vs reference on the same gangs."""
+    say = progress or (lambda _msg: None)
+    out: dict[str, Any] = {
+        "topology_levels": [*LEVELS, "node"],
+        "fill_fraction": fill,
+        "policy": policy,
+        "gangs_per_size": gangs,
+        "placement_us": {},
+        "placement_cold_us": {},
+        "score_cache_identical": True,
+        "placed_fraction": {},
+        "reference_us": {},
+        "reference_speedup_by_size": {},
+        "reference_identical": True,
+    }
+    jobs = make_jobs(gangs)
+    # warm up (compile or load the cache) outside the timings
+    warm = make_cluster(64)
+    warm_policy = PolicyContext.build(warm, policy)
+    for job in jobs[:50]:
+        place_gang(warm, GangRequest.for_job(warm, job), warm_policy)
+    speedups = []
+    for size in sizes:
+        say(f"placement latency at {size} GPUs")
+        base = make_cluster(size)
+        fill_cluster(base, fill)
+        ctx = PolicyContext.build(base, policy)
+        requests = [GangRequest.for_job(base, job) for job in jobs]
+        key = str(size)
+        warm_run = time_placements(base.copy(), requests, ctx, "numba", churn_fill=fill)
+        out["placement_us"][key] = _stats_us(warm_run.seconds)
+        out["placed_fraction"][key] = round(
+            sum(isinstance(r, GangPlacement) for r in warm_run.results) / max(len(warm_run.results), 1), 3
+        )
+        cold_run = time_placements(base.copy(), requests, ctx, "numba", score_cache=False, churn_fill=fill)
+        out["placement_cold_us"][key] = _stats_us(cold_run.seconds)
+        identical = all(same_result(a, b) for a, b in zip(warm_run.results, cold_run.results, strict=True))
+        out["score_cache_identical"] = bool(out["score_cache_identical"] and identical)
+        k = min(reference_gangs, len(requests))
+        if k:
+            say(f"reference engine on the first {k} of the same gangs at {size} GPUs")
+            ref = time_placements(base.copy(), requests[:k], ctx, "reference", score_cache=False, churn_fill=fill)
+            compiled = sum(cold_run.seconds[:k])
+            out["reference_us"][key] = _stats_us(ref.seconds)
+            speedup = sum(ref.seconds) / compiled if compiled > 0 else float("inf")
+            out["reference_speedup_by_size"][key] = round(speedup, 1)
+            speedups.append((size, speedup))
+            identical = all(same_result(a, b) for a, b in zip(cold_run.results[:k], ref.results, strict=True))
+            out["reference_identical"] = bool(out["reference_identical"] and identical)
+    if speedups:
+        out["reference_speedup"] = round(max(speedups)[1], 1)
+        out["reference_speedup_at_gpus"] = max(speedups)[0]
+    if cycle_jobs:
+        say(f"cycle loop: {cycle_jobs} pending gangs on {cycle_gpus} GPUs")
+        state = make_cluster(cycle_gpus)
+        fill_cluster(state, fill)
+        ctx = PolicyContext.build(state, policy)
+        loop = run_cycle_loop(state, make_jobs(cycle_jobs, seed=3), ctx)
+        out["cycle_seconds"] = round(loop["seconds"], 4)
+        out["cycle_placed"] = loop["placed"]
+        out["cycle_jobs"] = loop["jobs"]
+        out["cycle_gangs_per_second"] = round(loop["jobs"] / loop["seconds"], 1)
+    return out
