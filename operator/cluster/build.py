@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -256,7 +257,8 @@ def build(force: bool = False, report: Report = print) -> dict[str, float]:
     builders = {"kubernetes": build_k8s, "etcd": build_etcd, "kwok": build_kwok}
     paths.logs.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
-    for name in todo:
+
+    def one(name: str) -> None:
         log = paths.logs / f"build-{name}.log"
         log.write_text("")
         report(f"build: {name} (log: {log}) ...")
@@ -264,6 +266,11 @@ def build(force: bool = False, report: Report = print) -> dict[str, float]:
         builders[name](paths, log)
         seconds[name] = time.monotonic() - start
         report(f"build: {name} done in {seconds[name]:.0f} s")
+
+    # Concurrently: downloads of one overlap compiles of another (the cold build is ~8.5 min on 2 cores).
+    with ThreadPoolExecutor(max_workers=len(todo)) as pool:
+        for future in [pool.submit(one, name) for name in todo]:
+            future.result()
     still = missing(paths)
     if still:
         raise BuildError(f"built, but {', '.join(still)} still does not report the pinned version; see {paths.logs}.")
