@@ -32,7 +32,7 @@ def _splitmix64_kernel(state: NDArray[np.uint64]) -> np.uint64:
     return out
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
 def node_fits_kernel(
     n: int,
     gpu_free_milli: NDArray[np.int32],
