@@ -42,6 +42,8 @@ found in that state; must leave the statement as it found it."""
 
 MAX_DOMAINS = 16
 """Candidate domains tried per waiting gang (the most promising first); bounds the cost of a search."""
+MAX_SUCCESSES = 3
+"""Stop after this many domains yielded a valid victim set and keep the cheapest of them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +86,20 @@ def choose_victims(
         return None
     state = stmt.state
     ordered = sorted(candidates, key=key)
-    nodes_of = {v.job.id: np.array([state.node_index[p.node] for p in v.placements], dtype=np.int64) for v in ordered}
+    nodes_of = {v.job.id: [state.node_index[p.node] for p in v.placements] for v in ordered}
 
     best: VictimChoice | None = None
-    for domain_mask in _candidate_domains(stmt, request, ordered, nodes_of):
-        local = [v for v in ordered if bool(domain_mask[nodes_of[v.job.id]].any())]
-        if not local:
-            continue
+    successes = 0
+    for domain_mask, local in _candidate_domains(stmt, request, ordered, nodes_of):
         domain_request = replace(request, node_mask=domain_mask)
         found = _search_domain(stmt, domain_request, local, policy, max_victims, for_job, admissible, accept)
-        if found is not None and (best is None or _set_cost(found.victims) < _set_cost(best.victims)):
+        if found is None:
+            continue
+        successes += 1
+        if best is None or _set_cost(found.victims) < _set_cost(best.victims):
             best = found
+        if successes >= MAX_SUCCESSES:
+            break
     return best
 
 
@@ -102,35 +107,61 @@ def _candidate_domains(
     stmt: Statement,
     request: GangRequest,
     ordered: Sequence[RunningJob],
-    nodes_of: dict[JobId, NDArray[np.int64]],
-) -> list[NDArray[np.bool_]]:
-    """Node masks to search in, most free fitting capacity first (fewest victims likely needed)."""
+    nodes_of: dict[JobId, list[int]],
+) -> list[tuple[NDArray[np.bool_], list[RunningJob]]]:
+    """(node mask, candidates touching it) per domain worth searching, most free room first.
+
+    Vectorised: per-node free slots and freeable GPUs are summed per domain with `bincount`, so
+    choosing domains costs O(nodes + candidate placements), not O(domains × candidates).
+    """
     state = stmt.state
     level = request.required_level
     if level == NONE and request.replicas == 1:
         level = state.n_levels  # one replica lives on one node: each node is a domain
     if level == NONE:
-        return [request.node_mask]
+        mask = request.node_mask
+        local = [v for v in ordered if any(mask[n] for n in nodes_of[v.job.id])]
+        return [(mask, local)] if local else []
     column = state.domain[:, level]
-    touched = {int(d) for v in ordered for d in column[nodes_of[v.job.id]] if d != NONE}
+    mask = request.node_mask & (column != NONE)
     need = request.replicas * max(request.gpus, 1)
-    scored: list[tuple[int, int, NDArray[np.bool_]]] = []
-    for d in sorted(touched):
-        mask = request.node_mask & (column == d)
-        if not mask.any():
-            continue
-        free_units = _fit_units(stmt, request, mask)
-        reclaimable = sum(int(v.job.gpus * int(mask[nodes_of[v.job.id]].sum())) for v in ordered)
-        if free_units + reclaimable * _units_per_gpu(request) < need:
-            continue  # even evicting every candidate here would not make room
-        scored.append((-free_units, d, mask))
-    scored.sort(key=lambda item: (item[0], item[1]))
-    return [mask for _, _, mask in scored[:MAX_DOMAINS]]
+    slots = _node_slots(stmt, request)
+    freeable = np.zeros(state.n_nodes, dtype=np.int64)
+    by_domain: dict[int, list[RunningJob]] = {}
+    for v in ordered:
+        seen: set[int] = set()
+        for n in nodes_of[v.job.id]:
+            if not mask[n]:
+                continue
+            freeable[n] += max(v.job.gpus, 1)
+            d = int(column[n])
+            if d not in seen:
+                seen.add(d)
+                by_domain.setdefault(d, []).append(v)
+    if not by_domain:
+        return []
+    n_domains = int(state.domain_count[level])
+    ids = column[mask]
+    dom_slots = np.bincount(ids, weights=slots[mask], minlength=n_domains)
+    dom_freeable = np.bincount(ids, weights=freeable[mask], minlength=n_domains)
+    potential = dom_slots + dom_freeable * _units_per_gpu(request)
+    useful = np.array(sorted(by_domain), dtype=np.int64)
+    useful = useful[potential[useful] >= need]  # even evicting every candidate there would not make room
+    order = useful[np.lexsort((useful, -dom_slots[useful]))][:MAX_DOMAINS]
+    return [(mask & (column == d), by_domain[int(d)]) for d in order]
 
 
 def _units_per_gpu(request: GangRequest) -> int:
     # Upper bound on how many more slots of the gang's size one freed GPU can add: ceil(1000 / milli).
     return -(-GPU_MILLI // request.gpu_milli) if request.gpu_milli > 0 else 1
+
+
+def _node_slots(stmt: Statement, request: GangRequest) -> NDArray[np.int64]:
+    """Per node: free device-slots of the gang's per-GPU size (replicas for a CPU-only gang)."""
+    state = stmt.state
+    if request.gpus == 0 or request.gpu_milli <= 0:
+        return np.full(state.n_nodes, request.replicas, dtype=np.int64)
+    return (state.gpu_free_milli // request.gpu_milli).sum(axis=1).astype(np.int64)
 
 
 def _fit_units(stmt: Statement, request: GangRequest, mask: NDArray[np.bool_]) -> int:

@@ -21,7 +21,7 @@ from leitstand.scheduler.victims import choose_victims
 
 __all__ = ["run"]
 
-MAX_ATTEMPTS = 64
+MAX_ATTEMPTS = 32
 """Waiting gangs tried per cycle; consolidation is a search, bounded so a deep backlog stays cheap."""
 
 
@@ -106,4 +106,3 @@ def run(ctx: CycleContext) -> None:
         ctx.reasons.pop(job.id, None)
         moved_ids = {m.job.id for m in choice.victims}
         movable = [m for m in movable if m.job.id not in moved_ids]
-        failed.clear()

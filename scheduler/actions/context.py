@@ -54,6 +54,10 @@ POLICY_BLOCKS = frozenset(
 
 ShapeKey = tuple[object, ...]
 
+VICTIM_SEARCHES_PER_ACTION = 128
+"""Victim searches (each a few placement calls per candidate domain) per action per cycle. Jobs not
+reached keep their reason and are tried again next cycle; bounds a cycle with a deep backlog."""
+
 
 @dataclass(slots=True)
 class CycleContext:

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from leitstand.scheduler.actions.context import POLICY_BLOCKS, Code, CycleContext, ShapeKey
+from leitstand.scheduler.actions.context import (
+    POLICY_BLOCKS,
+    VICTIM_SEARCHES_PER_ACTION,
+    Code,
+    CycleContext,
+    ShapeKey,
+)
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest
 from leitstand.scheduler.victims import choose_victims
@@ -37,6 +43,7 @@ def run(ctx: CycleContext) -> None:
         return
     failed: set[tuple[QueueName, int, ShapeKey]] = set()
 
+    searches = 0
     for job in ctx.work_queue():
         current = ctx.reasons.get(job.id)
         if current is not None and current.code in POLICY_BLOCKS and current.code not in _CURABLE:
@@ -67,6 +74,9 @@ def run(ctx: CycleContext) -> None:
             after = acc.allocated_milli[job.queue] + job.gpu_milli_total
             return after <= max(before, ctx.shares.share_milli[job.queue]) + _EPS
 
+        if searches >= VICTIM_SEARCHES_PER_ACTION:
+            break
+        searches += 1
         choice = choose_victims(
             ctx.stmt,
             request,
@@ -90,4 +100,3 @@ def run(ctx: CycleContext) -> None:
         ctx.stmt.bind(job, choice.request, choice.placement)
         ctx.bound.add(job.id)
         ctx.reasons.pop(job.id, None)
-        failed.clear()

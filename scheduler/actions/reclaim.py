@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from leitstand.scheduler.actions.context import POLICY_BLOCKS, Code, CycleContext, ShapeKey
+from leitstand.scheduler.actions.context import (
+    POLICY_BLOCKS,
+    VICTIM_SEARCHES_PER_ACTION,
+    Code,
+    CycleContext,
+    ShapeKey,
+)
 from leitstand.scheduler.fairshare import saturation
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
 from leitstand.scheduler.statement import gpus
@@ -54,6 +60,7 @@ def run(ctx: CycleContext) -> None:
             pairs_cache[key] = tuple(zip(p[split:], v[split:], strict=False))
         return pairs_cache[key]
 
+    searches = 0
     for job in ctx.work_queue():
         current = ctx.reasons.get(job.id)
         if current is not None and current.code in POLICY_BLOCKS:
@@ -101,6 +108,9 @@ def run(ctx: CycleContext) -> None:
                     return False  # would leave the reclaimer more saturated: ping-pong
             return True
 
+        if searches >= VICTIM_SEARCHES_PER_ACTION:
+            break
+        searches += 1
         choice = choose_victims(
             ctx.stmt,
             request,
@@ -132,7 +142,6 @@ def run(ctx: CycleContext) -> None:
         ctx.stmt.bind(job, choice.request, choice.placement)
         ctx.bound.add(job.id)
         ctx.reasons.pop(job.id, None)
-        failed.clear()
 
 
 def _over_fair_share(ctx: CycleContext, job: Job) -> PendingReason | None:
