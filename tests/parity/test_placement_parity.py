@@ -38,7 +38,7 @@ def _snapshot(state: ClusterState) -> tuple[bytes, ...]:
 
 def _same(a: GangPlacement | Unplaceable, b: GangPlacement | Unplaceable) -> bool:
     if isinstance(a, Unplaceable) or isinstance(b, Unplaceable):
-        return a == b
+        return bool(a == b)
     return (
         np.array_equal(a.nodes, b.nodes)
         and np.array_equal(a.gpus, b.gpus)

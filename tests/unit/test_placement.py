@@ -1,0 +1,254 @@
+"""Unit tests of gang placement: topology choice, slices, reasons, all-or-nothing, the FGD equivalence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from builders import make_cluster, make_job, make_node
+
+from leitstand.scheduler.codes import PolicyCode
+from leitstand.scheduler.model import Topology
+from leitstand.scheduler.placement import (
+    FRAGMENTED,
+    INSUFFICIENT,
+    INVALID_REQUEST,
+    NO_MATCHING_NODES,
+    NO_TOPOLOGY_DOMAIN,
+    GangPlacement,
+    GangRequest,
+    Unplaceable,
+    apply_placement,
+    place_gang,
+    release_placement,
+    replica_placements,
+)
+from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.policy_kernels import choose_gpus_kernel, node_score_kernel
+from leitstand.scheduler.state import ClusterState
+
+ENGINES = ["numba", "reference"]
+
+
+def _state(n_nodes: int = 8, racks: int = 2, spines: int = 1) -> ClusterState:
+    nodes, topology = make_cluster(n_nodes, racks=racks, spines=spines)
+    return ClusterState.from_nodes(nodes, topology)
+
+
+def _place(state: ClusterState, job_kwargs: dict[str, object], engine: str = "numba") -> GangPlacement | Unplaceable:
+    job = make_job(**job_kwargs)
+    return place_gang(state, GangRequest.for_job(state, job), PolicyContext.build(state), engine=engine)
+
+
+def _use(state: ClusterState, node: int, gpus: int) -> None:
+    state.allocate(node, list(range(gpus)), 1000, 0, 0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_required_rack_holds_every_replica(engine: str) -> None:
+    state = _state()
+    result = _place(state, {"gpus": 8, "replicas": 4, "required": "rack"}, engine)
+    assert isinstance(result, GangPlacement)
+    racks = {int(state.domain[int(n), 1]) for n in result.nodes}
+    assert len(racks) == 1
+    assert result.level == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tightest_rack_wins(engine: str) -> None:
+    state = _state()
+    _use(state, 0, 8)  # rack r0 (nodes 0-3) has 3 free nodes, rack r1 has 4
+    result = _place(state, {"gpus": 8, "replicas": 2, "required": "rack"}, engine)
+    assert isinstance(result, GangPlacement)
+    assert {int(n) for n in result.nodes} <= {1, 2, 3}
+    assert state.domain_names[1][result.domain] == "r0"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_no_rack_large_enough_names_the_largest(engine: str) -> None:
+    state = _state()
+    _use(state, 0, 8)
+    _use(state, 4, 2)
+    result = _place(state, {"gpus": 8, "replicas": 4, "required": "rack", "models": ["B200"]}, engine)
+    assert isinstance(result, Unplaceable)
+    assert result.code == NO_TOPOLOGY_DOMAIN
+    assert "no rack has 32 free GPUs of GPU model B200 for 4 × 8 GPUs" in result.message
+    assert "room for 3 of 4 replicas, 24 GPUs, in rack r" in result.message
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_preferred_level_falls_back_upwards_then_anywhere(engine: str) -> None:
+    state = _state(8, racks=2, spines=2)  # 4 racks of 2 nodes, 2 spines
+    for n in (0, 2, 4):
+        _use(state, n, 8)
+    # 3 × 8 GPUs: no rack (2 nodes) holds it; spine s1 (nodes 4-7) has 3 free nodes -> spine level
+    result = _place(state, {"gpus": 8, "replicas": 3, "preferred": "rack"}, engine)
+    assert isinstance(result, GangPlacement)
+    assert result.level == 0
+    assert sorted(int(n) for n in result.nodes) == [5, 6, 7]
+    # 4 × 8 GPUs: no spine holds it either -> anywhere
+    result = _place(state, {"gpus": 8, "replicas": 4, "preferred": "rack"}, engine)
+    assert isinstance(result, GangPlacement)
+    assert result.level == -1
+    assert sorted(int(n) for n in result.nodes) == [1, 3, 5, 6] or len(set(result.nodes.tolist())) == 4
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_required_level_excludes_unlabelled_nodes(engine: str) -> None:
+    nodes = [make_node("a", topology=("s0", "r0")), make_node("b", topology=("", ""))]
+    state = ClusterState.from_nodes(nodes, Topology(("spine", "rack")))
+    result = _place(state, {"gpus": 8, "replicas": 2, "required": "rack"}, engine)
+    assert isinstance(result, Unplaceable) and result.code == INSUFFICIENT
+    assert "1 matching nodes with a rack label hold 1 of 2 replicas" in result.message
+    unlabelled = ClusterState.from_nodes([make_node("b", topology=("", ""))], Topology(("spine", "rack")))
+    result = _place(unlabelled, {"gpus": 8, "required": "rack"}, engine)
+    assert isinstance(result, Unplaceable) and result.code == NO_TOPOLOGY_DOMAIN
+    assert "carries a rack label" in result.message
+    ok = _place(state, {"gpus": 8, "replicas": 2}, engine)
+    assert isinstance(ok, GangPlacement)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_slices_stack_on_one_gpu(engine: str) -> None:
+    state = ClusterState.from_nodes([make_node("a", gpus=1)])
+    result = _place(state, {"gpu": 0.25, "replicas": 4}, engine)
+    assert isinstance(result, GangPlacement)
+    assert result.nodes.tolist() == [0, 0, 0, 0]
+    assert result.gpus.ravel().tolist() == [0, 0, 0, 0]
+    too_many = _place(state, {"gpu": 0.25, "replicas": 5}, engine)
+    assert isinstance(too_many, Unplaceable) and too_many.code == INSUFFICIENT
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_insufficient_says_what_is_missing(engine: str) -> None:
+    nodes, topology = make_cluster(2)
+    state = ClusterState.from_nodes(nodes, topology)
+    _use(state, 0, 8)
+    result = _place(state, {"gpus": 4, "replicas": 3, "cpu_milli": 100_000}, engine)
+    assert isinstance(result, Unplaceable) and result.code == INSUFFICIENT
+    assert "hold 2 of 3 replicas" in result.message or "hold" in result.message
+    result = _place(state, {"gpus": 1, "cpu_milli": 10**9}, engine)
+    assert isinstance(result, Unplaceable) and result.code == INSUFFICIENT
+    assert "too little free CPU" in result.message
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_no_matching_nodes(engine: str) -> None:
+    state = _state()
+    result = _place(state, {"gpus": 1, "models": ["H100"]}, engine)
+    assert isinstance(result, Unplaceable) and result.code == NO_MATCHING_NODES
+    assert "GPU model H100" in result.message
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cpu_only_replicas(engine: str) -> None:
+    state = _state(2, racks=1)
+    result = _place(state, {"gpus": 0, "replicas": 3, "cpu_milli": 1000}, engine)
+    assert isinstance(result, GangPlacement)
+    assert (result.gpus == -1).all()
+
+
+def test_multi_slice_replicas_need_distinct_gpus() -> None:
+    state = ClusterState.from_nodes([make_node("a", gpus=2)])
+    request = GangRequest(replicas=2, gpus=2, gpu_milli=500, cpu_milli=0, memory_mib=0, node_mask=np.ones(1, bool))
+    result = place_gang(state, request, PolicyContext.build(state))
+    assert isinstance(result, GangPlacement)
+    for row in result.gpus:
+        assert len(set(row.tolist())) == 2
+    request3 = GangRequest(replicas=3, gpus=2, gpu_milli=500, cpu_milli=0, memory_mib=0, node_mask=np.ones(1, bool))
+    assert isinstance(place_gang(state, request3, PolicyContext.build(state)), Unplaceable)
+
+
+def test_invalid_request_is_a_result() -> None:
+    state = _state()
+    bad = GangRequest(replicas=1, gpus=1, gpu_milli=1500, cpu_milli=0, memory_mib=0, node_mask=state.node_mask())
+    result = place_gang(state, bad, PolicyContext.build(state))
+    assert isinstance(result, Unplaceable) and result.code == INVALID_REQUEST
+
+
+def test_apply_release_and_names_round_trip() -> None:
+    state = _state()
+    ctx = PolicyContext.build(state)
+    request = GangRequest.for_job(state, make_job(gpus=8, replicas=2, required="rack"))
+    result = place_gang(state, request, ctx)
+    assert isinstance(result, GangPlacement)
+    free_before = state.gpu_free_milli.copy()
+    apply_placement(state, request, result)
+    assert state.gpu_used_milli == 16_000
+    names = replica_placements(state, result)
+    assert [p.gpu_indices for p in names] == [tuple(range(8))] * 2
+    release_placement(state, request, result)
+    assert np.array_equal(state.gpu_free_milli, free_before)
+
+
+def test_fragmented_code_exists() -> None:
+    assert FRAGMENTED == "Fragmented"
+
+
+@pytest.mark.parametrize("policy", [PolicyCode.LEITSTAND, PolicyCode.FGD, PolicyCode.BESTFIT, PolicyCode.DOTPROD])
+def test_one_replica_without_topology_is_filter_max_score_rank_choose(policy: PolicyCode) -> None:
+    """The FGD-protocol simulator relies on this equivalence."""
+    rng = np.random.default_rng(7)
+    nodes = [make_node(f"n{i}", gpus=int(rng.choice([2, 4, 8])), cpu_milli=64_000) for i in range(30)]
+    state = ClusterState.from_nodes(nodes)
+    for n in range(state.n_nodes):
+        for g in range(int(state.gpu_count[n])):
+            state.gpu_free_milli[n, g] = int(rng.choice([0, 250, 500, 1000]))
+    state.refresh_aggregates()
+    rank = rng.permutation(state.n_nodes).astype(np.int64)
+    ctx = PolicyContext.build(state, policy, node_rank=rank)
+    for gpus, milli, cpu in [(1, 250, 1000), (1, 500, 0), (2, 1000, 4000), (1, 1000, 70_000)]:
+        request = GangRequest(1, gpus, milli, cpu, 0, state.node_mask())
+        result = place_gang(state, request, ctx)
+        best: tuple[int, int] | None = None
+        for n in range(state.n_nodes):
+            fitting = int((state.gpu_free_milli[n, : state.gpu_count[n]] >= milli).sum())
+            if state.cpu_free_milli[n] < cpu or fitting < gpus:
+                continue
+            score = int(
+                node_score_kernel(
+                    int(policy),
+                    n,
+                    state.gpu_free_milli,
+                    state.gpu_count,
+                    state.cpu_free_milli,
+                    state.cpu_capacity_milli,
+                    state.memory_free_mib,
+                    state.gpu_model,
+                    gpus,
+                    milli,
+                    cpu,
+                    0,
+                    ctx.typ_cpu,
+                    ctx.typ_milli,
+                    ctx.typ_num,
+                    ctx.typ_model_ok,
+                    ctx.typ_weight,
+                    np.uint64(0),
+                )
+            )
+            if best is None or score > best[0] or (score == best[0] and rank[n] < rank[best[1]]):
+                best = (score, n)
+        if best is None:
+            assert isinstance(result, Unplaceable)
+            continue
+        assert isinstance(result, GangPlacement)
+        assert int(result.nodes[0]) == best[1]
+        out = np.full(gpus, -1, dtype=np.int32)
+        choose_gpus_kernel(
+            int(policy),
+            best[1],
+            state.gpu_free_milli,
+            state.gpu_count,
+            gpus,
+            milli,
+            ctx.typ_cpu,
+            ctx.typ_milli,
+            ctx.typ_num,
+            ctx.typ_model_ok,
+            ctx.typ_weight,
+            out,
+            int(state.cpu_free_milli[best[1]]),
+            int(state.gpu_model[best[1]]),
+            cpu,
+        )
+        assert result.gpus[0].tolist() == out.tolist()
