@@ -14,3 +14,7 @@ bench_app = typer.Typer(no_args_is_help=True)
 from leitstand.operator.simulate_inflation import inflation  # noqa: E402
 
 simulate_app.command("inflation")(inflation)
+
+from leitstand.operator.bench_core import core  # noqa: E402
+
+bench_app.command("core")(core)

@@ -48,6 +48,11 @@ MODELS = ("B200", "H100")
 
 def make_cluster(n_gpus: int) -> ClusterState:
     """`n_gpus // 8` nodes of 8 GPUs; models alternate by spine (B200, H100)."""
+    return ClusterState.from_nodes(make_nodes(n_gpus), Topology(LEVELS))
+
+
+def make_nodes(n_gpus: int) -> list[Node]:
+    """The nodes of `make_cluster`, as model values (for a `Snapshot`)."""
     n_nodes = max(1, n_gpus // GPUS_PER_NODE)
     nodes = []
     per_rack = NODES_PER_NVLINK_DOMAIN * NVLINK_DOMAINS_PER_RACK
@@ -70,7 +75,7 @@ def make_cluster(n_gpus: int) -> ClusterState:
                 topology=(f"zone-{zone}", f"spine-{spine}", f"rack-{rack}", f"nvl-{nvl}"),
             )
         )
-    return ClusterState.from_nodes(nodes, Topology(LEVELS))
+    return nodes
 
 
 def fill_cluster(state: ClusterState, fraction: float, seed: int = 1) -> None:
@@ -212,6 +217,34 @@ def run_cycle_loop(state: ClusterState, jobs: Sequence[Job], policy: PolicyConte
     return {"seconds": time.perf_counter() - start, "jobs": len(jobs), "placed": placed}
 
 
+def run_cycle_bench(n_gpus: int, jobs: Sequence[Job], fill: float, policy: str) -> dict[str, Any] | None:
+    """Time `cycle.run_cycle` (the full cycle: ordering, fair share, placement, binds) when it exists."""
+    try:
+        from leitstand.scheduler.cycle import run_cycle
+    except ImportError:  # pragma: no cover - the cycle lands separately
+        return None
+    from leitstand.scheduler.model import Queue, SchedulerConfig, Snapshot
+
+    nodes = make_nodes(n_gpus)
+    state = ClusterState.from_nodes(nodes, Topology(LEVELS))
+    fill_cluster(state, fill)
+    snapshot = Snapshot(
+        nodes=tuple(nodes),
+        queues=(Queue(name=QueueName("q"), quota_milli=n_gpus * GPU_MILLI),),
+        pending=tuple(jobs),
+        topology=Topology(LEVELS),
+    )
+    start = time.perf_counter()
+    plan = run_cycle(snapshot, SchedulerConfig(policy=policy), state=state)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": round(seconds, 4),
+        "bindings": len(plan.bindings),
+        "pending": len(plan.pending),
+        "phase_seconds": {k: round(v, 4) for k, v in plan.phase_seconds.items()},
+    }
+
+
 def run_core_bench(
     sizes: Sequence[int] = (1000, 10_000, 100_000),
     *,
@@ -221,6 +254,7 @@ def run_core_bench(
     reference_gangs: int = 20,
     fill: float = 0.65,
     policy: str = "leitstand",
+    run_cycle: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Per-gang latency per size, the tight cycle loop, and compiled vs reference on the same gangs."""
@@ -285,4 +319,7 @@ def run_core_bench(
         out["cycle_placed"] = loop["placed"]
         out["cycle_jobs"] = loop["jobs"]
         out["cycle_gangs_per_second"] = round(loop["jobs"] / loop["seconds"], 1)
+        if run_cycle:
+            say(f"run_cycle: {cycle_jobs} pending gangs on {cycle_gpus} GPUs")
+            out["run_cycle"] = run_cycle_bench(cycle_gpus, make_jobs(cycle_jobs, seed=3), fill, policy)
     return out
