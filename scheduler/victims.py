@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from leitstand.scheduler.codes import NONE
-from leitstand.scheduler.model import GPU_MILLI, EvictionKind, JobId, RunningJob
+from leitstand.scheduler.model import GPU_MILLI, EvictionKind, JobId, QueueName, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.statement import Statement
@@ -69,28 +69,74 @@ def _set_cost(victims: Sequence[RunningJob]) -> tuple[int, int, int, float]:
     )
 
 
+class VictimPool:
+    """The running jobs an action may evict, sorted cheapest first and flattened into arrays once.
+
+    Built once per action (O(candidates × replicas)); each search then selects its candidates with
+    a boolean array (`eligible`) instead of walking Python objects, and evicted jobs are dropped
+    with `remove`. Row r of the flat arrays is one replica: `row_job[r]` (index into `ordered`),
+    `row_node[r]`, `row_gpus[r]` (devices it holds, at least 1).
+    """
+
+    def __init__(
+        self,
+        stmt: Statement,
+        candidates: Sequence[RunningJob],
+        key: Callable[[RunningJob], tuple[int, float, int, str]] = victim_cost,
+    ) -> None:
+        state = stmt.state
+        self.ordered: list[RunningJob] = sorted(candidates, key=key)
+        self.rank = {v.job.id: i for i, v in enumerate(self.ordered)}
+        jobs: list[int] = []
+        nodes: list[int] = []
+        devices: list[int] = []
+        for i, v in enumerate(self.ordered):
+            for p in v.placements:
+                jobs.append(i)
+                nodes.append(state.node_index[p.node])
+                devices.append(max(v.job.gpus, 1))
+        self.row_job = np.array(jobs, dtype=np.int64)
+        self.row_node = np.array(nodes, dtype=np.int64)
+        self.row_gpus = np.array(devices, dtype=np.int64)
+        self.alive = np.ones(len(self.ordered), dtype=np.bool_)
+        self.queue = [v.job.queue for v in self.ordered]
+        self.priority = np.array([v.job.priority for v in self.ordered], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.alive.sum())
+
+    def remove(self, job_id: JobId) -> None:
+        i = self.rank.get(job_id)
+        if i is not None:
+            self.alive[i] = False
+
+    def of_queues(self, queues: set[QueueName]) -> NDArray[np.bool_]:
+        """Alive candidates of these queues."""
+        return self.alive & np.fromiter((q in queues for q in self.queue), dtype=np.bool_, count=len(self.queue))
+
+
 def choose_victims(
     stmt: Statement,
     request: GangRequest,
-    candidates: Sequence[RunningJob],
+    pool: VictimPool,
     policy: PolicyContext,
     *,
     max_victims: int,
     for_job: JobId,
+    eligible: NDArray[np.bool_] | None = None,
     admissible: Admissible | None = None,
     accept: Accept | None = None,
-    key: Callable[[RunningJob], tuple[int, float, int, str]] = victim_cost,
 ) -> VictimChoice | None:
-    """The cheapest victim set whose eviction gives `request` a valid placement, or None."""
-    if not candidates or max_victims <= 0:
-        return None
-    state = stmt.state
-    ordered = sorted(candidates, key=key)
-    nodes_of = {v.job.id: [state.node_index[p.node] for p in v.placements] for v in ordered}
+    """The cheapest victim set whose eviction gives `request` a valid placement, or None.
 
+    `eligible` (per `pool.ordered` entry; default: every alive candidate) narrows the candidates.
+    """
+    chosen = pool.alive if eligible is None else (eligible & pool.alive)
+    if max_victims <= 0 or not chosen.any():
+        return None
     best: VictimChoice | None = None
     successes = 0
-    for domain_mask, local in _candidate_domains(stmt, request, ordered, nodes_of):
+    for domain_mask, local in _candidate_domains(stmt, request, pool, chosen):
         domain_request = replace(request, node_mask=domain_mask)
         found = _search_domain(stmt, domain_request, local, policy, max_victims, for_job, admissible, accept)
         if found is None:
@@ -106,49 +152,43 @@ def choose_victims(
 def _candidate_domains(
     stmt: Statement,
     request: GangRequest,
-    ordered: Sequence[RunningJob],
-    nodes_of: dict[JobId, list[int]],
+    pool: VictimPool,
+    chosen: NDArray[np.bool_],
 ) -> list[tuple[NDArray[np.bool_], list[RunningJob]]]:
-    """(node mask, candidates touching it) per domain worth searching, most free room first.
+    """(node mask, candidates touching it, cheapest first) per domain worth searching, most free room first.
 
-    Vectorised: per-node free slots and freeable GPUs are summed per domain with `bincount`, so
-    choosing domains costs O(nodes + candidate placements), not O(domains × candidates).
+    Vectorised: free slots per node and freeable GPUs per node are summed per domain with `bincount`,
+    so choosing domains costs O(nodes + candidate replicas) array work, not O(domains × candidates).
     """
     state = stmt.state
     level = request.required_level
     if level == NONE and request.replicas == 1:
         level = state.n_levels  # one replica lives on one node: each node is a domain
+    mask = request.node_mask if level == NONE else request.node_mask & (state.domain[:, level] != NONE)
+    rows = chosen[pool.row_job] & mask[pool.row_node]
+    if not rows.any():
+        return []
+    row_job = pool.row_job[rows]
     if level == NONE:
-        mask = request.node_mask
-        local = [v for v in ordered if any(mask[n] for n in nodes_of[v.job.id])]
-        return [(mask, local)] if local else []
+        return [(mask, [pool.ordered[int(i)] for i in np.unique(row_job)])]
     column = state.domain[:, level]
-    mask = request.node_mask & (column != NONE)
+    row_node = pool.row_node[rows]
+    n_domains = int(state.domain_count[level])
     need = request.replicas * max(request.gpus, 1)
     slots = _node_slots(stmt, request)
-    freeable = np.zeros(state.n_nodes, dtype=np.int64)
-    by_domain: dict[int, list[RunningJob]] = {}
-    for v in ordered:
-        seen: set[int] = set()
-        for n in nodes_of[v.job.id]:
-            if not mask[n]:
-                continue
-            freeable[n] += max(v.job.gpus, 1)
-            d = int(column[n])
-            if d not in seen:
-                seen.add(d)
-                by_domain.setdefault(d, []).append(v)
-    if not by_domain:
-        return []
-    n_domains = int(state.domain_count[level])
     ids = column[mask]
     dom_slots = np.bincount(ids, weights=slots[mask], minlength=n_domains)
-    dom_freeable = np.bincount(ids, weights=freeable[mask], minlength=n_domains)
+    row_dom = column[row_node].astype(np.int64)
+    dom_freeable = np.bincount(row_dom, weights=pool.row_gpus[rows], minlength=n_domains)
     potential = dom_slots + dom_freeable * _units_per_gpu(request)
-    useful = np.array(sorted(by_domain), dtype=np.int64)
+    useful = np.unique(row_dom)
     useful = useful[potential[useful] >= need]  # even evicting every candidate there would not make room
     order = useful[np.lexsort((useful, -dom_slots[useful]))][:MAX_DOMAINS]
-    return [(mask & (column == d), by_domain[int(d)]) for d in order]
+    out: list[tuple[NDArray[np.bool_], list[RunningJob]]] = []
+    for d in order:
+        local = np.unique(row_job[row_dom == d])  # sorted indices = cheapest first
+        out.append((mask & (column == d), [pool.ordered[int(i)] for i in local]))
+    return out
 
 
 def _units_per_gpu(request: GangRequest) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from leitstand.scheduler.actions.context import POLICY_BLOCKS, CycleContext, ShapeKey
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
-from leitstand.scheduler.victims import choose_victims
+from leitstand.scheduler.victims import VictimPool, choose_victims
 
 __all__ = ["run"]
 
@@ -33,12 +33,12 @@ def run(ctx: CycleContext) -> None:
     if not ctx.config.consolidation or ctx.config.max_consolidation_moves <= 0:
         return
     stmt = ctx.stmt
-    movable = [
-        held
-        for held in stmt.running.values()
-        if held.job.is_preemptible and ctx.is_victim_age(held) and held.job.id not in ctx.bound
-    ]
-    if not movable:
+    movable = VictimPool(
+        stmt,
+        [held for held in stmt.running.values() if held.job.is_preemptible and ctx.is_victim_age(held)],
+        key=_move_cost,
+    )
+    if not len(movable):
         return
     failed: set[ShapeKey] = set()
     attempts = 0
@@ -86,7 +86,6 @@ def run(ctx: CycleContext) -> None:
             max_victims=ctx.config.max_consolidation_moves,
             for_job=job.id,
             accept=accept,
-            key=_move_cost,
         )
         if choice is None:
             failed.add(shape)
@@ -104,5 +103,5 @@ def run(ctx: CycleContext) -> None:
         ctx.bound.add(job.id)
         ctx.bound.update(m.job.id for m in choice.victims)
         ctx.reasons.pop(job.id, None)
-        moved_ids = {m.job.id for m in choice.victims}
-        movable = [m for m in movable if m.job.id not in moved_ids]
+        for m in choice.victims:
+            movable.remove(m.job.id)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from leitstand.scheduler.actions.context import (
     POLICY_BLOCKS,
     VICTIM_SEARCHES_PER_ACTION,
@@ -24,7 +26,7 @@ from leitstand.scheduler.actions.context import (
 )
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest
-from leitstand.scheduler.victims import choose_victims
+from leitstand.scheduler.victims import VictimPool, choose_victims
 
 __all__ = ["run"]
 
@@ -35,12 +37,17 @@ _CURABLE = frozenset({Code.QUEUE_AT_LIMIT})
 
 def run(ctx: CycleContext) -> None:
     acc = ctx.stmt.accounting
-    by_queue: dict[QueueName, list[RunningJob]] = {}
-    for held in ctx.stmt.running.values():
-        if held.job.is_preemptible and acc.knows(held.job.queue) and ctx.is_victim_age(held):
-            by_queue.setdefault(held.job.queue, []).append(held)
-    if not by_queue:
+    pool = VictimPool(
+        ctx.stmt,
+        [
+            held
+            for held in ctx.stmt.running.values()
+            if held.job.is_preemptible and acc.knows(held.job.queue) and ctx.is_victim_age(held)
+        ],
+    )
+    if not len(pool):
         return
+    queue_of = np.array(pool.queue, dtype=object)
     failed: set[tuple[QueueName, int, ShapeKey]] = set()
 
     searches = 0
@@ -48,8 +55,8 @@ def run(ctx: CycleContext) -> None:
         current = ctx.reasons.get(job.id)
         if current is not None and current.code in POLICY_BLOCKS and current.code not in _CURABLE:
             continue
-        candidates = [v for v in by_queue.get(job.queue, ()) if v.job.priority < job.priority]
-        if not candidates:
+        eligible = pool.alive & (queue_of == job.queue) & (pool.priority < job.priority)
+        if not eligible.any():
             continue
         request = ctx.request(job)
         if isinstance(request, PendingReason):
@@ -80,10 +87,11 @@ def run(ctx: CycleContext) -> None:
         choice = choose_victims(
             ctx.stmt,
             request,
-            candidates,
+            pool,
             ctx.policy,
             max_victims=ctx.config.max_victims,
             for_job=job.id,
+            eligible=eligible,
             accept=accept,
         )
         if choice is None:
@@ -96,7 +104,7 @@ def run(ctx: CycleContext) -> None:
                 job.id,
                 f"preempted by job {job.id} (priority {job.priority} > {victim.job.priority}) in queue {job.queue}",
             )
-            by_queue[job.queue].remove(victim)
+            pool.remove(victim.job.id)
         ctx.stmt.bind(job, choice.request, choice.placement)
         ctx.bound.add(job.id)
         ctx.reasons.pop(job.id, None)

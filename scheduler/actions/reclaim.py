@@ -28,7 +28,7 @@ from leitstand.scheduler.actions.context import (
 from leitstand.scheduler.fairshare import saturation
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
 from leitstand.scheduler.statement import gpus
-from leitstand.scheduler.victims import choose_victims
+from leitstand.scheduler.victims import VictimPool, choose_victims
 
 __all__ = ["run"]
 
@@ -41,12 +41,17 @@ def run(ctx: CycleContext) -> None:
     acc = ctx.stmt.accounting
     share = ctx.shares.share_milli
     deserved = ctx.shares.deserved_milli
-    by_queue: dict[QueueName, list[RunningJob]] = {}
-    for held in ctx.stmt.running.values():
-        if held.job.is_preemptible and acc.knows(held.job.queue) and ctx.is_victim_age(held):
-            by_queue.setdefault(held.job.queue, []).append(held)
-    if not by_queue:
+    pool = VictimPool(
+        ctx.stmt,
+        [
+            held
+            for held in ctx.stmt.running.values()
+            if held.job.is_preemptible and acc.knows(held.job.queue) and ctx.is_victim_age(held)
+        ],
+    )
+    if not len(pool):
         return
+    live_queues = {held.job.queue for held in pool.ordered}
     pairs_cache: dict[tuple[QueueName, QueueName], Pairs] = {}
     failed: set[tuple[QueueName, ShapeKey]] = set()
 
@@ -81,14 +86,15 @@ def run(ctx: CycleContext) -> None:
         def in_quota_after(q: QueueName, amount: int = amount) -> bool:
             return acc.allocated_milli[q] + amount <= deserved[q] + _EPS
 
-        candidates: list[RunningJob] = []
-        for queue, held in by_queue.items():
+        victim_queues: set[QueueName] = set()
+        for queue in live_queues:
             levels = pairs(job.queue, queue)
-            if not levels or not held:
-                continue  # same leaf (preemption's business) or nothing to take
+            if not levels:
+                continue  # same leaf: preemption's business
             if all(acc.allocated_milli[v] > (deserved[v] if in_quota_after(q) else share[v]) + _EPS for q, v in levels):
-                candidates.extend(held)
-        if not candidates:
+                victim_queues.add(queue)
+        eligible = pool.of_queues(victim_queues) if victim_queues else None
+        if eligible is None or not eligible.any():
             failed.add(memo)
             continue
         over = _over_fair_share(ctx, job)
@@ -114,10 +120,11 @@ def run(ctx: CycleContext) -> None:
         choice = choose_victims(
             ctx.stmt,
             request,
-            candidates,
+            pool,
             ctx.policy,
             max_victims=ctx.config.max_victims,
             for_job=job.id,
+            eligible=eligible,
             admissible=admissible,
         )
         if choice is None:
@@ -138,7 +145,7 @@ def run(ctx: CycleContext) -> None:
                 f"reclaimed for job {job.id} of queue {job.queue} (below its fair share); "
                 f"queue {victim.job.queue} is above its fair share",
             )
-            by_queue[victim.job.queue].remove(victim)
+            pool.remove(victim.job.id)
         ctx.stmt.bind(job, choice.request, choice.placement)
         ctx.bound.add(job.id)
         ctx.reasons.pop(job.id, None)
