@@ -99,7 +99,10 @@ class VictimPool:
         self.row_node = np.array(nodes, dtype=np.int64)
         self.row_gpus = np.array(devices, dtype=np.int64)
         self.alive = np.ones(len(self.ordered), dtype=np.bool_)
-        self.queue = [v.job.queue for v in self.ordered]
+        self.queue_index: dict[QueueName, int] = {}
+        for v in self.ordered:
+            self.queue_index.setdefault(v.job.queue, len(self.queue_index))
+        self.queue_code = np.array([self.queue_index[v.job.queue] for v in self.ordered], dtype=np.int64)
         self.priority = np.array([v.job.priority for v in self.ordered], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -112,7 +115,12 @@ class VictimPool:
 
     def of_queues(self, queues: set[QueueName]) -> NDArray[np.bool_]:
         """Alive candidates of these queues."""
-        return self.alive & np.fromiter((q in queues for q in self.queue), dtype=np.bool_, count=len(self.queue))
+        codes = np.array([self.queue_index[q] for q in queues if q in self.queue_index], dtype=np.int64)
+        return self.alive & np.isin(self.queue_code, codes)
+
+    def of_queue(self, queue: QueueName) -> NDArray[np.bool_]:
+        """Alive candidates of one queue."""
+        return self.alive & (self.queue_code == self.queue_index.get(queue, -1))
 
 
 def choose_victims(

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from leitstand.scheduler.actions.context import (
     POLICY_BLOCKS,
     VICTIM_SEARCHES_PER_ACTION,
@@ -47,7 +45,6 @@ def run(ctx: CycleContext) -> None:
     )
     if not len(pool):
         return
-    queue_of = np.array(pool.queue, dtype=object)
     failed: set[tuple[QueueName, int, ShapeKey]] = set()
 
     searches = 0
@@ -55,7 +52,7 @@ def run(ctx: CycleContext) -> None:
         current = ctx.reasons.get(job.id)
         if current is not None and current.code in POLICY_BLOCKS and current.code not in _CURABLE:
             continue
-        eligible = pool.alive & (queue_of == job.queue) & (pool.priority < job.priority)
+        eligible = pool.of_queue(job.queue) & (pool.priority < job.priority)
         if not eligible.any():
             continue
         request = ctx.request(job)

@@ -51,7 +51,7 @@ def run(ctx: CycleContext) -> None:
     )
     if not len(pool):
         return
-    live_queues = {held.job.queue for held in pool.ordered}
+    live_queues = set(pool.queue_index)
     pairs_cache: dict[tuple[QueueName, QueueName], Pairs] = {}
     failed: set[tuple[QueueName, ShapeKey]] = set()
 
