@@ -120,7 +120,8 @@ class VictimPool:
 
     def of_queue(self, queue: QueueName) -> NDArray[np.bool_]:
         """Alive candidates of one queue."""
-        return self.alive & (self.queue_code == self.queue_index.get(queue, -1))
+        same: NDArray[np.bool_] = self.queue_code == self.queue_index.get(queue, -1)
+        return self.alive & same
 
 
 def choose_victims(
@@ -209,7 +210,8 @@ def _node_slots(stmt: Statement, request: GangRequest) -> NDArray[np.int64]:
     state = stmt.state
     if request.gpus == 0 or request.gpu_milli <= 0:
         return np.full(state.n_nodes, request.replicas, dtype=np.int64)
-    return (state.gpu_free_milli // request.gpu_milli).sum(axis=1).astype(np.int64)
+    slots: NDArray[np.int64] = (state.gpu_free_milli // request.gpu_milli).sum(axis=1).astype(np.int64)
+    return slots
 
 
 def _fit_units(stmt: Statement, request: GangRequest, mask: NDArray[np.bool_]) -> int:
