@@ -126,14 +126,20 @@ def replica_capacity_kernel(
     """
     k = limit
     if req_cpu > 0 and cpu_free_milli[n] < req_cpu * k:
+        if cpu_free_milli[n] < req_cpu:
+            return 0
         k = cpu_free_milli[n] // req_cpu
     if req_mem > 0 and memory_free_mib[n] < req_mem * k:
+        if memory_free_mib[n] < req_mem:
+            return 0
         k = memory_free_mib[n] // req_mem
     if k <= 0:
         return 0
     if req_gpus > 0:
         if req_milli >= GPU_MILLI:
             if gpu_whole_free[n] < req_gpus * k:
+                if gpu_whole_free[n] < req_gpus:
+                    return 0
                 k = gpu_whole_free[n] // req_gpus
         elif gpu_max_free_milli[n] < req_milli:
             return 0
@@ -514,35 +520,30 @@ def place_gang_kernel(
     for n in range(n_nodes):
         total += capacity[n]
     if total < replicas:
-        # why not: count what the labelled matching nodes lack (only on this slow, failing path)
+        # why not: count what the labelled matching nodes lack (only on this failing path; local
+        # counters and comparisons only, it runs over every node)
+        lack_cpu = 0
+        lack_mem = 0
+        lack_gpu = 0
         for n in range(n_nodes):
             if capacity[n] > 0 or not node_mask[n]:
                 continue
             if required_level >= 0 and domain[n, required_level] < 0:
                 continue
-            if req_cpu > 0 and cpu_free_milli[n] < req_cpu:
-                diag[DIAG_LACK_CPU] += 1
-            if req_mem > 0 and memory_free_mib[n] < req_mem:
-                diag[DIAG_LACK_MEMORY] += 1
-            if (
-                req_gpus > 0
-                and replica_capacity_kernel(
-                    n,
-                    gpu_free_milli,
-                    gpu_count,
-                    cpu_free_milli,
-                    memory_free_mib,
-                    gpu_whole_free,
-                    gpu_max_free_milli,
-                    req_gpus,
-                    req_milli,
-                    0,
-                    0,
-                    1,
-                )
-                == 0
-            ):
-                diag[DIAG_LACK_GPU] += 1
+            lack_cpu += cpu_free_milli[n] < req_cpu
+            lack_mem += memory_free_mib[n] < req_mem
+            if req_gpus > 0 and req_milli >= GPU_MILLI:
+                lack_gpu += gpu_whole_free[n] < req_gpus
+            elif req_gpus == 1:
+                lack_gpu += gpu_max_free_milli[n] < req_milli
+            elif req_gpus > 1:
+                fitting = 0
+                for g in range(gpu_count[n]):
+                    fitting += gpu_free_milli[n, g] >= req_milli
+                lack_gpu += fitting < req_gpus
+        diag[DIAG_LACK_CPU] = lack_cpu
+        diag[DIAG_LACK_MEMORY] = lack_mem
+        diag[DIAG_LACK_GPU] = lack_gpu
     diag[DIAG_TOTAL_REPLICAS] = total
     if diag[DIAG_MATCHING_NODES] == 0:
         return STATUS_NO_MATCHING_NODES

@@ -2,8 +2,8 @@
 
 What it holds: `place_gang_reference` and `replica_capacity_reference`, step-for-step equivalents of
 the compiled kernels (same arguments, same outputs, same tie-breaks, same undo of tentative charges).
-The policy's score and GPU choice are called through their pure-Python bodies (`.py_func`) so the
-whole reference path is interpreted.
+The policy's score and GPU choice come from `policy_reference.py` (the policies' own pure-Python
+twin), so the whole reference path is interpreted.
 
 Who calls it: `placement.place_gang(..., engine="reference")`, the parity tests (kernel result ==
 reference result exactly) and `leitstand bench core` (the speed-up of compiled over reference).
@@ -14,21 +14,14 @@ commit; `tests/parity/test_placement_parity.py` fails otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 from numpy.typing import NDArray
 
 from leitstand.scheduler import placement_kernels as K
+from leitstand.scheduler import policy_reference
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
-
-
-def _py(fn: Any) -> Callable[..., Any]:
-    """The interpreted body of a Numba dispatcher (or the function itself)."""
-    return getattr(fn, "py_func", fn)  # type: ignore[no-any-return]
 
 
 def mix64(x: int) -> int:
@@ -130,8 +123,8 @@ def place_gang_reference(
     diag: NDArray[np.int64],
 ) -> int:
     """Same contract as `placement_kernels.place_gang_kernel`."""
-    score = _py(K.node_score_kernel)
-    choose = _py(K.choose_gpus_kernel)
+    score = policy_reference.node_score
+    choose = policy_reference.choose_gpus
     base = int(rand_base)
     n_nodes = gpu_count.shape[0]
     req = (req_gpus, req_milli, req_cpu, req_mem)
@@ -166,7 +159,7 @@ def place_gang_reference(
                 gpu_model,
                 *req,
                 *typ,
-                np.uint64(node_rand(base, n)),
+                node_rand(base, n),
             )
         )
 
