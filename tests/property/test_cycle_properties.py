@@ -17,6 +17,7 @@ which raises on any over-commit; and checks what the plan must never do:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import hypothesis.strategies as st
@@ -83,7 +84,7 @@ def _job(draw: st.DrawFn, job_id: str, queue: str, created_at: float) -> Job:
     replicas = draw(st.integers(1, 3))
     fraction = draw(st.sampled_from([None, None, None, 0.5, 0.25]))
     gpus = 1 if fraction is not None else draw(st.sampled_from([1, 2, 4]))
-    return make_job(
+    job: Job = make_job(
         job_id,
         queue,
         gpus,
@@ -95,6 +96,7 @@ def _job(draw: st.DrawFn, job_id: str, queue: str, created_at: float) -> Job:
         cpu_milli=draw(st.sampled_from([0, 8_000])),
         created_at=created_at,
     )
+    return job
 
 
 @st.composite
@@ -130,7 +132,7 @@ def worlds(draw: st.DrawFn) -> World:
         own = reserved[queue]
         excluded = tuple(p for p in {"res"} if p != own and "res" in reserved.values())
         if own is not None:
-            job = Job(**{**_fields(job), "node_pool": own})
+            job = dataclasses.replace(job, node_pool=own)
         request = GangRequest.for_job(state, job, excluded_pools=excluded)
         result = place_gang(state, request, policy)
         if not isinstance(result, GangPlacement):
@@ -156,10 +158,6 @@ def worlds(draw: st.DrawFn) -> World:
         now=NOW,
     )
     return World(snapshot, config)
-
-
-def _fields(job: Job) -> dict[str, object]:
-    return {name: getattr(job, name) for name in job.__dataclass_fields__}
 
 
 def _allocated(tree_queues: tuple[Queue, ...], jobs: list[Job]) -> tuple[dict[QueueName, int], dict[QueueName, int]]:
