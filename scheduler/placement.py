@@ -255,8 +255,9 @@ def place_gang(
 ) -> GangPlacement | Unplaceable:
     """Choose nodes and GPUs for all replicas, or none. Does not modify `state` (its score cache aside).
 
-    `nonce` varies the per-node random numbers a policy sees (`rand_u64`, e.g. for Random) between
-    calls; with the same state, request, policy and nonce the result is deterministic.
+    `nonce` varies the per-node random numbers Random sees (`rand_u64`; other policies get a
+    fixed stream and must not read it) between calls; with the same state, request, policy and
+    nonce the result is deterministic.
     `score_cache`: reuse policy scores of nodes unchanged since they were last scored for the same
     request shape and policy (never for Random); the result is identical either way.
     """
@@ -300,7 +301,7 @@ def place_gang(
         policy.typ_num,
         policy.typ_model_ok,
         policy.typ_weight,
-        np.uint64(rand_base(policy.seed, nonce)),
+        np.uint64(rand_base(policy.seed, nonce) if policy.code == PolicyCode.RANDOM else 0),
         state.node_version,
         cache.score,
         cache.stamp,

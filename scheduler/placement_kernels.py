@@ -193,6 +193,52 @@ def _refresh_node(
 
 
 @njit(cache=True)  # type: ignore[misc,unused-ignore]
+def _score_node(
+    policy: int,
+    n: int,
+    gpu_free_milli: NDArray[np.int32],
+    gpu_count: NDArray[np.int32],
+    cpu_free_milli: NDArray[np.int64],
+    cpu_capacity_milli: NDArray[np.int64],
+    memory_free_mib: NDArray[np.int64],
+    gpu_model: NDArray[np.int32],
+    req_gpus: int,
+    req_milli: int,
+    req_cpu: int,
+    req_mem: int,
+    typ_cpu: NDArray[np.int64],
+    typ_milli: NDArray[np.int64],
+    typ_num: NDArray[np.int64],
+    typ_model_ok: NDArray[np.bool_],
+    typ_weight: NDArray[np.float64],
+    rand_base: np.uint64,
+) -> int:
+    """The policy's score of node `n` (kept out of line: the hot loops mostly read the cache)."""
+    return int(
+        node_score_kernel(
+            policy,
+            n,
+            gpu_free_milli,
+            gpu_count,
+            cpu_free_milli,
+            cpu_capacity_milli,
+            memory_free_mib,
+            gpu_model,
+            req_gpus,
+            req_milli,
+            req_cpu,
+            req_mem,
+            typ_cpu,
+            typ_milli,
+            typ_num,
+            typ_model_ok,
+            typ_weight,
+            _node_rand(rand_base, n),
+        )
+    )
+
+
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
 def _undo(
     placed: int,
     out_nodes: NDArray[np.int32],
@@ -277,47 +323,56 @@ def _fill_domain(
             count += capacity[n] > 0
     feasible = np.ones(count, np.bool_)
     scores = np.empty(count, np.int64)
+    first_best = -1  # the first replica's choice, found while scoring (saves a pass)
     for i in range(count):
         n = cand[i]
         # the committed state of n: a cached score is valid while the node's stamp is unchanged
         if use_cache and cached_stamp[n] == node_version[n]:
             scores[i] = cached_score[n]
-            continue
-        scores[i] = node_score_kernel(
-            policy,
-            n,
-            gpu_free_milli,
-            gpu_count,
-            cpu_free_milli,
-            cpu_capacity_milli,
-            memory_free_mib,
-            gpu_model,
-            req_gpus,
-            req_milli,
-            req_cpu,
-            req_mem,
-            typ_cpu,
-            typ_milli,
-            typ_num,
-            typ_model_ok,
-            typ_weight,
-            _node_rand(rand_base, n),
-        )
-        if use_cache:
-            cached_score[n] = scores[i]
-            cached_stamp[n] = node_version[n]
+        else:
+            scores[i] = _score_node(
+                policy,
+                n,
+                gpu_free_milli,
+                gpu_count,
+                cpu_free_milli,
+                cpu_capacity_milli,
+                memory_free_mib,
+                gpu_model,
+                req_gpus,
+                req_milli,
+                req_cpu,
+                req_mem,
+                typ_cpu,
+                typ_milli,
+                typ_num,
+                typ_model_ok,
+                typ_weight,
+                rand_base,
+            )
+            if use_cache:
+                cached_score[n] = scores[i]
+                cached_stamp[n] = node_version[n]
+        if (
+            first_best < 0
+            or scores[i] > scores[first_best]
+            or (scores[i] == scores[first_best] and node_rank[n] < node_rank[cand[first_best]])
+        ):
+            first_best = i
     chosen = np.empty(req_gpus, np.int32)
     for r in range(replicas):
-        best = -1
-        for i in range(count):
-            if not feasible[i]:
-                continue
-            if (
-                best < 0
-                or scores[i] > scores[best]
-                or (scores[i] == scores[best] and node_rank[cand[i]] < node_rank[cand[best]])
-            ):
-                best = i
+        best = first_best
+        if r > 0:
+            best = -1
+            for i in range(count):
+                if not feasible[i]:
+                    continue
+                if (
+                    best < 0
+                    or scores[i] > scores[best]
+                    or (scores[i] == scores[best] and node_rank[cand[i]] < node_rank[cand[best]])
+                ):
+                    best = i
         if best < 0:
             _undo(
                 r,
