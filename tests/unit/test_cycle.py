@@ -302,3 +302,30 @@ def test_consolidation_can_be_switched_off() -> None:
     assert {b.job_id for b in on.bindings} == {"a1", "b2"}
     off = run_cycle(snap, dataclasses.replace(SchedulerConfig(), consolidation=False))
     assert off.evictions == () and off.bindings == ()
+
+
+def test_reclaimed_queue_does_not_take_the_gpus_back_next_cycle() -> None:
+    """Apply a reclaim, resubmit the victims, run again later: no eviction goes the other way."""
+    from pathlib import Path
+
+    from scenarios.loader import load_scenario
+
+    from leitstand.scheduler.model import RunningJob
+
+    scenario = load_scenario(Path(__file__).parents[1] / "scenarios" / "reclaim-below-fair-share.yaml")
+    snap = scenario.snapshot
+    first = run_cycle(snap, scenario.config)
+    evicted = {e.job_id for e in first.evictions}
+    assert evicted and all(e.kind is EvictionKind.RECLAIM for e in first.evictions)
+    pending = {j.id: j for j in snap.pending}
+    later = snap.now + 10 * scenario.config.min_runtime_seconds
+    running = tuple(r for r in snap.running if r.job.id not in evicted) + tuple(
+        RunningJob(pending[b.job_id], b.placements, started_at=snap.now) for b in first.bindings
+    )
+    again = dataclasses.replace(
+        snap, running=running, pending=tuple(r.job for r in snap.running if r.job.id in evicted), now=later
+    )
+    second = run_cycle(again, scenario.config)
+    assert second.evictions == () and second.bindings == ()
+    # Both queues sit exactly at their fair share: nobody borrows, so the victims simply wait for room.
+    assert {p.code for p in second.pending} == {"Insufficient"}
