@@ -56,12 +56,14 @@ def run_cycle(
     config: SchedulerConfig = SchedulerConfig(),  # noqa: B008 - frozen value, safe as a default
     *,
     state: ClusterState | None = None,
+    policy_context: PolicyContext | None = None,
 ) -> Plan:
     """Decide what to bind, what to evict and why the rest waits.
 
     `state`, when given, is an incrementally maintained `ClusterState` that already reflects
     `snapshot.running`; the cycle works on a copy of it. Without it, the state is built from the
-    snapshot. Raises `InvalidSpecError` for an invalid queue tree and `StateError` when the running
+    snapshot. `policy_context`, when given, is used instead of `PolicyContext.build(state,
+    config.policy)` (a simulator that keeps its own typical-task table or seed). Raises `InvalidSpecError` for an invalid queue tree and `StateError` when the running
     jobs over-commit the nodes; everything else that cannot run becomes a `PendingReason`.
     """
     cycle_id = next(_cycle_ids)
@@ -125,7 +127,7 @@ def run_cycle(
         config=config,
         tree=tree,
         shares=shares,
-        policy=PolicyContext.build(work, config.policy),
+        policy=policy_context if policy_context is not None else PolicyContext.build(work, config.policy),
         stmt=stmt,
         pending_by_queue=pending_by_queue,
         reserved_pools=reserved,
