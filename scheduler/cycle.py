@@ -62,9 +62,11 @@ def run_cycle(
 
     `state`, when given, is an incrementally maintained `ClusterState` that already reflects
     `snapshot.running`; the cycle works on a copy of it. Without it, the state is built from the
-    snapshot. `policy_context`, when given, is used instead of `PolicyContext.build(state,
-    config.policy)` (a simulator that keeps its own typical-task table or seed). Raises `InvalidSpecError` for an invalid queue tree and `StateError` when the running
-    jobs over-commit the nodes; everything else that cannot run becomes a `PendingReason`.
+    snapshot. `policy_context`, when given, replaces `PolicyContext.build(state, config.policy)`
+    (a simulator that keeps its own typical-task table or seed).
+
+    Raises `InvalidSpecError` for an invalid queue tree and `StateError` when the running jobs
+    over-commit the nodes; everything else that cannot run becomes a `PendingReason`.
     """
     cycle_id = next(_cycle_ids)
     phases: dict[str, float] = {}
