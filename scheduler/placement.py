@@ -224,10 +224,25 @@ def _score_cache(state: ClusterState, request: GangRequest, policy: PolicyContex
             state.score_cache.clear()
         entry = _ScoreCache(policy, np.zeros(state.n_nodes, np.int64), np.zeros(state.n_nodes, np.int64))
         state.score_cache[key] = entry
-    if entry.policy is not policy:  # another context (typical tasks, seed) scores differently
+    if entry.policy is not policy:
+        # a new context object (e.g. one per cycle) keeps the scores if it scores the same way
+        if entry.policy is None or _policy_fingerprint(entry.policy) != _policy_fingerprint(policy):
+            entry.stamp[:] = 0
         entry.policy = policy
-        entry.stamp[:] = 0
     return entry
+
+
+def _policy_fingerprint(policy: PolicyContext) -> tuple[object, ...]:
+    """What a node's score depends on besides the node and the request (not node_rank: ties only)."""
+    return (
+        int(policy.code),
+        policy.typ_cpu.tobytes(),
+        policy.typ_milli.tobytes(),
+        policy.typ_num.tobytes(),
+        policy.typ_model_ok.tobytes(),
+        policy.typ_model_ok.shape,
+        policy.typ_weight.tobytes(),
+    )
 
 
 def _validate(state: ClusterState, request: GangRequest) -> str | None:

@@ -80,3 +80,19 @@ def test_score_cache_never_changes_a_decision(seed: int, n_nodes: int, fill: flo
             apply_placement(state, request, cached)  # stamps change; the cache must notice
         again = place_gang(state, request, ctx)
         assert _same(again, place_gang(state, request, ctx, score_cache=False))
+
+
+def test_score_cache_survives_a_new_equal_context_and_resets_for_a_different_one() -> None:
+    from leitstand.scheduler.policies import default_typical_tasks
+
+    state = random_state(3, 12, 0.4)
+    rng = np.random.default_rng(3)
+    request = random_request(state, rng)
+    first = PolicyContext.build(state, PolicyCode.FGD)
+    place_gang(state, request, first)
+    again = PolicyContext.build(state, PolicyCode.FGD)
+    assert _same(place_gang(state, request, again), place_gang(state, request, again, score_cache=False))
+    table = default_typical_tasks(state.model_codes)
+    table.weight[:] = rng.random(table.weight.shape[0])
+    other = PolicyContext.build(state, PolicyCode.FGD, typical=table)
+    assert _same(place_gang(state, request, other), place_gang(state, request, other, score_cache=False))
