@@ -100,7 +100,8 @@ def _job(draw: st.DrawFn, job_id: str, queue: str, created_at: float) -> Job:
 
 
 @st.composite
-def worlds(draw: st.DrawFn) -> World:
+def worlds(draw: st.DrawFn, borrowers: bool = False) -> World:
+    """A random world; with `borrowers`, one leaf queue is idle and others fill the cluster (reclaim)."""
     n_nodes = draw(st.integers(2, 6))
     nodes: list[Node] = []
     for i in range(n_nodes):
@@ -116,6 +117,8 @@ def worlds(draw: st.DrawFn) -> World:
     queues = _queue_tree(draw)
     tree = build_queue_tree(queues)
     leaves = list(tree.leaves)
+    idle = [draw(st.sampled_from(leaves))] if borrowers else leaves
+    busy = [q for q in leaves if q not in idle] if borrowers else leaves
     reserved = {q.name: q.node_pool for q in queues}
 
     # Running jobs: placed one by one on a scratch state with the real placement, within limits.
@@ -123,8 +126,8 @@ def worlds(draw: st.DrawFn) -> World:
     policy = PolicyContext.build(state)
     used: dict[QueueName, int] = dict.fromkeys(tree.order, 0)
     running: list[RunningJob] = []
-    for k in range(draw(st.integers(0, 16))):
-        queue = draw(st.sampled_from(leaves))
+    for k in range(draw(st.integers(0, 16) if not borrowers else st.integers(8, 20))):
+        queue = draw(st.sampled_from(busy))
         job = _job(draw, f"run-{k}", queue, created_at=float(k))
         path = tree.path(queue)
         if any((lim := tree.queues[q].limit_milli) is not None and used[q] + job.gpu_milli_total > lim for q in path):
@@ -143,7 +146,7 @@ def worlds(draw: st.DrawFn) -> World:
         for q in path:
             used[q] += job.gpu_milli_total
         running.append(held)
-    pending = [_job(draw, f"p-{k}", draw(st.sampled_from(leaves)), 100.0 + k) for k in range(draw(st.integers(1, 8)))]
+    pending = [_job(draw, f"p-{k}", draw(st.sampled_from(idle)), 100.0 + k) for k in range(draw(st.integers(1, 8)))]
     config = SchedulerConfig(
         min_runtime_seconds=MIN_RUNTIME,
         consolidation=draw(st.booleans()),
@@ -257,6 +260,16 @@ def test_cycle_invariants(world: World) -> None:
     for kind in sorted({e.kind.value for e in plan.evictions}):
         event(f"eviction: {kind}")
     event(f"bound: {min(len(plan.bindings), 3)}")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(worlds(borrowers=True))
+def test_cycle_invariants_when_an_idle_queue_wakes_up(world: World) -> None:
+    """Same invariants, in the situation reclaim exists for: others borrowed, an idle queue asks."""
+    plan = run_cycle(world.snapshot, world.config)
+    check_plan(world, plan)
+    for kind in sorted({e.kind.value for e in plan.evictions}):
+        event(f"eviction: {kind}")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
