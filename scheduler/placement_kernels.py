@@ -105,6 +105,22 @@ def _node_rand(
 
 
 @njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
+def _whole_times_upto(amount: int, unit: int, upto: int) -> int:
+    """min(upto, amount // unit) for amount >= 0, unit > 0, without a division when upto is small.
+
+    Chains of dependent int64 divisions dominated the node loops (~40 cycles each); counting down
+    from a small `upto` (the gang's replica count) costs a few multiplications.
+    """
+    if upto > 64:
+        q = amount // unit
+        return q if q < upto else upto
+    k = upto
+    while k > 0 and amount < unit * k:
+        k -= 1
+    return k
+
+
+@njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
 def replica_capacity_kernel(
     n: int,
     gpu_free_milli: NDArray[np.int32],
@@ -121,54 +137,45 @@ def replica_capacity_kernel(
 ) -> int:
     """min(limit, how many replicas node `n` holds now).
 
-    Integer division is the slow part of this hot loop, so it divides only where a resource binds
-    below `limit` (callers ask for at most the gang's replica count, often 1).
+    The callers ask for at most the gang's replica count (often 1), so this counts down from
+    `limit` instead of dividing (see `_whole_times_upto`).
     """
     k = limit
-    if req_cpu > 0 and cpu_free_milli[n] < req_cpu * k:
-        if cpu_free_milli[n] < req_cpu:
-            return 0
-        k = cpu_free_milli[n] // req_cpu
-    if req_mem > 0 and memory_free_mib[n] < req_mem * k:
-        if memory_free_mib[n] < req_mem:
-            return 0
-        k = memory_free_mib[n] // req_mem
+    if req_cpu > 0:
+        k = _whole_times_upto(cpu_free_milli[n], req_cpu, k)
+    if req_mem > 0:
+        k = _whole_times_upto(memory_free_mib[n], req_mem, k)
     if k <= 0:
         return 0
     if req_gpus > 0:
         if req_milli >= GPU_MILLI:
-            if gpu_whole_free[n] < req_gpus * k:
-                if gpu_whole_free[n] < req_gpus:
-                    return 0
-                k = gpu_whole_free[n] // req_gpus
+            k = _whole_times_upto(gpu_whole_free[n], req_gpus, k)
         elif gpu_max_free_milli[n] < req_milli:
             return 0
         elif req_gpus == 1:
             total = 0
             for g in range(gpu_count[n]):
-                free = gpu_free_milli[n, g]
-                if free >= req_milli:
-                    total += 1 if free < 2 * req_milli else free // req_milli
-                    if total >= k:
-                        break
+                total += _whole_times_upto(gpu_free_milli[n, g], req_milli, k - total)
+                if total >= k:
+                    break
             if total < k:
                 k = total
         else:
+            # c replicas on req_gpus distinct GPUs each fit iff sum_g min(slots_g, c) >= c * req_gpus;
+            # slots capped at k leave that sum unchanged for every c <= k
             total = 0
             for g in range(gpu_count[n]):
-                total += gpu_free_milli[n, g] // req_milli
-            c = total // req_gpus
-            # c replicas on req_gpus distinct GPUs each fit iff sum_g min(slots_g, c) >= c * req_gpus
+                total += _whole_times_upto(gpu_free_milli[n, g], req_milli, k)
+            c = _whole_times_upto(total, req_gpus, k)
             while c > 0:
                 s = 0
                 for g in range(gpu_count[n]):
-                    slots = gpu_free_milli[n, g] // req_milli
-                    s += slots if slots < c else c
+                    slots = _whole_times_upto(gpu_free_milli[n, g], req_milli, c)
+                    s += slots
                 if s >= c * req_gpus:
                     break
                 c -= 1
-            if c < k:
-                k = c
+            k = c
     return k
 
 
@@ -269,6 +276,8 @@ def _fill_domain(
     level: int,
     dom: int,
     capacity: NDArray[np.int64],
+    feasible_nodes: NDArray[np.int64],
+    n_feasible: int,
     domain: NDArray[np.int32],
     domain_order: NDArray[np.int32],
     domain_start: NDArray[np.int32],
@@ -305,11 +314,11 @@ def _fill_domain(
     On success the replicas stay charged to the arrays (the caller undoes them); on failure nothing
     stays charged. Returns a STATUS_* code.
     """
-    n_nodes = capacity.shape[0]
-    if level < 0:
-        cand = np.empty(n_nodes, np.int64)
+    if level < 0:  # anywhere: the feasible nodes (ascending)
+        cand = np.empty(n_feasible, np.int64)
         count = 0
-        for n in range(n_nodes):
+        for i in range(n_feasible):
+            n = feasible_nodes[i]
             cand[count] = n
             count += capacity[n] > 0
     else:  # the domain's members, from the static per-level index
@@ -554,26 +563,32 @@ def place_gang_kernel(
         capacity[n] = ok
     diag[DIAG_MATCHING_NODES] = matching
     diag[DIAG_LABELLED_NODES] = labelled
-    if replicas > 1 or (req_gpus > 1 and req_milli < GPU_MILLI):
-        for n in range(n_nodes):
-            if capacity[n] > 0:
-                capacity[n] = replica_capacity_kernel(
-                    n,
-                    gpu_free_milli,
-                    gpu_count,
-                    cpu_free_milli,
-                    memory_free_mib,
-                    gpu_whole_free,
-                    gpu_max_free_milli,
-                    req_gpus,
-                    req_milli,
-                    req_cpu,
-                    req_mem,
-                    replicas,
-                )
-    total = 0
+    # the nodes that pass, compacted without branches; later passes touch only these
+    feasible_nodes = np.empty(n_nodes, np.int64)
+    n_feasible = 0
     for n in range(n_nodes):
-        total += capacity[n]
+        feasible_nodes[n_feasible] = n
+        n_feasible += capacity[n] > 0
+    if replicas > 1 or (req_gpus > 1 and req_milli < GPU_MILLI):
+        for i in range(n_feasible):
+            n = feasible_nodes[i]
+            capacity[n] = replica_capacity_kernel(
+                n,
+                gpu_free_milli,
+                gpu_count,
+                cpu_free_milli,
+                memory_free_mib,
+                gpu_whole_free,
+                gpu_max_free_milli,
+                req_gpus,
+                req_milli,
+                req_cpu,
+                req_mem,
+                replicas,
+            )
+    total = 0
+    for i in range(n_feasible):
+        total += capacity[feasible_nodes[i]]
     if total < replicas:
         # why not: count what the labelled matching nodes lack (only on this failing path; local
         # counters and comparisons only, it runs over every node)
@@ -617,6 +632,8 @@ def place_gang_kernel(
                 -1,
                 -1,
                 capacity,
+                feasible_nodes,
+                n_feasible,
                 domain,
                 domain_order,
                 domain_start,
@@ -671,7 +688,8 @@ def place_gang_kernel(
         dom_rank = np.empty(n_domains, np.int64)
         for d in range(n_domains):
             dom_rank[d] = np.iinfo(np.int64).max
-        for n in range(n_nodes):
+        for i in range(n_feasible):
+            n = feasible_nodes[i]
             if capacity[n] > 0:
                 d = domain[n, level]
                 if d >= 0:
@@ -705,6 +723,8 @@ def place_gang_kernel(
                 level,
                 best,
                 capacity,
+                feasible_nodes,
+                n_feasible,
                 domain,
                 domain_order,
                 domain_start,
