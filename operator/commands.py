@@ -18,3 +18,7 @@ simulate_app.command("inflation")(inflation)
 from leitstand.operator.bench_core import core  # noqa: E402
 
 bench_app.command("core")(core)
+
+from leitstand.operator.simulate_replay import replay  # noqa: E402
+
+simulate_app.command("replay")(replay)
