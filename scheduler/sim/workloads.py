@@ -123,7 +123,7 @@ def openb_workload(
 
     rng = np.random.default_rng(seed)
     # Unit-rate Poisson arrival epochs; at rate r the k-th task arrives at epoch_k / r.
-    need = int(100 * window_seconds) + 1000  # up to 100 arrivals/s, 3 × what 120% needs
+    need = int(100 * window_seconds) + 100_000  # ≥ 100 arrivals/s: 3 × what 120% needs at 1,800 s
     epochs = np.cumsum(rng.exponential(1.0, size=need))
     epochs -= epochs[0]
 
