@@ -200,52 +200,6 @@ def _refresh_node(
 
 
 @njit(cache=True)  # type: ignore[misc,unused-ignore]
-def _score_node(
-    policy: int,
-    n: int,
-    gpu_free_milli: NDArray[np.int32],
-    gpu_count: NDArray[np.int32],
-    cpu_free_milli: NDArray[np.int64],
-    cpu_capacity_milli: NDArray[np.int64],
-    memory_free_mib: NDArray[np.int64],
-    gpu_model: NDArray[np.int32],
-    req_gpus: int,
-    req_milli: int,
-    req_cpu: int,
-    req_mem: int,
-    typ_cpu: NDArray[np.int64],
-    typ_milli: NDArray[np.int64],
-    typ_num: NDArray[np.int64],
-    typ_model_ok: NDArray[np.bool_],
-    typ_weight: NDArray[np.float64],
-    rand_base: np.uint64,
-) -> int:
-    """The policy's score of node `n` (kept out of line: the hot loops mostly read the cache)."""
-    return int(
-        node_score_kernel(
-            policy,
-            n,
-            gpu_free_milli,
-            gpu_count,
-            cpu_free_milli,
-            cpu_capacity_milli,
-            memory_free_mib,
-            gpu_model,
-            req_gpus,
-            req_milli,
-            req_cpu,
-            req_mem,
-            typ_cpu,
-            typ_milli,
-            typ_num,
-            typ_model_ok,
-            typ_weight,
-            _node_rand(rand_base, n),
-        )
-    )
-
-
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
 def _undo(
     placed: int,
     out_nodes: NDArray[np.int32],
@@ -339,7 +293,7 @@ def _fill_domain(
         if use_cache and cached_stamp[n] == node_version[n]:
             scores[i] = cached_score[n]
         else:
-            scores[i] = _score_node(
+            scores[i] = node_score_kernel(
                 policy,
                 n,
                 gpu_free_milli,
@@ -357,7 +311,7 @@ def _fill_domain(
                 typ_num,
                 typ_model_ok,
                 typ_weight,
-                rand_base,
+                _node_rand(rand_base, n),
             )
             if use_cache:
                 cached_score[n] = scores[i]
