@@ -161,6 +161,29 @@ def _lowest_fitting_kernel(
 
 
 @njit(cache=True)  # type: ignore[misc,unused-ignore]
+def _pseudo_random_fitting_kernel(free: NDArray[np.int32], count: int, n: int, req_milli: int) -> int:
+    """Random's GPU for a sharing task: a fitting GPU picked by a hash of the node and its free milli.
+
+    The interface passes no random draw to GPU choice, so the pick is a deterministic function of the
+    node's state; over a run it spreads like a uniform draw (which is what the baseline asks for).
+    """
+    h = np.uint64(0xCBF29CE484222325) ^ np.uint64(n)
+    fitting = 0
+    for g in range(count):
+        h = (h ^ np.uint64(free[g])) * np.uint64(0x100000001B3)
+        if free[g] >= req_milli:
+            fitting += 1
+    h ^= h >> np.uint64(29)
+    pick = int(h % np.uint64(max(fitting, 1)))
+    for g in range(count):
+        if free[g] >= req_milli:
+            if pick == 0:
+                return g
+            pick -= 1
+    return -1
+
+
+@njit(cache=True)  # type: ignore[misc,unused-ignore]
 def _fgd_scores_kernel(
     free: NDArray[np.int32],
     count: int,
@@ -259,30 +282,17 @@ def _gpupacking_kernel(free: NDArray[np.int32], count: int, req_gpus: int, req_m
 @njit(cache=True)  # type: ignore[misc,unused-ignore]
 def _dotprod_kernel(
     free: NDArray[np.int32], count: int, cpu_left: int, cpu_cap: int, req_gpus: int, req_milli: int, req_cpu: int
-) -> tuple[int, int]:
-    """Tetris-style dot product of the request and the node's free vector (CPU, GPU), both normalised
-    by the node's capacity; score = 100 · (1 − dot / 2), the smaller the dot product the better.
-    A sharing task is matched against each GPU that fits (best GPU returned); others against the node."""
+) -> int:
+    """Tetris-style dot product of the request and the node's free (CPU, total GPU) vector, both
+    normalised by the node's capacity; score = 100 · (1 − dot / 2): the smaller the product the better."""
     cap = float(max(cpu_cap, 1))
-    cpu_dot = (float(cpu_left) / cap) * (float(req_cpu) / cap)
-    if req_gpus == 1 and 0 < req_milli < GPU_MILLI:
-        best = -1
-        best_g = -1
-        for g in range(count):
-            if free[g] < req_milli:
-                continue
-            dot = cpu_dot + (float(free[g]) / GPU_MILLI) * (float(req_milli) / GPU_MILLI)
-            s = int(100.0 * (1.0 - dot / 2.0))
-            if s > best:
-                best = s
-                best_g = g
-        return best, best_g
     total = 0
     for g in range(count):
         total += free[g]
     scale = float(max(count, 1) * GPU_MILLI)
-    dot = cpu_dot + (float(total) / scale) * (float(req_gpus * req_milli) / scale)
-    return int(100.0 * (1.0 - dot / 2.0)), -1
+    dot = (float(cpu_left) / cap) * (float(req_cpu) / cap)
+    dot += (float(total) / scale) * (float(req_gpus * req_milli) / scale)
+    return int(100.0 * (1.0 - dot / 2.0))
 
 
 @njit(cache=True)  # type: ignore[misc,unused-ignore]
@@ -351,16 +361,18 @@ def _leitstand_kernel(
         gpu_scores,
         gpu_deltas,
     )
-    # Secondary key, inside one integer FGD level: the node left with the least free GPU milli
-    # (fill partly used nodes before opening idle ones); exact ties then go to the smallest rank.
-    # Measured alternatives (docs/policies.md): continuous Δ-fragmentation as the key (−1.1 pt on the
-    # default trace: it scatters tasks instead of packing them), BestFit's CPU+GPU key, a penalty for
-    # breaking a fully free GPU, CPU tightness after GPU — all worse or noisier than this one.
-    total = 0
-    for g in range(count):
-        total += free[g]
-    left = total - req_gpus * req_milli
-    secondary = MAX_NODE_GPU_MILLI - left
+    # Secondary key, inside one integer FGD level, for CPU-only tasks only: the node with the least
+    # free GPU milli, so CPU goes where the GPUs are already taken instead of stranding free GPUs
+    # (exact ties, and every GPU task, then go to the smallest rank as in FGD). Measured alternatives
+    # (docs/policies.md): the same key for every task (hurts cpu100 by 0.2 pt: sharing tasks must
+    # keep FGD's fixed-order ties), for whole-GPU tasks too (+0.26 on cpu250, −0.07 on default),
+    # continuous Δ-fragmentation as the key (−1.1 pt on default: it scatters instead of packing).
+    secondary = 0
+    if req_gpus == 0 or req_milli == 0:
+        total = 0
+        for g in range(count):
+            total += free[g]
+        secondary = MAX_NODE_GPU_MILLI - total
     return primary * LEITSTAND_PRIMARY_SHIFT + secondary, best_g
 
 
@@ -398,8 +410,7 @@ def node_score_kernel(
     if policy == GPUPACKING:
         return _gpupacking_kernel(free, count, req_gpus, req_milli)
     if policy == DOTPROD:
-        score, _ = _dotprod_kernel(free, count, cpu_free_milli[n], cpu_capacity_milli[n], req_gpus, req_milli, req_cpu)
-        return score
+        return _dotprod_kernel(free, count, cpu_free_milli[n], cpu_capacity_milli[n], req_gpus, req_milli, req_cpu)
     if policy == GPUCLUSTERING:
         return _gpuclustering_kernel(free, count, req_gpus, req_milli)
     if policy == FGD:
@@ -460,7 +471,8 @@ def choose_gpus_kernel(
 ) -> None:
     """Write the `req_gpus` GPU indices to use on node `n` into `out` (nothing for CPU-only tasks).
 
-    Sharing task: FGD and leitstand take the GPU their score picked, the others the GPU with the least
+    Sharing task: FGD and leitstand take the GPU their score picked, Random a pseudo-random fitting GPU,
+    the others the GPU with the least
     free milli that fits (lowest index on ties). Whole- and multi-GPU tasks: lowest-index fitting GPUs.
 
     The optional trailing arguments make FGD's / leitstand's GPU choice exact: the node's free CPU
@@ -514,5 +526,8 @@ def choose_gpus_kernel(
             typ_weight,
         )
         out[0] = g
+        return
+    if policy == RANDOM:
+        out[0] = _pseudo_random_fitting_kernel(free, count, n, req_milli)
         return
     _take_least_free_kernel(free, count, 1, req_milli, out)

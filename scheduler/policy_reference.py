@@ -118,23 +118,13 @@ def gpupacking(free: list[int], req_gpus: int, req_milli: int) -> int:
     return int(max(100 - pct // 10, 50))
 
 
-def dotprod(
-    free: list[int], cpu_left: int, cpu_cap: int, req_gpus: int, req_milli: int, req_cpu: int
-) -> tuple[int, int]:
+def dotprod(free: list[int], cpu_left: int, cpu_cap: int, req_gpus: int, req_milli: int, req_cpu: int) -> int:
+    """Dot product of request and free (CPU, total GPU), normalised by node capacity; smaller is better."""
     cap = float(max(cpu_cap, 1))
-    cpu_dot = (float(cpu_left) / cap) * (float(req_cpu) / cap)
-    if _is_sharing(req_gpus, req_milli):
-        best, best_g = -1, -1
-        for g, f in enumerate(free):
-            if f < req_milli:
-                continue
-            s = int(100.0 * (1.0 - (cpu_dot + (float(f) / GPU_MILLI) * (float(req_milli) / GPU_MILLI)) / 2.0))
-            if s > best:
-                best, best_g = s, g
-        return best, best_g
     scale = float(max(len(free), 1) * GPU_MILLI)
-    dot = cpu_dot + (float(sum(free)) / scale) * (float(req_gpus * req_milli) / scale)
-    return int(100.0 * (1.0 - dot / 2.0)), -1
+    dot = (float(cpu_left) / cap) * (float(req_cpu) / cap)
+    dot += (float(sum(free)) / scale) * (float(req_gpus * req_milli) / scale)
+    return int(100.0 * (1.0 - dot / 2.0))
 
 
 def gpuclustering(free: list[int], req_gpus: int, req_milli: int) -> int:
@@ -153,10 +143,21 @@ def gpuclustering(free: list[int], req_gpus: int, req_milli: int) -> int:
 def leitstand(
     free: list[int], cpu_free: int, model: int, req_gpus: int, req_milli: int, req_cpu: int, typ: Typical
 ) -> tuple[int, int]:
-    """FGD's integer score first; inside a level, the node left with the least free GPU milli."""
+    """FGD's integer score first; inside a level, a CPU-only task prefers the node with least free GPU."""
     primary, g = fgd_node(free, cpu_free, model, req_gpus, req_milli, req_cpu, typ)
-    left = sum(free) - req_gpus * req_milli
-    return primary * LEITSTAND_PRIMARY_SHIFT + (MAX_NODE_GPU_MILLI - left), g
+    secondary = MAX_NODE_GPU_MILLI - sum(free) if req_gpus == 0 or req_milli == 0 else 0
+    return primary * LEITSTAND_PRIMARY_SHIFT + secondary, g
+
+
+def pseudo_random_fitting(free: list[int], n: int, req_milli: int) -> int:
+    """Random's GPU for a sharing task: FNV-style hash of node index and free milli picks a fitting GPU."""
+    mask = (1 << 64) - 1
+    h = 0xCBF29CE484222325 ^ n
+    for f in free:
+        h = ((h ^ f) * 0x100000001B3) & mask
+    h ^= h >> 29
+    fitting = [g for g, f in enumerate(free) if f >= req_milli]
+    return fitting[h % max(len(fitting), 1)] if fitting else -1
 
 
 def node_score(
@@ -191,8 +192,7 @@ def node_score(
     if code is PolicyCode.GPUPACKING:
         return gpupacking(free, req_gpus, req_milli)
     if code is PolicyCode.DOTPROD:
-        score, _ = dotprod(free, cpu_free, int(cpu_capacity_milli[n]), req_gpus, req_milli, req_cpu)
-        return score
+        return dotprod(free, cpu_free, int(cpu_capacity_milli[n]), req_gpus, req_milli, req_cpu)
     if code is PolicyCode.GPUCLUSTERING:
         return gpuclustering(free, req_gpus, req_milli)
     if code is PolicyCode.FGD:
@@ -232,5 +232,7 @@ def choose_gpus(
         out[0] = fgd_node(free, cpu_free, node_model, req_gpus, req_milli, req_cpu, typ)[1]
     elif code is PolicyCode.LEITSTAND:
         out[0] = leitstand(free, cpu_free, node_model, req_gpus, req_milli, req_cpu, typ)[1]
+    elif code is PolicyCode.RANDOM:
+        out[0] = pseudo_random_fitting(free, n, req_milli)
     else:
         out[0] = _least_free_fitting(free, 1, req_milli)[0]
