@@ -12,11 +12,14 @@ The kernel charges replicas to the arrays tentatively while it places a gang (so
 see the replicas already placed) and always undoes every charge before it returns.
 
 Cache note: `node_score_kernel` / `choose_gpus_kernel` are compiled into these kernels from
-`policy_kernels.py`. Numba's on-disk cache (`NUMBA_CACHE_DIR`) keys on this file's timestamp only, so
-a cached placement kernel would keep running an old policy after `policy_kernels.py` changes. On
-import, `_refresh_cache_stamp` therefore bumps this file's mtime when `policy_kernels.py` is newer
-(before the decorators below read the stamp). If that is not possible (read-only install), clear
-`NUMBA_CACHE_DIR` after editing the policies.
+`policy_kernels.py`, but Numba's on-disk cache keys on this file's timestamp only, so a cached
+placement kernel would keep running an old policy after `policy_kernels.py` changes (and a process
+that imported the old policy could store its build under this file's new stamp). The kernels below
+are therefore cached in a directory named after a hash of `policy_kernels.py`'s content, taken right
+after importing it: `$NUMBA_CACHE_DIR/placement-<hash>` (`~/.cache/leitstand/numba/...` when the
+variable is unset). Numba reads the cache directory when a kernel is decorated, so `numba.config`
+is pointed there for the definitions below and restored at the end of this module. Old
+`placement-*` directories are dead weight and may be deleted at any time.
 
 Algorithm (docs/placement.md has the long form):
 1. Per node: replica capacity = min over CPU, memory and GPUs of how many replicas fit (0 outside
@@ -32,27 +35,35 @@ Algorithm (docs/placement.md has the long form):
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
 from numba import njit
+from numba.core import config as _numba_config
 from numpy.typing import NDArray
 
 from leitstand.scheduler import policy_kernels as _policy_kernels
 from leitstand.scheduler.policy_kernels import choose_gpus_kernel, node_score_kernel
 
+_SAVED_CACHE_DIR: str = _numba_config.CACHE_DIR  # type: ignore[attr-defined]
 
-def _refresh_cache_stamp() -> None:
-    """Make Numba's cache see edits of policy_kernels.py (it only stamps this file)."""
-    here = os.path.abspath(__file__)
+
+def _policy_keyed_cache_dir() -> str | None:
+    """`<cache root>/placement-<sha1 of policy_kernels.py>`, or None when the file is unreadable."""
     try:
-        if os.stat(_policy_kernels.__file__).st_mtime > os.stat(here).st_mtime:
-            os.utime(here)
-    except OSError:
-        pass
+        with open(_policy_kernels.__file__, "rb") as source:
+            digest = hashlib.sha1(source.read()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return None
+    root = _SAVED_CACHE_DIR or os.path.join(os.path.expanduser("~"), ".cache", "leitstand", "numba")
+    return os.path.join(root, f"placement-{digest}")
 
 
-_refresh_cache_stamp()
+_KEYED_CACHE_DIR = _policy_keyed_cache_dir()
+if _KEYED_CACHE_DIR is not None:
+    # restored at the end of this module
+    _numba_config.CACHE_DIR = _KEYED_CACHE_DIR  # type: ignore[attr-defined]
 
 GPU_MILLI = 1000
 CAPACITY_LIMIT = 1 << 30
@@ -756,3 +767,6 @@ def place_gang_kernel(
         if level == required_level:
             return STATUS_FRAGMENTED if fragmented else STATUS_NO_TOPOLOGY_DOMAIN
         level -= 1
+
+
+_numba_config.CACHE_DIR = _SAVED_CACHE_DIR  # type: ignore[attr-defined]

@@ -112,6 +112,8 @@ class ClusterState:
     """Static index, shape (L + 1, N + 1): members of domain d at level l are
     `domain_order[l, domain_start[l, d] : domain_start[l, d + 1]]`."""
     score_cache: dict[Any, Any] = field(default_factory=dict)
+    mask_cache: dict[Any, Any] = field(default_factory=dict)
+    """Static label masks memoised by `node_mask` (shared by copies: the labels never change)."""
     """Owned by `placement.py`: cached policy scores per request shape, checked against node_version."""
 
     def __post_init__(self) -> None:
@@ -240,6 +242,7 @@ class ClusterState:
             domain_order=self.domain_order,
             domain_start=self.domain_start,
             score_cache=self.score_cache,
+            mask_cache=self.mask_cache,
         )
 
     # -- sizes ----------------------------------------------------------------------------------
@@ -336,16 +339,30 @@ class ClusterState:
         gpu_models: Iterable[str] = (),
         excluded_pools: Iterable[str] = (),
     ) -> NDArray[np.bool_]:
-        """Nodes a job may use: schedulable, in its pool and jurisdiction, of an allowed model."""
-        mask = self.schedulable.copy()
-        if node_pool is not None:
-            mask &= self.node_pool == self.pool_codes.get(node_pool, -2)
-        for pool in excluded_pools:
-            if pool in self.pool_codes:
-                mask &= self.node_pool != self.pool_codes[pool]
-        if jurisdiction is not None:
-            mask &= self.jurisdiction == self.jurisdiction_codes.get(jurisdiction, -2)
-        models = [self.model_codes.get(m, -2) for m in gpu_models]
-        if models:
-            mask &= np.isin(self.gpu_model, np.array(models, dtype=INDEX_DTYPE))
+        """Nodes a job may use: schedulable, in its pool and jurisdiction, of an allowed model.
+
+        The label part is static, so it is memoised per (pool, jurisdiction, models, excluded pools)
+        in `mask_cache` (shared by copies); `schedulable` is applied fresh on every call. The result
+        is a new array the caller may modify.
+        """
+        models = tuple(sorted(set(gpu_models)))
+        key = (node_pool, jurisdiction, models, tuple(sorted(set(excluded_pools))))
+        static = self.mask_cache.get(key)
+        if static is None:
+            static = np.ones(self.n_nodes, dtype=np.bool_)
+            if node_pool is not None:
+                static &= self.node_pool == self.pool_codes.get(node_pool, -2)
+            for pool in key[3]:
+                if pool in self.pool_codes:
+                    static &= self.node_pool != self.pool_codes[pool]
+            if jurisdiction is not None:
+                static &= self.jurisdiction == self.jurisdiction_codes.get(jurisdiction, -2)
+            if models:
+                codes = [self.model_codes.get(m, -2) for m in models]
+                static &= np.isin(self.gpu_model, np.array(codes, dtype=INDEX_DTYPE))
+            static.setflags(write=False)
+            if len(self.mask_cache) >= 1024:
+                self.mask_cache.clear()
+            self.mask_cache[key] = static
+        mask: NDArray[np.bool_] = static & self.schedulable
         return mask

@@ -84,3 +84,21 @@ def test_domain_index_lists_members_per_domain() -> None:
             members = state.domain_order[level, start:end].tolist()
             assert members == [n for n in range(4) if state.domain[n, level] == d]
     assert state.domain_names[1][int(state.domain[0, 1])] == "r1"
+
+
+def test_node_mask_is_memoised_but_follows_schedulable() -> None:
+    nodes = [
+        make_node("a", model="B200", pool="p", jurisdiction="eu"),
+        make_node("b", model="H100", pool="p", jurisdiction="eu"),
+        make_node("c", model="B200", pool="q"),
+    ]
+    state = ClusterState.from_nodes(nodes)
+    first = state.node_mask(gpu_models=["B200"])
+    assert first.tolist() == [True, False, True]
+    first[:] = False  # the caller's copy: the memo is unaffected
+    assert state.node_mask(gpu_models=["B200"]).tolist() == [True, False, True]
+    assert state.node_mask(node_pool="p", jurisdiction="eu").tolist() == [True, True, False]
+    assert state.node_mask(excluded_pools=["p"]).tolist() == [False, False, True]
+    state.schedulable[2] = False
+    assert state.node_mask(gpu_models=["B200"]).tolist() == [True, False, False]
+    assert state.copy().mask_cache is state.mask_cache
