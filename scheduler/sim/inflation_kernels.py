@@ -9,16 +9,46 @@ Speed: a node's score depends only on its own state and the task's shape (CPU, m
 model set; memory only filters), so scores are cached per (shape, node) and recomputed only for
 nodes whose state changed since that shape was last scored. Random is never cached.
 
-Called by `leitstand.scheduler.sim.inflation` only. No Python objects, no globals.
+Cache note (as in `placement_kernels.py`): these kernels compile `policy_kernels.py`'s functions into
+themselves, and Numba's on-disk cache keys on this file's timestamp only, so they are cached in
+`$NUMBA_CACHE_DIR/inflation-<sha1 of policy_kernels.py and this file>`; a policy edit can never run
+stale. Old `inflation-*` directories may be deleted at any time.
+
+Called by `leitstand.scheduler.sim.inflation` only. No Python objects, no mutable globals.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import numpy as np
 from numba import njit
+from numba.core import config as _numba_config
 from numpy.typing import NDArray
 
+from leitstand.scheduler import policy_kernels as _policy_kernels
 from leitstand.scheduler.policy_kernels import RANDOM, choose_gpus_kernel, node_score_kernel
+
+_SAVED_CACHE_DIR: str = _numba_config.CACHE_DIR  # type: ignore[attr-defined]
+
+
+def _policy_keyed_cache_dir() -> str | None:
+    """`<cache root>/inflation-<sha1 of policy_kernels.py + this file>`, None if unreadable."""
+    digest = hashlib.sha1()
+    try:
+        for path in (_policy_kernels.__file__, __file__):
+            with open(str(path), "rb") as source:
+                digest.update(source.read())
+    except (OSError, TypeError):
+        return None
+    root = _SAVED_CACHE_DIR or os.path.join(os.path.expanduser("~"), ".cache", "leitstand", "numba")
+    return os.path.join(root, f"inflation-{digest.hexdigest()[:16]}")
+
+
+_KEYED_CACHE_DIR = _policy_keyed_cache_dir()
+if _KEYED_CACHE_DIR is not None:
+    _numba_config.CACHE_DIR = _KEYED_CACHE_DIR  # type: ignore[attr-defined]  # restored at the end
 
 
 @njit(cache=True)  # type: ignore[misc,unused-ignore]
@@ -260,3 +290,6 @@ def run_stream_kernel(
             node_version[n] += 1
         arrived_milli[k] = arrived
         used_milli[k] = used
+
+
+_numba_config.CACHE_DIR = _SAVED_CACHE_DIR  # type: ignore[attr-defined]
