@@ -252,3 +252,15 @@ def test_one_replica_without_topology_is_filter_max_score_rank_choose(policy: Po
             cpu,
         )
         assert result.gpus[0].tolist() == out.tolist()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_greedy_fill_that_fails_is_fragmented_and_all_or_nothing(engine: str) -> None:
+    """3 replicas × 2 half-GPU slices on distinct GPUs fit 3 free GPUs (2+2+2 slots), but the
+    lowest-index GPU choice puts the first two replicas on GPUs 0 and 1, leaving only GPU 2."""
+    state = ClusterState.from_nodes([make_node("a", gpus=3)])
+    request = GangRequest(replicas=3, gpus=2, gpu_milli=500, cpu_milli=0, memory_mib=0, node_mask=np.ones(1, bool))
+    before = state.gpu_free_milli.copy()
+    result = place_gang(state, request, PolicyContext.build(state), engine=engine)
+    assert isinstance(result, Unplaceable) and result.code == FRAGMENTED
+    assert np.array_equal(before, state.gpu_free_milli)
