@@ -21,13 +21,13 @@ def cluster(*gpus_per_node: int, model: str = "H100") -> ClusterState:
 
 
 def score(ctx: PolicyContext, state: ClusterState, n: int, gpus: int, milli: int, cpu: int = 4000) -> int:
-    return int(
-        pk.node_score_kernel(
-            int(ctx.code), n, state.gpu_free_milli, state.gpu_count, state.cpu_free_milli,
-            state.cpu_capacity_milli, state.memory_free_mib, state.gpu_model, gpus, milli, cpu, 0,
-            ctx.typ_cpu, ctx.typ_milli, ctx.typ_num, ctx.typ_model_ok, ctx.typ_weight, np.uint64(12345),
-        )
+    value = pk.node_score_kernel(
+        int(ctx.code), n, state.gpu_free_milli, state.gpu_count, state.cpu_free_milli,
+        state.cpu_capacity_milli, state.memory_free_mib, state.gpu_model, gpus, milli, cpu, 0,
+        ctx.typ_cpu, ctx.typ_milli, ctx.typ_num, ctx.typ_model_ok, ctx.typ_weight, np.uint64(12345),
     )  # fmt: skip
+    assert isinstance(value, int), type(value)
+    return value
 
 
 def choose(ctx: PolicyContext, state: ClusterState, n: int, gpus: int, milli: int) -> list[int]:
@@ -132,3 +132,12 @@ def test_random_scores_follow_the_draw() -> None:
     state = cluster(8)
     ctx = PolicyContext.build(state, PolicyCode.RANDOM)
     assert score(ctx, state, 0, 1, 1000) == 12345 >> 1
+
+
+def test_scores_are_int64_for_every_policy() -> None:
+    """Mixing uint64 (Random's draw) and int64 once widened every score to float64; keep it integral."""
+    state = cluster(8)
+    for code in PolicyCode:
+        score(PolicyContext.build(state, code), state, 0, 1, 500)  # asserts an int comes back
+    signatures = pk.node_score_kernel.nopython_signatures
+    assert signatures and all(str(sig.return_type) == "int64" for sig in signatures)
