@@ -56,7 +56,11 @@ def replay(
     ] = "leitstand,fgd,bestfit",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write PNG plots into this directory.")] = None,
-    window: Annotated[float, typer.Option(help="openb: arrival window, seconds.")] = 900.0,
+    window: Annotated[float, typer.Option(help="openb: arrival window, seconds.")] = 1800.0,
+    warmup: Annotated[
+        float | None,
+        typer.Option(help="Seconds after the first arrival left out of the metrics (openb default 600, philly 0)."),
+    ] = None,
     horizon: Annotated[
         float | None, typer.Option(help="Stop at this virtual time, seconds (openb default: 2 × window).")
     ] = None,
@@ -87,6 +91,7 @@ def replay(
                 base / pods, base / "openb_node_list_gpu_node.csv", load=level, window_seconds=window, seed=seed
             )
             stop_at = horizon if horizon is not None else 2.0 * window
+            skip = warmup if warmup is not None else 600.0
         elif trace == "philly":
             base = traces / "philly"
             workload = philly_workload(
@@ -98,6 +103,7 @@ def replay(
                 quota=quota,
             )
             stop_at = horizon if horizon is not None else None
+            skip = warmup if warmup is not None else 0.0
         else:
             raise typer.BadParameter(f"unknown trace {trace!r}; choose openb or philly")
         results = []
@@ -105,7 +111,11 @@ def replay(
             if not json_out:
                 print(f"[{workload.name}] {name} ...", file=sys.stderr, flush=True)
             result = run_replay(
-                workload, _scheduler(name, workload), interval_seconds=interval, horizon_seconds=stop_at
+                workload,
+                _scheduler(name, workload),
+                interval_seconds=interval,
+                horizon_seconds=stop_at,
+                warmup_seconds=skip,
             )
             results.append(result)
         results_by_load.append((workload, results))
@@ -114,6 +124,7 @@ def replay(
                 "workload": workload.name,
                 "params": workload.params,
                 "horizon_seconds": stop_at,
+                "warmup_seconds": skip,
                 "results": {r.scheduler: r.summary() for r in results},
             }
         )
@@ -132,15 +143,23 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any]]]) -> N
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 170))
     for workload, results in results_by_load:
         p = workload.params
         title = (
             f"{workload.name}: {len(workload.tasks):,} tasks, {len(workload.nodes):,} nodes, "
-            f"offered load {p['offered_load']:.3f}"
+            f"offered load {p['offered_load']:.3f}; metrics after a {results[0].warmup_seconds:g} s warm-up"
         )
         table = Table(title=title)
-        for col in ("scheduler", "GPU alloc %", "wait p50 s", "wait p99 s", "wait mean s", "never placed"):
+        for col in (
+            "scheduler",
+            "GPU alloc %",
+            "alloc % incl. ramp",
+            "wait p50 s",
+            "wait p99 s",
+            "wait mean s",
+            "never placed",
+        ):
             table.add_column(col, justify="right")
         if trace == "philly":
             for col in ("JCT mean s", "JCT p50 s", "JCT p99 s", "fair-share dev GPUs", "evictions"):
@@ -153,6 +172,7 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any]]]) -> N
             row = [
                 r.scheduler,
                 f"{r.allocation_pct:.2f}",
+                f"{r.allocation_pct_window:.2f}",
                 _fmt_seconds(r.wait_p50_seconds),
                 _fmt_seconds(r.wait_p99_seconds),
                 _fmt_seconds(r.wait_mean_seconds),

@@ -352,7 +352,10 @@ class ReplayResult:
     waiting_at_window_end: int
     """Tasks that had arrived but not started at the last arrival."""
     allocation_pct: float
-    """Time-averaged allocated GPU-milli over [first arrival, last arrival] / capacity, in %."""
+    """Time-averaged allocated GPU-milli / capacity over the measurement window, in %:
+    [first arrival + warmup, last arrival]."""
+    allocation_pct_window: float
+    """The same over the whole arrival window [first arrival, last arrival] (includes the ramp-up)."""
     allocation_pct_run: float
     """The same over [first arrival, end of run]."""
     wait_mean_seconds: float
@@ -362,6 +365,10 @@ class ReplayResult:
     completion_p50_seconds: float
     completion_p99_seconds: float
     window_seconds: float
+    """Length of the measurement window (after the warm-up)."""
+    warmup_seconds: float
+    measured_tasks: int
+    """Tasks arriving in the measurement window: the population of every task-level metric."""
     end_seconds: float
     moves: int
     evictions: int
@@ -408,12 +415,17 @@ def replay(
     *,
     interval_seconds: float = 0.0,
     horizon_seconds: float | None = None,
+    warmup_seconds: float = 0.0,
     keep_timeline: bool = True,
 ) -> ReplayResult:
     """Run `workload` through `scheduler` on a virtual clock (rules in the module docstring).
 
     `interval_seconds`: 0 = a pass after every event batch; > 0 = a pass at every multiple of it.
     `horizon_seconds`: stop the run at this virtual time (None = run until no event is left).
+    `warmup_seconds`: the measurement window starts this long after the first arrival (the cluster
+    starts empty; the ramp-up is the same for every scheduler and says nothing about any of them).
+    Allocation, waits, completions, counts and queue statistics cover the measurement window and
+    the tasks arriving in it; the simulation itself always starts at the first arrival.
     """
     wall_start = time.perf_counter()
     tasks = workload.tasks
@@ -431,6 +443,9 @@ def replay(
     state = ClusterState.from_nodes(workload.nodes, workload.topology)
     capacity = float(state.gpu_capacity_milli)
     t_first, t_last = arrivals[0], arrivals[-1]
+    t_measure = t_first + warmup_seconds
+    if warmup_seconds < 0 or (warmup_seconds > 0 and t_measure >= t_last):
+        raise ValueError(f"warm-up {warmup_seconds} s must be ≥ 0 and end before the last arrival")
     end_limit = math.inf if horizon_seconds is None else horizon_seconds
 
     pending: dict[JobId, Job] = {}
@@ -448,6 +463,7 @@ def replay(
     acc = {q: _QueueAccumulator() for q in sorted(leaves)}
     allocated = 0.0
     alloc_window_integral = 0.0
+    alloc_arrival_integral = 0.0
     alloc_run_integral = 0.0
     timeline: list[tuple[float, float]] = [(0.0, 0.0)]
     moves = evictions = passes = 0
@@ -464,12 +480,13 @@ def replay(
         return float(job.gpu_milli_total)
 
     def advance(to: float) -> None:
-        nonlocal alloc_window_integral, alloc_run_integral
+        nonlocal alloc_window_integral, alloc_run_integral, alloc_arrival_integral
         dt = to - now
         if dt <= 0:
             return
         alloc_run_integral += allocated * dt
-        lo, hi = max(now, t_first), min(to, t_last)
+        alloc_arrival_integral += allocated * max(0.0, min(to, t_last) - max(now, t_first))
+        lo, hi = max(now, t_measure), min(to, t_last)
         w = hi - lo
         if w > 0:
             alloc_window_integral += allocated * w
@@ -590,18 +607,21 @@ def replay(
     end = now
     if waiting_at_window_end < 0:
         waiting_at_window_end = len(pending)
-    arrival_arr = np.asarray(arrivals, dtype=np.float64)
-    started_mask = ~np.isnan(first_start)
-    waits = np.where(started_mask, first_start - arrival_arr, end - arrival_arr)
+    all_arrivals = np.asarray(arrivals, dtype=np.float64)
+    measured = all_arrivals >= t_measure
+    arrival_arr = all_arrivals[measured]
+    started_mask = ~np.isnan(first_start[measured])
+    waits = np.where(started_mask, first_start[measured] - arrival_arr, end - arrival_arr)
     waits = np.maximum(waits, 0.0)
-    done_mask = ~np.isnan(finish)
-    completions = finish[done_mask] - arrival_arr[done_mask]
-    window = t_last - t_first
+    finish_m = finish[measured]
+    done_mask = ~np.isnan(finish_m)
+    completions = finish_m[done_mask] - arrival_arr[done_mask]
+    window = t_last - t_measure
     run_span = end - t_first
 
     queue_stats: dict[str, QueueStats] = {}
     if track_queues and window > 0:
-        queue_of = np.array([t.job.queue for t in tasks])
+        queue_of = np.array([t.job.queue for t in tasks])[measured]
         for q_name, a in acc.items():
             mask = queue_of == q_name
             queue_stats[q_name] = QueueStats(
@@ -623,6 +643,9 @@ def replay(
         never_placed=int((~started_mask).sum()),
         waiting_at_window_end=waiting_at_window_end,
         allocation_pct=100.0 * alloc_window_integral / (capacity * window) if window > 0 else math.nan,
+        allocation_pct_window=(
+            100.0 * alloc_arrival_integral / (capacity * (t_last - t_first)) if t_last > t_first else math.nan
+        ),
         allocation_pct_run=100.0 * alloc_run_integral / (capacity * run_span) if run_span > 0 else math.nan,
         wait_mean_seconds=float(waits.mean()),
         wait_p50_seconds=percentile(waits, 50),
@@ -631,6 +654,8 @@ def replay(
         completion_p50_seconds=percentile(completions, 50),
         completion_p99_seconds=percentile(completions, 99),
         window_seconds=window,
+        warmup_seconds=warmup_seconds,
+        measured_tasks=int(measured.sum()),
         end_seconds=run_span,
         moves=moves,
         evictions=evictions,

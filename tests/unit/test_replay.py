@@ -132,3 +132,15 @@ def test_replay_is_deterministic() -> None:
     b = replay(w, GreedyScheduler("bestfit"))
     assert a.waits_seconds == b.waits_seconds
     assert a.allocation_timeline == b.allocation_timeline
+
+
+def test_the_warm_up_is_left_out_of_every_metric() -> None:
+    # 2 GPUs; "a" holds one GPU over [0, 5]; measured window [4, 10]: 1000 × 1 / (2000 × 6).
+    w = workload([(make_job("a", gpus=1), 0.0, 5.0), (make_job("b", gpus=1), 10.0, 20.0)], gpus=2)
+    r = replay(w, GreedyScheduler("bestfit"), warmup_seconds=4.0)
+    assert r.allocation_pct == pytest.approx(100.0 * 1000 / 12000)
+    assert r.allocation_pct_window == pytest.approx(25.0)
+    assert r.measured_tasks == 1 and r.waits_seconds == (0.0,)
+    assert r.completion_mean_seconds == 20.0
+    with pytest.raises(ValueError, match="warm-up"):
+        replay(w, GreedyScheduler("bestfit"), warmup_seconds=10.0)
