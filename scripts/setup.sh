@@ -8,6 +8,11 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "setup: Python >= 3.11 is required (found $("$PY" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
     exit 2
 fi
+# The local cluster needs openssl (its PKI) and Go (it builds Kubernetes from modules).
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "setup: installing openssl (apt)"; apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+fi
+command -v go >/dev/null 2>&1 || echo "setup: warning: Go not found; 'leitstand cluster build' will need Go >= 1.26" >&2
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
