@@ -29,7 +29,9 @@ Algorithm (docs/placement.md has the long form):
 3. Per level: sum node capacities per domain (bottom-up counts); take the tightest domain holding
    the whole gang (smallest capacity ≥ replicas, ties → the smallest node rank in the domain).
 4. Inside it, replica by replica: the feasible node with the highest policy score (ties → smallest
-   rank), GPUs by the policy's `choose_gpus_kernel`; only the chosen node is re-scored.
+   rank), GPUs by the policy's `choose_gpus_kernel`; only the chosen node is re-scored. Scores come
+   from the caller's per-shape cache when the node is unchanged, else are computed once per distinct
+   node state (a per-call hash table; not for Random).
 5. All replicas or none: a failed domain is undone and the next tightest is tried.
 """
 
@@ -44,7 +46,7 @@ from numba.core import config as _numba_config
 from numpy.typing import NDArray
 
 from leitstand.scheduler import policy_kernels as _policy_kernels
-from leitstand.scheduler.policy_kernels import choose_gpus_kernel, node_score_kernel
+from leitstand.scheduler.policy_kernels import RANDOM, choose_gpus_kernel, node_score_kernel
 
 _SAVED_CACHE_DIR: str = _numba_config.CACHE_DIR  # type: ignore[attr-defined]
 
@@ -68,6 +70,8 @@ if _KEYED_CACHE_DIR is not None:
 GPU_MILLI = 1000
 CAPACITY_LIMIT = 1 << 30
 """Replica capacity of a node that the request does not constrain at all (no GPU, CPU or memory)."""
+DEDUPE_MIN_CANDIDATES = 32
+"""Below this many cold candidates, scoring each node is cheaper than hashing node states."""
 MAX_DOMAIN_TRIES = 4
 """Domains tried per level when the greedy fill of the tightest one fails (fragmentation)."""
 
@@ -92,6 +96,8 @@ DIAG_DOMAIN_USED = 10
 DIAG_SIZE = 11
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
@@ -298,32 +304,78 @@ def _fill_domain(
     feasible = np.ones(count, np.bool_)
     scores = np.empty(count, np.int64)
     first_best = -1  # the first replica's choice, found while scoring (saves a pass)
+    # Cold scores are deduplicated by node state: two nodes with the same GPU row, CPU, memory and
+    # model score the same (a score depends only on the node's own state and the request; Random,
+    # whose draw is per node, is excluded). Idle or identically loaded nodes are common at scale.
+    dedupe = policy != RANDOM and count >= DEDUPE_MIN_CANDIDATES
+    table_size = 1
+    if dedupe:
+        while table_size < 2 * count:
+            table_size *= 2
+    table_node = np.full(table_size, -1, np.int64)
+    table_hash = np.zeros(table_size, np.uint64)
+    table_score = np.zeros(table_size, np.int64)
     for i in range(count):
         n = cand[i]
         # the committed state of n: a cached score is valid while the node's stamp is unchanged
         if use_cache and cached_stamp[n] == node_version[n]:
             scores[i] = cached_score[n]
         else:
-            scores[i] = node_score_kernel(
-                policy,
-                n,
-                gpu_free_milli,
-                gpu_count,
-                cpu_free_milli,
-                cpu_capacity_milli,
-                memory_free_mib,
-                gpu_model,
-                req_gpus,
-                req_milli,
-                req_cpu,
-                req_mem,
-                typ_cpu,
-                typ_milli,
-                typ_num,
-                typ_model_ok,
-                typ_weight,
-                _node_rand(rand_base, n),
-            )
+            slot = np.int64(-1)
+            h = _FNV_OFFSET
+            if dedupe:
+                h = (h ^ np.uint64(gpu_count[n])) * _FNV_PRIME
+                for g in range(gpu_count[n]):
+                    h = (h ^ np.uint64(gpu_free_milli[n, g])) * _FNV_PRIME
+                h = (h ^ np.uint64(cpu_free_milli[n])) * _FNV_PRIME
+                h = (h ^ np.uint64(cpu_capacity_milli[n])) * _FNV_PRIME
+                h = (h ^ np.uint64(memory_free_mib[n])) * _FNV_PRIME
+                h = (h ^ np.uint64(gpu_model[n] + 1)) * _FNV_PRIME
+                slot = np.int64(mix64_kernel(h) & np.uint64(table_size - 1))
+                while table_node[slot] >= 0:
+                    m = table_node[slot]
+                    if table_hash[slot] == h:
+                        same = (
+                            gpu_count[m] == gpu_count[n]
+                            and cpu_free_milli[m] == cpu_free_milli[n]
+                            and cpu_capacity_milli[m] == cpu_capacity_milli[n]
+                            and memory_free_mib[m] == memory_free_mib[n]
+                            and gpu_model[m] == gpu_model[n]
+                        )
+                        if same:
+                            for g in range(gpu_count[n]):
+                                if gpu_free_milli[m, g] != gpu_free_milli[n, g]:
+                                    same = False
+                        if same:
+                            break
+                    slot = (slot + 1) & (table_size - 1)
+            if slot >= 0 and table_node[slot] >= 0:
+                scores[i] = table_score[slot]
+            else:
+                scores[i] = node_score_kernel(
+                    policy,
+                    n,
+                    gpu_free_milli,
+                    gpu_count,
+                    cpu_free_milli,
+                    cpu_capacity_milli,
+                    memory_free_mib,
+                    gpu_model,
+                    req_gpus,
+                    req_milli,
+                    req_cpu,
+                    req_mem,
+                    typ_cpu,
+                    typ_milli,
+                    typ_num,
+                    typ_model_ok,
+                    typ_weight,
+                    _node_rand(rand_base, n),
+                )
+                if slot >= 0:
+                    table_node[slot] = n
+                    table_hash[slot] = h
+                    table_score[slot] = scores[i]
             if use_cache:
                 cached_score[n] = scores[i]
                 cached_stamp[n] = node_version[n]

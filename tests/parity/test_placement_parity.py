@@ -96,3 +96,24 @@ def test_score_cache_survives_a_new_equal_context_and_resets_for_a_different_one
     table.weight[:] = rng.random(table.weight.shape[0])
     other = PolicyContext.build(state, PolicyCode.FGD, typical=table)
     assert _same(place_gang(state, request, other), place_gang(state, request, other, score_cache=False))
+
+
+@pytest.mark.parametrize(
+    "policy", [PolicyCode.LEITSTAND, PolicyCode.FGD, PolicyCode.DOTPROD], ids=lambda p: p.display_name
+)
+def test_parity_on_a_large_cluster_with_many_identical_nodes(policy: PolicyCode) -> None:
+    """Enough candidates for the kernel to deduplicate cold scores by node state (the reference
+    never does): decisions must still be identical, placement after placement."""
+    from leitstand.scheduler.bench import fill_cluster, make_cluster, make_jobs
+    from leitstand.scheduler.placement import GangRequest, apply_placement
+
+    state = make_cluster(2000)
+    fill_cluster(state, 0.5)
+    ctx = PolicyContext.build(state, policy)
+    for job in make_jobs(40, seed=11):
+        request = GangRequest.for_job(state, job)
+        compiled = place_gang(state, request, ctx, score_cache=False)
+        reference = place_gang(state, request, ctx, engine="reference", score_cache=False)
+        assert _same(compiled, reference), (job, compiled, reference)
+        if isinstance(compiled, GangPlacement):
+            apply_placement(state, request, compiled)
