@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import statistics
 from pathlib import Path
@@ -103,12 +104,23 @@ def inflation(
             entry["published"] = round(statistics.median(published[code.display_name]), 3)
         results[code.display_name] = entry
         seconds[code.display_name] = summary.seconds
-    document = {"workload": workload_name, "results": results}
+    document = {"workload": workload_name, "results": _finite(results)}
     if json_out:
         typer.echo(json.dumps(document))
         return
     _print_table(document, len(seed_list), seconds)
     _write_plot(document, plot or Path("out") / f"inflation-{workload_name}.png")
+
+
+def _finite(value: Any) -> Any:
+    """NaN (a column no event landed near, e.g. in a tiny trace) → None, so the JSON stays strict."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _print_table(document: dict[str, Any], n_seeds: int, seconds: dict[str, float]) -> None:
@@ -126,9 +138,9 @@ def _print_table(document: dict[str, Any], n_seeds: int, seconds: dict[str, floa
         ours = entry["unallocated_pct_at_100"]
         table.add_row(
             name,
-            f"{ours:.2f}",
+            "n/a" if ours is None else f"{ours:.2f}",
             "" if pub is None else f"{pub:.2f}",
-            "" if pub is None else f"{ours - pub:+.2f}",
+            "" if pub is None or ours is None else f"{ours - pub:+.2f}",
             f"{seconds[name]:.1f}",
         )
     Console().print(table)
@@ -144,7 +156,7 @@ def _write_plot(document: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, entry in document["results"].items():
         curve = entry["allocation_pct_by_arrived"]
-        ax.plot(range(len(curve)), curve, label=name)
+        ax.plot(range(len(curve)), [float("nan") if v is None else v for v in curve], label=name)
     ax.plot([0, 100], [0, 100], color="grey", linewidth=0.6, linestyle=":")
     ax.set_xlabel("arrived workload, % of cluster GPU capacity")
     ax.set_ylabel("GPU allocation, %")
