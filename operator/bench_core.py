@@ -58,15 +58,17 @@ def core(
     from rich.table import Table
 
     table = Table(title=f"placement latency, policy {result['policy']}, µs per gang")
-    for column in ("GPUs", "median", "p99", "cold median", "reference median", "speed-up"):
+    for column in ("GPUs", "median", "p99", "CPU-time median", "cold median", "reference median", "speed-up"):
         table.add_column(column, justify="right")
     for size, stats in result["placement_us"].items():
         cold = result["placement_cold_us"].get(size, {})
+        cpu = result["placement_cpu_us"].get(size, {})
         ref = result["reference_us"].get(size, {})
         table.add_row(
             size,
             f"{stats['median']:.1f}",
             f"{stats['p99']:.1f}",
+            f"{cpu.get('median', float('nan')):.1f}",
             f"{cold.get('median', float('nan')):.1f}",
             f"{ref.get('median', float('nan')):.1f}",
             f"{result['reference_speedup_by_size'].get(size, float('nan')):.0f}×",
