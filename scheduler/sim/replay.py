@@ -15,7 +15,10 @@ Simulation rules (the same for every scheduler; fairness of the comparison depen
 1. Events are task arrivals (at `Task.arrival_seconds`) and departures (start + remaining duration).
    All events with the same timestamp form one batch. After each batch a scheduling pass runs if
    anything is pending and something changed (an arrival, a departure, or an eviction in the last
-   pass). With `interval_seconds > 0` passes run only at multiples of that interval instead.
+   pass). With `interval_seconds > 0` such a pass waits for the next multiple of that interval
+   (or runs at the first event after a multiple that passed quietly). With nothing changed no pass
+   runs, so a cycle's time-only triggers (e.g. minimum-runtime protection expiring) wait for the
+   next event.
 2. A pass hands the scheduler the pending jobs in arrival order, the running jobs and the maintained
    `ClusterState`; the scheduler returns a `model.Plan`. Evictions are applied first (the job's
    resources are released), then bindings (charged; a job that was evicted and re-bound in the same
@@ -420,7 +423,8 @@ def replay(
 ) -> ReplayResult:
     """Run `workload` through `scheduler` on a virtual clock (rules in the module docstring).
 
-    `interval_seconds`: 0 = a pass after every event batch; > 0 = a pass at every multiple of it.
+    `interval_seconds`: 0 = a pass after every changing event batch; > 0 = at most one pass per
+    multiple of it (only when something changed).
     `horizon_seconds`: stop the run at this virtual time (None = run until no event is left).
     `warmup_seconds`: the measurement window starts this long after the first arrival (the cluster
     starts empty; the ramp-up is the same for every scheduler and says nothing about any of them).
@@ -534,7 +538,7 @@ def replay(
         while departures and end_at.get(departures[0][2]) != departures[0][0]:
             heapq.heappop(departures)  # stale: the job was evicted or moved
         t_dep = departures[0][0] if departures else math.inf
-        t_pass = next_pass if (pending and interval_seconds > 0) else math.inf
+        t_pass = max(next_pass, now) if (pending and changed and interval_seconds > 0) else math.inf
         t = min(t_arr, t_dep, t_pass)
         if t == math.inf or t > end_limit:
             break
@@ -554,8 +558,8 @@ def replay(
             next_arrival += 1
             changed = True
 
-        run_pass = bool(pending) and (now >= next_pass if interval_seconds > 0 else changed)
-        if interval_seconds > 0 and now >= next_pass:
+        run_pass = bool(pending) and changed and (interval_seconds <= 0 or now >= next_pass)
+        if run_pass and interval_seconds > 0:
             next_pass = (math.floor(now / interval_seconds) + 1) * interval_seconds
         passes_left = 1 + FOLLOW_UP_PASSES if run_pass else 0
         while passes_left > 0 and pending:

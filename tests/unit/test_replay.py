@@ -144,3 +144,10 @@ def test_the_warm_up_is_left_out_of_every_metric() -> None:
     assert r.completion_mean_seconds == 20.0
     with pytest.raises(ValueError, match="warm-up"):
         replay(w, GreedyScheduler("bestfit"), warmup_seconds=10.0)
+
+
+def test_with_an_interval_a_pass_waits_for_the_next_tick() -> None:
+    w = workload([(make_job("a", gpus=1), 0.0, 5.0), (make_job("b", gpus=1), 3.0, 5.0)], gpus=2)
+    r = replay(w, GreedyScheduler("bestfit"), interval_seconds=10.0)
+    assert r.waits_seconds == (0.0, 7.0)
+    assert r.passes == 2
