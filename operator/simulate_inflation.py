@@ -153,16 +153,22 @@ def _write_plot(document: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (full, zoom) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, entry in document["results"].items():
-        curve = entry["allocation_pct_by_arrived"]
-        ax.plot(range(len(curve)), [float("nan") if v is None else v for v in curve], label=name)
-    ax.plot([0, 100], [0, 100], color="grey", linewidth=0.6, linestyle=":")
-    ax.set_xlabel("arrived workload, % of cluster GPU capacity")
-    ax.set_ylabel("GPU allocation, %")
-    ax.set_title(f"FGD inflation protocol, workload {document['workload']} (median over seeds)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+        curve = [float("nan") if v is None else v for v in entry["allocation_pct_by_arrived"]]
+        full.plot(range(len(curve)), curve, label=name)
+        zoom.plot(range(len(curve)), curve, label=name)
+    full.plot([0, 100], [0, 100], color="grey", linewidth=0.6, linestyle=":")
+    zoom.plot([0, 100], [0, 100], color="grey", linewidth=0.6, linestyle=":")
+    zoom.set_xlim(80, 130)
+    zoom.set_ylim(75, 100)
+    for ax in (full, zoom):
+        ax.set_xlabel("arrived workload, % of cluster GPU capacity")
+        ax.set_ylabel("GPU allocation, %")
+        ax.grid(alpha=0.3)
+    full.set_title(f"FGD inflation protocol, workload {document['workload']} (median over seeds)")
+    zoom.set_title("zoom: arrived 80–130 %")
+    full.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
