@@ -401,7 +401,7 @@ def node_score_kernel(
     free = gpu_free_milli[n]
     count = gpu_count[n]
     if policy == RANDOM:
-        return np.int64(np.uint64(rand_u64) >> np.uint64(1))
+        return int(np.int64(np.uint64(rand_u64) >> np.uint64(1)))
     if policy == BESTFIT:
         total = 0
         for g in range(count):
