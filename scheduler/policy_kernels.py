@@ -39,7 +39,9 @@ FGD = 6
 
 GPU_MILLI = 1000
 MAX_NODE_GPU_MILLI = 8000
-"""The authors' `MaxSpecGpu`: 8 GPUs × 1000 milli, the scale of GpuClustering's packing term."""
+"""The authors' `MaxSpecGpu`: 8 GPUs × 1000 milli, the GPU scale of GpuClustering and DotProd."""
+MAX_NODE_CPU_MILLI = 128000
+"""The authors' `MaxSpecCpu`: 128 cores, the CPU scale of DotProd (and of BestFit's formula)."""
 CPU_PLENTY = 1 << 40
 """Free CPU assumed when a caller of `choose_gpus_kernel` does not pass the node's (milli-CPU)."""
 LEITSTAND_PRIMARY_SHIFT = 1 << 40
@@ -281,18 +283,44 @@ def _gpupacking_kernel(free: NDArray[np.int32], count: int, req_gpus: int, req_m
 
 @njit(cache=True)  # type: ignore[misc,unused-ignore]
 def _dotprod_kernel(
-    free: NDArray[np.int32], count: int, cpu_left: int, cpu_cap: int, req_gpus: int, req_milli: int, req_cpu: int
-) -> int:
-    """Tetris-style dot product of the request and the node's free (CPU, total GPU) vector, both
-    normalised by the node's capacity; score = 100 · (1 − dot / 2): the smaller the product the better."""
-    cap = float(max(cpu_cap, 1))
-    total = 0
+    free: NDArray[np.int32], count: int, cpu_left: int, req_gpus: int, req_milli: int, req_cpu: int
+) -> tuple[int, int]:
+    """Tetris-style dot product, as the FGD authors configure it ("separate GPU dimension, share the
+    CPU dimension", normalised by the largest node: 128 cores, 8 GPUs).
+
+    Candidates: for a request below one GPU, each partly used GPU that fits, as (CPU left, its free
+    milli); then, if the request fits in the fully free GPUs, (CPU left, fully free milli), which
+    would take the lowest-index free GPUs. Score = 100 · (1 − (request · candidate) / 2), the best
+    candidate wins (the first on ties). Returns (score, GPU of a partly used candidate or -1).
+    """
+    request = req_gpus * req_milli
+    cpu_term = (float(cpu_left) / MAX_NODE_CPU_MILLI) * (float(req_cpu) / MAX_NODE_CPU_MILLI)
+    req_norm = float(request) / MAX_NODE_GPU_MILLI
+    best = -1.0
+    best_g = -1
+    idle = 0
+    if request < GPU_MILLI:
+        for g in range(count):
+            f = free[g]
+            if f >= GPU_MILLI or f < request:
+                continue
+            dot = 0.0 + cpu_term + (float(f) / MAX_NODE_GPU_MILLI) * req_norm
+            score = 1.0 - dot / 2.0
+            if best < score:
+                best = score
+                best_g = g
     for g in range(count):
-        total += free[g]
-    scale = float(max(count, 1) * GPU_MILLI)
-    dot = (float(cpu_left) / cap) * (float(req_cpu) / cap)
-    dot += (float(total) / scale) * (float(req_gpus * req_milli) / scale)
-    return int(100.0 * (1.0 - dot / 2.0))
+        if free[g] == GPU_MILLI:
+            idle += 1
+    if request <= idle * GPU_MILLI:
+        dot = 0.0 + cpu_term + (float(idle * GPU_MILLI) / MAX_NODE_GPU_MILLI) * req_norm
+        score = 1.0 - dot / 2.0
+        if best < score:
+            best = score
+            best_g = -1
+    if best < 0.0:
+        return 0, -1
+    return int(100.0 * best), best_g
 
 
 @njit(cache=True)  # type: ignore[misc,unused-ignore]
@@ -410,7 +438,8 @@ def node_score_kernel(
     if policy == GPUPACKING:
         return _gpupacking_kernel(free, count, req_gpus, req_milli)
     if policy == DOTPROD:
-        return _dotprod_kernel(free, count, cpu_free_milli[n], cpu_capacity_milli[n], req_gpus, req_milli, req_cpu)
+        score, _ = _dotprod_kernel(free, count, cpu_free_milli[n], req_gpus, req_milli, req_cpu)
+        return score
     if policy == GPUCLUSTERING:
         return _gpuclustering_kernel(free, count, req_gpus, req_milli)
     if policy == FGD:
@@ -529,5 +558,13 @@ def choose_gpus_kernel(
         return
     if policy == RANDOM:
         out[0] = _pseudo_random_fitting_kernel(free, count, n, req_milli)
+        return
+    if policy == DOTPROD:
+        cpu_free = node_cpu_free if node_cpu_free >= 0 else CPU_PLENTY
+        _, g = _dotprod_kernel(free, count, cpu_free, req_gpus, req_milli, req_cpu)
+        if g < 0:
+            _lowest_fitting_kernel(free, count, 1, GPU_MILLI, out)  # the fully free candidate
+        else:
+            out[0] = g
         return
     _take_least_free_kernel(free, count, 1, req_milli, out)

@@ -19,6 +19,7 @@ Typical = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray
 """(typ_cpu, typ_milli, typ_num, typ_model_ok, typ_weight), as the kernels take them."""
 
 MAX_NODE_GPU_MILLI = 8000
+MAX_NODE_CPU_MILLI = 128000
 LEITSTAND_PRIMARY_SHIFT = 1 << 40
 CPU_PLENTY = 1 << 40
 
@@ -118,13 +119,28 @@ def gpupacking(free: list[int], req_gpus: int, req_milli: int) -> int:
     return int(max(100 - pct // 10, 50))
 
 
-def dotprod(free: list[int], cpu_left: int, cpu_cap: int, req_gpus: int, req_milli: int, req_cpu: int) -> int:
-    """Dot product of request and free (CPU, total GPU), normalised by node capacity; smaller is better."""
-    cap = float(max(cpu_cap, 1))
-    scale = float(max(len(free), 1) * GPU_MILLI)
-    dot = (float(cpu_left) / cap) * (float(req_cpu) / cap)
-    dot += (float(sum(free)) / scale) * (float(req_gpus * req_milli) / scale)
-    return int(100.0 * (1.0 - dot / 2.0))
+def dotprod(free: list[int], cpu_left: int, req_gpus: int, req_milli: int, req_cpu: int) -> tuple[int, int]:
+    """Tetris dot product in the authors' configuration: candidates are each partly used GPU that fits
+    (for a request below one GPU), then all fully free GPUs together if the request fits there; the
+    vectors (CPU, GPU milli) are scaled by the largest node (128 cores, 8 GPUs); the smallest product
+    wins (first candidate on ties). Returns (score, partly used GPU or -1 for the fully free ones)."""
+    request = req_gpus * req_milli
+    cpu_term = (float(cpu_left) / MAX_NODE_CPU_MILLI) * (float(req_cpu) / MAX_NODE_CPU_MILLI)
+    req_norm = float(request) / MAX_NODE_GPU_MILLI
+    candidates: list[tuple[int, int]] = []  # (GPU milli of the candidate, GPU index or -1)
+    if request < GPU_MILLI:
+        candidates += [(f, g) for g, f in enumerate(free) if request <= f < GPU_MILLI]
+    idle = sum(1 for f in free if f == GPU_MILLI)
+    if request <= idle * GPU_MILLI:
+        candidates.append((idle * GPU_MILLI, -1))
+    best, best_g = -1.0, -1
+    for milli, g in candidates:
+        score = 1.0 - (0.0 + cpu_term + (float(milli) / MAX_NODE_GPU_MILLI) * req_norm) / 2.0
+        if best < score:
+            best, best_g = score, g
+    if best < 0.0:
+        return 0, -1
+    return int(100.0 * best), best_g
 
 
 def gpuclustering(free: list[int], req_gpus: int, req_milli: int) -> int:
@@ -192,7 +208,7 @@ def node_score(
     if code is PolicyCode.GPUPACKING:
         return gpupacking(free, req_gpus, req_milli)
     if code is PolicyCode.DOTPROD:
-        return dotprod(free, cpu_free, int(cpu_capacity_milli[n]), req_gpus, req_milli, req_cpu)
+        return dotprod(free, cpu_free, req_gpus, req_milli, req_cpu)[0]
     if code is PolicyCode.GPUCLUSTERING:
         return gpuclustering(free, req_gpus, req_milli)
     if code is PolicyCode.FGD:
@@ -234,5 +250,8 @@ def choose_gpus(
         out[0] = leitstand(free, cpu_free, node_model, req_gpus, req_milli, req_cpu, typ)[1]
     elif code is PolicyCode.RANDOM:
         out[0] = pseudo_random_fitting(free, n, req_milli)
+    elif code is PolicyCode.DOTPROD:
+        g = dotprod(free, cpu_free, req_gpus, req_milli, req_cpu)[1]
+        out[0] = g if g >= 0 else free.index(GPU_MILLI)
     else:
         out[0] = _least_free_fitting(free, 1, req_milli)[0]
