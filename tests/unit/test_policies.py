@@ -141,3 +141,20 @@ def test_scores_are_int64_for_every_policy() -> None:
         score(PolicyContext.build(state, code), state, 0, 1, 500)  # asserts an int comes back
     signatures = pk.node_score_kernel.nopython_signatures
     assert signatures and all(str(sig.return_type) == "int64" for sig in signatures)
+
+
+def test_dotprod_prefers_the_smallest_product_and_keeps_idle_gpus() -> None:
+    state = cluster(8, 8)
+    state.allocate(0, [3], 700, 0, 0)  # GPU 3: 300 free
+    state.allocate(0, [5], 400, 0, 0)  # GPU 5: 600 free
+    ctx = PolicyContext.build(state, PolicyCode.DOTPROD)
+    out = np.full(1, -1, dtype=np.int32)
+    pk.choose_gpus_kernel(
+        int(ctx.code), 0, state.gpu_free_milli, state.gpu_count, 1, 250,
+        ctx.typ_cpu, ctx.typ_milli, ctx.typ_num, ctx.typ_model_ok, ctx.typ_weight, out,
+        int(state.cpu_free_milli[0]), int(state.gpu_model[0]), 4000,
+    )  # fmt: skip
+    assert out.tolist() == [3]
+    # the partly used node beats the idle one: a smaller product with what is left
+    assert score(ctx, state, 0, 1, 250) > score(ctx, state, 1, 1, 250)
+    assert choose(ctx, state, 1, 1, 250) == [0]  # idle node: the lowest-index free GPU
