@@ -127,8 +127,6 @@ def place_gang_reference(
     choose = policy_reference.choose_gpus
     base = int(rand_base)
     n_nodes = gpu_count.shape[0]
-    req = (req_gpus, req_milli, req_cpu, req_mem)
-    typ = (typ_cpu, typ_milli, typ_num, typ_model_ok, typ_weight)
 
     def capacity_of(n: int, cpu: int = req_cpu, mem: int = req_mem, limit: int = replicas) -> int:
         return replica_capacity_reference(
@@ -157,8 +155,15 @@ def place_gang_reference(
                 cpu_capacity_milli,
                 memory_free_mib,
                 gpu_model,
-                *req,
-                *typ,
+                req_gpus,
+                req_milli,
+                req_cpu,
+                req_mem,
+                typ_cpu,
+                typ_milli,
+                typ_num,
+                typ_model_ok,
+                typ_weight,
                 node_rand(base, n),
             )
         )
@@ -217,7 +222,11 @@ def place_gang_reference(
                     gpu_count,
                     req_gpus,
                     req_milli,
-                    *typ,
+                    typ_cpu,
+                    typ_milli,
+                    typ_num,
+                    typ_model_ok,
+                    typ_weight,
                     chosen,
                     int(cpu_free_milli[n]),
                     int(gpu_model[n]),
