@@ -169,14 +169,14 @@ def _pseudo_random_fitting_kernel(free: NDArray[np.int32], count: int, n: int, r
     The interface passes no random draw to GPU choice, so the pick is a deterministic function of the
     node's state; over a run it spreads like a uniform draw (which is what the baseline asks for).
     """
-    h = np.uint64(0xCBF29CE484222325) ^ np.uint64(n)
+    h = 2166136261 ^ (n & 0xFFFFFFFF)  # FNV-1a, 32-bit, kept in int64 (no overflow compiled or not)
     fitting = 0
     for g in range(count):
-        h = (h ^ np.uint64(free[g])) * np.uint64(0x100000001B3)
+        h = ((h ^ int(free[g])) * 16777619) & 0xFFFFFFFF
         if free[g] >= req_milli:
             fitting += 1
-    h ^= h >> np.uint64(29)
-    pick = int(h % np.uint64(max(fitting, 1)))
+    h ^= h >> 13
+    pick = h % max(fitting, 1)
     for g in range(count):
         if free[g] >= req_milli:
             if pick == 0:
@@ -399,9 +399,9 @@ def _leitstand_kernel(
     if req_gpus == 0 or req_milli == 0:
         total = 0
         for g in range(count):
-            total += free[g]
+            total += int(free[g])
         secondary = MAX_NODE_GPU_MILLI - total
-    return primary * LEITSTAND_PRIMARY_SHIFT + secondary, best_g
+    return int(primary) * LEITSTAND_PRIMARY_SHIFT + secondary, best_g
 
 
 @njit(cache=True)  # type: ignore[misc,unused-ignore]

@@ -166,12 +166,11 @@ def leitstand(
 
 
 def pseudo_random_fitting(free: list[int], n: int, req_milli: int) -> int:
-    """Random's GPU for a sharing task: FNV-style hash of node index and free milli picks a fitting GPU."""
-    mask = (1 << 64) - 1
-    h = 0xCBF29CE484222325 ^ n
+    """Random's GPU for a sharing task: a 32-bit FNV-1a hash of node index and free milli picks a fitting GPU."""
+    h = 2166136261 ^ (n & 0xFFFFFFFF)
     for f in free:
-        h = ((h ^ f) * 0x100000001B3) & mask
-    h ^= h >> 29
+        h = ((h ^ f) * 16777619) & 0xFFFFFFFF
+    h ^= h >> 13
     fitting = [g for g, f in enumerate(free) if f >= req_milli]
     return fitting[h % max(len(fitting), 1)] if fitting else -1
 

@@ -52,14 +52,15 @@ if _KEYED_CACHE_DIR is not None:
 
 
 @njit(cache=True)  # type: ignore[misc,unused-ignore]
-def _splitmix64_kernel(state: NDArray[np.uint64]) -> np.uint64:
-    """One draw of splitmix64 (Random's per-node score); advances `state[0]`."""
-    state[0] = state[0] + np.uint64(0x9E3779B97F4A7C15)
-    z = state[0]
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    out: np.uint64 = z ^ (z >> np.uint64(31))
-    return out
+def _xorshift32_kernel(state: NDArray[np.int64]) -> np.uint64:
+    """One xorshift32 draw (Random's per-node score); advances `state[0]`. Kept in int64 with masks,
+    so it neither overflows compiled nor warns under NUMBA_DISABLE_JIT."""
+    x = int(state[0])
+    x ^= (x << 13) & 0xFFFFFFFF
+    x ^= x >> 17
+    x ^= (x << 5) & 0xFFFFFFFF
+    state[0] = x
+    return np.uint64(x)
 
 
 @njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
@@ -111,7 +112,7 @@ def select_node_kernel(
     typ_num: NDArray[np.int64],
     typ_model_ok: NDArray[np.bool_],
     typ_weight: NDArray[np.float64],
-    rng_state: NDArray[np.uint64],
+    rng_state: NDArray[np.int64],
     cache_score: NDArray[np.int64],
     cache_stamp: NDArray[np.int64],
     node_version: NDArray[np.int64],
@@ -158,7 +159,7 @@ def select_node_kernel(
                 typ_num,
                 typ_model_ok,
                 typ_weight,
-                _splitmix64_kernel(rng_state),
+                _xorshift32_kernel(rng_state),
             )
         elif cache_stamp[n] == node_version[n]:
             score = cache_score[n]
@@ -228,8 +229,10 @@ def run_stream_kernel(
     cache_score = np.zeros((n_shapes, n_nodes), dtype=np.int64)
     cache_stamp = np.full((n_shapes, n_nodes), -1, dtype=np.int64)
     node_version = np.zeros(n_nodes, dtype=np.int64)
-    rng_state = np.zeros(1, dtype=np.uint64)
-    rng_state[0] = np.uint64(random_seed)
+    rng_state = np.zeros(1, dtype=np.int64)
+    rng_state[0] = (random_seed * 2654435761 + 1) & 0xFFFFFFFF
+    if rng_state[0] == 0:
+        rng_state[0] = 1  # xorshift needs a non-zero state
     arrived = np.int64(0)
     used = np.int64(0)
     for k in range(task_cpu.shape[0]):
