@@ -123,8 +123,8 @@ def select_node_kernel(
     score was computed at); pass a stamp row of -1s to score every node afresh.
     """
     best = -1
-    best_score = np.int64(0)
-    best_rank = np.int64(0)
+    best_score = 0
+    best_rank = 0
     for n in range(gpu_count.shape[0]):
         if not node_fits_kernel(
             n,
@@ -189,7 +189,7 @@ def select_node_kernel(
         if best < 0 or score > best_score or (score == best_score and node_rank[n] < best_rank):
             best = n
             best_score = score
-            best_rank = node_rank[n]
+            best_rank = int(node_rank[n])
     return best
 
 
