@@ -148,3 +148,54 @@ def test_fidelity_against_published_per_seed(policy: PolicyCode) -> None:
     summary = run_policy(workload, policy, [42, 43])
     for run in summary.runs:
         assert run.allocation_pct_by_arrived[100] == pytest.approx(published[run.seed], abs=0.5)
+
+
+def reference_run(workload: Workload, policy: PolicyCode, seed: int) -> list[int]:
+    """The protocol's loop in plain Python on the reference policies: no score cache, no kernels."""
+    from leitstand.scheduler import policy_reference as ref
+    from leitstand.scheduler.policies import PolicyContext
+
+    state = workload.state.copy()
+    stream = build_stream(workload.pods, state.n_nodes, state.gpu_capacity_milli, seed)
+    ctx = PolicyContext.build(state, policy, typical=workload.typical, node_rank=stream.node_rank)
+    typ = (ctx.typ_cpu, ctx.typ_milli, ctx.typ_num, ctx.typ_model_ok, ctx.typ_weight)
+    pods = workload.pods
+    placed: list[int] = []
+    for i in stream.order.tolist():
+        gpus, milli = int(pods.num_gpu[i]), int(pods.gpu_milli[i])
+        cpu, mem = int(pods.cpu_milli[i]), int(pods.memory_mib[i])
+        model_ok = workload.shape_model_ok[workload.task_shape[i]]
+        best, best_key = -1, (0, 0)
+        for n in range(state.n_nodes):
+            if cpu > state.cpu_free_milli[n] or mem > state.memory_free_mib[n]:
+                continue
+            if milli > 0 and (
+                state.gpu_count[n] == 0
+                or not model_ok[state.gpu_model[n]]
+                or sum(1 for g in range(state.gpu_count[n]) if state.gpu_free_milli[n, g] >= milli) < gpus
+            ):
+                continue
+            s = ref.node_score(
+                int(policy), n, state.gpu_free_milli, state.gpu_count, state.cpu_free_milli,
+                state.cpu_capacity_milli, state.memory_free_mib, state.gpu_model, gpus, milli, cpu, mem, *typ, 0,
+            )  # fmt: skip
+            key = (s, -int(ctx.node_rank[n]))
+            if best < 0 or key > best_key:
+                best, best_key = n, key
+        placed.append(best)
+        if best >= 0:
+            out = np.full(gpus, -1, dtype=np.int32)
+            ref.choose_gpus(
+                int(policy), best, state.gpu_free_milli, state.gpu_count, gpus, milli, *typ, out,
+                int(state.cpu_free_milli[best]), int(state.gpu_model[best]), cpu,
+            )  # fmt: skip
+            state.allocate(best, out.tolist() if milli > 0 else [], milli, cpu, mem)
+    return placed
+
+
+@pytest.mark.parametrize("policy", [p for p in PolicyCode if p is not PolicyCode.RANDOM])
+def test_compiled_loop_with_score_cache_matches_plain_reference_loop(policy: PolicyCode) -> None:
+    workload = Workload.build(small_cluster(), small_pods())
+    for seed in (1, 2):
+        result = run_inflation(workload, policy, seed)
+        assert result.placed_node.tolist() == reference_run(workload, policy, seed), (policy, seed)
