@@ -4,8 +4,10 @@ What it holds: `place_gang_kernel`, the whole placement decision for one gang in
 (arrays in, arrays out), and `replica_capacity_kernel`, how many replicas of a request one node
 holds. Helpers live in this file because Numba's cache does not notice edits in other files.
 
-Who calls it: only `placement.py` (the dispatch point between this module and its pure-Python twin
-`placement_reference.py`, which must stay step-for-step identical: parity tests compare them).
+Who calls it: `placement.py` (the dispatch point between this module and its pure-Python twin
+`placement_reference.py`, which must stay step-for-step identical: parity tests compare them), and
+the FGD-protocol simulator's compiled stream loop (`sim/inflation_kernels.py`), which places every
+task through `place_gang_kernel` and keeps the aggregates current with `refresh_node_kernel`.
 
 What it must not do: hold Python objects or mutable globals, log, or leave the state arrays changed.
 The kernel charges replicas to the arrays tentatively while it places a gang (so the policy scores
@@ -197,13 +199,16 @@ def replica_capacity_kernel(
 
 
 @njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
-def _refresh_node(
+def refresh_node_kernel(
     n: int,
     gpu_free_milli: NDArray[np.int32],
     gpu_count: NDArray[np.int32],
     gpu_whole_free: NDArray[np.int32],
     gpu_max_free_milli: NDArray[np.int32],
 ) -> None:
+    """Recompute node `n`'s GPU aggregates (`gpu_whole_free`, `gpu_max_free_milli`) from its GPU row,
+    as `ClusterState._refresh_node` does; callers that charge a node outside `ClusterState` (the
+    inflation simulator) must call it after every change."""
     whole = 0
     best = 0
     for g in range(gpu_count[n]):
@@ -239,7 +244,7 @@ def _undo(
         cpu_free_milli[n] += req_cpu
         memory_free_mib[n] += req_mem
         if req_gpus > 0:
-            _refresh_node(n, gpu_free_milli, gpu_count, gpu_whole_free, gpu_max_free_milli)
+            refresh_node_kernel(n, gpu_free_milli, gpu_count, gpu_whole_free, gpu_max_free_milli)
 
 
 @njit(cache=True)  # type: ignore[misc,unused-ignore]
@@ -465,7 +470,7 @@ def _fill_domain(
             for j in range(req_gpus):
                 gpu_free_milli[n, chosen[j]] -= req_milli
                 out_gpus[r, j] = chosen[j]
-            _refresh_node(n, gpu_free_milli, gpu_count, gpu_whole_free, gpu_max_free_milli)
+            refresh_node_kernel(n, gpu_free_milli, gpu_count, gpu_whole_free, gpu_max_free_milli)
         cpu_free_milli[n] -= req_cpu
         memory_free_mib[n] -= req_mem
         out_nodes[r] = n

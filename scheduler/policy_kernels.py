@@ -1,7 +1,7 @@
 """Compiled node scores and GPU choice of every placement policy (Numba, arrays in, arrays out).
 
-Called by the placement kernels (`placement_kernels.py`) and the inflation simulator
-(`sim/inflation_kernels.py`) once per feasible node: `node_score_kernel` says how good node `n` is
+Called by the placement kernels (`placement_kernels.py`; the inflation simulator reaches them only
+through `place_gang_kernel`) once per feasible node: `node_score_kernel` says how good node `n` is
 for a request (higher is better; ties are the caller's business: smallest `node_rank` wins), and
 `choose_gpus_kernel` picks the GPUs on the chosen node. Neither kernel checks feasibility: the caller
 has already filtered on CPU, memory, model and "≥ req_gpus GPUs with ≥ req_milli free".

@@ -3,7 +3,11 @@
 One run = pod file × policy × seed (`run_inflation`): build the arrival stream from the name-sorted
 task list with Go's `math/rand` (one `Int()`, `Shuffle`, then append re-sampled tasks — or remove
 tasks — until the GPU request is 1.3 × cluster capacity; 10 `Float64()` draws; `Perm(N)` for the node
-tie-break order), then submit tasks one at a time: each is placed or fails at once and never leaves.
+tie-break order), then submit tasks one at a time: each is placed or fails at once and never leaves. Every task is
+placed by the scheduler's own placement kernel (`placement_kernels.place_gang_kernel`, as a 1-replica
+gang with no topology level, node mask = the task's GPU model set), called from one compiled stream
+loop (`inflation_kernels.run_stream_kernel`); this module prepares its arrays as `placement.place_gang`
+does (masks, score-cache rows per request shape, Random's `rand_base(seed, nonce=task index)`).
 Arrived and used GPU milli are recorded after every task and merged into "allocation % at arrived
 k %" (k = 0..130) exactly as the authors' merge script does. The rules and why each matters:
 `../shared/notes/fgd-protocol.md`.
@@ -34,6 +38,7 @@ TUNE_RATIO = 1.3
 INFORMER_DRAWS = 10
 """`rand.Float64()` draws by the scheduler's informers between stream building and node naming."""
 MAX_ARRIVED_PCT = 130
+_MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,44 +147,68 @@ def merge_allocation_curve(
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """A loaded experiment input: cluster, name-sorted tasks and their typical-task table."""
+    """A loaded experiment input: cluster, name-sorted tasks and their typical-task table, and each
+    task as the placement kernel sees it (a 1-replica gang request)."""
 
     nodes: tuple[Node, ...]
     pods: PodTable
     state: ClusterState
     typical: TypicalTasks
-    task_shape: NDArray[np.int64]
-    shape_model_ok: NDArray[np.bool_]
+    task_gpus: NDArray[np.int64]
+    """GPUs per task as the request carries them: 0 for a CPU-only task (no GPU count or no milli)."""
+    task_milli: NDArray[np.int64]
+    """Milli per GPU as the request carries it (0 when `task_gpus` is 0, as `place_gang` passes it)."""
+    task_mask: NDArray[np.int64]
+    """Row of `node_masks` per task."""
+    node_masks: NDArray[np.bool_]
+    """[M, N]: `ClusterState.node_mask(gpu_models=...)` per distinct GPU model set of a GPU task; a
+    CPU-only task may use any node (the protocol's filter ignores the model for it)."""
+    task_cache: NDArray[np.int64]
+    """Score-cache row per task: one per request shape (GPUs, milli, CPU, memory), the key
+    `placement._score_cache` uses; the model set is not part of it (it only masks nodes)."""
+    n_cache_rows: int
 
     @classmethod
     def build(cls, nodes: Sequence[Node], pods: PodTable) -> Workload:
         state = ClusterState.from_nodes(nodes)
-        shape_ids: dict[tuple[int, int, int, str], int] = {}
-        task_shape = np.empty(len(pods), dtype=np.int64)
-        for i in range(len(pods)):
-            key = (int(pods.cpu_milli[i]), int(pods.gpu_milli[i]), int(pods.num_gpu[i]), pods.gpu_spec[i])
-            task_shape[i] = shape_ids.setdefault(key, len(shape_ids))
-        width = len(state.model_codes) + 1
-        shape_model_ok = np.zeros((len(shape_ids), width), dtype=np.bool_)
-        for (_, _, _, spec), s in shape_ids.items():
-            models = _spec_models(spec)
-            if not models:
-                shape_model_ok[s, :] = True
-            for m in models:
-                if m in state.model_codes:
-                    shape_model_ok[s, state.model_codes[m]] = True
+        n_tasks = len(pods)
+        task_gpus = np.zeros(n_tasks, dtype=np.int64)
+        task_milli = np.zeros(n_tasks, dtype=np.int64)
+        task_mask = np.empty(n_tasks, dtype=np.int64)
+        task_cache = np.empty(n_tasks, dtype=np.int64)
+        mask_ids: dict[frozenset[str], int] = {}
+        masks: list[NDArray[np.bool_]] = []
+        cache_ids: dict[tuple[int, int, int, int], int] = {}
+        for i in range(n_tasks):
+            gpus, milli = int(pods.num_gpu[i]), int(pods.gpu_milli[i])
+            if gpus > 0 and milli > 0:
+                task_gpus[i], task_milli[i] = gpus, milli
+                models = _spec_models(pods.gpu_spec[i])
+            else:
+                models = frozenset()
+            if models not in mask_ids:
+                mask_ids[models] = len(masks)
+                masks.append(state.node_mask(gpu_models=models))
+            task_mask[i] = mask_ids[models]
+            key = (int(task_gpus[i]), int(task_milli[i]), int(pods.cpu_milli[i]), int(pods.memory_mib[i]))
+            task_cache[i] = cache_ids.setdefault(key, len(cache_ids))
         return cls(
             nodes=tuple(nodes),
             pods=pods,
             state=state,
             typical=typical_tasks(pods, state.model_codes),
-            task_shape=task_shape,
-            shape_model_ok=shape_model_ok,
+            task_gpus=task_gpus,
+            task_milli=task_milli,
+            task_mask=task_mask,
+            node_masks=np.ascontiguousarray(np.stack(masks) if masks else np.ones((1, state.n_nodes), np.bool_)),
+            task_cache=task_cache,
+            n_cache_rows=len(cache_ids),
         )
 
 
 def run_inflation(workload: Workload, policy: PolicyCode, seed: int) -> RunResult:
-    """One run of the protocol (workload × policy × seed)."""
+    """One run of the protocol (workload × policy × seed), every task placed by `place_gang_kernel`."""
+    from leitstand.scheduler.placement_reference import mix64
     from leitstand.scheduler.sim.inflation_kernels import run_stream_kernel
 
     started = time.perf_counter()
@@ -193,7 +222,14 @@ def run_inflation(workload: Workload, policy: PolicyCode, seed: int) -> RunResul
     arrived = np.zeros(k, dtype=np.int64)
     used = np.zeros(k, dtype=np.int64)
     placed = np.zeros(k, dtype=np.int64)
-    run_stream_kernel(
+    # as placement.place_gang: a cache row per request shape (stamps 0 never match a node version),
+    # no cache for Random, and Random's base = rand_base(seed, nonce) with the task index as nonce
+    use_cache = ctx.code != PolicyCode.RANDOM
+    rows = workload.n_cache_rows if use_cache else 1
+    cache_score = np.zeros((rows, state.n_nodes), dtype=np.int64)
+    cache_stamp = np.zeros((rows, state.n_nodes), dtype=np.int64)
+    task_cache = workload.task_cache[order] if use_cache else np.zeros(k, dtype=np.int64)
+    bad = run_stream_kernel(
         int(ctx.code),
         state.gpu_free_milli,
         state.gpu_count,
@@ -201,23 +237,39 @@ def run_inflation(workload: Workload, policy: PolicyCode, seed: int) -> RunResul
         state.cpu_capacity_milli,
         state.memory_free_mib,
         state.gpu_model,
-        ctx.node_rank,
+        state.gpu_whole_free,
+        state.gpu_max_free_milli,
+        state.domain,
+        state.domain_count,
+        state.domain_order,
+        state.domain_start,
+        state.node_version,
+        np.ascontiguousarray(ctx.node_rank, dtype=np.int64),
         np.ascontiguousarray(pods.cpu_milli[order]),
         np.ascontiguousarray(pods.memory_mib[order]),
-        np.ascontiguousarray(pods.num_gpu[order]),
-        np.ascontiguousarray(pods.gpu_milli[order]),
-        np.ascontiguousarray(workload.task_shape[order]),
-        workload.shape_model_ok,
+        np.ascontiguousarray(workload.task_gpus[order]),
+        np.ascontiguousarray(workload.task_milli[order]),
+        np.ascontiguousarray(workload.task_mask[order]),
+        np.ascontiguousarray(task_cache),
+        workload.node_masks,
+        cache_score,
+        cache_stamp,
+        use_cache,
         ctx.typ_cpu,
         ctx.typ_milli,
         ctx.typ_num,
         ctx.typ_model_ok,
         ctx.typ_weight,
-        seed,
+        np.uint64(mix64(ctx.seed & _MASK64)),
         arrived,
         used,
         placed,
     )
+    # the kernel stamped changed nodes from a local counter: take process-unique stamps again, so a
+    # score cache shared with other copies of the state can never match a stale score
+    state.refresh_aggregates()
+    if bad >= 0:
+        raise RuntimeError(f"policy {ctx.code.display_name} chose GPUs that do not fit task {int(bad)} (a bug)")
     curve = merge_allocation_curve(arrived, used, total_gpus)
     return RunResult(
         policy=ctx.code,

@@ -164,14 +164,15 @@ def reference_run(workload: Workload, policy: PolicyCode, seed: int) -> list[int
     for i in stream.order.tolist():
         gpus, milli = int(pods.num_gpu[i]), int(pods.gpu_milli[i])
         cpu, mem = int(pods.cpu_milli[i]), int(pods.memory_mib[i])
-        model_ok = workload.shape_model_ok[workload.task_shape[i]]
+        models = {m for m in pods.gpu_spec[i].split("|") if m}
+        model_ok = {code for name, code in state.model_codes.items() if not models or name in models}
         best, best_key = -1, (0, 0)
         for n in range(state.n_nodes):
             if cpu > state.cpu_free_milli[n] or mem > state.memory_free_mib[n]:
                 continue
             if milli > 0 and (
                 state.gpu_count[n] == 0
-                or not model_ok[state.gpu_model[n]]
+                or int(state.gpu_model[n]) not in model_ok
                 or sum(1 for g in range(state.gpu_count[n]) if state.gpu_free_milli[n, g] >= milli) < gpus
             ):
                 continue
@@ -199,3 +200,54 @@ def test_compiled_loop_with_score_cache_matches_plain_reference_loop(policy: Pol
     for seed in (1, 2):
         result = run_inflation(workload, policy, seed)
         assert result.placed_node.tolist() == reference_run(workload, policy, seed), (policy, seed)
+
+
+def place_gang_run(workload: Workload, policy: PolicyCode, seed: int) -> list[int]:
+    """The protocol's loop through the scheduler's public path: `place_gang` + `apply_placement`
+    on a `ClusterState`, one 1-replica `GangRequest` per task, the task index as Random's nonce."""
+    from leitstand.scheduler.placement import GangPlacement, GangRequest, apply_placement, place_gang
+    from leitstand.scheduler.policies import PolicyContext
+
+    state = workload.state.copy()
+    stream = build_stream(workload.pods, state.n_nodes, state.gpu_capacity_milli, seed)
+    ctx = PolicyContext.build(state, policy, typical=workload.typical, node_rank=stream.node_rank, seed=seed)
+    pods = workload.pods
+    placed: list[int] = []
+    for k, i in enumerate(stream.order.tolist()):
+        gpus, milli = int(pods.num_gpu[i]), int(pods.gpu_milli[i])
+        if gpus == 0 or milli == 0:
+            gpus, milli, models = 0, 0, frozenset[str]()
+        else:
+            models = frozenset(m for m in pods.gpu_spec[i].split("|") if m)
+        request = GangRequest(
+            1, gpus, milli, int(pods.cpu_milli[i]), int(pods.memory_mib[i]), state.node_mask(gpu_models=models)
+        )
+        result = place_gang(state, request, ctx, nonce=k)
+        if isinstance(result, GangPlacement):
+            apply_placement(state, request, result)
+            placed.append(int(result.nodes[0]))
+        else:
+            placed.append(-1)
+    return placed
+
+
+@pytest.mark.parametrize("policy", list(PolicyCode))
+def test_simulator_places_exactly_as_place_gang(policy: PolicyCode) -> None:
+    """The compiled stream loop is the real placement path: same nodes as `place_gang` task by task,
+    Random included (same per-task `rand_base(seed, nonce)`)."""
+    workload = Workload.build(small_cluster(), small_pods())
+    for seed in (1, 2, 3):
+        result = run_inflation(workload, policy, seed)
+        assert result.placed_node.tolist() == place_gang_run(workload, policy, seed), (policy, seed)
+
+
+@needs_trace
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", [PolicyCode.FGD, PolicyCode.RANDOM])
+def test_default_trace_run_places_exactly_as_place_gang(policy: PolicyCode) -> None:
+    workload = Workload.build(
+        openb.load_nodes(OPENB / "openb_node_list_gpu_node.csv"),
+        openb.load_pods(OPENB / "openb_pod_list_default.csv"),
+    )
+    result = run_inflation(workload, policy, 42)
+    assert result.placed_node.tolist() == place_gang_run(workload, policy, 42)
