@@ -20,6 +20,9 @@ echo "== import-linter"
 PYTHONPATH="$lint_root" lint-imports
 echo "== unit, scenario, property and parity tests"
 pytest -m "not e2e" -q
+echo "== the compiled kernels run as plain Python too (NUMBA_DISABLE_JIT=1: coverage of the kernel source)"
+NUMBA_DISABLE_JIT=1 pytest -q -p no:cacheprovider tests/parity tests/unit/test_placement.py tests/unit/test_policies.py \
+    tests/property/test_placement_properties.py
 if [ "${LEITSTAND_SKIP_E2E:-0}" != 1 ]; then
     echo "== local cluster build (cached)"; leitstand cluster build
     echo "== end-to-end tests against the local cluster"
