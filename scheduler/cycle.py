@@ -34,6 +34,7 @@ from leitstand.scheduler.model import (
     SchedulerConfig,
     Snapshot,
 )
+from leitstand.scheduler.ordering import job_order_key
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import QueueAccounting, Statement
@@ -94,7 +95,8 @@ def run_cycle(
         stmt.running[held.job.id] = held
     lap("snapshot")
 
-    # 2. Sort the pending jobs into their leaf queues; jobs of unknown or inner queues wait here.
+    # 2. Sort the pending jobs into their leaf queues, in job order (once for every action); jobs of
+    #    unknown or inner queues wait here.
     reasons: dict[JobId, PendingReason] = {}
     pending_by_queue: dict[QueueName, list[Job]] = {}
     for job in snapshot.pending:
@@ -110,6 +112,8 @@ def run_cycle(
             )
         else:
             pending_by_queue.setdefault(job.queue, []).append(job)
+    for jobs in pending_by_queue.values():
+        jobs.sort(key=job_order_key)
     lap("queues")
 
     # 3. Fair share, once per cycle: capacity = GPUs of schedulable nodes; leaf demand = allocated + pending.

@@ -10,7 +10,7 @@ What it holds (Run:ai / KAI "order of work", `notes/runai-semantics.md`):
 `WorkQueue` is a heap of leaf queues keyed as above. After a job is handed out, its queue is pushed
 back with a key computed from the *current* accounting (the caller binds or skips the job first), so
 a queue that just received GPUs falls behind one that is still owed its share. Cost: O(log queues)
-per job, no per-job pass over all queues.
+per job, no per-job pass over all queues, and no key at all while only one queue has jobs left.
 
 Who calls it: the actions (allocate, reclaim, preempt, consolidate) through `CycleContext`.
 What it must not do: place, evict, or read the cluster state.
@@ -53,18 +53,59 @@ def queue_order_key(accounting: QueueAccounting, shares: FairShares, leaf: Queue
     )
 
 
+class _LeafKey:
+    """`queue_order_key` of one leaf with the parts fixed for the cycle (path, shares, priority) bound once.
+
+    Gives exactly the tuple `queue_order_key` gives; only the accounting lookups are left per call.
+    """
+
+    __slots__ = ("_allocated", "_created_at", "_deserved", "_leaf", "_levels", "_neg_priority")
+
+    def __init__(self, accounting: QueueAccounting, shares: FairShares, leaf: QueueName) -> None:
+        queue = accounting.tree.queues[leaf]
+        self._allocated = accounting.allocated_milli
+        self._levels = tuple((q, shares.share_milli[q]) for q in accounting.paths[leaf])
+        self._deserved = shares.deserved_milli[leaf]
+        self._neg_priority = -queue.priority
+        self._created_at = queue.created_at
+        self._leaf = leaf
+
+    def __call__(self, job: Job) -> QueueKey:
+        allocated = self._allocated
+        amount = job.gpu_milli_total
+        within_share = all(allocated[q] + amount <= share + _EPS_MILLI for q, share in self._levels)
+        within_quota = allocated[self._leaf] + amount <= self._deserved + _EPS_MILLI
+        return (
+            0 if within_share else 1,
+            0 if within_quota else 1,
+            self._neg_priority,
+            tuple(saturation(allocated[q], share) for q, share in self._levels),
+            self._created_at,
+            self._leaf,
+        )
+
+
 class WorkQueue:
-    """Hands out pending jobs one at a time in the order of work; re-keys a queue after each job."""
+    """Hands out pending jobs one at a time in the order of work; re-keys a queue after each job.
+
+    Cost: a queue's key is computed only when another queue competes with it — while a single
+    queue has jobs left (e.g. one-queue clusters), its jobs are handed out in job order with no
+    key at all. `presorted=True` says every list is already in `job_order_key` order (the cycle
+    sorts the pending jobs once), so they are not sorted again.
+    """
 
     def __init__(
         self,
         jobs_by_queue: Mapping[QueueName, Sequence[Job]],
         accounting: QueueAccounting,
         shares: FairShares,
+        *,
+        presorted: bool = False,
     ) -> None:
-        self._accounting = accounting
-        self._shares = shares
-        self._jobs = {q: sorted(jobs, key=job_order_key) for q, jobs in jobs_by_queue.items() if jobs}
+        self._jobs = {
+            q: list(jobs) if presorted else sorted(jobs, key=job_order_key) for q, jobs in jobs_by_queue.items() if jobs
+        }
+        self._keys = {q: _LeafKey(accounting, shares, q) for q in self._jobs}
         self._next = dict.fromkeys(self._jobs, 0)
         self._heap: list[tuple[QueueKey, QueueName]] = []
         for q in self._jobs:
@@ -74,18 +115,20 @@ class WorkQueue:
         i = self._next[queue]
         jobs = self._jobs[queue]
         if i < len(jobs):
-            heapq.heappush(self._heap, (queue_order_key(self._accounting, self._shares, queue, jobs[i]), queue))
+            heapq.heappush(self._heap, (self._keys[queue](jobs[i]), queue))
 
     def __iter__(self) -> Iterator[Job]:
         while self._heap:
             _, queue = heapq.heappop(self._heap)
-            i = self._next[queue]
             jobs = self._jobs[queue]
-            if i >= len(jobs):
-                continue
-            self._next[queue] = i + 1
-            yield jobs[i]
-            self._push(queue)
+            while self._next[queue] < len(jobs):
+                i = self._next[queue]
+                self._next[queue] = i + 1
+                yield jobs[i]
+                if self._heap:
+                    self._push(queue)  # re-keyed on the accounting the caller just changed
+                    break
+                # No other queue is waiting: this one goes next whatever its key, so none is computed.
 
     def drain(self, queue: QueueName) -> list[Job]:
         """Take the rest of `queue`'s jobs out of the order (e.g. the queue is at its limit)."""

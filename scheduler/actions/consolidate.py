@@ -33,13 +33,7 @@ def run(ctx: CycleContext) -> None:
     if not ctx.config.consolidation or ctx.config.max_consolidation_moves <= 0:
         return
     stmt = ctx.stmt
-    movable = VictimPool(
-        stmt,
-        [held for held in stmt.running.values() if held.job.is_preemptible and ctx.is_victim_age(held)],
-        key=_move_cost,
-    )
-    if not len(movable):
-        return
+    movable: VictimPool | None = None  # built at the first search (before any move): cycles that never search skip it
     failed: set[ShapeKey] = set()
     attempts = 0
     for job in ctx.work_queue():
@@ -57,6 +51,14 @@ def run(ctx: CycleContext) -> None:
         if attempts >= MAX_ATTEMPTS:
             break
         attempts += 1
+        if movable is None:
+            movable = VictimPool(
+                stmt,
+                [held for held in stmt.running.values() if held.job.is_preemptible and ctx.is_victim_age(held)],
+                key=_move_cost,
+            )
+            if not len(movable):
+                return
 
         def replace_moved(moved: Sequence[RunningJob]) -> bool:
             """Place every moved job again (on the statement); False if one has no home."""

@@ -68,7 +68,7 @@ class CycleContext:
     policy: PolicyContext
     stmt: Statement
     pending_by_queue: dict[QueueName, list[Job]]
-    """Pending jobs of known leaf queues (others already have a reason)."""
+    """Pending jobs of known leaf queues (others already have a reason), each list in `job_order_key` order."""
     reserved_pools: dict[QueueName, str | None]
     """Effective reservation of each queue (its own `node_pool` or its nearest ancestor's)."""
     all_reserved: frozenset[str]
@@ -86,9 +86,9 @@ class CycleContext:
         return {q: [j for j in jobs if j.id not in self.bound] for q, jobs in self.pending_by_queue.items()}
 
     def work_queue(self, jobs_by_queue: Mapping[QueueName, Sequence[Job]] | None = None) -> WorkQueue:
-        return WorkQueue(
-            self.still_pending() if jobs_by_queue is None else jobs_by_queue, self.stmt.accounting, self.shares
-        )
+        if jobs_by_queue is None:  # the still-pending jobs, already in job order
+            return WorkQueue(self.still_pending(), self.stmt.accounting, self.shares, presorted=True)
+        return WorkQueue(jobs_by_queue, self.stmt.accounting, self.shares)
 
     def is_victim_age(self, running: RunningJob) -> bool:
         """Old enough to be evicted (minimum runtime protection) and not started in this cycle."""

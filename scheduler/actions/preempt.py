@@ -35,6 +35,8 @@ _CURABLE = frozenset({Code.QUEUE_AT_LIMIT})
 
 def run(ctx: CycleContext) -> None:
     acc = ctx.stmt.accounting
+    if not _outranked_victim_exists(ctx):
+        return  # Early exit: no pending job has a lower-priority job of its own queue to stop.
     pool = VictimPool(
         ctx.stmt,
         [
@@ -105,3 +107,16 @@ def run(ctx: CycleContext) -> None:
         ctx.stmt.bind(job, choice.request, choice.placement)
         ctx.bound.add(job.id)
         ctx.reasons.pop(job.id, None)
+
+
+def _outranked_victim_exists(ctx: CycleContext) -> bool:
+    """Does some pending job outrank a preemptible running job of its own leaf queue?
+
+    If not, every job's `eligible` set below is empty and preempt changes nothing (not even a
+    reason), so the victim pool need not be built. O(pending + running), no allocation per job.
+    """
+    top: dict[QueueName, int] = {q: max(j.priority for j in jobs) for q, jobs in ctx.still_pending().items() if jobs}
+    return any(
+        held.job.is_preemptible and held.job.queue in top and held.job.priority < top[held.job.queue]
+        for held in ctx.stmt.running.values()
+    )

@@ -41,14 +41,17 @@ def run(ctx: CycleContext) -> None:
     acc = ctx.stmt.accounting
     share = ctx.shares.share_milli
     deserved = ctx.shares.deserved_milli
-    pool = VictimPool(
-        ctx.stmt,
-        [
-            held
-            for held in ctx.stmt.running.values()
-            if held.job.is_preemptible and acc.knows(held.job.queue) and ctx.is_victim_age(held)
-        ],
-    )
+
+    def candidate(held: RunningJob) -> bool:
+        return held.job.is_preemptible and acc.knows(held.job.queue) and ctx.is_victim_age(held)
+
+    if not _victim_queue_possible(ctx):
+        # Early exit: no pending job has a queue to take from, so the loop below would evict nothing
+        # and only refresh admission reasons (when there are candidates at all); do just that.
+        if any(candidate(held) for held in ctx.stmt.running.values()):
+            _refresh_reasons(ctx)
+        return
+    pool = VictimPool(ctx.stmt, [held for held in ctx.stmt.running.values() if candidate(held)])
     if not len(pool):
         return
     live_queues = set(pool.queue_index)
@@ -149,6 +152,39 @@ def run(ctx: CycleContext) -> None:
         ctx.stmt.bind(job, choice.request, choice.placement)
         ctx.bound.add(job.id)
         ctx.reasons.pop(job.id, None)
+
+
+def _victim_queue_possible(ctx: CycleContext) -> bool:
+    """Could any pending job find a victim queue? (If not, reclaim evicts nothing this cycle.)
+
+    A victim queue's levels start at the split level, where its path leaves the reclaimer's; that
+    queue is not on the reclaimer's path and must hold more than its deserved share or more than its
+    fair share — so more than the smaller of the two. So a job whose path contains every such "over"
+    queue has no victim queue. Nothing changes the accounting while no job reclaims, so checking
+    once before the loop is exact. O(queues + pending queues × depth).
+    """
+    acc = ctx.stmt.accounting
+    share = ctx.shares.share_milli
+    deserved = ctx.shares.deserved_milli
+    over = {q for q in ctx.tree.order if acc.allocated_milli[q] > min(deserved[q], share[q]) + _EPS}
+    waiting = [q for q, jobs in ctx.still_pending().items() if jobs]
+    return any(not over.issubset(acc.paths[q]) for q in waiting)
+
+
+def _refresh_reasons(ctx: CycleContext) -> None:
+    """What the reclaim loop does to a job it cannot help: record a block that appeared since allocate."""
+    for jobs in ctx.still_pending().values():
+        for job in jobs:
+            current = ctx.reasons.get(job.id)
+            if current is not None and current.code in POLICY_BLOCKS:
+                continue
+            block = ctx.admission_block(job)
+            if block is not None:
+                ctx.reasons[job.id] = block
+                continue
+            request = ctx.request(job)
+            if isinstance(request, PendingReason):
+                ctx.reasons[job.id] = request
 
 
 def _over_fair_share(ctx: CycleContext, job: Job) -> PendingReason | None:

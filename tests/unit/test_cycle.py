@@ -14,7 +14,7 @@ from leitstand.scheduler.cycle import ACTIONS, run_cycle
 from leitstand.scheduler.errors import InvalidSpecError
 from leitstand.scheduler.fairshare import build_queue_tree, compute_fair_shares
 from leitstand.scheduler.model import EvictionKind, JobId, QueueName, SchedulerConfig
-from leitstand.scheduler.ordering import WorkQueue, job_order_key
+from leitstand.scheduler.ordering import WorkQueue, _LeafKey, job_order_key, queue_order_key
 from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.state import ClusterState, StateError
@@ -231,6 +231,23 @@ def test_queue_below_fair_share_goes_first_and_order_follows_accounting() -> Non
         order.append(job.id)
         acc.add(job)  # pretend each job was bound
     assert order == ["a1", "b1", "a2"]
+
+
+def test_work_queue_keys_equal_queue_order_key_and_one_queue_needs_none() -> None:
+    queues = [make_queue("a", quota_gpus=2), make_queue("b", priority=5)]
+    tree = build_queue_tree(queues)
+    acc = QueueAccounting.empty(tree)
+    shares = compute_fair_shares(queues, {QueueName("a"): 12000, QueueName("b"): 4000}, 8000)
+    acc.add(make_job("held", "a", 3))
+    for q in (QueueName("a"), QueueName("b")):
+        for n in (1, 4, 8):
+            job = make_job(f"{q}{n}", q, n)
+            assert _LeafKey(acc, shares, q)(job) == queue_order_key(acc, shares, q, job)
+    # A single queue is handed out in job order without computing any key.
+    only = {QueueName("a"): sorted([make_job("x", "a", 1, created_at=2), make_job("y", "a", 1)], key=job_order_key)}
+    work = WorkQueue(only, acc, shares, presorted=True)
+    work._keys = {}  # any key computation after the first push would fail
+    assert [j.id for j in work] == ["y", "x"]
 
 
 # --- victim choice -------------------------------------------------------------------------------------
