@@ -161,11 +161,11 @@ def _unplaceable(state: ClusterState, request: GangRequest, status: int, diag: N
     if status == K.STATUS_INSUFFICIENT:
         lacks = []
         if diag[K.DIAG_LACK_GPU]:
-            lacks.append(f"{diag[K.DIAG_LACK_GPU]} too few free GPUs")
+            lacks.append(f"{diag[K.DIAG_LACK_GPU]} nodes with too few free GPUs")
         if diag[K.DIAG_LACK_CPU]:
-            lacks.append(f"{diag[K.DIAG_LACK_CPU]} too little free CPU")
+            lacks.append(f"{diag[K.DIAG_LACK_CPU]} nodes with too little free CPU")
         if diag[K.DIAG_LACK_MEMORY]:
-            lacks.append(f"{diag[K.DIAG_LACK_MEMORY]} too little free memory")
+            lacks.append(f"{diag[K.DIAG_LACK_MEMORY]} nodes with too little free memory")
         scope = f"the {matching} matching nodes{of}"
         if request.required_level >= 0:
             scope = (
