@@ -287,8 +287,9 @@ def _fill_domain(
 ) -> int:
     """Place every replica inside domain `dom` of `level` (level < 0: anywhere); all or none.
 
-    On success the replicas stay charged to the arrays (the caller undoes them); on failure nothing
-    stays charged. Returns a STATUS_* code.
+    The replicas are charged tentatively while they are placed (so the scores see them) and every
+    charge is undone before it returns; on success out_nodes / out_gpus hold the choice. Returns a
+    STATUS_* code.
     """
     if level < 0:  # anywhere: the feasible nodes (ascending)
         cand = np.empty(n_feasible, np.int64)
@@ -511,6 +512,22 @@ def _fill_domain(
             )
         else:
             feasible[best] = False
+    # the choice is in out_nodes / out_gpus; the tentative charges go back
+    _undo(
+        replicas,
+        out_nodes,
+        out_gpus,
+        gpu_free_milli,
+        gpu_count,
+        cpu_free_milli,
+        memory_free_mib,
+        gpu_whole_free,
+        gpu_max_free_milli,
+        req_gpus,
+        req_milli,
+        req_cpu,
+        req_mem,
+    )
     return STATUS_OK
 
 
@@ -669,8 +686,8 @@ def place_gang_kernel(
         level = preferred_level
     while True:
         fragmented = False
-        if level < 0:
-            status = _fill_domain(
+        if level < 0:  # anywhere: one try over all feasible nodes
+            return _fill_domain(
                 -1,
                 -1,
                 capacity,
@@ -707,23 +724,6 @@ def place_gang_kernel(
                 out_nodes,
                 out_gpus,
             )
-            if status == STATUS_OK:
-                _undo(
-                    replicas,
-                    out_nodes,
-                    out_gpus,
-                    gpu_free_milli,
-                    gpu_count,
-                    cpu_free_milli,
-                    memory_free_mib,
-                    gpu_whole_free,
-                    gpu_max_free_milli,
-                    req_gpus,
-                    req_milli,
-                    req_cpu,
-                    req_mem,
-                )
-            return status
         # 3. bottom-up counts per domain of this level, then the tightest domain that holds the gang
         n_domains = domain_count[level]
         dom_capacity = np.zeros(n_domains, np.int64)
@@ -799,21 +799,6 @@ def place_gang_kernel(
                 out_gpus,
             )
             if status == STATUS_OK:
-                _undo(
-                    replicas,
-                    out_nodes,
-                    out_gpus,
-                    gpu_free_milli,
-                    gpu_count,
-                    cpu_free_milli,
-                    memory_free_mib,
-                    gpu_whole_free,
-                    gpu_max_free_milli,
-                    req_gpus,
-                    req_milli,
-                    req_cpu,
-                    req_mem,
-                )
                 diag[DIAG_LEVEL_USED] = level
                 diag[DIAG_DOMAIN_USED] = best
                 return STATUS_OK

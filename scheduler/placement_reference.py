@@ -189,7 +189,7 @@ def place_gang_reference(
                 _refresh_node(n, gpu_free_milli, gpu_count, gpu_whole_free, gpu_max_free_milli)
 
     def fill(level: int, dom: int) -> int:
-        """Every replica inside `dom` of `level` (level < 0: anywhere), or none; charges stay on success."""
+        """Every replica inside `dom` of `level` (level < 0: anywhere), or none; no charge stays."""
         members = (
             range(n_nodes)
             if level < 0
@@ -249,6 +249,7 @@ def place_gang_reference(
                 scores[best] = score_of(n)
             else:
                 feasible[best] = False
+        undo(replicas)  # the choice is in out_nodes / out_gpus; the tentative charges go back
         return int(K.STATUS_OK)
 
     diag[:] = 0
@@ -285,10 +286,7 @@ def place_gang_reference(
     while True:
         fragmented = False
         if level < 0:
-            status = fill(-1, -1)
-            if status == K.STATUS_OK:
-                undo(replicas)
-            return status
+            return fill(-1, -1)
         # 3. bottom-up counts per domain, then the tightest domain holding the gang
         n_domains = int(domain_count[level])
         dom_capacity = [0] * n_domains
@@ -314,7 +312,6 @@ def place_gang_reference(
             # 4. node and GPU choice inside the domain
             status = fill(level, best)
             if status == K.STATUS_OK:
-                undo(replicas)
                 diag[K.DIAG_LEVEL_USED] = level
                 diag[K.DIAG_DOMAIN_USED] = best
                 return int(K.STATUS_OK)
