@@ -9,11 +9,15 @@ pending messages read the same whichever action found them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+
+import numpy as np
+from numpy.typing import NDArray
 
 from leitstand.scheduler.fairshare import FairShares, QueueTree
 from leitstand.scheduler.model import (
+    EvictionKind,
     Job,
     JobId,
     PendingReason,
@@ -26,6 +30,7 @@ from leitstand.scheduler.ordering import WorkQueue
 from leitstand.scheduler.placement import GangRequest
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.statement import Statement, gpus
+from leitstand.scheduler.victims import Accept, Admissible, VictimPool, choose_victims
 
 
 class Code:
@@ -96,6 +101,44 @@ class CycleContext:
             running.job.id not in self.bound
             and self.snapshot.now - running.started_at >= self.config.min_runtime_seconds
         )
+
+    def evict_for(
+        self,
+        job: Job,
+        request: GangRequest,
+        pool: VictimPool,
+        eligible: NDArray[np.bool_],
+        kind: EvictionKind,
+        why: Callable[[RunningJob], str],
+        *,
+        admissible: Admissible | None = None,
+        accept: Accept | None = None,
+    ) -> bool:
+        """One victim search for `job` among `eligible` of `pool` (`victims.choose_victims`).
+
+        On success the victims are evicted (`why(victim)` is the eviction message) and leave the pool,
+        the job is bound where the search placed it, and True is returned; else nothing changes.
+        """
+        choice = choose_victims(
+            self.stmt,
+            request,
+            pool,
+            self.policy,
+            max_victims=self.config.max_victims,
+            for_job=job.id,
+            eligible=eligible,
+            admissible=admissible,
+            accept=accept,
+        )
+        if choice is None:
+            return False
+        for victim in choice.victims:
+            self.stmt.evict(victim, kind, job.id, why(victim))
+            pool.remove(victim.job.id)
+        self.stmt.bind(job, choice.request, choice.placement)
+        self.bound.add(job.id)
+        self.reasons.pop(job.id, None)
+        return True
 
     # -- requests and reservations ------------------------------------------------------------------
 

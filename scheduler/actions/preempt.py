@@ -24,7 +24,7 @@ from leitstand.scheduler.actions.context import (
 )
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest
-from leitstand.scheduler.victims import VictimPool, choose_victims
+from leitstand.scheduler.victims import VictimPool
 
 __all__ = ["run"]
 
@@ -80,33 +80,14 @@ def run(ctx: CycleContext) -> None:
             after = acc.allocated_milli[job.queue] + job.gpu_milli_total
             return after <= max(before, ctx.shares.share_milli[job.queue]) + _EPS
 
+        def why(victim: RunningJob, job: Job = job) -> str:
+            return f"preempted by job {job.id} (priority {job.priority} > {victim.job.priority}) in queue {job.queue}"
+
         if searches >= VICTIM_SEARCHES_PER_ACTION:
             break
         searches += 1
-        choice = choose_victims(
-            ctx.stmt,
-            request,
-            pool,
-            ctx.policy,
-            max_victims=ctx.config.max_victims,
-            for_job=job.id,
-            eligible=eligible,
-            accept=accept,
-        )
-        if choice is None:
+        if not ctx.evict_for(job, request, pool, eligible, EvictionKind.PREEMPT, why, accept=accept):
             failed.add(memo)
-            continue
-        for victim in choice.victims:
-            ctx.stmt.evict(
-                victim,
-                EvictionKind.PREEMPT,
-                job.id,
-                f"preempted by job {job.id} (priority {job.priority} > {victim.job.priority}) in queue {job.queue}",
-            )
-            pool.remove(victim.job.id)
-        ctx.stmt.bind(job, choice.request, choice.placement)
-        ctx.bound.add(job.id)
-        ctx.reasons.pop(job.id, None)
 
 
 def _outranked_victim_exists(ctx: CycleContext) -> bool:

@@ -27,8 +27,9 @@ from leitstand.scheduler.actions.context import (
 )
 from leitstand.scheduler.fairshare import saturation
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
+from leitstand.scheduler.placement import GangRequest
 from leitstand.scheduler.statement import gpus
-from leitstand.scheduler.victims import VictimPool, choose_victims
+from leitstand.scheduler.victims import VictimPool
 
 __all__ = ["run"]
 
@@ -71,15 +72,8 @@ def run(ctx: CycleContext) -> None:
     searches = 0
     for job in ctx.work_queue():
         current = ctx.reasons.get(job.id)
-        if current is not None and current.code in POLICY_BLOCKS:
-            continue
-        block = ctx.admission_block(job)
-        if block is not None:
-            ctx.reasons[job.id] = block
-            continue
-        request = ctx.request(job)
-        if isinstance(request, PendingReason):
-            ctx.reasons[job.id] = request
+        request = _admitted_request(ctx, job, current)
+        if request is None:
             continue
         amount = job.gpu_milli_total
         memo = (job.queue, ctx.shape_key(job, request))
@@ -117,20 +111,16 @@ def run(ctx: CycleContext) -> None:
                     return False  # would leave the reclaimer more saturated: ping-pong
             return True
 
+        def why(victim: RunningJob, job: Job = job) -> str:
+            return (
+                f"reclaimed for job {job.id} of queue {job.queue} (below its fair share); "
+                f"queue {victim.job.queue} is above its fair share"
+            )
+
         if searches >= VICTIM_SEARCHES_PER_ACTION:
             break
         searches += 1
-        choice = choose_victims(
-            ctx.stmt,
-            request,
-            pool,
-            ctx.policy,
-            max_victims=ctx.config.max_victims,
-            for_job=job.id,
-            eligible=eligible,
-            admissible=admissible,
-        )
-        if choice is None:
+        if not ctx.evict_for(job, request, pool, eligible, EvictionKind.RECLAIM, why, admissible=admissible):
             failed.add(memo)
             if current is not None:
                 ctx.wait(
@@ -139,19 +129,6 @@ def run(ctx: CycleContext) -> None:
                     f"{current.message}; no preemptible jobs of queues above their fair share "
                     "would free a valid placement",
                 )
-            continue
-        for victim in choice.victims:
-            ctx.stmt.evict(
-                victim,
-                EvictionKind.RECLAIM,
-                job.id,
-                f"reclaimed for job {job.id} of queue {job.queue} (below its fair share); "
-                f"queue {victim.job.queue} is above its fair share",
-            )
-            pool.remove(victim.job.id)
-        ctx.stmt.bind(job, choice.request, choice.placement)
-        ctx.bound.add(job.id)
-        ctx.reasons.pop(job.id, None)
 
 
 def _victim_queue_possible(ctx: CycleContext) -> bool:
@@ -175,16 +152,23 @@ def _refresh_reasons(ctx: CycleContext) -> None:
     """What the reclaim loop does to a job it cannot help: record a block that appeared since allocate."""
     for jobs in ctx.still_pending().values():
         for job in jobs:
-            current = ctx.reasons.get(job.id)
-            if current is not None and current.code in POLICY_BLOCKS:
-                continue
-            block = ctx.admission_block(job)
-            if block is not None:
-                ctx.reasons[job.id] = block
-                continue
-            request = ctx.request(job)
-            if isinstance(request, PendingReason):
-                ctx.reasons[job.id] = request
+            _admitted_request(ctx, job, ctx.reasons.get(job.id))
+
+
+def _admitted_request(ctx: CycleContext, job: Job, current: PendingReason | None) -> GangRequest | None:
+    """The job's request if reclaim may act for it; else None, with a new block or request reason
+    recorded (a reason in POLICY_BLOCKS is kept as it is)."""
+    if current is not None and current.code in POLICY_BLOCKS:
+        return None
+    block = ctx.admission_block(job)
+    if block is not None:
+        ctx.reasons[job.id] = block
+        return None
+    request = ctx.request(job)
+    if isinstance(request, PendingReason):
+        ctx.reasons[job.id] = request
+        return None
+    return request
 
 
 def _over_fair_share(ctx: CycleContext, job: Job) -> PendingReason | None:
