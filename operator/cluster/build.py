@@ -187,47 +187,26 @@ def build_k8s(paths: CachePaths, log: Path) -> None:
     )
 
 
-def build_etcd(paths: CachePaths, log: Path) -> None:
-    wrapper = paths.src / "etcd"
-    _fresh_wrapper(wrapper, "etcd", log)
-    _run(["go", "get", f"go.etcd.io/etcd/server/v3@v{ETCD_VERSION}"], wrapper, log)
+def _build_go_tool(paths: CachePaths, log: Path, name: str, package: str, version: str) -> None:
+    """`go get` `package`@v`version` into a fresh wrapper module, then build it to bin/`name`."""
+    wrapper = paths.src / name
+    _fresh_wrapper(wrapper, name, log)
+    _run(["go", "get", f"{package}@v{version}"], wrapper, log)
     paths.bin.mkdir(parents=True, exist_ok=True)
     _run(
-        [
-            "go",
-            "build",
-            "-trimpath",
-            "-ldflags",
-            "-s -w",
-            "-o",
-            str(paths.binary("etcd")),
-            "go.etcd.io/etcd/server/v3",
-        ],
+        ["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(paths.binary(name)), package],
         wrapper,
         log,
     )
+
+
+def build_etcd(paths: CachePaths, log: Path) -> None:
+    _build_go_tool(paths, log, "etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION)
 
 
 def build_kwok(paths: CachePaths, log: Path) -> None:
-    wrapper = paths.src / "kwok"
-    _fresh_wrapper(wrapper, "kwok", log)
     # `go get` of the command package (not just the module) so go.sum covers all its imports.
-    _run(["go", "get", f"sigs.k8s.io/kwok/cmd/kwok@v{KWOK_VERSION}"], wrapper, log)
-    paths.bin.mkdir(parents=True, exist_ok=True)
-    _run(
-        [
-            "go",
-            "build",
-            "-trimpath",
-            "-ldflags",
-            "-s -w",
-            "-o",
-            str(paths.binary("kwok")),
-            "sigs.k8s.io/kwok/cmd/kwok",
-        ],
-        wrapper,
-        log,
-    )
+    _build_go_tool(paths, log, "kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION)
     copy_upstream_stages(paths, log)
 
 
