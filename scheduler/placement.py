@@ -289,18 +289,7 @@ def place_gang(
     cache = _score_cache(state, request, policy) if use_cache else _NO_CACHE
     kernel = K.place_gang_kernel if engine == "numba" else place_gang_reference
     status = kernel(
-        state.gpu_free_milli,
-        state.gpu_count,
-        state.cpu_free_milli,
-        state.cpu_capacity_milli,
-        state.memory_free_mib,
-        state.gpu_model,
-        state.gpu_whole_free,
-        state.gpu_max_free_milli,
-        state.domain,
-        state.domain_count,
-        state.domain_order,
-        state.domain_start,
+        *state.kernel_arrays(),
         np.ascontiguousarray(request.node_mask, dtype=np.bool_),
         np.ascontiguousarray(policy.node_rank, dtype=np.int64),
         request.replicas,

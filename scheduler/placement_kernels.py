@@ -48,6 +48,7 @@ from numba.core import config as _numba_config
 from numpy.typing import NDArray
 
 from leitstand.scheduler import policy_kernels as _policy_kernels
+from leitstand.scheduler.model import GPU_MILLI as MODEL_GPU_MILLI
 from leitstand.scheduler.policy_kernels import RANDOM, choose_gpus_kernel, node_score_kernel
 
 _SAVED_CACHE_DIR: str = _numba_config.CACHE_DIR  # type: ignore[attr-defined]
@@ -69,7 +70,7 @@ if _KEYED_CACHE_DIR is not None:
     # restored at the end of this module
     _numba_config.CACHE_DIR = _KEYED_CACHE_DIR  # type: ignore[attr-defined]
 
-GPU_MILLI = 1000
+GPU_MILLI = int(MODEL_GPU_MILLI)
 CAPACITY_LIMIT = 1 << 30
 """Replica capacity of a node that the request does not constrain at all (no GPU, CPU or memory)."""
 DEDUPE_MIN_CANDIDATES = 32

@@ -27,17 +27,20 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-# PolicyCode values, repeated as plain ints for the compiled code (codes.py is the source of truth;
-# tests/unit/test_policies.py checks they agree).
-LEITSTAND = 0
-RANDOM = 1
-DOTPROD = 2
-GPUCLUSTERING = 3
-GPUPACKING = 4
-BESTFIT = 5
-FGD = 6
+from leitstand.scheduler.codes import PolicyCode
+from leitstand.scheduler.model import GPU_MILLI as MODEL_GPU_MILLI
 
-GPU_MILLI = 1000
+# PolicyCode values as plain ints (Numba freezes module-level ints into the compiled code);
+# codes.py is the single source, and model.GPU_MILLI the one definition of a whole GPU.
+LEITSTAND = int(PolicyCode.LEITSTAND)
+RANDOM = int(PolicyCode.RANDOM)
+DOTPROD = int(PolicyCode.DOTPROD)
+GPUCLUSTERING = int(PolicyCode.GPUCLUSTERING)
+GPUPACKING = int(PolicyCode.GPUPACKING)
+BESTFIT = int(PolicyCode.BESTFIT)
+FGD = int(PolicyCode.FGD)
+
+GPU_MILLI = int(MODEL_GPU_MILLI)
 MAX_NODE_GPU_MILLI = 8000
 """The authors' `MaxSpecGpu`: 8 GPUs × 1000 milli, the GPU scale of GpuClustering and DotProd."""
 MAX_NODE_CPU_MILLI = 128000

@@ -214,6 +214,42 @@ class ClusterState:
             domain_names=tuple(domain_names),
         )
 
+    def kernel_arrays(
+        self,
+    ) -> tuple[
+        NDArray[np.int32],
+        NDArray[np.int32],
+        NDArray[np.int64],
+        NDArray[np.int64],
+        NDArray[np.int64],
+        NDArray[np.int32],
+        NDArray[np.int32],
+        NDArray[np.int32],
+        NDArray[np.int32],
+        NDArray[np.int32],
+        NDArray[np.int32],
+        NDArray[np.int32],
+    ]:
+        """The state arrays in the order the placement kernels take them (their leading arguments).
+
+        One definition for every caller of `placement_kernels.place_gang_kernel`, its reference twin
+        and the inflation simulator's stream kernel.
+        """
+        return (
+            self.gpu_free_milli,
+            self.gpu_count,
+            self.cpu_free_milli,
+            self.cpu_capacity_milli,
+            self.memory_free_mib,
+            self.gpu_model,
+            self.gpu_whole_free,
+            self.gpu_max_free_milli,
+            self.domain,
+            self.domain_count,
+            self.domain_order,
+            self.domain_start,
+        )
+
     def copy(self) -> ClusterState:
         """A what-if copy: the mutable arrays are copied, the static ones shared."""
         return ClusterState(
