@@ -5,9 +5,16 @@ Called by `controlplane.up`. The users (all static tokens in `tokens.csv`, check
 
 * `admin` in group `system:masters` (everything; kwok, kube-controller-manager and kube-scheduler use it);
 * `leitstand-operator` in group `leitstand:operators`, bound to the ClusterRole `leitstand:operator`
-  (what a scheduler/operator needs: pods, pods/binding, pods/eviction, nodes, events, leases, CRDs);
-* `tenant-a`, `tenant-b` in group `leitstand:tenants`, each bound to the built-in `edit` ClusterRole in
-  its own namespace only (so listing nodes, binding pods or reading the other tenant is denied).
+  (what the operator needs: pods, pods/binding, pods/eviction, nodes, events, leases, CRDs, leitstand.dev);
+* `tenant-a`, `tenant-b` (the tests' and the demo's tenants) and the example tenants `research` (a research
+  consortium), `sme-vision`, `sme-robotics` (two projects of an SME department) and `industry`, all in group
+  `leitstand:tenants`, each bound to the built-in `edit` ClusterRole in its own namespace only (so listing
+  nodes, binding pods or reading another tenant is denied).
+
+The roles themselves are not written here: `rbac_objects` reads the operator's namespace and the RBAC
+files from `deploy/` (`namespace.yaml`, `rbac/*.yaml`, the same files a real install applies), then adds
+the local users' bindings and namespaces. Through the aggregated roles in `deploy/rbac/tenants.yaml`,
+`edit` includes TrainingJobs, and every user may read Queues.
 
 The PKI is made with the `openssl` command line (a CA, a serving certificate for 127.0.0.1/localhost,
 and the service-account RSA key pair). Pure functions (`token_lines`, `kubeconfig`, `rbac_objects`) are
@@ -26,7 +33,10 @@ from typing import Any
 
 import yaml
 
+from leitstand.operator.cluster.layout import repo_root
+
 OPERATOR_CLUSTER_ROLE = "leitstand:operator"
+"""Defined in `deploy/rbac/operator.yaml`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +52,11 @@ USERS: tuple[User, ...] = (
     User("leitstand-operator", ("leitstand:operators",)),
     User("tenant-a", ("leitstand:tenants",), namespace="tenant-a"),
     User("tenant-b", ("leitstand:tenants",), namespace="tenant-b"),
+    # The tenants of deploy/examples/ (each example applies as the user owning its namespace).
+    User("research", ("leitstand:tenants",), namespace="research"),
+    User("sme-vision", ("leitstand:tenants",), namespace="sme-vision"),
+    User("sme-robotics", ("leitstand:tenants",), namespace="sme-robotics"),
+    User("industry", ("leitstand:tenants",), namespace="industry"),
 )
 
 
@@ -90,41 +105,28 @@ def write_kubeconfigs(
     return written
 
 
-def rbac_objects(users: tuple[User, ...] = USERS) -> list[dict[str, Any]]:
-    """Namespaces, roles and bindings applied right after the apiserver is up."""
-    objects: list[dict[str, Any]] = [
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": OPERATOR_CLUSTER_ROLE},
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["pods"],
-                    "verbs": ["get", "list", "watch", "create", "delete", "patch", "update"],
-                },
-                {"apiGroups": [""], "resources": ["pods/binding", "pods/eviction"], "verbs": ["create"]},
-                {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["get", "patch", "update"]},
-                {"apiGroups": [""], "resources": ["nodes", "namespaces"], "verbs": ["get", "list", "watch"]},
-                {
-                    "apiGroups": ["", "events.k8s.io"],
-                    "resources": ["events"],
-                    "verbs": ["create", "patch", "update"],
-                },
-                {
-                    "apiGroups": ["coordination.k8s.io"],
-                    "resources": ["leases"],
-                    "verbs": ["get", "list", "watch", "create", "update", "patch"],
-                },
-                {
-                    "apiGroups": ["apiextensions.k8s.io"],
-                    "resources": ["customresourcedefinitions"],
-                    "verbs": ["get", "list", "watch"],
-                },
-                {"apiGroups": ["leitstand.dev"], "resources": ["*"], "verbs": ["*"]},
-            ],
-        },
-    ]
+def deploy_rbac_files(deploy: Path | None = None) -> list[Path]:
+    """The committed manifests the local cluster applies: the operator's namespace, then `rbac/*.yaml`."""
+    deploy = deploy or repo_root() / "deploy"
+    return [deploy / "namespace.yaml", *sorted((deploy / "rbac").glob("*.yaml"))]
+
+
+def load_manifests(paths: list[Path]) -> list[dict[str, Any]]:
+    """Every object of the given (multi-document) YAML files, in order; empty documents skipped."""
+    objects: list[dict[str, Any]] = []
+    for path in paths:
+        objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return objects
+
+
+def rbac_objects(users: tuple[User, ...] = USERS, deploy: Path | None = None) -> list[dict[str, Any]]:
+    """Namespaces, roles and bindings applied right after the apiserver is up, in creation order.
+
+    First `deploy/namespace.yaml` and `deploy/rbac/*.yaml` (one source with a real install), then per
+    user: the operator user's binding to `leitstand:operator`, each tenant's namespace and its `edit`
+    RoleBinding there.
+    """
+    objects = load_manifests(deploy_rbac_files(deploy))
     for user in users:
         if "leitstand:operators" in user.groups:
             objects.append(
