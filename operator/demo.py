@@ -59,6 +59,7 @@ class DemoJob:
     priority: int = 50
     required: str | None = None
     jurisdiction: str | None = None
+    """The `leitstand.dev/jurisdiction` annotation: one jurisdiction or a comma-separated list."""
     submit_after: float = 0.0
 
 
@@ -247,7 +248,7 @@ def run_demo(api: KubeApi, report: Report = print, timeout_seconds: float = 300.
         loop.cycle()
         _nodes, gangs = loop.observe()
         schedulable_left = [
-            g for g in gangs.values() if not g.finished and g.job.jurisdiction is None
+            g for g in gangs.values() if not g.finished and not g.job.jurisdictions
         ]
         if not queue and not schedulable_left:
             break

@@ -38,6 +38,7 @@ GPU_FRACTION = "leitstand.dev/gpu-fraction"
 REQUIRED_TOPOLOGY = "leitstand.dev/topology-required"
 PREFERRED_TOPOLOGY = "leitstand.dev/topology-preferred"
 JURISDICTION = "leitstand.dev/jurisdiction"
+"""Data residency: one jurisdiction or a comma-separated list ("eu-de,eu-fr"); any of them will do."""
 ASSIGNED_GPUS = "leitstand.dev/gpus"
 """Written by the scheduler before binding: comma-separated GPU indices on the node."""
 
@@ -120,6 +121,13 @@ def _annotation(pod: Mapping[str, Any], key: str, default: str | None = None) ->
     return None if value is None else str(value)
 
 
+def jurisdictions(annotation: str | None) -> frozenset[str]:
+    """The `leitstand.dev/jurisdiction` annotation → `Job.jurisdictions` ("eu-de, eu-fr" → both; unset → any)."""
+    if annotation is None:
+        return frozenset()
+    return frozenset(part.strip() for part in annotation.split(",") if part.strip())
+
+
 def job_from_pods(pods: Iterable[Mapping[str, Any]], created_at: float) -> Gang:
     """One gang from its pods (all share `leitstand.dev/job`); shape read from the first pod."""
     members = tuple(sorted(pods, key=lambda p: str(p["metadata"]["name"])))
@@ -161,7 +169,7 @@ def job_from_pods(pods: Iterable[Mapping[str, Any]], created_at: float) -> Gang:
         memory_mib=memory_mib(requests.get("memory", "0")),
         required_level=_annotation(first, REQUIRED_TOPOLOGY),
         preferred_level=_annotation(first, PREFERRED_TOPOLOGY),
-        jurisdiction=_annotation(first, JURISDICTION),
+        jurisdictions=jurisdictions(_annotation(first, JURISDICTION)),
         priority=priority,
         preemptible=None if preemptible_text is None else preemptible_text.lower() == "true",
         created_at=created_at,

@@ -90,8 +90,13 @@ class Job:
     preferred_level: str | None = None
     """Try to fit inside one domain of this level, fall back upwards."""
     node_pool: str | None = None
-    jurisdiction: str | None = None
-    """Data residency: only nodes labelled with this jurisdiction."""
+    jurisdictions: frozenset[str] = frozenset()
+    """Data residency: empty = anywhere; else only nodes whose `Node.jurisdiction` is in the set."""
+    allowed_nodes: frozenset[NodeName] | None = None
+    """None = every node; else only these nodes (names not in the cluster are ignored). The operator
+    computes it from the pod's nodeSelector, required node affinity and taints/tolerations, and
+    shares one frozenset object among jobs with equal constraints (its hash is computed once, so
+    masks and failure memos keyed on it stay cheap)."""
     priority: int = 50
     preemptible: bool | None = None
     """None follows the Run:ai rule: priority < 100 means preemptible."""

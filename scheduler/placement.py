@@ -10,11 +10,14 @@ What it must not do: modify the state in `place_gang` (the kernels charge tentat
 raise for an unschedulable gang (that is an `Unplaceable` with a stable code and a message a human
 can act on), or hold policy logic (the policy's score and GPU choice come from `policy_kernels.py`).
 
-Stable codes: "NoMatchingNodes" (pool / jurisdiction / GPU model / schedulable leave no node),
-"Insufficient" (the matching nodes together lack GPUs, CPU or memory), "NoTopologyDomain" (no domain
-of the required level holds the whole gang), "Fragmented" (enough room in aggregate, but the greedy
-fill failed in every domain tried), "InvalidRequest", "PolicyError" (the policy chose a GPU that
-does not fit: a bug).
+Stable codes: "NoMatchingNodes" (pool / jurisdictions / GPU model / allowed nodes / schedulable
+leave no node), "NeverFits" (not even an empty cluster could hold the gang: a replica larger than
+every eligible node, a gang larger than all eligible nodes together or than the largest domain of
+its required level; no eviction can help), "Insufficient" (the matching nodes together lack free
+GPUs, CPU or memory now), "NoTopologyDomain" (no domain of the required level holds the whole gang
+now), "Fragmented" (enough room in aggregate, but the greedy fill failed in every domain tried),
+"InvalidRequest", "PolicyError" (the policy chose a GPU that does not fit: a bug). "NeverFits" is
+worked out from static capacities only when the kernel has failed, never on the success path.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from numpy.typing import NDArray
 
 from leitstand.scheduler import placement_kernels as K
 from leitstand.scheduler.codes import NONE, PolicyCode
-from leitstand.scheduler.model import GPU_MILLI, NODE_LEVEL, Job, ReplicaPlacement
+from leitstand.scheduler.model import GPU_MILLI, NODE_LEVEL, Job, NodeName, ReplicaPlacement
 from leitstand.scheduler.placement_reference import place_gang_reference
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.state import ClusterState
@@ -53,8 +56,10 @@ class GangRequest:
     """For messages only (the constraint itself is in `node_mask`)."""
     node_pool: str | None = None
     """For messages only."""
-    jurisdiction: str | None = None
+    jurisdictions: frozenset[str] = frozenset()
     """For messages only."""
+    allowed_nodes: frozenset[NodeName] | None = None
+    """For messages only (the job's node selector / affinity / tolerations; None = every node)."""
 
     @classmethod
     def for_job(cls, state: ClusterState, job: Job, *, excluded_pools: tuple[str, ...] = ()) -> GangRequest:
@@ -67,15 +72,17 @@ class GangRequest:
             memory_mib=job.memory_mib,
             node_mask=state.node_mask(
                 node_pool=job.node_pool,
-                jurisdiction=job.jurisdiction,
+                jurisdictions=job.jurisdictions,
                 gpu_models=job.gpu_models,
                 excluded_pools=excluded_pools,
+                allowed_nodes=job.allowed_nodes,
             ),
             required_level=levels.level_index(job.required_level) if job.required_level else NONE,
             preferred_level=levels.level_index(job.preferred_level) if job.preferred_level else NONE,
             gpu_models=tuple(sorted(job.gpu_models)),
             node_pool=job.node_pool,
-            jurisdiction=job.jurisdiction,
+            jurisdictions=job.jurisdictions,
+            allowed_nodes=job.allowed_nodes,
         )
 
 
@@ -100,6 +107,7 @@ class Unplaceable:
 
 
 NO_MATCHING_NODES = "NoMatchingNodes"
+NEVER_FITS = "NeverFits"
 INSUFFICIENT = "Insufficient"
 NO_TOPOLOGY_DOMAIN = "NoTopologyDomain"
 FRAGMENTED = "Fragmented"
@@ -132,15 +140,56 @@ def _shape(request: GangRequest) -> str:
     return f"{request.replicas} × {unit}{tail}"
 
 
-def _constraints(request: GangRequest) -> str:
+def _label_constraints(request: GangRequest) -> list[str]:
     parts = []
     if request.gpu_models:
         parts.append("GPU model " + "|".join(sorted(request.gpu_models)))
     if request.node_pool is not None:
         parts.append(f"node pool {request.node_pool!r}")
-    if request.jurisdiction is not None:
-        parts.append(f"jurisdiction {request.jurisdiction!r}")
+    if request.jurisdictions:
+        parts.append("jurisdiction " + "|".join(sorted(request.jurisdictions)))
+    return parts
+
+
+def _constraints(request: GangRequest) -> str:
+    parts = _label_constraints(request)
+    if request.allowed_nodes is not None:
+        count = len(request.allowed_nodes)
+        parts.append(f"node selector/affinity/tolerations ({count} allowed node{'s' if count != 1 else ''})")
     return ", ".join(parts)
+
+
+def _no_matching_nodes(state: ClusterState, request: GangRequest) -> Unplaceable:
+    """Which constraint leaves no node: the job's node constraints on their own, or with the labels."""
+    where = _constraints(request)
+    if request.allowed_nodes is None:
+        return Unplaceable(
+            NO_MATCHING_NODES,
+            f"no schedulable node matches {where or 'the request'}; check the node pool, jurisdiction and GPU model",
+        )
+    known = state.named_mask(request.allowed_nodes)
+    if not known.any():
+        return Unplaceable(
+            NO_MATCHING_NODES,
+            f"no schedulable node matches {where}: the job's node constraints exclude every node; "
+            "check its node selector, required node affinity and tolerations against the nodes' labels "
+            "and taints",
+        )
+    allowed = int((known & state.schedulable).sum())
+    if allowed == 0:
+        count = int(known.sum())
+        return Unplaceable(
+            NO_MATCHING_NODES,
+            f"no schedulable node matches {where}: the {count} node{'s' if count != 1 else ''} the job's "
+            "node selector/affinity/tolerations allow are unschedulable (cordoned or not Ready); wait for "
+            "one to return, or widen the node constraints",
+        )
+    labels = ", ".join(_label_constraints(request)) or "a node pool open to its queue"
+    return Unplaceable(
+        NO_MATCHING_NODES,
+        f"no schedulable node matches {where}: none of the {allowed} schedulable node{'s' if allowed != 1 else ''} "
+        f"the job's node selector/affinity/tolerations allow has {labels}; relax one or the other",
+    )
 
 
 def _level_name(state: ClusterState, level: int) -> str:
@@ -152,10 +201,11 @@ def _unplaceable(state: ClusterState, request: GangRequest, status: int, diag: N
     where = _constraints(request)
     of = f" of {where}" if where else ""
     if status == K.STATUS_NO_MATCHING_NODES:
-        return Unplaceable(
-            NO_MATCHING_NODES,
-            f"no schedulable node matches {where or 'the request'}; check the node pool, jurisdiction and GPU model",
-        )
+        return _no_matching_nodes(state, request)
+    if status in (K.STATUS_INSUFFICIENT, K.STATUS_NO_TOPOLOGY_DOMAIN):
+        never = never_fits(state, request)
+        if never is not None:
+            return never
     matching = int(diag[K.DIAG_MATCHING_NODES])
     total = int(diag[K.DIAG_TOTAL_REPLICAS])
     if status == K.STATUS_INSUFFICIENT:
@@ -201,6 +251,139 @@ def _unplaceable(state: ClusterState, request: GangRequest, status: int, diag: N
             "topology requirement",
         )
     return Unplaceable(POLICY_ERROR, f"placement policy chose GPUs that do not fit {shape} (a bug)")
+
+
+_MAX_FIT_CACHE = 1024
+
+
+def never_fits(state: ClusterState, request: GangRequest) -> Unplaceable | None:
+    """`NeverFits` when not even an EMPTY cluster could hold the gang inside `request.node_mask`; else None.
+
+    The gang never fits when no eligible node holds one replica (GPUs, CPU or memory capacity),
+    when all eligible nodes together hold fewer than `replicas`, or, with a required level, when
+    no eligible node carries that level's label or its largest domain holds fewer. Per node the
+    count is the kernel's on an idle node (GPUs: 0 if the node has fewer GPUs than a replica asks,
+    else ⌊gpu_count · ⌊1000 / gpu_milli⌋ / gpus⌋; CPU and memory: capacity // request), which is an
+    upper bound of what any placement can use, so a gang that could fit is never called NeverFits.
+    No eviction can help such a gang; the cycle's victim searches skip it.
+
+    Reads only static arrays (GPU counts, CPU and memory capacities, domains) and the mask, so the
+    diagnosis is memoised per request shape and mask in `state.fit_cache`. Meant for the failure
+    path (`place_gang` calls it when the kernel reports Insufficient or NoTopologyDomain): O(eligible
+    nodes) numpy work on a cache miss, hashing the mask's bytes on a hit.
+    """
+    if request.replicas <= 0:
+        return None
+    mask = np.ascontiguousarray(request.node_mask, dtype=np.bool_)
+    key = (
+        request.replicas,
+        request.gpus,
+        request.gpu_milli if request.gpus else 0,
+        request.cpu_milli,
+        request.memory_mib,
+        request.required_level,
+        mask.tobytes(),
+    )
+    cache = state.fit_cache
+    if key in cache:
+        found: tuple[str, str] | None = cache[key]
+    else:
+        found = _empty_cluster_ceiling(state, request, mask)
+        if len(cache) >= _MAX_FIT_CACHE:
+            cache.clear()
+        cache[key] = found
+    if found is None:
+        return None
+    detail, hint = found
+    where = _constraints(request)
+    eligible = f"; eligible: nodes of {where}" if where else ""
+    return Unplaceable(NEVER_FITS, f"never fits, not even on an empty cluster: {detail}{eligible}; {hint}")
+
+
+def _empty_cluster_ceiling(
+    state: ClusterState, request: GangRequest, mask: NDArray[np.bool_]
+) -> tuple[str, str] | None:
+    """(what does not fit, what to change) when the gang exceeds the idle eligible nodes; else None."""
+    nodes = np.flatnonzero(mask)
+    if nodes.size == 0:
+        return None  # NoMatchingNodes says why
+    replicas, gpus = request.replicas, request.gpus
+    gpu_count = state.gpu_count[nodes].astype(np.int64)
+    cpu = state.cpu_capacity_milli[nodes]
+    memory = state.memory_capacity_mib[nodes]
+    room = np.full(nodes.size, replicas, dtype=np.int64)
+    if gpus > 0:
+        per_gpu = GPU_MILLI // max(request.gpu_milli, 1)  # replica slices one GPU holds (1 for whole GPUs)
+        np.minimum(room, np.where(gpu_count >= gpus, gpu_count * per_gpu // gpus, 0), out=room)
+    if request.cpu_milli > 0:
+        np.minimum(room, cpu // request.cpu_milli, out=room)
+    if request.memory_mib > 0:
+        np.minimum(room, memory // request.memory_mib, out=room)
+    whole = gpus > 0 and request.gpu_milli >= GPU_MILLI
+    shape = _shape(request)
+
+    if int(room.max()) == 0:
+        hint = "no eviction can make room; ask for less per replica or for other nodes"
+        if gpus > 0 and int(gpu_count.max()) < gpus:
+            what = f"{gpus} GPU{'s' if gpus != 1 else ''}" if whole else f"slices of {gpus} distinct GPUs"
+            return f"asks {what} per replica; the largest eligible node has {int(gpu_count.max())}", hint
+        if request.cpu_milli > int(cpu.max()):
+            return (
+                f"asks {_cores(request.cpu_milli)} CPU per replica; the largest eligible node has "
+                f"{_cores(int(cpu.max()))}",
+                hint,
+            )
+        if request.memory_mib > int(memory.max()):
+            return (
+                f"asks {request.memory_mib} MiB memory per replica; the largest eligible node has "
+                f"{int(memory.max())} MiB",
+                hint,
+            )
+        return f"no eligible node has the GPUs, CPU and memory of one replica of {shape} at once", hint
+
+    total = int(room.sum())
+    if total < replicas:
+        n = int(nodes.size)
+        scope = f"all {n} eligible node{'s' if n != 1 else ''} together"
+        room_text = f"room for {total} of {replicas} replicas even when empty"
+        if whole:
+            detail = (
+                f"{shape} needs {replicas * gpus} GPUs; {scope} have {int(gpu_count.sum())} GPUs ({room_text})"
+            )
+        else:
+            detail = f"{shape}: {scope} have {room_text}"
+        return detail, "no eviction can make room; ask for fewer replicas or for more nodes"
+
+    level = request.required_level
+    if level < 0:
+        return None
+    name = _level_name(state, level)
+    hint = f"no eviction can make room; ask for fewer replicas or relax the required {name}"
+    column = state.domain[nodes, level].astype(np.int64)
+    labelled = column >= 0
+    if not labelled.any():
+        return f"the job requires one {name}, and no eligible node carries a {name} label", hint
+    ids = column[labelled]
+    n_domains = int(state.domain_count[level])
+    dom_room = np.bincount(ids, weights=room[labelled], minlength=n_domains).astype(np.int64)
+    dom_gpus = np.bincount(ids, weights=gpu_count[labelled], minlength=n_domains).astype(np.int64)
+    if int(dom_room.max()) >= replicas:
+        return None
+    best = int(np.lexsort((-dom_gpus, -dom_room))[0])  # most room, then most GPUs, then lowest id
+    domain_name = state.domain_names[level][best]
+    room_text = f"room for {int(dom_room[best])} of {replicas} replicas even when empty"
+    if whole:
+        detail = (
+            f"{shape} needs {replicas * gpus} GPUs in one {name}; the largest {name} ({domain_name}) has "
+            f"{int(dom_gpus[best])} GPUs on eligible nodes ({room_text})"
+        )
+    else:
+        detail = f"{shape} needs one {name}; the largest {name} ({domain_name}) has {room_text}"
+    return detail, hint
+
+
+def _cores(milli: int) -> str:
+    return f"{milli / 1000:g} cores"
 
 
 @dataclass(slots=True)

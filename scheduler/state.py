@@ -8,6 +8,7 @@ Layout (N nodes, G = the largest GPU count of any node, L = number of labelled t
 - `gpu_count[N]`, `gpu_free_milli[N, G]` (slots beyond a node's GPU count stay 0, so they never fit);
 - `cpu_free_milli[N]`, `cpu_capacity_milli[N]`, `memory_free_mib[N]`, `memory_capacity_mib[N]`;
 - `gpu_model[N]`, `node_pool[N]`, `jurisdiction[N]`: category codes (`codes.NONE` when absent);
+  `node_mask` turns a job's labels, jurisdictions and allowed nodes into a boolean mask;
 - `domain[N, L + 1]`: dense domain ids per level (unique per level, nested by construction because a
   domain is identified by its whole path from the top); `NONE` where the node lacks that label. The
   last column is the node level: the node's own index.
@@ -112,9 +113,12 @@ class ClusterState:
     """Static index, shape (L + 1, N + 1): members of domain d at level l are
     `domain_order[l, domain_start[l, d] : domain_start[l, d + 1]]`."""
     score_cache: dict[Any, Any] = field(default_factory=dict)
+    """Owned by `placement.py`: cached policy scores per request shape, checked against node_version."""
     mask_cache: dict[Any, Any] = field(default_factory=dict)
     """Static label masks memoised by `node_mask` (shared by copies: the labels never change)."""
-    """Owned by `placement.py`: cached policy scores per request shape, checked against node_version."""
+    fit_cache: dict[Any, Any] = field(default_factory=dict)
+    """Owned by `placement.py`: "never fits" diagnoses per request shape and node mask. They read
+    only static arrays (capacities, domains), so copies share them."""
 
     def __post_init__(self) -> None:
         if self.domain_order.shape != self.domain.shape[::-1]:
@@ -279,6 +283,7 @@ class ClusterState:
             domain_start=self.domain_start,
             score_cache=self.score_cache,
             mask_cache=self.mask_cache,
+            fit_cache=self.fit_cache,
         )
 
     # -- sizes ----------------------------------------------------------------------------------
@@ -371,18 +376,25 @@ class ClusterState:
         self,
         *,
         node_pool: str | None = None,
-        jurisdiction: str | None = None,
+        jurisdictions: Iterable[str] = frozenset(),
         gpu_models: Iterable[str] = (),
         excluded_pools: Iterable[str] = (),
+        allowed_nodes: frozenset[NodeName] | None = None,
     ) -> NDArray[np.bool_]:
-        """Nodes a job may use: schedulable, in its pool and jurisdiction, of an allowed model.
+        """Nodes a job may use: schedulable, in its pool, in one of its jurisdictions (any when
+        empty), of an allowed model, and among `allowed_nodes` (every node when None; names not in
+        the cluster are ignored).
 
-        The label part is static, so it is memoised per (pool, jurisdiction, models, excluded pools)
-        in `mask_cache` (shared by copies); `schedulable` is applied fresh on every call. The result
-        is a new array the caller may modify.
+        The static part (labels and allowed nodes) is memoised in `mask_cache` (shared by copies);
+        `schedulable` is applied fresh on every call. The key holds `jurisdictions` and
+        `allowed_nodes` as the frozensets themselves: a frozenset computes its hash once, and a
+        cache hit with the very object a previous call used compares by identity, so jobs that
+        share one frozenset object (as the operator builds them) cost O(1) here however many nodes
+        the set names. The result is a new array the caller may modify.
         """
         models = tuple(sorted(set(gpu_models)))
-        key = (node_pool, jurisdiction, models, tuple(sorted(set(excluded_pools))))
+        places = frozenset(jurisdictions)  # the same object when it already is a frozenset
+        key = (node_pool, places, models, tuple(sorted(set(excluded_pools))), allowed_nodes)
         static = self.mask_cache.get(key)
         if static is None:
             static = np.ones(self.n_nodes, dtype=np.bool_)
@@ -391,14 +403,25 @@ class ClusterState:
             for pool in key[3]:
                 if pool in self.pool_codes:
                     static &= self.node_pool != self.pool_codes[pool]
-            if jurisdiction is not None:
-                static &= self.jurisdiction == self.jurisdiction_codes.get(jurisdiction, -2)
+            if places:
+                codes = [self.jurisdiction_codes.get(j, -2) for j in sorted(places)]
+                static &= np.isin(self.jurisdiction, np.array(codes, dtype=INDEX_DTYPE))
             if models:
                 codes = [self.model_codes.get(m, -2) for m in models]
                 static &= np.isin(self.gpu_model, np.array(codes, dtype=INDEX_DTYPE))
+            if allowed_nodes is not None:
+                static &= self.named_mask(allowed_nodes)
             static.setflags(write=False)
             if len(self.mask_cache) >= 1024:
                 self.mask_cache.clear()
             self.mask_cache[key] = static
         mask: NDArray[np.bool_] = static & self.schedulable
+        return mask
+
+    def named_mask(self, names: Iterable[NodeName]) -> NDArray[np.bool_]:
+        """A new mask of the nodes with these names; names not in the cluster are ignored."""
+        index = self.node_index
+        rows = np.fromiter((index[n] for n in names if n in index), dtype=np.intp)
+        mask = np.zeros(self.n_nodes, dtype=np.bool_)
+        mask[rows] = True
         return mask

@@ -80,8 +80,14 @@ def make_job(
     cpu_milli: int = 0,
     memory_mib: int = 0,
     created_at: float = 0.0,
+    jurisdictions: Iterable[str] = (),
+    allowed_nodes: Iterable[str] | None = None,
 ) -> Job:
-    """A gang of `replicas` × `gpus` whole GPUs; `gpu=0.25` makes each replica one 250-milli slice."""
+    """A gang of `replicas` × `gpus` whole GPUs; `gpu=0.25` makes each replica one 250-milli slice.
+
+    Data residency: `jurisdiction="eu"` (one) or `jurisdictions=["eu-de", "eu-fr"]` (any of them);
+    both are merged. `allowed_nodes=["n0", "n1"]`: only these nodes (None = every node).
+    """
     if gpu is not None:
         if not 0 < gpu <= 1:
             raise ValueError(f"make_job: gpu={gpu} must be a fraction in (0, 1]; use gpus=N for whole GPUs")
@@ -100,7 +106,8 @@ def make_job(
         required_level=required,
         preferred_level=preferred,
         node_pool=pool,
-        jurisdiction=jurisdiction,
+        jurisdictions=frozenset(jurisdictions) | ({jurisdiction} if jurisdiction is not None else set()),
+        allowed_nodes=None if allowed_nodes is None else frozenset(NodeName(n) for n in allowed_nodes),
         priority=priority,
         preemptible=preemptible,
         created_at=created_at,

@@ -27,14 +27,15 @@ from leitstand.scheduler.model import (
     Snapshot,
 )
 from leitstand.scheduler.ordering import WorkQueue
-from leitstand.scheduler.placement import GangRequest
+from leitstand.scheduler.placement import NEVER_FITS, GangRequest
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.statement import Statement, gpus
 from leitstand.scheduler.victims import Accept, Admissible, VictimPool, choose_victims
 
 
 class Code:
-    """Stable pending-reason codes the cycle itself emits (placement adds its own, e.g. NoTopologyDomain)."""
+    """Stable pending-reason codes the cycle itself emits (placement adds its own, e.g. NoTopologyDomain;
+    `NEVER_FITS` is placement's, listed here because the actions treat it as a block)."""
 
     QUEUE_AT_LIMIT = "QueueAtLimit"
     NON_PREEMPTIBLE_OVER_QUOTA = "NonPreemptibleOverQuota"
@@ -43,6 +44,8 @@ class Code:
     INVALID_REQUEST = "InvalidRequest"
     POOL_NOT_ALLOWED = "PoolNotAllowed"
     CYCLE_BUDGET = "CycleBudget"
+    NEVER_FITS = NEVER_FITS
+    """Not even an empty cluster could hold the gang (`placement.never_fits`); no victim search."""
 
 
 POLICY_BLOCKS = frozenset(
@@ -53,6 +56,7 @@ POLICY_BLOCKS = frozenset(
         Code.INVALID_REQUEST,
         Code.POOL_NOT_ALLOWED,
         Code.CYCLE_BUDGET,
+        Code.NEVER_FITS,
     }
 )
 """Reasons that no eviction can cure (other than preemption inside the queue for QueueAtLimit)."""
@@ -215,6 +219,7 @@ class CycleContext:
             job.required_level,
             job.preferred_level,
             job.node_pool,
-            job.jurisdiction,
+            job.jurisdictions,
+            job.allowed_nodes,  # hashed once per frozenset; equal sets share a memo entry
             self.reserved_pools.get(job.queue),
         )

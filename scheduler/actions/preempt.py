@@ -8,7 +8,9 @@ Who calls it: `cycle.run_cycle`, after reclaim. Rules:
 - preemption never grows a queue beyond its fair share (it may stay where it is);
 - victims are chosen topology-aware (`victims.choose_victims`) and the job is bound in the same plan.
 A non-preemptible job over its queue's quota is not helped by stopping preemptible jobs, so it is
-left with its `NonPreemptibleOverQuota` reason.
+left with its `NonPreemptibleOverQuota` reason. A job that never fits (`NeverFits`, see
+`placement.never_fits`) gets no victim search; one blocked by its queue's limit is checked here,
+since allocate did not try to place it, and then waits with `NeverFits`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from leitstand.scheduler.actions.context import (
     ShapeKey,
 )
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
-from leitstand.scheduler.placement import GangPlacement, GangRequest
+from leitstand.scheduler.placement import GangPlacement, GangRequest, never_fits
 from leitstand.scheduler.victims import VictimPool
 
 __all__ = ["run"]
@@ -61,6 +63,13 @@ def run(ctx: CycleContext) -> None:
         if isinstance(request, PendingReason):
             ctx.reasons[job.id] = request
             continue
+        if current is not None and current.code in _CURABLE:
+            # Allocate never placed this job (its queue was at its limit), so nobody has asked yet
+            # whether it fits at all; a gang no empty cluster could hold gets no victim search.
+            never = never_fits(ctx.stmt.state, request)  # memoised per shape and mask
+            if never is not None:
+                ctx.wait(job, never.code, never.message)
+                continue
         memo = (job.queue, job.priority, ctx.shape_key(job, request))
         if memo in failed:
             continue

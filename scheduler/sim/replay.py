@@ -128,6 +128,7 @@ class Scheduler(Protocol):
 
 
 def _shape(job: Job) -> tuple[object, ...]:
+    """Everything `GangRequest.for_job` reads: jobs with equal shapes share one request (and its mask)."""
     return (
         job.replicas,
         job.gpus,
@@ -136,8 +137,10 @@ def _shape(job: Job) -> tuple[object, ...]:
         job.memory_mib,
         job.gpu_models,
         job.node_pool,
-        job.jurisdiction,
+        job.jurisdictions,
+        job.allowed_nodes,
         job.required_level,
+        job.preferred_level,
     )
 
 

@@ -210,6 +210,13 @@ class _Parser:
                         topology.level_index(level)
                     except ValueError as exc:
                         raise self.fail(f"{where}.topology", str(exc)) from None
+            unknown = sorted((job.allowed_nodes or frozenset()) - set(node_by_name))
+            if unknown:
+                known = ", ".join(sorted(node_by_name)[:8]) + (", ..." if len(node_by_name) > 8 else "")
+                raise self.fail(
+                    f"{where}.allowed_nodes",
+                    f"unknown node(s) {', '.join(map(repr, unknown))} (nodes: {known or 'none'})",
+                )
 
         demand: dict[QueueName, int] = {}
         for job in [*(r.job for r in running), *pending]:
@@ -342,7 +349,7 @@ class _Parser:
 
     _JOB_KEYS = frozenset(
         {"id", "queue", "replicas", "gpus", "gpu", "priority", "preemptible", "topology", "created_at",
-         "model", "models", "pool", "jurisdiction", "cpu", "memory_gib"}
+         "model", "models", "pool", "jurisdiction", "jurisdictions", "allowed_nodes", "cpu", "memory_gib"}
     )  # fmt: skip
 
     def job(self, raw: Any, where: str, extra_keys: frozenset[str] = frozenset()) -> Job:
@@ -361,6 +368,17 @@ class _Parser:
         topo = self.mapping(j.get("topology", {}), f"{where}.topology", {"required", "preferred"})
         models = j.get("models", [j["model"]] if "model" in j else [])
         preemptible = j.get("preemptible")
+        if "jurisdiction" in j and "jurisdictions" in j:
+            raise self.fail(f"{where}.jurisdictions", "give jurisdiction (one) or jurisdictions (a list), not both")
+        places = (
+            [self.text(j["jurisdiction"], f"{where}.jurisdiction")]
+            if j.get("jurisdiction") is not None
+            else [
+                self.text(v, f"{where}.jurisdictions[{k}]")
+                for k, v in enumerate(self.seq(j.get("jurisdictions"), f"{where}.jurisdictions"))
+            ]
+        )
+        allowed = j.get("allowed_nodes")
         return Job(
             id=JobId(self.text(j["id"], f"{where}.id")),
             queue=QueueName(self.text(j["queue"], f"{where}.queue")),
@@ -373,7 +391,13 @@ class _Parser:
             required_level=None if topo.get("required") is None else str(topo["required"]),
             preferred_level=None if topo.get("preferred") is None else str(topo["preferred"]),
             node_pool=None if j.get("pool") is None else str(j["pool"]),
-            jurisdiction=None if j.get("jurisdiction") is None else str(j["jurisdiction"]),
+            jurisdictions=frozenset(places),
+            allowed_nodes=None
+            if allowed is None
+            else frozenset(
+                NodeName(self.text(v, f"{where}.allowed_nodes[{k}]"))
+                for k, v in enumerate(self.seq(allowed, f"{where}.allowed_nodes"))
+            ),
             priority=self.integer(j.get("priority", 50), f"{where}.priority", minimum=-(2**31)),
             preemptible=None if preemptible is None else self.flag(preemptible, f"{where}.preemptible"),
             created_at=self.number(j.get("created_at", 0.0), f"{where}.created_at", minimum=-math.inf),

@@ -12,6 +12,7 @@ from leitstand.scheduler.placement import (
     FRAGMENTED,
     INSUFFICIENT,
     INVALID_REQUEST,
+    NEVER_FITS,
     NO_MATCHING_NODES,
     NO_TOPOLOGY_DOMAIN,
     GangPlacement,
@@ -94,16 +95,26 @@ def test_preferred_level_falls_back_upwards_then_anywhere(engine: str) -> None:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_required_level_excludes_unlabelled_nodes(engine: str) -> None:
-    nodes = [make_node("a", topology=("s0", "r0")), make_node("b", topology=("", ""))]
+    nodes = [
+        make_node("a", topology=("s0", "r0")),
+        make_node("a2", topology=("s0", "r0")),
+        make_node("b", topology=("", "")),
+    ]
     state = ClusterState.from_nodes(nodes, Topology(("spine", "rack")))
+    _use(state, 1, 2)
     result = _place(state, {"gpus": 8, "replicas": 2, "required": "rack"}, engine)
     assert isinstance(result, Unplaceable) and result.code == INSUFFICIENT
-    assert "1 matching nodes with a rack label hold 1 of 2 replicas" in result.message
+    assert "2 matching nodes with a rack label hold 1 of 2 replicas" in result.message
+    # without a2, rack r0 could never hold both replicas: the unlabelled node b does not count
+    small = ClusterState.from_nodes([nodes[0], nodes[2]], Topology(("spine", "rack")))
+    result = _place(small, {"gpus": 8, "replicas": 2, "required": "rack"}, engine)
+    assert isinstance(result, Unplaceable) and result.code == NEVER_FITS
+    assert "needs 16 GPUs in one rack; the largest rack (r0) has 8 GPUs" in result.message
     unlabelled = ClusterState.from_nodes([make_node("b", topology=("", ""))], Topology(("spine", "rack")))
     result = _place(unlabelled, {"gpus": 8, "required": "rack"}, engine)
-    assert isinstance(result, Unplaceable) and result.code == NO_TOPOLOGY_DOMAIN
-    assert "carries a rack label" in result.message
-    ok = _place(state, {"gpus": 8, "replicas": 2}, engine)
+    assert isinstance(result, Unplaceable) and result.code == NEVER_FITS
+    assert "no eligible node carries a rack label" in result.message
+    ok = _place(small, {"gpus": 8, "replicas": 2}, engine)
     assert isinstance(ok, GangPlacement)
 
 
@@ -115,7 +126,17 @@ def test_slices_stack_on_one_gpu(engine: str) -> None:
     assert result.nodes.tolist() == [0, 0, 0, 0]
     assert result.gpus.ravel().tolist() == [0, 0, 0, 0]
     too_many = _place(state, {"gpu": 0.25, "replicas": 5}, engine)
-    assert isinstance(too_many, Unplaceable) and too_many.code == INSUFFICIENT
+    assert isinstance(too_many, Unplaceable) and too_many.code == NEVER_FITS
+    assert "room for 4 of 5 replicas even when empty" in too_many.message
+    apply_placement(state, GangRequest.for_job(state, make_job(gpu=0.25, replicas=2)), _slices(state, 2))
+    busy = _place(state, {"gpu": 0.25, "replicas": 3}, engine)
+    assert isinstance(busy, Unplaceable) and busy.code == INSUFFICIENT
+
+
+def _slices(state: ClusterState, replicas: int) -> GangPlacement:
+    result = _place(state, {"gpu": 0.25, "replicas": replicas})
+    assert isinstance(result, GangPlacement)
+    return result
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -125,8 +146,10 @@ def test_insufficient_says_what_is_missing(engine: str) -> None:
     _use(state, 0, 8)
     result = _place(state, {"gpus": 4, "replicas": 3, "cpu_milli": 100_000}, engine)
     assert isinstance(result, Unplaceable) and result.code == INSUFFICIENT
-    assert "hold 2 of 3 replicas" in result.message or "hold" in result.message
-    result = _place(state, {"gpus": 1, "cpu_milli": 10**9}, engine)
+    assert "hold 2 of 3 replicas" in result.message
+    assert "1 nodes with too few free GPUs" in result.message
+    state.allocate(1, [], 0, 200_000, 0)
+    result = _place(state, {"gpus": 1, "cpu_milli": 100_000}, engine)
     assert isinstance(result, Unplaceable) and result.code == INSUFFICIENT
     assert "too little free CPU" in result.message
 

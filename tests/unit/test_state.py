@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from builders import make_cluster, make_node
 
-from leitstand.scheduler.model import Topology
+from leitstand.scheduler.model import NodeName, Topology
 from leitstand.scheduler.state import ClusterState, StateError
 
 
@@ -97,8 +97,49 @@ def test_node_mask_is_memoised_but_follows_schedulable() -> None:
     assert first.tolist() == [True, False, True]
     first[:] = False  # the caller's copy: the memo is unaffected
     assert state.node_mask(gpu_models=["B200"]).tolist() == [True, False, True]
-    assert state.node_mask(node_pool="p", jurisdiction="eu").tolist() == [True, True, False]
+    assert state.node_mask(node_pool="p", jurisdictions=frozenset({"eu"})).tolist() == [True, True, False]
     assert state.node_mask(excluded_pools=["p"]).tolist() == [False, False, True]
     state.schedulable[2] = False
     assert state.node_mask(gpu_models=["B200"]).tolist() == [True, False, False]
     assert state.copy().mask_cache is state.mask_cache
+
+
+def test_node_mask_jurisdictions_is_any_of_the_set() -> None:
+    nodes = [
+        make_node("de", jurisdiction="eu-de"),
+        make_node("fr", jurisdiction="eu-fr"),
+        make_node("us", jurisdiction="us"),
+        make_node("none"),
+    ]
+    state = ClusterState.from_nodes(nodes)
+    assert state.node_mask(jurisdictions=frozenset()).tolist() == [True] * 4  # empty = anywhere
+    assert state.node_mask(jurisdictions=frozenset({"eu-de", "eu-fr"})).tolist() == [True, True, False, False]
+    assert state.node_mask(jurisdictions=frozenset({"eu-de", "ch"})).tolist() == [True, False, False, False]
+    assert state.node_mask(jurisdictions=frozenset({"ch"})).tolist() == [False] * 4
+
+
+def test_node_mask_allowed_nodes() -> None:
+    nodes = [make_node(f"n{i}", model="B200" if i % 2 == 0 else "H100") for i in range(4)]
+    state = ClusterState.from_nodes(nodes)
+    allowed = frozenset({NodeName("n0"), NodeName("n1"), NodeName("gone")})  # unknown names are ignored
+    assert state.node_mask(allowed_nodes=None).tolist() == [True] * 4
+    assert state.node_mask(allowed_nodes=allowed).tolist() == [True, True, False, False]
+    assert state.node_mask(allowed_nodes=allowed, gpu_models=["B200"]).tolist() == [True, False, False, False]
+    assert state.node_mask(allowed_nodes=frozenset()).tolist() == [False] * 4
+    state.schedulable[1] = False
+    assert state.node_mask(allowed_nodes=allowed).tolist() == [True, False, False, False]
+
+
+def test_node_mask_memo_keys_on_the_allowed_set_itself() -> None:
+    state = ClusterState.from_nodes([make_node(f"n{i}") for i in range(3)])
+    shared = frozenset({NodeName("n0"), NodeName("n2")})
+    first = state.node_mask(allowed_nodes=shared)
+    entries = len(state.mask_cache)
+    # the same object and an equal one hit the same entry; a different set gets its own
+    assert state.node_mask(allowed_nodes=shared).tolist() == first.tolist()
+    assert state.node_mask(allowed_nodes=frozenset({NodeName("n2"), NodeName("n0")})).tolist() == first.tolist()
+    assert len(state.mask_cache) == entries
+    assert state.node_mask(allowed_nodes=frozenset({NodeName("n1")})).tolist() == [False, True, False]
+    assert len(state.mask_cache) == entries + 1
+    assert [k for k in state.mask_cache if k[-1] is shared], "the key holds the frozenset itself"
+    assert state.copy().fit_cache is state.fit_cache
