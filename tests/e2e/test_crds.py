@@ -9,6 +9,7 @@ rely on the CRDs); the objects this module creates are deleted at its end.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import time
 import uuid
@@ -328,7 +329,7 @@ def test_builtin_roles_aggregate_trainingjobs(api: Cluster) -> None:
         )
 
     for role, verb in (("edit", "create"), ("admin", "delete"), ("view", "list")):
-        wait_for(lambda r=role, v=verb: grants(r, v), 30, f"{role} to aggregate {verb} trainingjobs")
+        wait_for(functools.partial(grants, role, verb), 30, f"{role} to aggregate {verb} trainingjobs")
     assert not grants("view", "create")
 
 
