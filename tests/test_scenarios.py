@@ -163,6 +163,16 @@ def check_plan(scenario: Scenario, plan: Plan) -> None:
             "expect: {bound: [], fair_share: {a: 0}}\n",
             r"`only: fairshare` runs no cycle: drop bound",
         ),
+        (
+            "cluster: {nodes: [{count: 2}]}\nqueues: [{name: a}]\n"
+            "pending: [{id: p, queue: a, allowed_nodes: [n1, n9, gpu-0]}]\nexpect: {}\n",
+            r"pending\[0\]\.allowed_nodes: unknown node\(s\) 'gpu-0', 'n9' \(nodes: n0, n1\)",
+        ),
+        (
+            "cluster: {nodes: [{count: 1}]}\nqueues: [{name: a}]\n"
+            "pending: [{id: p, queue: a, jurisdiction: de, jurisdictions: [fr]}]\nexpect: {}\n",
+            r"pending\[0\]\.jurisdictions: give jurisdiction \(one\) or jurisdictions \(a list\), not both",
+        ),
     ],
 )
 def test_loader_errors_name_the_file_and_field(tmp_path: Path, text: str, match: str) -> None:
@@ -170,3 +180,16 @@ def test_loader_errors_name_the_file_and_field(tmp_path: Path, text: str, match:
     bad.write_text(text)
     with pytest.raises(ScenarioError, match=match):
         load_scenario(bad)
+
+
+def test_loader_reads_eligibility_keys(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        "cluster: {nodes: [{count: 2}]}\nqueues: [{name: a}]\n"
+        "pending: [{id: p, queue: a, allowed_nodes: [n1], jurisdictions: [de, fr]},"
+        " {id: q, queue: a, jurisdiction: de}, {id: r, queue: a}]\nexpect: {}\n"
+    )
+    p, q, r = load_scenario(path).snapshot.pending
+    assert p.allowed_nodes == {"n1"} and p.jurisdictions == {"de", "fr"}
+    assert q.allowed_nodes is None and q.jurisdictions == {"de"}
+    assert r.allowed_nodes is None and r.jurisdictions == frozenset()

@@ -7,6 +7,9 @@ which raises on any over-commit; and checks what the plan must never do:
 
 - no GPU above 1000 milli, no CPU or memory above capacity (the state's own checks);
 - gangs all-or-nothing, required topology respected, reservations respected;
+- node eligibility respected: every replica (also of a job moved by consolidation) on one of the
+  job's `allowed_nodes` and in one of its `jurisdictions`;
+- a job pending with NeverFits could not be placed on the empty cluster either;
 - no queue above its limit at any level (unless it already was before the cycle);
 - non-preemptible jobs only within quota (same proviso);
 - every eviction names a preemptor that is bound in the same plan, and that preemptor's
@@ -31,6 +34,7 @@ from leitstand.scheduler.model import (
     EvictionKind,
     Job,
     Node,
+    NodeName,
     Plan,
     Queue,
     QueueName,
@@ -39,7 +43,7 @@ from leitstand.scheduler.model import (
     Snapshot,
     Topology,
 )
-from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang, replica_placements
+from leitstand.scheduler.placement import NEVER_FITS, GangPlacement, GangRequest, place_gang, replica_placements
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.state import ClusterState
 
@@ -80,7 +84,23 @@ def _queue_tree(draw: st.DrawFn) -> tuple[Queue, ...]:
     return tuple(queues)
 
 
-def _job(draw: st.DrawFn, job_id: str, queue: str, created_at: float) -> Job:
+def _eligibility(draw: st.DrawFn, names: list[str]) -> list[frozenset[NodeName] | None]:
+    """The world's distinct `allowed_nodes` sets; jobs with equal constraints share one object, as
+    the operator builds them. None (every node) is the most common."""
+    subsets = [
+        frozenset(NodeName(n) for n in draw(st.sets(st.sampled_from(names), min_size=size)))
+        for size in (0, len(names) // 2)
+    ]
+    return [None] * 10 + subsets
+
+
+def _job(
+    draw: st.DrawFn,
+    job_id: str,
+    queue: str,
+    created_at: float,
+    allowed: list[frozenset[NodeName] | None] | None = None,
+) -> Job:
     replicas = draw(st.integers(1, 3))
     fraction = draw(st.sampled_from([None, None, None, 0.5, 0.25]))
     gpus = 1 if fraction is not None else draw(st.sampled_from([1, 2, 4]))
@@ -95,7 +115,10 @@ def _job(draw: st.DrawFn, job_id: str, queue: str, created_at: float) -> Job:
         required=draw(st.sampled_from([None, None, "rack", "node"])) if replicas > 1 else None,
         cpu_milli=draw(st.sampled_from([0, 8_000])),
         created_at=created_at,
+        jurisdictions=draw(st.sampled_from([()] * 8 + [("de",), ("de", "fr")])),
     )
+    if allowed is not None:
+        job = dataclasses.replace(job, allowed_nodes=draw(st.sampled_from(allowed)))
     return job
 
 
@@ -111,9 +134,11 @@ def worlds(draw: st.DrawFn, borrowers: bool = False) -> World:
                 draw(st.sampled_from([4, 8])),
                 cpu_milli=32_000,
                 pool="res" if i == n_nodes - 1 and draw(st.booleans()) else "default",
+                jurisdiction=draw(st.sampled_from(["", "de", "fr"])),
                 topology=(f"r{i // 2}",),
             )
         )
+    allowed = _eligibility(draw, [n.name for n in nodes])
     queues = _queue_tree(draw)
     tree = build_queue_tree(queues)
     leaves = list(tree.leaves)
@@ -128,7 +153,7 @@ def worlds(draw: st.DrawFn, borrowers: bool = False) -> World:
     running: list[RunningJob] = []
     for k in range(draw(st.integers(0, 16) if not borrowers else st.integers(8, 20))):
         queue = draw(st.sampled_from(busy))
-        job = _job(draw, f"run-{k}", queue, created_at=float(k))
+        job = _job(draw, f"run-{k}", queue, created_at=float(k), allowed=allowed)
         path = tree.path(queue)
         if any((lim := tree.queues[q].limit_milli) is not None and used[q] + job.gpu_milli_total > lim for q in path):
             continue
@@ -146,7 +171,10 @@ def worlds(draw: st.DrawFn, borrowers: bool = False) -> World:
         for q in path:
             used[q] += job.gpu_milli_total
         running.append(held)
-    pending = [_job(draw, f"p-{k}", draw(st.sampled_from(idle)), 100.0 + k) for k in range(draw(st.integers(1, 8)))]
+    pending = [
+        _job(draw, f"p-{k}", draw(st.sampled_from(idle)), 100.0 + k, allowed=allowed)
+        for k in range(draw(st.integers(1, 8)))
+    ]
     config = SchedulerConfig(
         min_runtime_seconds=MIN_RUNTIME,
         consolidation=draw(st.booleans()),
@@ -208,6 +236,12 @@ def check_plan(world: World, plan: Plan) -> None:
             else:
                 level = snap.topology.level_index(job.required_level)
                 assert len({nodes[p.node].topology[level] for p in b.placements}) == 1
+        # Node eligibility: allowed nodes and data residency.
+        for p in b.placements:
+            if job.allowed_nodes is not None:
+                assert p.node in job.allowed_nodes, f"{b.job_id} on {p.node}, outside its allowed nodes"
+            if job.jurisdictions:
+                assert nodes[p.node].jurisdiction in job.jurisdictions, f"{b.job_id} on {p.node}: wrong jurisdiction"
         # Reservations: a reserved pool serves only its queue.
         owner = {q.node_pool: q.name for q in snap.queues if q.node_pool is not None}
         for p in b.placements:
@@ -247,6 +281,20 @@ def check_plan(world: World, plan: Plan) -> None:
         assert (job_id in bound) != (job_id in reasons), f"{job_id}: bound and pending, or neither"
     for r in plan.pending:
         assert r.code and r.message
+    # NeverFits: not even the empty cluster holds the job (with the cycle's reservations applied).
+    never = [pending[r.job_id] for r in plan.pending if r.code == NEVER_FITS]
+    if never:
+        empty = ClusterState.from_nodes(snap.nodes, snap.topology)
+        policy = PolicyContext.build(empty)
+        reserved = {q.name: q.node_pool for q in snap.queues}
+        all_reserved = {p for p in reserved.values() if p is not None}
+        for job in never:
+            own = reserved[job.queue]
+            if own is not None:
+                job = dataclasses.replace(job, node_pool=own)
+            excluded = tuple(sorted(p for p in all_reserved if p != own))
+            result = place_gang(empty, GangRequest.for_job(empty, job, excluded_pools=excluded), policy)
+            assert not isinstance(result, GangPlacement), f"{job.id}: NeverFits, but fits the empty cluster"
     capacity = sum(n.gpus for n in snap.nodes if n.schedulable) * GPU_MILLI
     tops = [q.name for q in snap.queues if q.parent is None]
     assert sum(plan.fair_share_milli[q] for q in tops) <= capacity + 1e-6
@@ -260,6 +308,10 @@ def test_cycle_invariants(world: World) -> None:
     for kind in sorted({e.kind.value for e in plan.evictions}):
         event(f"eviction: {kind}")
     event(f"bound: {min(len(plan.bindings), 3)}")
+    for code in sorted({r.code for r in plan.pending}):
+        event(f"pending: {code}")
+    if any(j.allowed_nodes is not None for j in world.snapshot.pending if j.id in {b.job_id for b in plan.bindings}):
+        event("bound with allowed_nodes")
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

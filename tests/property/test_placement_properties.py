@@ -5,26 +5,57 @@
 - gangs are all or nothing: a result is either a placement of every replica or an Unplaceable, and
   `place_gang` itself never changes the state;
 - a required topology level is always respected (every replica in one labelled domain of it);
-- every replica sits on a node of the request's mask with distinct GPUs.
+- every replica sits on a node of the request's mask with distinct GPUs, and on one of its
+  `allowed_nodes` when the request names them;
+- "never fits" is exact: NeverFits is claimed only for gangs an empty cluster cannot hold either,
+  and on an empty cluster a gang that does not fit is NeverFits (or NoMatchingNodes, or Fragmented
+  where greedy slice packing fails), never Insufficient or NoTopologyDomain.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from placement_cases import random_request, random_state
 
 from leitstand.scheduler.codes import PolicyCode
-from leitstand.scheduler.model import GPU_MILLI
+from leitstand.scheduler.model import GPU_MILLI, NodeName
 from leitstand.scheduler.placement import (
+    FRAGMENTED,
+    NEVER_FITS,
+    NO_MATCHING_NODES,
     GangPlacement,
+    GangRequest,
     Unplaceable,
     apply_placement,
     place_gang,
     release_placement,
 )
 from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.state import ClusterState
+
+
+def _with_allowed_nodes(state: ClusterState, request: GangRequest, rng: np.random.Generator) -> GangRequest:
+    """Sometimes restrict the request to a random set of node names (as `GangRequest.for_job` would)."""
+    if rng.random() < 0.6:
+        return request
+    names = frozenset(NodeName(n) for n in state.node_names if rng.random() < 0.5)
+    mask = request.node_mask & state.node_mask(allowed_nodes=names)
+    return dataclasses.replace(request, node_mask=mask, allowed_nodes=names)
+
+
+def _emptied(state: ClusterState) -> ClusterState:
+    """The same cluster with nothing running."""
+    empty = state.copy()
+    for n in range(empty.n_nodes):
+        empty.gpu_free_milli[n, : int(empty.gpu_count[n])] = GPU_MILLI
+    empty.cpu_free_milli[:] = empty.cpu_capacity_milli
+    empty.memory_free_mib[:] = empty.memory_capacity_mib
+    empty.refresh_aggregates()
+    return empty
 
 
 @settings(max_examples=60, deadline=None)
@@ -40,7 +71,7 @@ def test_placement_invariants(seed: int, n_nodes: int, fill: float, policy: Poli
     rng = np.random.default_rng(seed)
     placed = []
     for i in range(12):
-        request = random_request(state, rng)
+        request = _with_allowed_nodes(state, random_request(state, rng), rng)
         before = (state.gpu_free_milli.copy(), state.cpu_free_milli.copy(), state.memory_free_mib.copy())
         result = place_gang(state, request, ctx, nonce=i)
         # place_gang never changes the state, placed or not
@@ -55,6 +86,8 @@ def test_placement_invariants(seed: int, n_nodes: int, fill: float, policy: Poli
         for r in range(request.replicas):
             node = int(result.nodes[r])
             assert request.node_mask[node]
+            if request.allowed_nodes is not None:
+                assert state.node_names[node] in request.allowed_nodes
             used = [int(g) for g in result.gpus[r] if g >= 0]
             assert len(used) == request.gpus
             assert len(set(used)) == len(used)
@@ -74,3 +107,27 @@ def test_placement_invariants(seed: int, n_nodes: int, fill: float, policy: Poli
         release_placement(state, request, result)
     assert state.gpu_free_milli.max() <= GPU_MILLI
     assert (state.cpu_free_milli <= state.cpu_capacity_milli).all()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    n_nodes=st.integers(1, 14),
+    fill=st.floats(0.0, 1.0),
+)
+def test_never_fits_means_an_empty_cluster_cannot_hold_the_gang(seed: int, n_nodes: int, fill: float) -> None:
+    state = random_state(seed, n_nodes, fill)
+    empty = _emptied(state)
+    ctx, empty_ctx = PolicyContext.build(state), PolicyContext.build(empty)
+    rng = np.random.default_rng(seed)
+    for _ in range(12):
+        request = _with_allowed_nodes(state, random_request(state, rng), rng)
+        now = place_gang(state, request, ctx)
+        ever = place_gang(empty, request, empty_ctx)
+        event(f"now: {now.code if isinstance(now, Unplaceable) else 'placed'}")
+        if isinstance(now, Unplaceable) and now.code == NEVER_FITS:
+            assert isinstance(ever, Unplaceable) and ever.code == NEVER_FITS, (now, ever)
+        if isinstance(ever, Unplaceable):
+            assert ever.code in (NEVER_FITS, NO_MATCHING_NODES, FRAGMENTED), ever
+            if ever.code == FRAGMENTED:
+                assert request.gpus > 1 and request.gpu_milli < GPU_MILLI, ever
