@@ -7,6 +7,7 @@ Called by the console script `leitstand` (pyproject). Each group lives next to w
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,6 +24,43 @@ app = typer.Typer(
 app.add_typer(cluster_app, name="cluster", help="The local Kubernetes cluster with simulated GPU nodes.")
 app.add_typer(simulate_app, name="simulate", help="Trace-driven simulations of the scheduling core.")
 app.add_typer(bench_app, name="bench", help="Benchmarks that print numbers (JSON with --json).")
+
+
+@app.command("run")
+def run_service(
+    kubeconfig: Annotated[
+        str | None, typer.Option(help="Kubeconfig file [default: $KUBECONFIG, in-cluster, ~/.kube/config].")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Service configuration (YAML; topology levels, scheduler knobs).")
+    ] = None,
+    identity: Annotated[str | None, typer.Option(help="Lease holder identity [default: host-pid].")] = None,
+    check: Annotated[
+        bool, typer.Option(help="Load the configuration and compile the kernels, print the time, exit.")
+    ] = False,
+) -> None:
+    """The operator: schedule TrainingJobs and Queues (and plain pods) on the cluster."""
+    from leitstand.operator.service.config import ConfigError, load_config
+
+    try:
+        settings = load_config(config)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    if check:
+        from leitstand.operator.service.run import warm_up
+
+        typer.echo(f"run --check: configuration ok; kernels ready in {warm_up():.2f} s")
+        return
+    from leitstand.operator.service.kubeclient import ConfigError as KubeConfigError
+    from leitstand.operator.service.run import main as run_main
+
+    try:
+        code = run_main(settings, kubeconfig, identity)
+    except KubeConfigError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
 
 
 @app.command()

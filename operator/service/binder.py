@@ -1,0 +1,181 @@
+"""The binder: turns a committed plan into API writes — pods created and bound, gangs evicted or deleted,
+GPU reservation pods kept in step — with bounded concurrency, off the cycle's critical path.
+
+Called by `loop`, which starts one task per gang (`bind_gang`, `remove_gang`) and keeps the cache's
+promises (`ClusterCache.assume` / `forget`) in step with what the binder reports. Every write is
+idempotent where Kubernetes allows it (a pod name is deterministic: a retry meets 409 and moves on),
+so a crash between two writes leaves something the next leader completes or rolls back, never a
+GPU booked twice.
+
+A gang's pods are created and bound only after (1) the pods of the gangs evicted for it are gone from
+the API server and (2) any older pods of the same job are gone; then all replicas are created, then
+all are bound. If any write fails, every pod created for this attempt is deleted and the job waits
+`bind_retry_seconds` before it is tried again: a bind that keeps failing never blocks other jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from leitstand.operator.service.status import MERGE_PATCH, Requester
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PodWrite:
+    namespace: str
+    name: str
+    node: str
+    manifest: Mapping[str, Any] | None
+    """The pod to create; None when the pod exists already (a plain pod: annotate, then bind)."""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """For an existing pod: annotations to merge before binding."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def path(self) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/pods/{self.name}"
+
+
+class BindError(RuntimeError):
+    """A write of a gang failed; the message says which pod, which call and what the server said."""
+
+
+@dataclass
+class BinderStats:
+    binds: int = 0
+    creates: int = 0
+    evictions: int = 0
+    deletes: int = 0
+    failures: int = 0
+    bind_seconds: list[float] = field(default_factory=list)
+
+
+class Binder:
+    def __init__(self, client: Requester, *, wait_timeout_seconds: float = 300.0) -> None:
+        self.client = client
+        self.stats = BinderStats()
+        self.changed = asyncio.Condition()
+        self.wait_timeout_seconds = wait_timeout_seconds
+
+    async def notify(self) -> None:
+        """The cache changed (pods gone): wake the gangs waiting for room."""
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def wait_until(self, ready: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.wait_timeout_seconds
+        async with self.changed:
+            while not ready():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BindError(f"gave up after {self.wait_timeout_seconds:.0f} s waiting for {what}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), timeout=min(remaining, 1.0))
+
+    # -- binding ----------------------------------------------------------------------------------
+
+    async def bind_gang(self, pods: Sequence[PodWrite], ready: Callable[[], bool]) -> None:
+        """Wait for room, then create and bind every pod; on failure delete what this call created."""
+        await self.wait_until(ready, "evicted pods and earlier replicas to be gone")
+        started = time.monotonic()
+        created: list[PodWrite] = []
+        try:
+            results = await asyncio.gather(*(self._create(p) for p in pods), return_exceptions=True)
+            for pod, result in zip(pods, results, strict=True):
+                if result is True:
+                    created.append(pod)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+            bound = await asyncio.gather(*(self._bind(p) for p in pods), return_exceptions=True)
+            errors = [r for r in bound if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+        except BaseException:
+            self.stats.failures += 1
+            await asyncio.gather(*(self.delete_pod(p.namespace, p.name) for p in created), return_exceptions=True)
+            raise
+        self.stats.bind_seconds.append(time.monotonic() - started)
+        del self.stats.bind_seconds[:-10_000]
+
+    async def _create(self, pod: PodWrite) -> bool:
+        """True when this call created the pod (so a rollback deletes it)."""
+        if pod.manifest is None:
+            if pod.annotations:
+                status, body = await self.client.request(
+                    "PATCH", pod.path, {"metadata": {"annotations": dict(pod.annotations)}}, content_type=MERGE_PATCH
+                )
+                if status >= 300:
+                    raise BindError(f"annotating pod {pod.key}: HTTP {status} {_message(body)}")
+            return False
+        status, body = await self.client.request(
+            "POST", f"/api/v1/namespaces/{pod.namespace}/pods", pod.manifest
+        )
+        if status == 409:
+            return False  # created by an earlier attempt of this same plan (deterministic name)
+        if status >= 300:
+            raise BindError(f"creating pod {pod.key}: HTTP {status} {_message(body)}")
+        self.stats.creates += 1
+        return True
+
+    async def _bind(self, pod: PodWrite) -> None:
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": pod.name, "namespace": pod.namespace},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": pod.node},
+        }
+        status, body = await self.client.request("POST", f"{pod.path}/binding", binding)
+        if status in (200, 201):
+            self.stats.binds += 1
+            return
+        if status == 409 and "already assigned" in _message(body):
+            # bound by an earlier attempt; the informer tells us where
+            return
+        raise BindError(f"binding pod {pod.key} to {pod.node}: HTTP {status} {_message(body)}")
+
+    # -- removal ----------------------------------------------------------------------------------
+
+    async def remove_gang(self, pods: Sequence[tuple[str, str]], *, evict: bool) -> None:
+        """Evict (through the Eviction API, honouring disruption budgets) or delete every pod."""
+        action = self.evict_pod if evict else self.delete_pod
+        await asyncio.gather(*(action(ns, name) for ns, name in pods))
+
+    async def evict_pod(self, namespace: str, name: str) -> None:
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}/eviction"
+        body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
+        for attempt in range(30):
+            status, reply = await self.client.request("POST", path, body)
+            if status in (200, 201, 404):
+                self.stats.evictions += status != 404
+                return
+            if status == 429:  # a PodDisruptionBudget says not now
+                await asyncio.sleep(min(2.0 * (attempt + 1), 10.0))
+                continue
+            log.warning("evicting %s/%s: HTTP %s %s; deleting it instead", namespace, name, status, _message(reply))
+            break
+        await self.delete_pod(namespace, name)
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        status, reply = await self.client.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
+        if status in (200, 202, 404):
+            self.stats.deletes += status != 404
+            return
+        log.warning("deleting pod %s/%s: HTTP %s %s", namespace, name, status, _message(reply))
+
+
+def _message(body: Any) -> str:
+    if isinstance(body, Mapping):
+        return str(body.get("message", body.get("reason", "")))[:300]
+    return str(body)[:300]

@@ -1,0 +1,128 @@
+"""The service's configuration: topology levels, node labels, scheduler knobs, loop and binder limits.
+
+One place the operator reads (`leitstand run --config FILE`, YAML); every field has a default that
+fits the local cluster (`leitstand cluster up`), so `leitstand run` needs no file there. Read by
+`run` (once, at start) and handed to the cache, the loop and the binder. Pydantic only here, at the
+wire: the rest of the service sees the frozen `ServiceConfig` and the core's `SchedulerConfig`.
+
+A wrong value fails at start with the field's path and what is allowed (pydantic's messages), never
+later in a cycle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from leitstand.scheduler.model import SchedulerConfig, Topology
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or invalid; the message names the file and the field."""
+
+
+class Level(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Level name used in TrainingJob spec.topology (e.g. rack).")
+    label: str = Field(description="Node label whose value names the domain at this level.")
+
+
+DEFAULT_LEVELS = (
+    Level(name="spine", label="leitstand.dev/spine"),
+    Level(name="rack", label="leitstand.dev/rack"),
+    Level(name="nvlink-domain", label="leitstand.dev/nvlink-domain"),
+)
+
+
+class SchedulerSettings(BaseModel):
+    """The knobs of one scheduling cycle (the core's `SchedulerConfig`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: str = "leitstand"
+    min_runtime_seconds: float = Field(default=60.0, ge=0)
+    max_victims: int = Field(default=64, ge=1)
+    consolidation: bool = True
+    max_consolidation_moves: int = Field(default=4, ge=0)
+    usage_half_life_seconds: float | None = Field(default=None, gt=0)
+
+    def core(self) -> SchedulerConfig:
+        return SchedulerConfig(
+            policy=self.policy,
+            min_runtime_seconds=self.min_runtime_seconds,
+            max_victims=self.max_victims,
+            consolidation=self.consolidation,
+            max_consolidation_moves=self.max_consolidation_moves,
+            usage_half_life_seconds=self.usage_half_life_seconds,
+        )
+
+
+class ServiceConfig(BaseModel):
+    """Everything `leitstand run` can be told; see docs/operator.md for each field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topology: tuple[Level, ...] = Field(default=DEFAULT_LEVELS, description="Topology levels, outermost first.")
+    gpu_model_label: str = "nvidia.com/gpu.product"
+    node_pool_label: str = "leitstand.dev/node-pool"
+    jurisdiction_label: str = "leitstand.dev/jurisdiction"
+    default_node_pool: str = "default"
+    scheduler_name: str = "leitstand"
+    system_namespace: str = Field(
+        default="leitstand-system", description="Where the Lease and the GPU reservation pods live."
+    )
+    lease_name: str = "leitstand-scheduler"
+    lease_seconds: int = Field(default=15, gt=0)
+    renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    retry_seconds: float = Field(default=2.0, gt=0)
+    cycle_min_interval_seconds: float = Field(
+        default=0.2, ge=0, description="A cycle runs at most this often, however many changes arrive."
+    )
+    cycle_max_interval_seconds: float = Field(
+        default=2.0, gt=0, description="A cycle runs at least this often (max runtimes, retries)."
+    )
+    bind_concurrency: int = Field(default=64, ge=1, description="API writes in flight at once.")
+    bind_retry_seconds: float = Field(default=5.0, ge=0, description="A job whose bind failed waits this long.")
+    node_lost_grace_seconds: float = Field(
+        default=30.0, ge=0, description="A node NotReady this long has its gangs evicted and requeued."
+    )
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+
+    @field_validator("topology")
+    @classmethod
+    def _levels_unique(cls, levels: tuple[Level, ...]) -> tuple[Level, ...]:
+        names = [level.name for level in levels]
+        if len(set(names)) != len(names) or "node" in names:
+            raise ValueError(f"level names must be unique and not 'node' (implicit): {names}")
+        return levels
+
+    @property
+    def core_topology(self) -> Topology:
+        return Topology(levels=tuple(level.name for level in self.topology))
+
+    @property
+    def topology_labels(self) -> tuple[str, ...]:
+        return tuple(level.label for level in self.topology)
+
+
+def load_config(path: Path | None) -> ServiceConfig:
+    """The defaults, or the YAML file at `path` merged over them."""
+    if path is None:
+        return ServiceConfig()
+    try:
+        raw: Any = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        return ServiceConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        ]
+        raise ConfigError("\n".join(lines)) from None

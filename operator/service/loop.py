@@ -1,0 +1,882 @@
+"""The scheduling loop of `leitstand run`: observe → snapshot → `run_cycle` → apply, as numbered steps.
+
+Called by `run` (one `Scheduler` per process, in the main event loop). Fed by the kopf handlers
+(`on_trainingjob`, `on_queue`, through `loop.call_soon_threadsafe`) and the informers (`cache`,
+`on_priority_class`). Every change wakes the loop; a cycle runs at most every
+`cycle_min_interval_seconds` and at least every `cycle_max_interval_seconds`. Only the Lease holder
+runs cycles; other replicas keep their caches warm.
+
+What each cycle does, in order:
+1. refresh the cache (node changes rebuild the arrays) and the queue tree (invalid queues are set
+   aside with a condition on the Queue, not fatal to the rest);
+2. follow every TrainingJob's pods to its phase (`_follow`): Running, Succeeded, a replica failure
+   (restart the gang or fail it, by `backoffLimit`), `maxRuntimeSeconds`, a lost node (requeue), a
+   gang found half-made (roll back) — and collect the pending and running jobs;
+3. the same for plain pods with `schedulerName: leitstand` and a `leitstand.dev/queue` label;
+4. `run_cycle` on the snapshot with the cache's `ClusterState` (the same engine as the simulators);
+5. apply the plan: evictions (the victims' GPUs are promised to the preemptor at once; their pods are
+   evicted whole), bindings (promised at once, written by the binder once the victims are gone),
+   pending reasons (status, condition, one Event per change);
+6. statuses of jobs and queues, and the GPU reservation pods of shared GPUs;
+7. one log line: cycle id, phase times, binds, evictions, pending.
+
+Times come from the API objects (creation timestamps, status times) and the wall clock, never from
+process memory, so a restarted process keeps ages, minimum runtimes and max runtimes right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from leitstand.operator.service.binder import Binder, PodWrite
+from leitstand.operator.service.cache import Charge, ClusterCache
+from leitstand.operator.service.config import ServiceConfig
+from leitstand.operator.service.eligibility import ConstraintError, Eligibility
+from leitstand.operator.service.jobs import (
+    API_VERSION,
+    PriorityClassInfo,
+    QueueSpec,
+    SpecError,
+    TrainingJobSpec,
+    core_job,
+    parse_queue,
+    parse_trainingjob,
+    plain_pod_job,
+    replica_pod,
+    replica_pod_name,
+)
+from leitstand.operator.service.records import (
+    ASSIGNED_GPUS,
+    GPU_RESOURCE,
+    ROLE_LABEL,
+    ROLE_RESERVATION,
+    PodRecord,
+    thaw,
+    timestamp,
+)
+from leitstand.operator.service.status import (
+    Requester,
+    StatusBook,
+    event_body,
+    rfc3339,
+    set_condition,
+)
+from leitstand.scheduler.cycle import run_cycle
+from leitstand.scheduler.errors import InvalidSpecError
+from leitstand.scheduler.fairshare import build_queue_tree
+from leitstand.scheduler.model import (
+    GPU_MILLI,
+    Eviction,
+    EvictionKind,
+    Job,
+    JobId,
+    NodeName,
+    Plan,
+    Queue,
+    QueueName,
+    ReplicaPlacement,
+    RunningJob,
+    Snapshot,
+)
+from leitstand.scheduler.state import StateError
+
+log = logging.getLogger(__name__)
+
+TJ_PLURAL = "trainingjobs"
+PLACEMENT_NODES_SHOWN = 16
+"""The placement summary on a TrainingJob lists at most this many nodes (etcd object size)."""
+
+
+def tj_path(namespace: str, name: str) -> str:
+    return f"/apis/{API_VERSION}/namespaces/{namespace}/{TJ_PLURAL}/{name}"
+
+
+def queue_path(name: str) -> str:
+    return f"/apis/{API_VERSION}/queues/{name}"
+
+
+def gpus_text(milli: float) -> str:
+    return f"{milli / GPU_MILLI:.3f}".rstrip("0").rstrip(".")
+
+
+@dataclass
+class Tracked:
+    """What this process knows about one TrainingJob between cycles."""
+
+    body: dict[str, Any]
+    spec: TrainingJobSpec | SpecError
+    retry_after: float = 0.0
+    task: asyncio.Task[None] | None = None
+    """The binder's task for this job (binding or removal) while it runs."""
+    removing: bool = False
+
+
+@dataclass
+class CycleReport:
+    cycle_id: int = 0
+    binds: int = 0
+    evictions: int = 0
+    pending: int = 0
+    running: int = 0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+class Scheduler:
+    def __init__(self, config: ServiceConfig, client: Requester, cache: ClusterCache,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.client = client
+        self.cache = cache
+        self.clock = clock
+        self.core_config = config.scheduler.core()
+        self.levels = tuple(level.name for level in config.topology)
+        self.binder = Binder(client)
+        self.book = StatusBook(client)
+        self.eligibility = Eligibility()
+        self._eligibility_generation = -1
+        self.jobs: dict[str, Tracked] = {}
+        self.queue_bodies: dict[str, dict[str, Any]] = {}
+        self.priority_classes: dict[str, PriorityClassInfo] = {}
+        self.plain_tasks: dict[str, asyncio.Task[None]] = {}
+        self.plain_retry: dict[str, float] = {}
+        self.reservation_tasks: set[asyncio.Task[Any]] = set()
+        self.wake = asyncio.Event()
+        self.leading = False
+        self.last: CycleReport = CycleReport()
+        self.last_plan: Plan | None = None
+        self.queue_view: dict[str, dict[str, Any]] = {}
+        self.node_lost_since: dict[str, float] = {}
+        self._queue_status_at = 0.0
+
+    # -- inputs (main loop) -----------------------------------------------------------------------
+
+    def on_trainingjob(self, kind: str, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        if kind == "DELETED":
+            gone = self.jobs.pop(key, None)
+            self.book.forget(tj_path(str(meta.get("namespace")), str(meta.get("name"))))
+            if gone is not None:
+                self._remove_pods(key, [p for p in self.cache.job_pods(key).values() if not p.deleting],
+                                  evict=False)
+        else:
+            try:
+                spec: TrainingJobSpec | SpecError = parse_trainingjob(body, self.levels)
+            except SpecError as exc:
+                spec = exc
+            tracked = self.jobs.get(key)
+            if tracked is None or (tracked.body.get("metadata") or {}).get("uid") != meta.get("uid"):
+                self.jobs[key] = Tracked(body=body, spec=spec)
+            else:
+                tracked.body, tracked.spec = body, spec
+        self.wake.set()
+
+    def on_queue(self, kind: str, body: dict[str, Any]) -> None:
+        name = str((body.get("metadata") or {}).get("name"))
+        if kind == "DELETED":
+            self.queue_bodies.pop(name, None)
+            self.book.forget(queue_path(name))
+        else:
+            self.queue_bodies[name] = body
+        self.wake.set()
+
+    def on_priority_class(self, kind: str, key: str, old: Any, new: PriorityClassInfo | None) -> None:
+        if new is None:
+            self.priority_classes.pop(key, None)
+        else:
+            self.priority_classes[key] = new
+        self.wake.set()
+
+    def on_pod_change(self) -> None:
+        self.wake.set()
+        asyncio.get_running_loop().create_task(self.binder.notify())
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        last = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self.config.cycle_max_interval_seconds)
+            gap = self.config.cycle_min_interval_seconds - (time.monotonic() - last)
+            if gap > 0:
+                await asyncio.sleep(gap)
+            self.wake.clear()
+            last = time.monotonic()
+            if not self.leading:
+                continue
+            try:
+                self.cycle()
+            except Exception:  # one bad cycle must not stop the scheduler
+                log.exception("cycle failed; retrying on the next change")
+            try:
+                await self.book.flush()
+            except Exception as exc:  # the API server is away; statuses are rewritten next time
+                log.warning("status writes failed: %s", exc)
+
+    def cycle(self) -> CycleReport:
+        report = CycleReport()
+        clock = time.perf_counter
+        mark = clock()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = clock()
+            report.phase_seconds[name] = now - mark
+            mark = now
+
+        now = self.clock()
+        # 1. Cache and queues.
+        self.cache.refresh()
+        held = self.cache.apply_conflicts()
+        if self.cache.generation != self._eligibility_generation:
+            self.eligibility.set_nodes(self.cache.nodes.values())
+            self._eligibility_generation = self.cache.generation
+        queues, queue_errors, allowed_ns = self._queues()
+        lap("observe")
+
+        # 2.-3. Follow jobs to their phase; collect pending and running.
+        pending: list[Job] = []
+        running: list[RunningJob] = []
+        waiting: dict[JobId, tuple[str, str]] = {}
+        plain: dict[JobId, PodRecord] = {}
+        for key, tracked in list(self.jobs.items()):
+            self._follow(key, tracked, now, queues, queue_errors, allowed_ns, pending, running, waiting)
+        self._plain_pods(now, queues, queue_errors, allowed_ns, pending, running, waiting, plain)
+        lap("follow")
+
+        # 4. The core decides.
+        plan: Plan | None = None
+        if pending:
+            snapshot = Snapshot(
+                nodes=tuple(self.cache.nodes[str(n)].node for n in self.cache.state.node_names),
+                queues=tuple(queues.values()),
+                pending=tuple(pending),
+                running=tuple(running),
+                topology=self.cache.topology,
+                now=now,
+            )
+            try:
+                plan = run_cycle(snapshot, self.core_config, state=self.cache.state)
+            except (InvalidSpecError, StateError) as exc:
+                log.error("cycle skipped: %s", exc)
+        lap("decide")
+
+        # 5. Apply the plan.
+        if plan is not None:
+            report.cycle_id = plan.cycle_id
+            report.phase_seconds.update({f"core_{k}": v for k, v in plan.phase_seconds.items() if k != "total"})
+            self._apply(plan, plain, report)
+            for reason in plan.pending:
+                waiting[reason.job_id] = (reason.code, reason.message)
+        for job_id, (code, message) in waiting.items():
+            self._say_pending(job_id, code, message, plain)
+            report.reasons[code] += 1
+        report.pending = len(waiting)
+        report.running = len(running)
+        lap("apply")
+
+        # 6. Queue statuses and GPU reservations.
+        self._queue_status(queues, queue_errors, running, pending, plan, now)
+        self._reservations()
+        lap("status")
+        self.last, self.last_plan = report, plan
+        if plan is not None:
+            times = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in report.phase_seconds.items())
+            log.log(
+                logging.INFO if report.binds or report.evictions else logging.DEBUG,
+                "cycle %s: %d bound, %d evicted, %d pending, %d running; %s%s",
+                report.cycle_id, report.binds, report.evictions, report.pending, report.running, times,
+                f"; nodes held back: {', '.join(sorted(held))}" if held else "",
+            )
+        return report
+
+    # -- 1. queues --------------------------------------------------------------------------------
+
+    def _queues(self) -> tuple[dict[QueueName, Queue], dict[str, str], dict[str, frozenset[str]]]:
+        """The valid queues (a tree the core accepts), errors by queue name, allowed namespaces."""
+        specs: dict[str, QueueSpec] = {}
+        errors: dict[str, str] = {}
+        for name, body in self.queue_bodies.items():
+            try:
+                specs[name] = parse_queue(body)
+                build_queue_tree([_detached(specs[name].queue)])
+            except (SpecError, InvalidSpecError) as exc:
+                errors[name] = str(exc)
+                specs.pop(name, None)
+        changed = True
+        while changed:  # drop queues whose parent is missing or invalid, transitively; and cycles
+            changed = False
+            for name, spec in list(specs.items()):
+                parent = spec.queue.parent
+                if parent is not None and parent not in specs:
+                    why = errors.get(parent, "")
+                    errors[name] = (
+                        f"parent queue {parent} is invalid ({why})" if why
+                        else f"parent queue {parent} does not exist; create it or change spec.parent"
+                    )
+                    del specs[name]
+                    changed = True
+        for name in list(specs):
+            seen: set[str] = set()
+            current = specs.get(name)
+            while current is not None and current.queue.parent is not None:
+                if current.queue.name in seen:
+                    errors[name] = f"spec.parent forms a cycle through {', '.join(sorted(seen))}"
+                    break
+                seen.add(current.queue.name)
+                current = specs.get(current.queue.parent)
+        for name in list(specs):
+            if name in errors:
+                del specs[name]
+        queues = {QueueName(n): s.queue for n, s in specs.items()}
+        return queues, errors, {n: s.namespaces for n, s in specs.items()}
+
+    # -- 2. TrainingJobs --------------------------------------------------------------------------
+
+    def _follow(
+        self,
+        key: str,
+        tracked: Tracked,
+        now: float,
+        queues: Mapping[QueueName, Queue],
+        queue_errors: Mapping[str, str],
+        allowed_ns: Mapping[str, frozenset[str]],
+        pending: list[Job],
+        running: list[RunningJob],
+        waiting: dict[JobId, tuple[str, str]],
+    ) -> None:
+        body = tracked.body
+        meta = body.get("metadata") or {}
+        path = tj_path(str(meta.get("namespace")), str(meta.get("name")))
+        status = self.book.view(path, str(meta.get("uid")), body.get("status"))
+        spec = tracked.spec
+        if meta.get("deletionTimestamp"):
+            return
+        if isinstance(spec, SpecError):
+            self._set_phase(status, "Pending")
+            waiting[JobId(key)] = ("InvalidSpec", f"{spec}; delete and re-create the TrainingJob with a fixed spec")
+            return
+        status.setdefault("queuedAt", rfc3339(spec.created))
+        status.setdefault("restarts", 0)
+        status.setdefault("preemptions", 0)
+        status["gpus"] = gpus_text(spec.total_milli)
+        pods = self.cache.job_pods(key)
+        stale = [p for p in pods.values() if p.owner_uid != spec.uid and not p.deleting]
+        if stale:  # pods of an earlier TrainingJob with the same name
+            self._remove_pods(key, stale, evict=False)
+        own = {k: p for k, p in pods.items() if p.owner_uid == spec.uid}
+        live = {k: p for k, p in own.items() if k not in self.cache.evicted}
+        phase = status.get("phase", "Pending")
+        busy = tracked.task is not None and not tracked.task.done()
+
+        if phase in ("Succeeded", "Failed"):
+            leftovers = [p for p in live.values() if p.holds_resources and not p.deleting]
+            if leftovers and not busy:
+                self._remove_pods(key, leftovers, evict=False)
+            return
+        priority = self._priority(spec)
+        if isinstance(priority, str):
+            self._set_phase(status, "Pending")
+            waiting[JobId(key)] = ("UnknownPriorityClass", priority)
+            return
+
+        try:
+            allowed = self.eligibility.allowed(
+                spec.template.get("spec") or {}, ("tj", spec.namespace, spec.name, spec.uid)
+            )
+        except ConstraintError as exc:
+            self._set_phase(status, "Pending")
+            waiting[JobId(key)] = ("InvalidSpec", f"spec.template.spec.{exc}")
+            return
+        if busy and not tracked.removing:  # being bound: its GPUs are promised in the cache
+            charged = [(k, self.cache.charges[k]) for k in self._replica_keys(spec) if k in self.cache.charges]
+            if charged:
+                running.append(self._running(spec, priority, charged, now, status, allowed))
+            return
+        if busy or (not live and own):
+            return  # pods still being removed; the job is requeued once they are gone
+        if not live:
+            if tracked.retry_after > now:
+                waiting[JobId(key)] = (
+                    status.get("reason", "BindFailed"), status.get("message", "retrying after a failed bind")
+                )
+                return
+            self._set_phase(status, "Pending")
+            reason = self._admissible(spec.queue, spec.namespace, queues, queue_errors, allowed_ns)
+            if reason is not None:
+                waiting[JobId(key)] = reason
+                return
+            queued_at = timestamp(status.get("queuedAt")) or spec.created
+            pending.append(core_job(spec, priority, queued_at, allowed))
+            return
+
+        # The job has pods: what state is the gang in?
+        failed = [p for p in live.values() if p.phase == "Failed"]
+        lost = [p for p in live.values() if p.node and self._node_lost(p.node, now)]
+        complete = len(live) == spec.replicas and all(p.node for p in live.values())
+        if failed:
+            self._replica_failed(key, tracked, spec, status, failed, list(live.values()), now)
+            return
+        if complete and all(p.phase == "Succeeded" for p in live.values()):
+            self._set_phase(status, "Succeeded", "Completed", f"all {spec.replicas} replicas succeeded")
+            status["finishedAt"] = rfc3339(max((p.finished for p in live.values()), default=now) or now)
+            set_condition(status, "Running", False, "Completed", "all replicas finished")
+            set_condition(status, "Finished", True, "Succeeded", f"all {spec.replicas} replicas succeeded")
+            self._event(path, meta, "Succeeded", f"all {spec.replicas} replicas succeeded")
+            return
+        if lost:
+            nodes = sorted({p.node for p in lost})
+            self._requeue(key, tracked, status, list(live.values()), "NodeLost",
+                          f"node {', '.join(nodes)} is gone or NotReady; the gang was evicted whole and requeued")
+            return
+        if not complete:
+            self._requeue(key, tracked, status, list(live.values()), "IncompleteGang",
+                          f"found {sum(1 for p in live.values() if p.node)} of {spec.replicas} replicas bound "
+                          "(an earlier attempt stopped half-way); rolled back and requeued")
+            return
+        # Running (or starting).
+        charged = [(k, self.cache.charges[k]) for k in live if k in self.cache.charges]
+        if charged:
+            running.append(self._running(spec, priority, charged, now, status, allowed))
+        if all(p.phase in ("Running", "Succeeded") for p in live.values()):
+            started = min(p.started or p.created for p in live.values())
+            if status.get("phase") != "Running":
+                self._set_phase(status, "Running", "Running", f"{spec.replicas} replicas running")
+                set_condition(status, "Running", True, "Running", f"{spec.replicas} replicas running")
+                status["startedAt"] = rfc3339(started)
+            if spec.max_runtime_seconds is not None and now - started > spec.max_runtime_seconds:
+                message = f"ran longer than maxRuntimeSeconds={spec.max_runtime_seconds:g}; stopped"
+                self._set_phase(status, "Failed", "MaxRuntimeExceeded", message)
+                status["finishedAt"] = rfc3339(now)
+                set_condition(status, "Running", False, "MaxRuntimeExceeded", message)
+                set_condition(status, "Finished", True, "MaxRuntimeExceeded", message)
+                self._event(path, meta, "MaxRuntimeExceeded", message, "Warning")
+                self._remove_pods(key, list(live.values()), evict=False)
+
+    def _running(self, spec: TrainingJobSpec, priority: PriorityClassInfo, charged: list[tuple[str, Charge]],
+                 now: float, status: Mapping[str, Any], allowed: frozenset[NodeName] | None) -> RunningJob:
+        started = timestamp(status.get("admittedAt")) or now
+        job = core_job(spec, priority, timestamp(status.get("queuedAt")) or spec.created, allowed,
+                       replicas=len(charged))
+        placements = tuple(ReplicaPlacement(NodeName(c.node), c.gpu_indices) for _k, c in charged)
+        return RunningJob(job=job, placements=placements, started_at=started)
+
+    def _replica_keys(self, spec: TrainingJobSpec) -> list[str]:
+        return [f"{spec.namespace}/{replica_pod_name(spec.name, i)}" for i in range(spec.replicas)]
+
+    def _priority(self, spec: TrainingJobSpec) -> PriorityClassInfo | str:
+        info = self.priority_classes.get(spec.priority_class)
+        if info is None:
+            known = ", ".join(sorted(self.priority_classes)) or "none"
+            return (f"PriorityClass {spec.priority_class!r} does not exist (known: {known}); "
+                    "ask a platform engineer to create it, or use one of these")
+        return info
+
+    def _admissible(
+        self, queue: str, namespace: str, queues: Mapping[QueueName, Queue], queue_errors: Mapping[str, str],
+        allowed_ns: Mapping[str, frozenset[str]],
+    ) -> tuple[str, str] | None:
+        if queue in queue_errors:
+            return ("QueueInvalid", f"queue {queue} is invalid: {queue_errors[queue]}")
+        if QueueName(queue) not in queues:
+            return None  # the core says UnknownQueue with its words
+        allowed = allowed_ns.get(queue, frozenset())
+        if allowed and namespace not in allowed:
+            return ("NamespaceNotAllowed",
+                    f"queue {queue} accepts jobs from namespaces {', '.join(sorted(allowed))}, not {namespace}; "
+                    "submit to a queue that lists this namespace, or ask a platform engineer to add it")
+        return None
+
+    def _node_lost(self, node: str, now: float) -> bool:
+        record = self.cache.nodes.get(node)
+        if record is None:
+            return True
+        if record.ready:
+            self.node_lost_since.pop(node, None)
+            return False
+        since = self.node_lost_since.setdefault(node, now)
+        return now - since >= self.config.node_lost_grace_seconds
+
+    def _replica_failed(self, key: str, tracked: Tracked, spec: TrainingJobSpec, status: dict[str, Any],
+                        failed: list[PodRecord], live: list[PodRecord], now: float) -> None:
+        meta = tracked.body.get("metadata") or {}
+        path = tj_path(spec.namespace, spec.name)
+        first = failed[0]
+        why = f"replica {first.name} failed" + (f": {first.exit_reason}" if first.exit_reason else "")
+        restarts = int(status.get("restarts", 0))
+        if restarts < spec.backoff_limit:
+            status["restarts"] = restarts + 1
+            message = f"{why}; restarting the gang ({restarts + 1} of backoffLimit {spec.backoff_limit})"
+            self._requeue(key, tracked, status, live, "Restarting", message, count_preemption=False)
+            return
+        message = f"{why}; backoffLimit {spec.backoff_limit} reached" if spec.backoff_limit else f"{why}"
+        self._set_phase(status, "Failed", "ReplicaFailed", message)
+        status["finishedAt"] = rfc3339(now)
+        set_condition(status, "Running", False, "ReplicaFailed", message)
+        set_condition(status, "Finished", True, "Failed", message)
+        self._event(path, meta, "Failed", message, "Warning")
+        self._remove_pods(key, [p for p in live if p.holds_resources], evict=False)
+
+    def _requeue(self, key: str, tracked: Tracked, status: dict[str, Any], pods: list[PodRecord], reason: str,
+                 message: str, *, count_preemption: bool = False, evict: bool = False) -> None:
+        meta = tracked.body.get("metadata") or {}
+        path = tj_path(str(meta.get("namespace")), str(meta.get("name")))
+        self._set_phase(status, "Pending", reason, message)
+        status["queuedAt"] = rfc3339(self.clock())
+        for stale in ("admittedAt", "startedAt", "placement"):
+            status.pop(stale, None)
+        set_condition(status, "Admitted", False, reason, message)
+        set_condition(status, "Running", False, reason, message)
+        if count_preemption:
+            status["preemptions"] = int(status.get("preemptions", 0)) + 1
+            set_condition(status, "Preempted", True, reason, message)
+        self._event(path, meta, reason, message, "Warning")
+        self._remove_pods(key, pods, evict=evict)
+
+    def _remove_pods(self, key: str, pods: list[PodRecord], *, evict: bool) -> None:
+        if not pods:
+            return
+        self.cache.release_evicted(p.key for p in pods)
+        task = asyncio.get_running_loop().create_task(
+            self.binder.remove_gang([(p.namespace, p.name) for p in pods], evict=evict)
+        )
+        tracked = self.jobs.get(key)
+        if tracked is not None:
+            tracked.task, tracked.removing = task, True
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("binder task failed: %s", task.exception())
+        self.wake.set()
+
+    # -- 3. plain pods ----------------------------------------------------------------------------
+
+    def _plain_pods(self, now: float, queues: Mapping[QueueName, Queue], queue_errors: Mapping[str, str],
+                    allowed_ns: Mapping[str, frozenset[str]], pending: list[Job], running: list[RunningJob],
+                    waiting: dict[JobId, tuple[str, str]], plain: dict[JobId, PodRecord]) -> None:
+        name = self.config.scheduler_name
+        for key, pod in self.cache.pods.items():
+            if pod.scheduler != name or pod.job or pod.role or not pod.queue:
+                continue
+            task = self.plain_tasks.get(key)
+            if pod.node or (task is not None and not task.done()):
+                charge = self.cache.charges.get(key)
+                if charge is not None:
+                    job = plain_pod_job(pod, None)
+                    placement = ReplicaPlacement(NodeName(charge.node), charge.gpu_indices)
+                    running.append(RunningJob(job=job, placements=(placement,), started_at=pod.started or pod.created))
+                continue
+            if pod.deleting or pod.terminal or self.plain_retry.get(key, 0.0) > now:
+                continue
+            job_id = JobId(f"{pod.namespace}/pod/{pod.name}")
+            reason = self._admissible(pod.queue, pod.namespace, queues, queue_errors, allowed_ns)
+            if reason is not None:
+                waiting[job_id] = reason
+                continue
+            spec = thaw(pod.spec_constraints) or {}
+            try:
+                allowed = self.eligibility.allowed(spec, ("pod", pod.spec_constraints))
+            except ConstraintError as exc:
+                waiting[job_id] = ("InvalidSpec", f"spec.{exc}")
+                continue
+            job = plain_pod_job(pod, allowed)
+            pending.append(job)
+            plain[job.id] = pod
+
+    # -- 5. apply ---------------------------------------------------------------------------------
+
+    def _apply(self, plan: Plan, plain: Mapping[JobId, PodRecord], report: CycleReport) -> None:
+        moved = {b.job_id for b in plan.bindings}
+        for eviction in plan.evictions:
+            self._evict(eviction, moved)
+            report.evictions += 1
+        for binding in plan.bindings:
+            if binding.job_id in plain:
+                self._bind_plain(plain[binding.job_id], binding.placements[0])
+            else:
+                self._bind_job(str(binding.job_id), binding.placements, binding.job_id in
+                               {e.job_id for e in plan.evictions})
+            report.binds += 1
+
+    def _evict(self, eviction: Eviction, moved: set[JobId]) -> None:
+        key = str(eviction.job_id)
+        kind = eviction.kind
+        if "/pod/" in key:  # a plain pod
+            ns, _, name = key.partition("/pod/")
+            pod = self.cache.pods.get(f"{ns}/{name}")
+            if pod is not None:
+                self.cache.release_evicted([pod.key])
+                task = asyncio.get_running_loop().create_task(self.binder.remove_gang([(ns, name)], evict=True))
+                task.add_done_callback(self._done)
+                log.info("evict %s (%s for %s): %s", key, kind.value, eviction.for_job, eviction.reason)
+            return
+        tracked = self.jobs.get(key)
+        if tracked is None or isinstance(tracked.spec, SpecError):
+            return
+        meta = tracked.body.get("metadata") or {}
+        path = tj_path(str(meta.get("namespace")), str(meta.get("name")))
+        status = self.book.view(path, str(meta.get("uid")), tracked.body.get("status"))
+        pods = [p for k, p in self.cache.job_pods(key).items() if k not in self.cache.evicted]
+        reason = {
+            EvictionKind.RECLAIM: "Reclaimed",
+            EvictionKind.PREEMPT: "Preempted",
+            EvictionKind.CONSOLIDATE: "Moved",
+        }[kind]
+        message = f"{eviction.reason} (for {eviction.for_job})"
+        log.info("evict %s (%s for %s): %s", key, kind.value, eviction.for_job, eviction.reason)
+        if kind is EvictionKind.CONSOLIDATE and eviction.job_id in moved:
+            self._event(path, meta, reason, message)
+            self.cache.release_evicted(p.key for p in pods)
+            task = asyncio.get_running_loop().create_task(
+                self.binder.remove_gang([(p.namespace, p.name) for p in pods], evict=True)
+            )
+            task.add_done_callback(self._done)
+            return
+        self._requeue(key, tracked, status, pods, reason, message, count_preemption=True, evict=True)
+
+    def _bind_job(self, key: str, placements: tuple[ReplicaPlacement, ...], moved: bool) -> None:
+        tracked = self.jobs[key]
+        spec = tracked.spec
+        assert isinstance(spec, TrainingJobSpec)
+        priority = self._priority(spec)
+        assert isinstance(priority, PriorityClassInfo)
+        writes: list[PodWrite] = []
+        for i, placement in enumerate(placements):
+            manifest = replica_pod(spec, i, placement, priority, self.config.scheduler_name)
+            write = PodWrite(spec.namespace, replica_pod_name(spec.name, i), str(placement.node), manifest)
+            self.cache.assume(write.key, Charge(str(placement.node), placement.gpu_indices,
+                                                spec.gpu_milli if spec.gpus else 0, spec.cpu_milli, spec.memory_mib))
+            writes.append(write)
+        nodes = {str(p.node) for p in placements}
+        meta = tracked.body.get("metadata") or {}
+        path = tj_path(spec.namespace, spec.name)
+        status = self.book.view(path, str(meta.get("uid")), tracked.body.get("status"))
+        where = self._placement_summary(placements)
+        message = f"placed {spec.replicas} replica{'s' if spec.replicas != 1 else ''} on {where['text']}"
+        if not moved:
+            status["admittedAt"] = rfc3339(self.clock())
+        status["placement"] = where["placement"]
+        self._set_phase(status, status.get("phase", "Pending") if moved else "Pending", "Admitted", message)
+        set_condition(status, "Admitted", True, "Admitted", message)
+        self._event(path, meta, "Admitted", message)
+        log.info("bind %s: %s", key, message)
+
+        def ready() -> bool:
+            theirs = self.cache.job_pods(key)
+            if any(k not in {w.key for w in writes} or k in self.cache.evicted for k in theirs):
+                return False  # older pods of this job (moved, restarted) still exist
+            return not any(self.cache.pods[k].node in nodes for k in self.cache.evicted if k in self.cache.pods)
+
+        task = asyncio.get_running_loop().create_task(self.binder.bind_gang(writes, ready))
+        tracked.task, tracked.removing = task, False
+
+        def done(t: asyncio.Task[None]) -> None:
+            if t.cancelled() or t.exception() is not None:
+                error = "cancelled" if t.cancelled() else str(t.exception())
+                for write in writes:
+                    self.cache.forget(write.key)
+                tracked.retry_after = self.clock() + self.config.bind_retry_seconds
+                status.pop("admittedAt", None)
+                self._set_phase(status, "Pending", "BindFailed",
+                                f"{error}; retrying in {self.config.bind_retry_seconds:g} s")
+                set_condition(status, "Admitted", False, "BindFailed", error)
+                log.warning("bind %s failed: %s", key, error)
+            self.wake.set()
+
+        task.add_done_callback(done)
+
+    def _bind_plain(self, pod: PodRecord, placement: ReplicaPlacement) -> None:
+        charge = Charge(str(placement.node), placement.gpu_indices,
+                        pod.gpu_milli if (pod.gpus or pod.fraction_milli) else 0, pod.cpu_milli, pod.memory_mib)
+        self.cache.assume(pod.key, charge)
+        write = PodWrite(pod.namespace, pod.name, str(placement.node), None,
+                         {ASSIGNED_GPUS: ",".join(str(g) for g in placement.gpu_indices)})
+        task = asyncio.get_running_loop().create_task(
+            self.binder.bind_gang([write], lambda: not any(
+                self.cache.pods[k].node == write.node for k in self.cache.evicted if k in self.cache.pods))
+        )
+        self.plain_tasks[pod.key] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if t.cancelled() or t.exception() is not None:
+                self.cache.forget(pod.key)
+                self.plain_retry[pod.key] = self.clock() + self.config.bind_retry_seconds
+                log.warning("bind of pod %s failed: %s", pod.key, "cancelled" if t.cancelled() else t.exception())
+            self.wake.set()
+
+        task.add_done_callback(done)
+
+    def _placement_summary(self, placements: Iterable[ReplicaPlacement]) -> dict[str, Any]:
+        nodes = sorted({str(p.node) for p in placements})
+        state = self.cache.state
+        idx = [state.node_index[NodeName(n)] for n in nodes if NodeName(n) in state.node_index]
+        domain, level = "", ""
+        for lvl in range(state.n_levels - 1, -1, -1):
+            ids = {int(state.domain[i, lvl]) for i in idx}
+            if len(ids) == 1 and -1 not in ids:
+                # the tightest common level is the lowest one all nodes share
+                level = self.levels[lvl]
+                domain = state.domain_names[lvl][ids.pop()]
+                break
+        if len(nodes) == 1:
+            level, domain = "node", nodes[0]
+        shown = nodes[:PLACEMENT_NODES_SHOWN]
+        text = ", ".join(shown) + (f" and {len(nodes) - len(shown)} more" if len(nodes) > len(shown) else "")
+        if level and level != "node":
+            text += f" ({level} {domain})"
+        placement: dict[str, Any] = {"nodes": shown, "nodeCount": len(nodes)}
+        if level:
+            placement.update(level=level, domain=domain)
+        return {"placement": placement, "text": text}
+
+    # -- pending reasons, phases, events ----------------------------------------------------------
+
+    def _say_pending(self, job_id: JobId, code: str, message: str, plain: Mapping[JobId, PodRecord]) -> None:
+        key = str(job_id)
+        tracked = self.jobs.get(key)
+        if tracked is None:
+            return  # plain pods: the reason is logged (pods have no status of ours)
+        meta = tracked.body.get("metadata") or {}
+        path = tj_path(str(meta.get("namespace")), str(meta.get("name")))
+        status = self.book.view(path, str(meta.get("uid")), tracked.body.get("status"))
+        if status.get("phase") not in (None, "Pending"):
+            return
+        self._set_phase(status, "Pending", code, message)
+        set_condition(status, "Admitted", False, code, message)
+        self._event(path, meta, code, message, "Normal")
+
+    @staticmethod
+    def _set_phase(status: dict[str, Any], phase: str, reason: str | None = None, message: str | None = None) -> None:
+        status["phase"] = phase
+        if reason is not None:
+            status["reason"] = reason
+        if message is not None:
+            status["message"] = message
+
+    def _event(self, path: str, meta: Mapping[str, Any], reason: str, message: str, kind: str = "Normal") -> None:
+        if not self.book.said(path, reason, message):
+            return
+        involved = {
+            "apiVersion": API_VERSION,
+            "kind": "TrainingJob",
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        }
+        body = event_body(involved, reason, message, kind)
+        task = asyncio.get_running_loop().create_task(
+            self.client.request("POST", f"/api/v1/namespaces/{meta.get('namespace')}/events", body)
+        )
+        self.reservation_tasks.add(task)  # keep a reference until done
+        task.add_done_callback(self.reservation_tasks.discard)
+
+    # -- 6. queues and reservations ----------------------------------------------------------------
+
+    def _queue_status(self, queues: Mapping[QueueName, Queue], errors: Mapping[str, str],
+                      running: list[RunningJob], pending: list[Job], plan: Plan | None, now: float) -> None:
+        allocated: Counter[str] = Counter()
+        running_jobs: Counter[str] = Counter()
+        for held in running:
+            allocated[held.job.queue] += held.job.gpu_milli_total
+            running_jobs[held.job.queue] += 1
+        waiting: Counter[str] = Counter()
+        waiting_milli: Counter[str] = Counter()
+        bound = {b.job_id for b in plan.bindings} if plan else set()
+        for job in pending:
+            if job.id not in bound:
+                waiting[job.queue] += 1
+                waiting_milli[job.queue] += job.gpu_milli_total
+        parents = {name: q.parent for name, q in queues.items()}
+        for table in (allocated, running_jobs, waiting, waiting_milli):
+            for leaf, amount in list(table.items()):
+                parent = parents.get(QueueName(leaf))
+                while parent is not None:
+                    table[parent] += amount
+                    parent = parents.get(parent)
+        shares = plan.fair_share_milli if plan else {}
+        for name, body in self.queue_bodies.items():
+            meta = body.get("metadata") or {}
+            path = queue_path(name)
+            status = self.book.view(path, str(meta.get("uid")), body.get("status"))
+            view = {
+                "allocated": gpus_text(allocated[name]),
+                "allocatedMilli": int(allocated[name]),
+                "runningJobs": running_jobs[name],
+                "pendingJobs": waiting[name],
+                "pendingGPUs": gpus_text(waiting_milli[name]),
+            }
+            if QueueName(name) in shares:
+                view["fairShare"] = gpus_text(shares[QueueName(name)])
+            elif "fairShare" not in status:
+                view["fairShare"] = "0"
+            changed = any(status.get(k) != v for k, v in view.items())
+            status.update(view)
+            if name in errors:
+                set_condition(status, "Valid", False, "InvalidSpec", errors[name])
+            else:
+                set_condition(status, "Valid", True, "Valid", "the queue is part of the scheduling tree")
+            if changed:
+                status["lastUpdated"] = rfc3339(now)
+            self.queue_view[name] = dict(status)
+
+    def _reservations(self) -> None:
+        """One pod requesting `nvidia.com/gpu: 1` per shared GPU in use, so other schedulers see it taken."""
+        wanted: set[tuple[str, int]] = set()
+        for key, charge in self.cache.charges.items():
+            pod = self.cache.pods.get(key)
+            milli = charge.gpu_milli
+            if 0 < milli < GPU_MILLI and (pod is None or pod.role != ROLE_RESERVATION):
+                wanted.update((charge.node, g) for g in charge.gpu_indices)
+        have: dict[tuple[str, int], PodRecord] = {}
+        for pod in self.cache.reservations.values():
+            if pod.assigned and not pod.deleting:
+                have[(pod.planned_node or pod.node, pod.assigned[0])] = pod
+        ns = self.config.system_namespace
+        for node, gpu in wanted - set(have):
+            name = f"gpu-reservation-{node}-{gpu}"[:253]
+            manifest = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": ns,
+                    "labels": {ROLE_LABEL: ROLE_RESERVATION},
+                    "annotations": {ASSIGNED_GPUS: str(gpu), "leitstand.dev/node": node},
+                },
+                "spec": {
+                    "schedulerName": self.config.scheduler_name,
+                    "restartPolicy": "Never",
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [{
+                        "name": "hold",
+                        "image": "registry.k8s.io/pause:3.10",
+                        "resources": {"limits": {GPU_RESOURCE: "1"}},
+                    }],
+                },
+            }
+            write = PodWrite(ns, name, node, manifest)
+            task = asyncio.get_running_loop().create_task(self.binder.bind_gang([write], lambda: True))
+            self.reservation_tasks.add(task)
+            task.add_done_callback(self.reservation_tasks.discard)
+        for spot in set(have) - wanted:
+            pod = have[spot]
+            task = asyncio.get_running_loop().create_task(self.binder.delete_pod(pod.namespace, pod.name))
+            self.reservation_tasks.add(task)
+            task.add_done_callback(self.reservation_tasks.discard)
+
+
+def _detached(queue: Queue) -> Queue:
+    """The queue alone (no parent), to validate its own amounts with the core's rules."""
+    from dataclasses import replace
+
+    return replace(queue, parent=None)

@@ -1,0 +1,171 @@
+"""`leitstand run`: wire the parts of the service together and run them until stopped.
+
+Called by the CLI (`leitstand run`), the demo and the e2e tests (as a subprocess, so `kill -9` is
+real). One process, two event loops: the main loop holds the informers (Pods, Nodes,
+PriorityClasses), the scheduler loop, the binder and the Lease; kopf runs in its own thread for the
+TrainingJob and Queue resources and forwards their events here.
+
+Start-up order: kernels compiled (a tiny cycle: a new pod is ready in seconds when the Numba cache is
+warm), informers listed (the state is synced), then the Lease; only the holder schedules. Losing the
+Lease ends the process with exit code 3 — the next start rebuilds everything from the API server, as
+client-go controllers do — before another replica could have taken it over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from leitstand.operator.service.cache import ClusterCache
+from leitstand.operator.service.config import ServiceConfig
+from leitstand.operator.service.handlers import KopfThread
+from leitstand.operator.service.informer import Informer
+from leitstand.operator.service.jobs import PriorityClassInfo
+from leitstand.operator.service.kubeclient import KubeClient, load_credentials
+from leitstand.operator.service.leader import LeaderElector
+from leitstand.operator.service.loop import Scheduler
+from leitstand.operator.service.records import PREEMPTIBLE_ANNOTATION, NodeLabels, node_record, pod_record
+
+log = logging.getLogger("leitstand.run")
+
+EXIT_LOST_LEASE = 3
+
+
+def warm_up() -> float:
+    """Compile (or load from the Numba cache) the kernels one cycle needs; returns seconds taken."""
+    from leitstand.scheduler.cycle import run_cycle
+    from leitstand.scheduler.model import Job, JobId, Node, NodeName, Queue, QueueName, Snapshot, Topology
+
+    started = time.perf_counter()
+    nodes = tuple(Node(NodeName(f"n{i}"), 8, 64_000, 512_000, topology=("r0",)) for i in range(2))
+    snapshot = Snapshot(
+        nodes=nodes,
+        queues=(Queue(QueueName("q"), quota_milli=8000),),
+        pending=(Job(JobId("w/a"), QueueName("q"), replicas=2, gpus=4), Job(JobId("w/b"), QueueName("q"),
+                                                                           gpu_milli=500)),
+        topology=Topology(levels=("rack",)),
+    )
+    run_cycle(snapshot)
+    return time.perf_counter() - started
+
+
+def priority_class_info(raw: Mapping[str, Any]) -> PriorityClassInfo | None:
+    annotations = (raw.get("metadata") or {}).get("annotations") or {}
+    text = annotations.get(PREEMPTIBLE_ANNOTATION)
+    preemptible = None if text is None else str(text).strip().lower() == "true"
+    return PriorityClassInfo(value=int(raw.get("value", 0)), preemptible=preemptible)
+
+
+async def serve(config: ServiceConfig, kubeconfig: str | None = None, identity: str | None = None) -> int:
+    identity = identity or f"{socket.gethostname()}-{os.getpid()}"
+    seconds = await asyncio.to_thread(warm_up)
+    log.info("kernels ready in %.1f s", seconds)
+    client = KubeClient(load_credentials(kubeconfig), max_in_flight=config.bind_concurrency)
+    cache = ClusterCache(config.core_topology)
+    scheduler = Scheduler(config, client, cache)
+    loop = asyncio.get_running_loop()
+
+    def on_pod(kind: str, key: str, old: Any, new: Any) -> None:
+        cache.on_pod(kind, key, old, new)
+        scheduler.on_pod_change()
+
+    def on_node(kind: str, key: str, old: Any, new: Any) -> None:
+        cache.on_node(kind, key, old, new)
+        scheduler.wake.set()
+
+    keys = NodeLabels(
+        gpu_model=config.gpu_model_label,
+        node_pool=config.node_pool_label,
+        jurisdiction=config.jurisdiction_label,
+        topology=config.topology_labels,
+        default_pool=config.default_node_pool,
+    )
+    informers = [
+        Informer(client, "/api/v1/nodes", functools.partial(node_record, keys=keys), on_node, name="nodes"),
+        Informer(client, "/api/v1/pods", functools.partial(pod_record, scheduler_name=config.scheduler_name),
+                 on_pod, name="pods"),
+        Informer(client, "/apis/scheduling.k8s.io/v1/priorityclasses", priority_class_info,
+                 scheduler.on_priority_class, name="priorityclasses"),
+    ]
+
+    def sink(plural: str, kind: str, body: dict[str, Any]) -> None:
+        handler = scheduler.on_trainingjob if plural == "trainingjobs" else scheduler.on_queue
+        loop.call_soon_threadsafe(handler, kind, body)
+
+    kopf_thread = KopfThread(sink)
+    tasks = [asyncio.create_task(i.run(), name=f"informer-{i.name}") for i in informers]
+    kopf_thread.start()
+    await asyncio.gather(*(i.synced.wait() for i in informers))
+    log.info("synced: %d nodes, %d pods, %d priority classes", len(cache.nodes), len(cache.pods),
+             len(scheduler.priority_classes))
+    # kopf lists the custom resources on its own; give it a moment so the first cycle sees them all
+    await asyncio.to_thread(kopf_thread.ready_flag.wait, 30)
+
+    stopping = asyncio.Event()
+    lost = asyncio.Event()
+
+    async def started_leading() -> None:
+        log.info("leading as %s: scheduling", identity)
+        scheduler.leading = True
+        scheduler.wake.set()
+
+    def stopped_leading() -> None:
+        scheduler.leading = False
+        if not stopping.is_set():
+            log.error("lost the lease %s/%s: exiting so a fresh start rebuilds from the API server",
+                      config.system_namespace, config.lease_name)
+            lost.set()
+
+    elector = LeaderElector(
+        client,
+        config.system_namespace,
+        config.lease_name,
+        identity,
+        lease_seconds=config.lease_seconds,
+        renew_deadline_seconds=config.renew_deadline_seconds,
+        retry_seconds=config.retry_seconds,
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stopping.set)
+    tasks.append(asyncio.create_task(scheduler.run(), name="scheduler"))
+    tasks.append(asyncio.create_task(elector.run(started_leading, stopped_leading), name="leader"))
+    waiters = [asyncio.create_task(stopping.wait()), asyncio.create_task(lost.wait())]
+    failed = [t for t in tasks]
+    done, _ = await asyncio.wait([*waiters, *failed], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if lost.is_set():
+        code = EXIT_LOST_LEASE
+    for task in done:
+        if task in tasks and not task.cancelled() and task.exception() is not None:
+            log.error("%s stopped: %r", task.get_name(), task.exception())
+            code = 1
+    scheduler.leading = False
+    if code != EXIT_LOST_LEASE:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(elector.release(), timeout=5)
+    for task in [*tasks, *waiters]:
+        task.cancel()
+    await asyncio.gather(*tasks, *waiters, return_exceptions=True)
+    kopf_thread.stop()
+    await client.close()
+    return code
+
+
+def main(config: ServiceConfig, kubeconfig: str | None, identity: str | None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kopf").setLevel(logging.WARNING)
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads it too
+    return asyncio.run(serve(config, kubeconfig, identity))
