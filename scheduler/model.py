@@ -212,7 +212,7 @@ class PendingReason:
 
     job_id: JobId
     code: str
-    """Stable machine-readable code, e.g. "QueueAtLimit", "NoTopologyDomain", "OverFairShare"."""
+    """Stable machine-readable code, e.g. "QueueAtLimit", "NoTopologyDomain", "NeverFits", "OverFairShare"."""
     message: str
 
 

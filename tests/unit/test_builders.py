@@ -44,3 +44,11 @@ def test_make_running_and_snapshot() -> None:
     assert snap.running[0].placements[1].node == "n1"
     with pytest.raises(ValueError, match="2 replicas but 1 placements"):
         make_running(job, [("n0", [0, 1])])
+
+
+def test_make_job_eligibility_arguments() -> None:
+    job = make_job(jurisdiction="eu-de", jurisdictions=["eu-fr"], allowed_nodes=["n1"])
+    assert job.jurisdictions == {"eu-de", "eu-fr"}
+    assert job.allowed_nodes == {"n1"}
+    plain = make_job()
+    assert plain.jurisdictions == frozenset() and plain.allowed_nodes is None
