@@ -53,8 +53,13 @@ def _go_env() -> dict[str, str]:
     return env
 
 
+_STEPS: dict[str, str] = {}
+"""Component (log file stem) → the go command it is running now, for the progress lines of `build`."""
+
+
 def _run(args: list[str], cwd: Path, log: Path) -> str:
     """Run a go command, appending its output to `log`; raise BuildError with the tail on failure."""
+    _STEPS[log.stem.removeprefix("build-")] = " ".join(args[:2]) if args[:1] == ["go"] else args[0]
     with log.open("a") as out:
         out.write(f"$ {' '.join(args)}\n")
         out.flush()
@@ -225,7 +230,7 @@ def missing(paths: CachePaths | None = None) -> list[str]:
     return [name for name, built in checks.items() if not built(paths)]
 
 
-def build(force: bool = False, report: Report = print) -> dict[str, float]:
+def build(force: bool = False, report: Report = print, progress_seconds: float = 30.0) -> dict[str, float]:
     """Build what is missing (everything with `force`); return seconds spent per component."""
     paths = cache_paths()
     todo = ["kubernetes", "etcd", "kwok"] if force else missing(paths)
@@ -247,8 +252,20 @@ def build(force: bool = False, report: Report = print) -> dict[str, float]:
         report(f"build: {name} done in {seconds[name]:.0f} s")
 
     # Concurrently: downloads of one overlap compiles of another (the cold build is ~8.5 min on 2 cores).
+    # A progress line every `progress_seconds` says what each component is doing, instead of silence.
+    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(todo)) as pool:
-        for future in [pool.submit(one, name) for name in todo]:
+        futures = [pool.submit(one, name) for name in todo]
+        while not all(f.done() for f in futures):
+            done_waiting = time.monotonic() + progress_seconds
+            while time.monotonic() < done_waiting and not all(f.done() for f in futures):
+                time.sleep(0.5)
+            busy = [n for n in todo if n not in seconds]
+            if busy and not all(f.done() for f in futures):
+                elapsed = time.monotonic() - started
+                steps = ", ".join(f"{n}: {_STEPS.get(n, 'starting')}" for n in busy)
+                report(f"build: {int(elapsed // 60)} min {int(elapsed % 60):02d} s; running {steps}")
+        for future in futures:
             future.result()
     still = missing(paths)
     if still:
