@@ -1,274 +1,240 @@
-"""`leitstand demo`: the scheduling core driving a real (local) Kubernetes cluster, end to end.
+"""`leitstand demo`: the README's main job — the operator on the local cluster, as its users meet it.
 
-The main job of the README's first command. It brings up the local cluster (etcd + kube-apiserver +
-controller-manager + KWOK GPU nodes, `leitstand.operator.cluster`) unless one is running, submits a small
-multi-tenant scenario as pods with `schedulerName: leitstand`, and runs scheduling cycles: observe
-nodes and pods → build a `Snapshot` → `leitstand.scheduler.cycle.run_cycle` → write the plan back
-(GPU indices as a pod annotation, then `pods/binding`; evicted gangs are deleted and re-submitted).
-KWOK finishes each pod after its annotated duration, so jobs really run, end, and free their GPUs.
+What it does, in order: start the local cluster unless one runs (etcd, kube-apiserver,
+controller-manager, KWOK as the kubelets of 12 DGX-B200-like nodes in racks of four, a 4-node pool
+the research consortium brought, and 2 L40S nodes in France); install the API (`deploy/`: namespace,
+CRDs, priority classes; the RBAC comes with the cluster) and the sample queues
+(`deploy/examples/queues.yaml`) as a platform engineer; start `leitstand run` as the
+`leitstand-operator` identity (least privilege); then the tenants submit the sample TrainingJobs
+from `deploy/examples/` with `kubectl` and their own tokens: first the industry tenant fills the idle
+cluster far beyond its quota, then the research consortium (its reserved pool), the SME department's
+two projects (whose in-quota work reclaims GPUs from industry) and a job whose data must stay in
+France. A live table shows queues and jobs until every sample job has finished; then a summary. The
+cluster and the operator are stopped again by recorded PID unless `--keep`.
 
-This is a single-process, poll-based driver meant to show and test the core against a real API server;
-the production operator (kopf for the CRDs, informers, a Lease, an async binder) is built on the same
-translation layer (`kube_model`). It prints every decision with its reason and a final summary.
+Everything shown is read from the API server (TrainingJob and Queue status), never from the
+operator's memory.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
-from collections import defaultdict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from leitstand.operator import kube_model as km
-from leitstand.operator.cluster.kubeapi import ApiError, KubeApi
-from leitstand.scheduler.cycle import run_cycle
-from leitstand.scheduler.model import (
-    GPU_MILLI,
-    EvictionKind,
-    JobId,
-    Node,
-    Plan,
-    Queue,
-    QueueName,
-    SchedulerConfig,
-    Snapshot,
-)
-from leitstand.scheduler.state import ClusterState
+import yaml
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from leitstand.operator.cluster import controlplane
+from leitstand.operator.cluster.kubeapi import KubeApi
+from leitstand.operator.cluster.layout import cache_paths, repo_root, run_dir
+from leitstand.operator.cluster.nodes import ClusterSpec, NodePool, Topology
+from leitstand.operator.service.launcher import OperatorProcess, start_operator
 
 Report = Callable[[str], None]
 
-QUEUES = (
-    Queue(name=QueueName("tenant-a"), quota_milli=64 * GPU_MILLI, over_quota_weight=1.0),
-    Queue(name=QueueName("tenant-b"), quota_milli=64 * GPU_MILLI, over_quota_weight=1.0),
+DEPLOY = repo_root() / "deploy"
+EXAMPLES = DEPLOY / "examples"
+
+CLUSTER = ClusterSpec(
+    pools=(
+        NodePool(name="b200", count=12),
+        NodePool(name="research", count=4),
+        NodePool(name="l40s", count=2, gpus=2, gpu_product="NVIDIA-L40S", gpu_memory_mib=46_068, cpu="64",
+                 memory="512Gi", jurisdiction="eu-fr"),
+    ),
+    topology=Topology(nodes_per_rack=4, racks_per_spine=2),
 )
 
-
-@dataclass(frozen=True, slots=True)
-class DemoJob:
-    """One gang of the scenario: submitted at `submit_after` seconds into the run."""
-
-    name: str
-    namespace: str
-    replicas: int
-    gpus: int = 8
-    fraction: float | None = None
-    seconds: int = 40
-    priority: int = 50
-    required: str | None = None
-    jurisdiction: str | None = None
-    """The `leitstand.dev/jurisdiction` annotation: one jurisdiction or a comma-separated list."""
-    submit_after: float = 0.0
-
-
-SCENARIO = (
-    # tenant-b borrows idle capacity beyond its 64-GPU quota with preemptible training gangs
-    *(DemoJob(f"b-train-{i}", "tenant-b", replicas=2, seconds=45) for i in range(6)),
-    DemoJob("b-notebooks", "tenant-b", replicas=4, gpus=1, fraction=0.5, seconds=30),
-    # tenant-a: an in-quota gang that must sit in one rack; then one that needs reclaim
-    DemoJob("a-pretrain", "tenant-a", replicas=2, seconds=20, required="rack"),
-    DemoJob("a-finetune", "tenant-a", replicas=4, seconds=20, required="rack", submit_after=8),
-    # data residency that no node offers: stays pending with a reason
-    DemoJob("a-sovereign", "tenant-a", replicas=1, gpus=2, jurisdiction="eu-fr", submit_after=8),
+WAVES: tuple[tuple[float, str], ...] = (
+    (0.0, "industry-burst.yaml"),
+    (0.0, "industry-train.yaml"),
+    (12.0, "research-pretrain.yaml"),
+    (12.0, "sme-vision-finetune.yaml"),
+    (12.0, "sme-robotics-notebook.yaml"),
+    (12.0, "industry-sovereign.yaml"),
 )
+"""(seconds after the operator leads, example file): industry borrows first; the others come after the
+demo's minimum runtime (10 s, `deploy/config/demo.yaml`) so the SME projects can reclaim."""
+
+TERMINAL = ("Succeeded", "Failed")
 
 
-def pod_manifests(job: DemoJob) -> list[dict[str, Any]]:
-    annotations = {
-        km.REPLICAS: str(job.replicas),
-        km.PRIORITY: str(job.priority),
-        "leitstand.dev/sim-duration": f"{job.seconds}s",
-    }
-    if job.fraction is not None:
-        annotations[km.GPU_FRACTION] = str(job.fraction)
-    if job.required:
-        annotations[km.REQUIRED_TOPOLOGY] = job.required
-    if job.jurisdiction:
-        annotations[km.JURISDICTION] = job.jurisdiction
-    limits = {"cpu": "8", "memory": "64Gi"}
-    if job.fraction is None:
-        limits["nvidia.com/gpu"] = str(job.gpus)
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{job.name}-{i}",
-                "namespace": job.namespace,
-                "labels": {km.JOB_LABEL: job.name, km.QUEUE_LABEL: job.namespace},
-                "annotations": annotations,
-            },
-            "spec": {
-                "schedulerName": km.SCHEDULER_NAME,
-                "restartPolicy": "Never",
-                "containers": [{"name": "main", "image": "leitstand.dev/sim", "resources": {"limits": limits}}],
-                "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
-            },
-        }
-        for i in range(job.replicas)
-    ]
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message says which and what to look at."""
 
 
-@dataclass
-class DemoLoop:
-    api: KubeApi
-    report: Report = print
-    config: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(min_runtime_seconds=5.0))
-    started: dict[JobId, float] = field(default_factory=dict)
-    created: dict[JobId, float] = field(default_factory=dict)
-    said: dict[JobId, str] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    t0: float = field(default_factory=time.monotonic)
-
-    def now(self) -> float:
-        return time.monotonic() - self.t0
-
-    def submit(self, job: DemoJob) -> None:
-        for pod in pod_manifests(job):
-            self.api.create(f"/api/v1/namespaces/{job.namespace}/pods", pod, exist_ok=False)
-        self.created[JobId(f"{job.namespace}/{job.name}")] = self.now()
-        self.report(f"[{self.now():5.1f}s] submit  {job.namespace}/{job.name}: {job.replicas} x "
-                    f"{job.fraction if job.fraction else job.gpus} GPU")
-
-    def observe(self) -> tuple[list[Node], dict[JobId, km.Gang]]:
-        nodes = [km.node_from_json(n) for n in self.api.get("/api/v1/nodes")["items"]]
-        pods = self.api.get(f"/api/v1/pods?fieldSelector=spec.schedulerName%3D{km.SCHEDULER_NAME}")["items"]
-        groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
-        for pod in pods:
-            meta = pod["metadata"]
-            if meta.get("deletionTimestamp") or km.JOB_LABEL not in meta.get("labels", {}):
-                continue
-            groups[(meta["namespace"], meta["labels"][km.JOB_LABEL])].append(pod)
-        gangs = {}
-        for (ns, name), members in groups.items():
-            job_id = JobId(f"{ns}/{name}")
-            gang = km.job_from_pods(members, created_at=self.created.get(job_id, 0.0))
-            gangs[gang.job.id] = gang
-        return nodes, gangs
-
-    def cycle(self) -> Plan | None:
-        nodes, gangs = self.observe()
-        pending = tuple(g.job for g in gangs.values() if not any(p["spec"].get("nodeName") for p in g.pods))
-        running = tuple(
-            g.running(self.started.get(g.job.id, 0.0)) for g in gangs.values() if g.bound and not g.finished
-        )
-        if not pending:
-            return None
-        snapshot = Snapshot(
-            nodes=tuple(nodes), queues=QUEUES, pending=pending, running=running, topology=km.TOPOLOGY,
-            now=self.now(),
-        )
-        state = ClusterState.from_nodes(snapshot.nodes, snapshot.topology)
-        for run in running:
-            state.allocate_job(run)
-        plan = run_cycle(snapshot, self.config, state=state)
-        self.apply(plan, gangs)
-        return plan
-
-    def apply(self, plan: Plan, gangs: Mapping[JobId, km.Gang]) -> None:
-        for eviction in plan.evictions:
-            gang = gangs[eviction.job_id]
-            self.say(eviction.job_id, f"evicted ({eviction.kind.value} for {eviction.for_job}): {eviction.reason}")
-            self.events.append({"t": round(self.now(), 1), "evict": eviction.job_id, "kind": eviction.kind.value})
-            for pod in gang.pods:
-                meta = pod["metadata"]
-                self.api.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}")
-            if eviction.kind is not EvictionKind.CONSOLIDATE:
-                self.resubmit(gang)
-        for binding in plan.bindings:
-            gang = gangs[binding.job_id]
-            pods = [p for p in gang.pods if not p["spec"].get("nodeName")]
-            for pod, placement in zip(pods, binding.placements, strict=False):
-                meta = pod["metadata"]
-                path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
-                gpus = ",".join(str(g) for g in placement.gpu_indices)
-                self.api.request(
-                    "PATCH", path, {"metadata": {"annotations": {km.ASSIGNED_GPUS: gpus}}},
-                    content_type="application/merge-patch+json",
-                )
-                body = {
-                    "apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": placement.node},
-                }
-                status, reply = self.api.request("POST", f"{path}/binding", body)
-                if status not in (200, 201):
-                    raise ApiError(status, "POST", f"{path}/binding", json.dumps(reply))
-            self.started[binding.job_id] = self.now()
-            where = sorted({p.node for p in binding.placements})
-            self.say(binding.job_id, f"bound after {self.now() - self.created.get(binding.job_id, 0):.1f}s "
-                     f"to {', '.join(where)}")
-            self.events.append({"t": round(self.now(), 1), "bind": binding.job_id, "nodes": where})
-        for reason in plan.pending:
-            self.say(reason.job_id, f"pending [{reason.code}] {reason.message}")
-
-    def resubmit(self, gang: km.Gang) -> None:
-        """An evicted gang starts over: the same pods, unbound, as a fresh submission."""
-        for pod in gang.pods:
-            meta = pod["metadata"]
-            path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
-            for _ in range(100):  # KWOK deletes promptly; wait until the name is free
-                status, _body = self.api.request("GET", path)
-                if status == 404:
-                    break
-                time.sleep(0.1)
-            fresh: dict[str, Any] = {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta},
-                "spec": {k: v for k, v in pod["spec"].items() if k != "nodeName"},
-            }
-            fresh["metadata"]["annotations"] = {
-                k: v for k, v in fresh["metadata"].get("annotations", {}).items() if k != km.ASSIGNED_GPUS
-            }
-            self.api.create(f"/api/v1/namespaces/{meta['namespace']}/pods", fresh, exist_ok=False)
-
-    def say(self, job: JobId, text: str) -> None:
-        if self.said.get(job) != text:
-            self.said[job] = text
-            self.report(f"[{self.now():5.1f}s] {job:<24} {text}")
-
-
-def api_for_run(run: Path) -> KubeApi:
-    """An admin client for the cluster whose run folder is `run` (see `leitstand cluster env`)."""
-    state = json.loads((run / "state.json").read_text())
-    token = next(
-        line.split(",")[0] for line in (run / "tokens.csv").read_text().splitlines() if ",admin," in line
+def kubectl(run: Path, user: str, *args: str, stdin: str | None = None) -> str:
+    binary = cache_paths().binary("kubectl")
+    proc = subprocess.run(
+        [str(binary), f"--kubeconfig={run / f'{user}.kubeconfig'}", *args],
+        capture_output=True, text=True, input=stdin, timeout=120, check=False,
     )
+    if proc.returncode != 0:
+        raise DemoError(f"kubectl {' '.join(args)} (as {user}) failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def admin_api(run: Path) -> KubeApi:
+    state = json.loads((run / "state.json").read_text())
+    token = next(line.split(",")[0] for line in (run / "tokens.csv").read_text().splitlines() if ",admin," in line)
     return KubeApi(state["server"], token, str(run / "pki" / "ca.crt"))
 
 
-def run_demo(api: KubeApi, report: Report = print, timeout_seconds: float = 300.0) -> dict[str, Any]:
-    """Run the scenario to completion; returns a summary (also what the e2e test asserts on)."""
-    loop = DemoLoop(api, report)
-    queue = sorted(SCENARIO, key=lambda j: j.submit_after)
-    while loop.now() < timeout_seconds:
-        while queue and queue[0].submit_after <= loop.now():
-            loop.submit(queue.pop(0))
-        loop.cycle()
-        _nodes, gangs = loop.observe()
-        schedulable_left = [
-            g for g in gangs.values() if not g.finished and not g.job.jurisdictions
-        ]
-        if not queue and not schedulable_left:
-            break
-        time.sleep(1.0)
-    _nodes, gangs = loop.observe()
-    summary: dict[str, Any] = {
-        "seconds": round(loop.now(), 1),
-        "finished": sorted(j for j, g in gangs.items() if g.finished),
-        "unfinished": sorted(j for j, g in gangs.items() if not g.finished),
-        "reasons": {j: loop.said.get(j, "") for j, g in gangs.items() if not g.finished},
-        "events": loop.events,
+def install(run: Path, report: Report) -> None:
+    """The API and the sample queues, as a platform engineer applies them."""
+    kubectl(run, "admin", "apply", "-f", str(DEPLOY / "namespace.yaml"), "-f", str(DEPLOY / "crds"),
+            "-f", str(DEPLOY / "priorityclasses.yaml"))
+    kubectl(run, "admin", "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/trainingjobs.leitstand.dev", "crd/queues.leitstand.dev")
+    kubectl(run, "admin", "apply", "-f", str(EXAMPLES / "queues.yaml"))
+    report("demo: installed CRDs, priority classes and the sample queues (kubectl apply as admin)")
+
+
+def example_jobs(name: str) -> tuple[str, list[str]]:
+    """(namespace = tenant user, job names) of an example file."""
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / name).read_text()) if d]
+    return docs[0]["metadata"]["namespace"], [d["metadata"]["name"] for d in docs]
+
+
+def submit(run: Path, name: str, report: Report) -> list[str]:
+    namespace, jobs = example_jobs(name)
+    kubectl(run, namespace, "apply", "-f", str(EXAMPLES / name))
+    report(f"demo: {namespace} submitted {name} ({len(jobs)} job{'s' if len(jobs) != 1 else ''}) with kubectl")
+    return [f"{namespace}/{job}" for job in jobs]
+
+
+def observe(api: KubeApi) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    jobs = api.get("/apis/leitstand.dev/v1alpha1/trainingjobs")["items"]
+    queues = api.get("/apis/leitstand.dev/v1alpha1/queues")["items"]
+    return jobs, queues
+
+
+def render(jobs: list[dict[str, Any]], queues: list[dict[str, Any]], elapsed: float) -> Group:
+    qt = Table(title=f"Queues  (t = {elapsed:5.1f} s)", title_justify="left", expand=False)
+    for column in ("queue", "parent", "quota", "limit", "fair share", "allocated", "pending jobs"):
+        qt.add_column(column, justify="right" if column not in ("queue", "parent") else "left")
+    for q in sorted(queues, key=lambda q: (q["spec"].get("parent") or q["metadata"]["name"], q["metadata"]["name"])):
+        spec, status = q["spec"], q.get("status") or {}
+        gpu = spec.get("gpu") or {}
+        qt.add_row(q["metadata"]["name"], spec.get("parent", ""), str(gpu.get("quota", 0)), str(gpu.get("limit", "-")),
+                   status.get("fairShare", ""), status.get("allocated", ""), str(status.get("pendingJobs", "")))
+    jt = Table(title="TrainingJobs", title_justify="left")
+    for column in ("job", "queue", "GPUs", "phase", "reason", "preempted", "where / why"):
+        jt.add_column(column)
+    colours = {"Running": "green", "Succeeded": "blue", "Failed": "red", "Pending": "yellow"}
+    for job in sorted(jobs, key=lambda j: (j["metadata"]["namespace"], j["metadata"]["name"])):
+        status = job.get("status") or {}
+        phase = status.get("phase", "")
+        placement = status.get("placement") or {}
+        where = (f"{placement.get('level', '')} {placement.get('domain', '')}".strip()
+                 if phase == "Running" else status.get("message", ""))
+        jt.add_row(f"{job['metadata']['namespace']}/{job['metadata']['name']}", job["spec"]["queue"],
+                   status.get("gpus", ""), f"[{colours.get(phase, 'white')}]{phase}[/]", status.get("reason", ""),
+                   str(status.get("preemptions", 0) or ""), where[:90])
+    return Group(qt, jt)
+
+
+def summarise(jobs: list[dict[str, Any]], submitted: list[str], seconds: float,
+              operator: OperatorProcess) -> dict[str, Any]:
+    from leitstand.operator.service.records import timestamp
+
+    by_key = {f"{j['metadata']['namespace']}/{j['metadata']['name']}": j for j in jobs}
+    rows: dict[str, Any] = {}
+    for key in submitted:
+        job = by_key.get(key)
+        status = (job or {}).get("status") or {}
+        created = timestamp((job or {}).get("metadata", {}).get("creationTimestamp"))
+        started = timestamp(status.get("startedAt"))
+        finished = timestamp(status.get("finishedAt"))
+        rows[key] = {
+            "queue": (job or {}).get("spec", {}).get("queue"),
+            "phase": status.get("phase", "missing"),
+            "reason": status.get("reason", ""),
+            "message": status.get("message", ""),
+            "preemptions": status.get("preemptions", 0),
+            "restarts": status.get("restarts", 0),
+            "first_start_after_seconds": round(started - created, 1) if started and created else None,
+            "finished_after_seconds": round(finished - created, 1) if finished and created else None,
+        }
+    return {
+        "seconds": round(seconds, 1),
+        "jobs": rows,
+        "finished": sorted(k for k, r in rows.items() if r["phase"] in TERMINAL),
+        "unfinished": sorted(k for k, r in rows.items() if r["phase"] not in TERMINAL),
+        "succeeded": sorted(k for k, r in rows.items() if r["phase"] == "Succeeded"),
+        "preempted": sorted(k for k, r in rows.items() if r["preemptions"]),
+        "operator": {"cpu_seconds": round(operator.cpu_seconds(), 1), "rss_mib": round(operator.rss_mib(), 1)},
     }
-    report(f"demo: {len(summary['finished'])} jobs finished, {len(summary['unfinished'])} left "
-           f"in {summary['seconds']} s")
-    for job, reason in summary["reasons"].items():
-        report(f"  still pending: {job}: {reason}")
+
+
+def run_demo(report: Report = print, *, keep: bool = False, timeout_seconds: float = 420.0,
+             console: Console | None = None) -> dict[str, Any]:
+    """Run the whole demo; returns the summary (what `--json` prints and the e2e test checks)."""
+    console = console or Console()
+    run = run_dir()
+    started_cluster = False
+    if not controlplane.status().get("running"):
+        report(f"demo: starting the local cluster in {run} (the first run builds Kubernetes from source: "
+               "about ten minutes, with progress below)")
+        controlplane.up(CLUSTER, report=report)
+        started_cluster = True
+    operator: OperatorProcess | None = None
+    try:
+        install(run, report)
+        log = run / "logs" / "leitstand-run.log"
+        operator = start_operator(run / "leitstand-operator.kubeconfig", log, config=DEPLOY / "config" / "demo.yaml")
+        if not operator.wait_for_log("leading as", timeout_seconds=120):
+            raise DemoError(f"leitstand run did not start scheduling; its log ({log}):\n{operator.log_text()[-3000:]}")
+        report(f"demo: leitstand run (pid {operator.pid}) is scheduling as leitstand-operator; log: {log}")
+        api = admin_api(run)
+        t0 = time.monotonic()
+        submitted: list[str] = []
+        waves = list(WAVES)
+        jobs: list[dict[str, Any]] = []
+        live = Live(console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
+        seen: dict[str, tuple[str, str]] = {}
+        if live is not None:
+            live.start()
+        try:
+            while time.monotonic() - t0 < timeout_seconds:
+                while waves and waves[0][0] <= time.monotonic() - t0:
+                    submitted += submit(run, waves.pop(0)[1], report if live is None else console.log)
+                jobs, queues = observe(api)
+                if live is not None:
+                    live.update(render(jobs, queues, time.monotonic() - t0))
+                else:
+                    for job in jobs:
+                        key = f"{job['metadata']['namespace']}/{job['metadata']['name']}"
+                        status = job.get("status") or {}
+                        now = (status.get("phase", ""), status.get("reason", ""))
+                        if now != seen.get(key) and now[0]:
+                            seen[key] = now
+                            report(f"[{time.monotonic() - t0:5.1f}s] {key:<36} {now[0]:<9} {now[1]}: "
+                                   f"{status.get('message', '')}")
+                phases = {f"{j['metadata']['namespace']}/{j['metadata']['name']}": (j.get("status") or {}).get(
+                    "phase") for j in jobs}
+                if not waves and all(phases.get(k) in TERMINAL for k in submitted):
+                    break
+                time.sleep(1.0)
+        finally:
+            if live is not None:
+                live.stop()
+        summary = summarise(jobs, submitted, time.monotonic() - t0, operator)
+    finally:
+        if operator is not None:
+            operator.stop()
+        if started_cluster and not keep:
+            controlplane.down(report=report)
+    report(f"demo: {len(summary['succeeded'])} of {len(summary['jobs'])} jobs succeeded in {summary['seconds']} s; "
+           f"{len(summary['preempted'])} sent back to their queue by reclaim ({', '.join(summary['preempted'])}); "
+           f"operator CPU {summary['operator']['cpu_seconds']} s, RSS {summary['operator']['rss_mib']} MiB")
+    for key, row in summary["jobs"].items():
+        report(f"  {key:<36} {row['phase']:<9} started after {row['first_start_after_seconds']} s, "
+               f"preemptions {row['preemptions']}" + (f" — {row['message']}" if row["phase"] != "Succeeded" else ""))
     return summary
-
-
-def cleanup(api: KubeApi) -> None:
-    """Delete the demo's pods so the scenario can run again on the same cluster."""
-    for namespace in {job.namespace for job in SCENARIO}:
-        api.request("DELETE", f"/api/v1/namespaces/{namespace}/pods?labelSelector={km.JOB_LABEL}")

@@ -187,27 +187,3 @@ def test_consolidation_re_places_a_moved_job_only_on_its_allowed_nodes() -> None
     assert [(e.job_id, e.kind) for e in plan.evictions] == [("b-old", EvictionKind.CONSOLIDATE)]
     where = {b.job_id: {p.node for p in b.placements} for b in plan.bindings}
     assert where == {"a1": {"n1"}, "b-old": {"n0"}}
-
-
-# --- the translation layer (operator/kube_model.py) ----------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("annotation", "expected"),
-    [
-        (None, set()),
-        ("eu-de", {"eu-de"}),
-        ("eu-de,eu-fr", {"eu-de", "eu-fr"}),
-        (" eu-de , eu-fr, ", {"eu-de", "eu-fr"}),
-    ],
-)
-def test_pod_annotation_may_list_jurisdictions(annotation: str | None, expected: set[str]) -> None:
-    from leitstand.operator import kube_model as km
-
-    annotations = {} if annotation is None else {km.JURISDICTION: annotation}
-    pod = {
-        "metadata": {"name": "p-0", "namespace": "t", "labels": {km.JOB_LABEL: "p"}, "annotations": annotations},
-        "spec": {"containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
-    }
-    assert km.job_from_pods([pod], created_at=0.0).job.jurisdictions == expected
-
