@@ -168,7 +168,16 @@ class ClusterCache:
             return Charge(pod.node, indices, milli if count else 0, pod.cpu_milli, pod.memory_mib)
         if pod is not None and pod.terminal:
             return None
-        return self.assumed.get(key)
+        assumed = self.assumed.get(key)
+        if assumed is None and pod is not None and pod.planned_node and pod.role != ROLE_RESERVATION:
+            # Created for a placement (by this process or a predecessor) and not bound yet: a bind
+            # request may still be in flight from a process that died, so the planned GPUs stay taken
+            # until the pod is bound there or gone.
+            count = 1 if pod.fraction_milli else pod.gpus
+            if len(pod.assigned) == count:
+                return Charge(pod.planned_node, pod.assigned, pod.gpu_milli if count else 0, pod.cpu_milli,
+                              pod.memory_mib)
+        return assumed
 
     def _free_indices(self, node: str, count: int, key: str) -> tuple[int, ...]:
         if count == 0:
