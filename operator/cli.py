@@ -26,6 +26,21 @@ app.add_typer(simulate_app, name="simulate", help="Trace-driven simulations of t
 app.add_typer(bench_app, name="bench", help="Benchmarks that print numbers (JSON with --json).")
 
 
+@bench_app.command("crash")
+def bench_crash(
+    jobs: Annotated[int, typer.Option(min=1, help="TrainingJobs in the burst.")] = 200,
+    kills: Annotated[int, typer.Option(min=0, help="kill -9 of leitstand run at this many random moments.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seeds the job mix and the kill moments.")] = 7,
+    nodes: Annotated[int, typer.Option(min=1, help="8-GPU nodes if a cluster must be started.")] = 16,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """kill -9 of leitstand run at random moments of a job burst; every outcome checked on the API server."""
+    from leitstand.operator.faults import crash
+
+    crash(jobs=jobs, kills=kills, seed=seed, nodes=nodes, timeout=timeout, as_json=as_json)
+
+
 @app.command("run")
 def run_service(
     kubeconfig: Annotated[

@@ -11,6 +11,7 @@ the loop turns into a pending reason on the object.
 from __future__ import annotations
 
 import copy
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -279,8 +280,13 @@ def replica_pod(
     placement: ReplicaPlacement,
     priority: PriorityClassInfo,
     scheduler_name: str,
+    attempt: str,
 ) -> dict[str, Any]:
-    """The pod of replica `index`, made for `placement` (bound to it right after creation)."""
+    """The pod of replica `index`, made for `placement` (bound to it right after creation).
+
+    `attempt` (`new_attempt()`) is shared by the replicas of one placement and differs between
+    placements, so a gang that is moved, requeued or restarted never reuses a pod name whose old
+    pod may still be terminating (or, after a crash, still be bound by a request in flight)."""
     template = copy.deepcopy(dict(spec.template))
     meta = template.get("metadata") or {}
     pod_spec = template.get("spec") or {}
@@ -315,7 +321,7 @@ def replica_pod(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": replica_pod_name(spec.name, index),
+            "name": replica_pod_name(spec.name, attempt, index),
             "namespace": spec.namespace,
             "labels": labels,
             "annotations": annotations,
@@ -334,5 +340,12 @@ def replica_pod(
     }
 
 
-def replica_pod_name(job: str, index: int) -> str:
-    return f"{job}-{index}"
+_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' generateName alphabet: no vowels, no look-alikes
+
+
+def new_attempt() -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(5))
+
+
+def replica_pod_name(job: str, attempt: str, index: int) -> str:
+    return f"{job}-{attempt}-{index}"

@@ -46,6 +46,7 @@ from leitstand.operator.service.jobs import (
     SpecError,
     TrainingJobSpec,
     core_job,
+    new_attempt,
     parse_queue,
     parse_trainingjob,
     plain_pod_job,
@@ -116,6 +117,8 @@ class Tracked:
     task: asyncio.Task[None] | None = None
     """The binder's task for this job (binding or removal) while it runs."""
     removing: bool = False
+    pod_keys: tuple[str, ...] = ()
+    """The pods of the placement being bound (names differ per attempt: `jobs.new_attempt`)."""
 
 
 @dataclass
@@ -398,7 +401,7 @@ class Scheduler:
             waiting[JobId(key)] = ("InvalidSpec", f"spec.template.spec.{exc}")
             return
         if busy and not tracked.removing:  # being bound: its GPUs are promised in the cache
-            charged = [(k, self.cache.charges[k]) for k in self._replica_keys(spec) if k in self.cache.charges]
+            charged = [(k, self.cache.charges[k]) for k in tracked.pod_keys if k in self.cache.charges]
             if charged:
                 running.append(self._running(spec, priority, charged, now, status, allowed))
             return
@@ -469,9 +472,6 @@ class Scheduler:
                        replicas=len(charged))
         placements = tuple(ReplicaPlacement(NodeName(c.node), c.gpu_indices) for _k, c in charged)
         return RunningJob(job=job, placements=placements, started_at=started)
-
-    def _replica_keys(self, spec: TrainingJobSpec) -> list[str]:
-        return [f"{spec.namespace}/{replica_pod_name(spec.name, i)}" for i in range(spec.replicas)]
 
     def _priority(self, spec: TrainingJobSpec) -> PriorityClassInfo | str:
         info = self.priority_classes.get(spec.priority_class)
@@ -651,9 +651,10 @@ class Scheduler:
         priority = self._priority(spec)
         assert isinstance(priority, PriorityClassInfo)
         writes: list[PodWrite] = []
+        attempt = new_attempt()
         for i, placement in enumerate(placements):
-            manifest = replica_pod(spec, i, placement, priority, self.config.scheduler_name)
-            write = PodWrite(spec.namespace, replica_pod_name(spec.name, i), str(placement.node), manifest)
+            manifest = replica_pod(spec, i, placement, priority, self.config.scheduler_name, attempt)
+            write = PodWrite(spec.namespace, replica_pod_name(spec.name, attempt, i), str(placement.node), manifest)
             self.cache.assume(write.key, Charge(str(placement.node), placement.gpu_indices,
                                                 spec.gpu_milli if spec.gpus else 0, spec.cpu_milli, spec.memory_mib))
             writes.append(write)
@@ -678,7 +679,7 @@ class Scheduler:
             return not any(self.cache.pods[k].node in nodes for k in self.cache.evicted if k in self.cache.pods)
 
         task = asyncio.get_running_loop().create_task(self.binder.bind_gang(writes, ready))
-        tracked.task, tracked.removing = task, False
+        tracked.task, tracked.removing, tracked.pod_keys = task, False, tuple(w.key for w in writes)
 
         def done(t: asyncio.Task[None]) -> None:
             if t.cancelled() or t.exception() is not None:
