@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,10 +147,20 @@ class Binder:
 
     # -- removal ----------------------------------------------------------------------------------
 
-    async def remove_gang(self, pods: Sequence[tuple[str, str]], *, evict: bool) -> None:
-        """Evict (through the Eviction API, honouring disruption budgets) or delete every pod."""
+    async def remove_gang(
+        self, pods: Sequence[tuple[str, str]], *, evict: bool, force: Collection[tuple[str, str]] = ()
+    ) -> None:
+        """Evict (through the Eviction API, honouring disruption budgets) or delete every pod.
+
+        Pods in `force` sit on a node that is gone or lost: no kubelet will ever confirm a graceful
+        deletion there, so they are deleted at once (grace period 0), as the pod garbage collector
+        would do much later; until then their names (deterministic per replica) block the requeued
+        gang's new pods.
+        """
         action = self.evict_pod if evict else self.delete_pod
-        await asyncio.gather(*(action(ns, name) for ns, name in pods))
+        await asyncio.gather(
+            *(self.delete_pod(ns, name, force=True) if (ns, name) in force else action(ns, name) for ns, name in pods)
+        )
 
     async def evict_pod(self, namespace: str, name: str) -> None:
         path = f"/api/v1/namespaces/{namespace}/pods/{name}/eviction"
@@ -167,8 +177,9 @@ class Binder:
             break
         await self.delete_pod(namespace, name)
 
-    async def delete_pod(self, namespace: str, name: str) -> None:
-        status, reply = await self.client.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
+    async def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> None:
+        options = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0} if force else None
+        status, reply = await self.client.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", options)
         if status in (200, 202, 404):
             self.stats.deletes += status != 404
             return

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -118,7 +119,9 @@ class Tracked:
     """The binder's task for this job (binding or removal) while it runs."""
     removing: bool = False
     pod_keys: tuple[str, ...] = ()
-    """The pods of the placement being bound (names differ per attempt: `jobs.new_attempt`)."""
+    """The pods of the placement being bound (names differ per attempt: `jobs.new_attempt`), until
+    the informer shows them all bound."""
+    bound_at: float = 0.0
 
 
 @dataclass
@@ -168,7 +171,8 @@ class Scheduler:
             gone = self.jobs.pop(key, None)
             self.book.forget(tj_path(str(meta.get("namespace")), str(meta.get("name"))))
             if gone is not None:
-                self._remove_pods(key, [p for p in self.cache.job_pods(key).values() if not p.deleting],
+                self._remove_pods(key, [p for p in self.cache.job_pods(key).values()
+                                        if not p.deleting or (p.node and self._node_unreachable(p.node))],
                                   evict=False)
         else:
             try:
@@ -400,10 +404,12 @@ class Scheduler:
             self._set_phase(status, "Pending")
             waiting[JobId(key)] = ("InvalidSpec", f"spec.template.spec.{exc}")
             return
-        if busy and not tracked.removing:  # being bound: its GPUs are promised in the cache
+        if tracked.pod_keys and not tracked.removing and self._in_flight(tracked, busy, now):
+            # Being created and bound (or bound, and the watch has not shown it yet): its GPUs are
+            # promised in the cache, and it is no victim until it is seen running (`_running`).
             charged = [(k, self.cache.charges[k]) for k in tracked.pod_keys if k in self.cache.charges]
             if charged:
-                running.append(self._running(spec, priority, charged, now, status, allowed))
+                running.append(self._running(spec, priority, charged, now, status, allowed, in_flight=True))
             return
         if busy or (not live and own):
             return  # pods still being removed; the job is requeued once they are gone
@@ -465,9 +471,22 @@ class Scheduler:
                 self._event(path, meta, "MaxRuntimeExceeded", message, "Warning")
                 self._remove_pods(key, list(live.values()), evict=False)
 
+    def _in_flight(self, tracked: Tracked, busy: bool, now: float) -> bool:
+        """The current placement's pods are not all seen bound yet (the binder runs, or just ran)."""
+        if busy:
+            return True
+        observed = [self.cache.pods.get(k) for k in tracked.pod_keys]
+        if all(p is not None and p.node for p in observed) or now - tracked.bound_at > 60:
+            tracked.pod_keys = ()  # seen (or given up on: the informer relists if it missed them)
+            return False
+        return any(k in self.cache.assumed for k in tracked.pod_keys)
+
     def _running(self, spec: TrainingJobSpec, priority: PriorityClassInfo, charged: list[tuple[str, Charge]],
-                 now: float, status: Mapping[str, Any], allowed: frozenset[NodeName] | None) -> RunningJob:
-        started = timestamp(status.get("admittedAt")) or now
+                 now: float, status: Mapping[str, Any], allowed: frozenset[NodeName] | None,
+                 in_flight: bool = False) -> RunningJob:
+        # A gang in flight counts as starting in the future: never a victim (its evictions could not
+        # reach pods that do not exist yet, while its bind would still land).
+        started = math.inf if in_flight else timestamp(status.get("admittedAt")) or now
         job = core_job(spec, priority, timestamp(status.get("queuedAt")) or spec.created, allowed,
                        replicas=len(charged))
         placements = tuple(ReplicaPlacement(NodeName(c.node), c.gpu_indices) for _k, c in charged)
@@ -495,6 +514,14 @@ class Scheduler:
                     f"queue {queue} accepts jobs from namespaces {', '.join(sorted(allowed))}, not {namespace}; "
                     "submit to a queue that lists this namespace, or ask a platform engineer to add it")
         return None
+
+    def _node_unreachable(self, node: str) -> bool:
+        """The node is gone, or NotReady past the grace period (no kubelet to finish its pods)."""
+        record = self.cache.nodes.get(node)
+        if record is None:
+            return True
+        since = self.node_lost_since.get(node)
+        return not record.ready and since is not None and self.clock() - since >= self.config.node_lost_grace_seconds
 
     def _node_lost(self, node: str, now: float) -> bool:
         record = self.cache.nodes.get(node)
@@ -546,8 +573,11 @@ class Scheduler:
         if not pods:
             return
         self.cache.release_evicted(p.key for p in pods)
+        # On a node that is gone (or NotReady past the grace period) no kubelet confirms a graceful
+        # deletion: such pods would stay Terminating, and their names would block the requeued gang.
+        force = [(p.namespace, p.name) for p in pods if p.node and self._node_unreachable(p.node)]
         task = asyncio.get_running_loop().create_task(
-            self.binder.remove_gang([(p.namespace, p.name) for p in pods], evict=evict)
+            self.binder.remove_gang([(p.namespace, p.name) for p in pods], evict=evict, force=force)
         )
         tracked = self.jobs.get(key)
         if tracked is not None:
@@ -569,12 +599,16 @@ class Scheduler:
             if pod.scheduler != name or pod.job or pod.role or not pod.queue:
                 continue
             task = self.plain_tasks.get(key)
-            if pod.node or (task is not None and not task.done()):
+            if pod.node and task is not None and task.done():
+                del self.plain_tasks[key]
+                task = None
+            if pod.node or task is not None:  # bound, or being bound (in flight: no victim yet)
                 charge = self.cache.charges.get(key)
                 if charge is not None:
                     job = plain_pod_job(pod, None)
                     placement = ReplicaPlacement(NodeName(charge.node), charge.gpu_indices)
-                    running.append(RunningJob(job=job, placements=(placement,), started_at=pod.started or pod.created))
+                    started = math.inf if task is not None else pod.started or pod.created
+                    running.append(RunningJob(job=job, placements=(placement,), started_at=started))
                 continue
             if pod.deleting or pod.terminal or self.plain_retry.get(key, 0.0) > now:
                 continue
@@ -680,12 +714,14 @@ class Scheduler:
 
         task = asyncio.get_running_loop().create_task(self.binder.bind_gang(writes, ready))
         tracked.task, tracked.removing, tracked.pod_keys = task, False, tuple(w.key for w in writes)
+        tracked.bound_at = self.clock()
 
         def done(t: asyncio.Task[None]) -> None:
             if t.cancelled() or t.exception() is not None:
                 error = "cancelled" if t.cancelled() else str(t.exception())
                 for write in writes:
                     self.cache.forget(write.key)
+                tracked.pod_keys = ()
                 tracked.retry_after = self.clock() + self.config.bind_retry_seconds
                 status.pop("admittedAt", None)
                 self._set_phase(status, "Pending", "BindFailed",
@@ -710,6 +746,7 @@ class Scheduler:
 
         def done(t: asyncio.Task[None]) -> None:
             if t.cancelled() or t.exception() is not None:
+                self.plain_tasks.pop(pod.key, None)
                 self.cache.forget(pod.key)
                 self.plain_retry[pod.key] = self.clock() + self.config.bind_retry_seconds
                 log.warning("bind of pod %s failed: %s", pod.key, "cancelled" if t.cancelled() else t.exception())
