@@ -66,6 +66,7 @@ from leitstand.operator.service.records import (
 from leitstand.operator.service.status import (
     Requester,
     StatusBook,
+    condition,
     event_body,
     rfc3339,
     set_condition,
@@ -666,7 +667,9 @@ class Scheduler:
             EvictionKind.PREEMPT: "Preempted",
             EvictionKind.CONSOLIDATE: "Moved",
         }[kind]
-        message = f"{eviction.reason} (for {eviction.for_job})"
+        message = eviction.reason
+        if str(eviction.for_job) not in message:
+            message += f" (for {eviction.for_job})"
         log.info("evict %s (%s for %s): %s", key, kind.value, eviction.for_job, eviction.reason)
         if kind is EvictionKind.CONSOLIDATE and eviction.job_id in moved:
             self._event(path, meta, reason, message)
@@ -703,6 +706,9 @@ class Scheduler:
         status["placement"] = where["placement"]
         self._set_phase(status, status.get("phase", "Pending") if moved else "Pending", "Admitted", message)
         set_condition(status, "Admitted", True, "Admitted", message)
+        preempted = condition(status, "Preempted")
+        if preempted is not None and preempted.get("status") == "True" and not moved:
+            set_condition(status, "Preempted", False, "Admitted", "admitted again after the eviction")
         self._event(path, meta, "Admitted", message)
         log.info("bind %s: %s", key, message)
 
@@ -789,8 +795,16 @@ class Scheduler:
         status = self.book.view(path, str(meta.get("uid")), tracked.body.get("status"))
         if status.get("phase") not in (None, "Pending"):
             return
-        self._set_phase(status, "Pending", code, message)
         set_condition(status, "Admitted", False, code, message)
+        preempted = condition(status, "Preempted")
+        if preempted is not None and preempted.get("status") == "True":
+            # Evicted and not admitted since: the phase's reason stays the eviction (`kubectl get tj`
+            # shows Reclaimed, not a bare Insufficient a cycle later); what blocks it now is in the
+            # message and in the Admitted condition.
+            self._set_phase(status, "Pending", str(preempted.get("reason")),
+                            f"{preempted.get('message')}; waiting: {message}")
+        else:
+            self._set_phase(status, "Pending", code, message)
         self._event(path, meta, code, message, "Normal")
 
     @staticmethod

@@ -113,6 +113,11 @@ class StatusBook:
         return True
 
 
+def condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    """The condition of type `kind` in `status`, or None."""
+    return next((c for c in status.get("conditions") or () if c.get("type") == kind), None)
+
+
 def set_condition(status: dict[str, Any], kind: str, true: bool, reason: str, message: str) -> None:
     conditions: list[dict[str, Any]] = status.setdefault("conditions", [])
     value = "True" if true else "False"
