@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
+
+
+PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+"""Each test's reports by phase ("setup", "call", "teardown"), so a fixture can tell that its test failed
+(and print the operator's log then)."""
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    item.stash.setdefault(PHASE_REPORTS, {})[report.when] = report
+    return report
 
 
 def cluster_cli(run: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
@@ -89,6 +103,33 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "--pool",
         "name=l40s,count=2,gpus=2,product=NVIDIA-L40S,jurisdiction=eu-fr",
         "--with-kube-scheduler",
+    )
+    try:
+        yield started
+    finally:
+        cluster_cli(run, "down")
+
+
+@pytest.fixture(scope="session")
+def rack_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A second cluster for the operator's scenarios, with racks of two and a reserved pool (no
+    kube-scheduler: Leitstand is the only scheduler, and admins bind other pods by nodeName):
+
+    - b200-0000 .. b200-0003, 8 GPUs each, pool b200, eu-de; rack-000 = 0000+0001, rack-001 = 0002+0003;
+    - l40s-0000, l40s-0001, 2 GPUs each, pool l40s, jurisdiction eu-fr (rack-002);
+    - research-0000, 8 GPUs, pool research (rack-003), for a queue that reserves it.
+    """
+    run = tmp_path_factory.mktemp("rack-cluster") / "run"
+    started = start_cluster(
+        run,
+        "--nodes",
+        "4",
+        "--topology",
+        "nodes-per-rack=2",
+        "--pool",
+        "name=l40s,count=2,gpus=2,product=NVIDIA-L40S,jurisdiction=eu-fr",
+        "--pool",
+        "name=research,count=1,gpus=8,product=NVIDIA-B200",
     )
     try:
         yield started
