@@ -712,11 +712,13 @@ class Scheduler:
         self._event(path, meta, "Admitted", message)
         log.info("bind %s: %s", key, message)
 
+        whole = set() if spec.is_fraction else {(str(p.node), g) for p in placements for g in p.gpu_indices}
+
         def ready() -> bool:
             theirs = self.cache.job_pods(key)
             if any(k not in {w.key for w in writes} or k in self.cache.evicted for k in theirs):
                 return False  # older pods of this job (moved, restarted) still exist
-            return not any(self.cache.pods[k].node in nodes for k in self.cache.evicted if k in self.cache.pods)
+            return self._room_is_free(nodes, whole)
 
         task = asyncio.get_running_loop().create_task(self.binder.bind_gang(writes, ready))
         tracked.task, tracked.removing, tracked.pod_keys = task, False, tuple(w.key for w in writes)
@@ -745,8 +747,8 @@ class Scheduler:
         write = PodWrite(pod.namespace, pod.name, str(placement.node), None,
                          {ASSIGNED_GPUS: ",".join(str(g) for g in placement.gpu_indices)})
         task = asyncio.get_running_loop().create_task(
-            self.binder.bind_gang([write], lambda: not any(
-                self.cache.pods[k].node == write.node for k in self.cache.evicted if k in self.cache.pods))
+            self.binder.bind_gang([write], lambda: self._room_is_free(
+                {write.node}, {(write.node, g) for g in placement.gpu_indices} if not pod.fraction_milli else set()))
         )
         self.plain_tasks[pod.key] = task
 
@@ -759,6 +761,17 @@ class Scheduler:
             self.wake.set()
 
         task.add_done_callback(done)
+
+    def _room_is_free(self, nodes: set[str], whole_gpus: set[tuple[str, int]]) -> bool:
+        """Nothing that gave up this room still holds it on the API server: no pod Leitstand evicted is
+        left on these nodes, and no GPU reservation pod is left on a GPU a whole-GPU pod is about to
+        take (a kubelet would refuse the pod while the reservation holds the device)."""
+        if any(self.cache.pods[k].node in nodes for k in self.cache.evicted if k in self.cache.pods):
+            return False
+        return not any(
+            (p.planned_node or p.node, p.assigned[0]) in whole_gpus for p in self.cache.reservations.values()
+            if p.assigned
+        )
 
     def _placement_summary(self, placements: Iterable[ReplicaPlacement]) -> dict[str, Any]:
         nodes = sorted({str(p.node) for p in placements})
