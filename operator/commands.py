@@ -19,6 +19,10 @@ from leitstand.operator.bench_core import core  # noqa: E402
 
 bench_app.command("core")(core)
 
+from leitstand.operator.bench_operator import operator_bench  # noqa: E402
+
+bench_app.command("operator")(operator_bench)
+
 from leitstand.operator.simulate_replay import replay  # noqa: E402
 
 simulate_app.command("replay")(replay)
