@@ -53,10 +53,16 @@ def run_service(
     check: Annotated[
         bool, typer.Option(help="Load the configuration and compile the kernels, print the time, exit.")
     ] = False,
+    log_format: Annotated[
+        str, typer.Option(help="text, or json: one object per line with the cycle's fields.")
+    ] = "text",
 ) -> None:
     """The operator: schedule TrainingJobs and Queues (and plain pods) on the cluster."""
     from leitstand.operator.service.config import ConfigError, load_config
 
+    if log_format not in ("text", "json"):
+        typer.secho(f"error: --log-format must be text or json, not {log_format!r}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     try:
         settings = load_config(config)
     except ConfigError as exc:
@@ -71,7 +77,7 @@ def run_service(
     from leitstand.operator.service.run import main as run_main
 
     try:
-        code = run_main(settings, kubeconfig, identity)
+        code = run_main(settings, kubeconfig, identity, log_format)
     except KubeConfigError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc

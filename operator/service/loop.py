@@ -93,6 +93,8 @@ from leitstand.scheduler.state import StateError
 log = logging.getLogger(__name__)
 
 TJ_PLURAL = "trainingjobs"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+"""Pod status conditions merge by type, so one condition is patched without touching the others."""
 PLACEMENT_NODES_SHOWN = 16
 """The placement summary on a TrainingJob lists at most this many nodes (etcd object size)."""
 
@@ -154,6 +156,8 @@ class Scheduler:
         self.priority_classes: dict[str, PriorityClassInfo] = {}
         self.plain_tasks: dict[str, asyncio.Task[None]] = {}
         self.plain_retry: dict[str, float] = {}
+        self.plain_said: dict[str, tuple[str, str]] = {}
+        """Plain pod key → the (code, message) its PodScheduled condition says."""
         self.reservation_tasks: set[asyncio.Task[Any]] = set()
         self.wake = asyncio.Event()
         self.leading = False
@@ -304,6 +308,12 @@ class Scheduler:
                 "cycle %s: %d bound, %d evicted, %d pending, %d running; %s%s",
                 report.cycle_id, report.binds, report.evictions, report.pending, report.running, times,
                 f"; nodes held back: {', '.join(sorted(held))}" if held else "",
+                extra={"fields": {
+                    "event": "cycle", "cycle": report.cycle_id, "bound": report.binds, "evicted": report.evictions,
+                    "pending": report.pending, "running": report.running,
+                    "phase_ms": {k: round(v * 1000, 2) for k, v in report.phase_seconds.items()},
+                    "held_back": sorted(held),
+                }},
             )
         return report
 
@@ -596,6 +606,8 @@ class Scheduler:
                     allowed_ns: Mapping[str, frozenset[str]], pending: list[Job], running: list[RunningJob],
                     waiting: dict[JobId, tuple[str, str]], plain: dict[JobId, PodRecord]) -> None:
         name = self.config.scheduler_name
+        for key in [k for k, _ in self.plain_said.items() if k not in self.cache.pods or self.cache.pods[k].node]:
+            del self.plain_said[key]  # bound or gone: the API server set PodScheduled True, or no pod
         for key, pod in self.cache.pods.items():
             if pod.scheduler != name or pod.job or pod.role or not pod.queue:
                 continue
@@ -670,7 +682,9 @@ class Scheduler:
         message = eviction.reason
         if str(eviction.for_job) not in message:
             message += f" (for {eviction.for_job})"
-        log.info("evict %s (%s for %s): %s", key, kind.value, eviction.for_job, eviction.reason)
+        log.info("evict %s (%s for %s): %s", key, kind.value, eviction.for_job, eviction.reason,
+                 extra={"fields": {"event": "evict", "job": key, "kind": kind.value, "for": eviction.for_job,
+                                   "reason": eviction.reason}})
         if kind is EvictionKind.CONSOLIDATE and eviction.job_id in moved:
             self._event(path, meta, reason, message)
             self.cache.release_evicted(p.key for p in pods)
@@ -710,7 +724,8 @@ class Scheduler:
         if preempted is not None and preempted.get("status") == "True" and not moved:
             set_condition(status, "Preempted", False, "Admitted", "admitted again after the eviction")
         self._event(path, meta, "Admitted", message)
-        log.info("bind %s: %s", key, message)
+        log.info("bind %s: %s", key, message, extra={"fields": {
+            "event": "bind", "job": key, "queue": spec.queue, "nodes": sorted(nodes), "message": message}})
 
         whole = set() if spec.is_fraction else {(str(p.node), g) for p in placements for g in p.gpu_indices}
 
@@ -802,7 +817,9 @@ class Scheduler:
         key = str(job_id)
         tracked = self.jobs.get(key)
         if tracked is None:
-            return  # plain pods: the reason is logged (pods have no status of ours)
+            if "/pod/" in key:
+                self._say_pod_pending(key, code, message)
+            return
         meta = tracked.body.get("metadata") or {}
         path = tj_path(str(meta.get("namespace")), str(meta.get("name")))
         status = self.book.view(path, str(meta.get("uid")), tracked.body.get("status"))
@@ -819,6 +836,23 @@ class Scheduler:
         else:
             self._set_phase(status, "Pending", code, message)
         self._event(path, meta, code, message, "Normal")
+
+    def _say_pod_pending(self, key: str, code: str, message: str) -> None:
+        """A plain pod that waits says why where `kubectl describe pod` shows it, as kube-scheduler does:
+        condition PodScheduled False, reason Unschedulable, the code and message (once per change)."""
+        namespace, _, name = key.partition("/pod/")
+        pod = self.cache.pods.get(f"{namespace}/{name}")
+        if pod is None or pod.node or pod.deleting or self.plain_said.get(pod.key) == (code, message):
+            return
+        self.plain_said[pod.key] = (code, message)
+        scheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                     "message": f"{code}: {message}"[:1024], "lastTransitionTime": rfc3339(self.clock())}
+        task = asyncio.get_running_loop().create_task(self.client.request(
+            "PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status", {"status": {"conditions": [scheduled]}},
+            content_type=STRATEGIC_MERGE_PATCH,
+        ))
+        self.reservation_tasks.add(task)  # keep a reference until done
+        task.add_done_callback(self.reservation_tasks.discard)
 
     @staticmethod
     def _set_phase(status: dict[str, Any], phase: str, reason: str | None = None, message: str | None = None) -> None:
