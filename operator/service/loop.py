@@ -16,7 +16,7 @@ What each cycle does, in order:
 4. `run_cycle` on the snapshot with the cache's `ClusterState` (the same engine as the simulators);
 5. apply the plan: evictions (the victims' GPUs are promised to the preemptor at once; their pods are
    evicted whole), bindings (promised at once, written by the binder once the victims are gone),
-   pending reasons (status, condition, one Event per change);
+   pending reasons (status, condition, one Event per change; a plain pod's PodScheduled condition);
 6. statuses of jobs and queues, and the GPU reservation pods of shared GPUs;
 7. one log line: cycle id, phase times, binds, evictions, pending.
 
@@ -606,7 +606,7 @@ class Scheduler:
                     allowed_ns: Mapping[str, frozenset[str]], pending: list[Job], running: list[RunningJob],
                     waiting: dict[JobId, tuple[str, str]], plain: dict[JobId, PodRecord]) -> None:
         name = self.config.scheduler_name
-        for key in [k for k, _ in self.plain_said.items() if k not in self.cache.pods or self.cache.pods[k].node]:
+        for key in [k for k in self.plain_said if k not in self.cache.pods or self.cache.pods[k].node]:
             del self.plain_said[key]  # bound or gone: the API server set PodScheduled True, or no pod
         for key, pod in self.cache.pods.items():
             if pod.scheduler != name or pod.job or pod.role or not pod.queue:

@@ -423,16 +423,27 @@ class Leitstand:
 
     def events(self, namespace: str, name: str, reason: str, timeout_seconds: float = 15.0) -> list[dict[str, Any]]:
         """The TrainingJob's Events with `reason`, read by the tenant (waits for the first)."""
-        deadline = time.monotonic() + timeout_seconds
-        while True:
-            items = self.cluster.get_json(
-                "events", "-n", namespace, "--field-selector",
-                f"involvedObject.kind=TrainingJob,involvedObject.name={name},reason={reason}", user=namespace,
-            )["items"]
-            if items or time.monotonic() > deadline:
-                assert items, f"no Event {reason} on {namespace}/{name}"
-                return list(items)
-            time.sleep(0.3)  # Events are not watched; polled like kubectl get events -w would
+        selector = f"involvedObject.kind=TrainingJob,involvedObject.name={name},reason={reason}"
+        return poll(
+            lambda: list(self.cluster.get_json("events", "-n", namespace, "--field-selector", selector,
+                                               user=namespace)["items"]),
+            f"an Event {reason} on {namespace}/{name}", timeout_seconds,
+        )
+
+    def queue_status(self, name: str, timeout_seconds: float = 15.0, user: str = "admin",
+                     **expected: Any) -> dict[str, Any]:
+        """The Queue's status once each expected field has its value, read with kubectl as `user`."""
+        last: dict[str, Any] = {}
+
+        def matches() -> dict[str, Any] | None:
+            nonlocal last
+            last = self.cluster.get_json("queue", name, user=user).get("status") or {}
+            return last if all(last.get(k) == v for k, v in expected.items()) else None
+
+        try:
+            return poll(matches, f"queue {name} with {expected}", timeout_seconds)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its status: {json.dumps(last)}") from None
 
     def job(self, namespace: str, name: str) -> dict[str, Any]:
         """The TrainingJob as its tenant reads it with kubectl."""
@@ -560,6 +571,11 @@ def test_a_tenant_borrows_idle_gpus_and_gives_them_back_whole_when_the_owner_ret
     assert condition(status, "Admitted")["status"] == "False"
     [event] = ls.events("tenant-b", victim, "Reclaimed")
     assert event["type"] == "Warning" and "tenant-a/a-train" in event["message"]
+    # The queues as every tenant can read them: tenant-b holds its quota, one job waits.
+    queue_b = ls.queue_status("tenant-b", user="tenant-a", allocated="16", runningJobs=1, pendingJobs=1,
+                              pendingGPUs="16")
+    assert float(queue_b["fairShare"]) >= 16, queue_b
+    ls.queue_status("tenant-a", user="tenant-b", allocated="16", allocatedMilli=16000, runningJobs=1)
     # At no moment the API server showed was a GPU booked twice (checked on every pod change).
     assert ls.seen.overbooked == []
 
@@ -749,30 +765,46 @@ def test_a_failing_replica_restarts_the_gang_until_the_backoff_limit_then_fails_
     assert len(ls.seen.ever_bound("tenant-a", "a-flaky")) == 4
 
 
-def test_a_plain_pod_for_leitstand_is_bound_with_its_gpus_annotated(leitstand: Leitstand) -> None:
-    ls = leitstand
-    pod = {
+def plain_pod(name: str, namespace: str, queue_name: str, gpus: int) -> dict[str, Any]:
+    """A pod a tenant hands to Leitstand directly: schedulerName leitstand and the queue label."""
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "notebook", "namespace": "tenant-a", "labels": {"leitstand.dev/queue": "tenant-a"}},
+        "metadata": {"name": name, "namespace": namespace, "labels": {"leitstand.dev/queue": queue_name}},
         "spec": {
             "schedulerName": "leitstand",
             "containers": [{"name": "lab", "image": "registry.example/notebook:1",
-                            "resources": {"limits": {"nvidia.com/gpu": "2"}}}],
+                            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}],
         },
     }
-    ls.submit(pod)
-    bound = ls.seen.wait(
-        lambda: [p for p in ls.seen.pods_in("tenant-a") if p["metadata"]["name"] == "notebook"
-                 and p["spec"].get("nodeName") and assigned(p)],
-        "the notebook pod to be bound with GPUs",
-    )
-    [notebook] = bound
+
+
+def test_a_plain_pod_for_leitstand_is_bound_with_its_gpus_annotated_or_says_why_not(leitstand: Leitstand) -> None:
+    ls = leitstand
+    ls.submit(plain_pod("notebook", "tenant-a", "tenant-a", gpus=2),
+              plain_pod("too-big", "tenant-a", "tenant-a", gpus=16))
+    ls.submit(plain_pod("sneaky", "tenant-b", "tenant-a", gpus=1))
+
+    def pod(namespace: str, name: str) -> dict[str, Any]:
+        return next((p for p in ls.seen.pods_in(namespace) if p["metadata"]["name"] == name), {})
+
+    notebook = ls.seen.wait(lambda: pod("tenant-a", "notebook") if assigned(pod("tenant-a", "notebook")) else None,
+                            "the notebook pod to be bound with its GPUs")
     gpus = assigned(notebook)
+    assert notebook["spec"]["nodeName"], notebook["spec"]
     assert len(set(gpus)) == 2 and all(0 <= g < ls.seen.capacity[notebook["spec"]["nodeName"]] for g in gpus)
-    ls.seen.wait(lambda: [p for p in ls.seen.pods_in("tenant-a")
-                          if p["metadata"]["name"] == "notebook" and p["status"].get("phase") == "Running"],
+    ls.seen.wait(lambda: pod("tenant-a", "notebook").get("status", {}).get("phase") == "Running",
                  "the notebook pod to run")
+
+    # Pods that cannot be placed say why where kubectl describe shows it: PodScheduled False.
+    for namespace, name, code in (("tenant-a", "too-big", "NeverFits"), ("tenant-b", "sneaky", "NamespaceNotAllowed")):
+        scheduled = ls.seen.wait(
+            lambda ns=namespace, n=name: condition(pod(ns, n).get("status", {}), "PodScheduled") or None,
+            f"{namespace}/{name} to say why it waits",
+        )
+        assert scheduled["status"] == "False" and scheduled["reason"] == "Unschedulable", scheduled
+        assert scheduled["message"].startswith(f"{code}: "), scheduled["message"]
+        assert not pod(namespace, name)["spec"].get("nodeName")
 
 
 def test_gpus_of_a_pod_bound_by_someone_else_are_not_offered(leitstand: Leitstand) -> None:
@@ -812,9 +844,12 @@ def test_a_queue_limit_raised_while_a_job_waits_admits_it(leitstand: Leitstand) 
     assert status["phase"] == "Pending" and "limit" in status["message"], status["message"]
     ls.seen.holds(lambda: not ls.seen.job_pods("industry", "i-train"), "i-train has no pod", seconds=1)
 
+    ls.queue_status("industry", user="industry", pendingJobs=1, pendingGPUs="16", runningJobs=0, allocated="0")
+
     ls.kubectl("patch", "queue", "industry", "--type=merge", "-p", '{"spec": {"gpu": {"limit": 16}}}')
     ls.wait_status("industry", "i-train", phase="Running")
     assert len(ls.seen.job_pods("industry", "i-train")) == 2
+    ls.queue_status("industry", user="industry", pendingJobs=0, runningJobs=1, allocated="16")
 
 
 def test_a_job_naming_a_missing_priority_class_waits_until_it_exists(leitstand: Leitstand) -> None:
@@ -857,6 +892,18 @@ def test_a_gang_on_a_lost_node_is_evicted_whole_and_runs_again_elsewhere(leitsta
 
 
 # -- small helpers --------------------------------------------------------------------------------------
+
+
+def poll(check: Callable[[], T | None], what: str, timeout_seconds: float) -> T:
+    """For what no watch follows (Events, Queues): `check()`'s first truthy value, asked every 0.3 s."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_seconds:g} s waiting for {what}")
+        time.sleep(0.3)
 
 
 def _seconds(text: str) -> float:
