@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -159,6 +160,8 @@ class Scheduler:
         self.plain_said: dict[str, tuple[str, str]] = {}
         """Plain pod key → the (code, message) its PodScheduled condition says."""
         self.reservation_tasks: set[asyncio.Task[Any]] = set()
+        self.reservations_creating: set[tuple[str, int]] = set()
+        """GPUs whose reservation pod is being created and not yet seen by the informer."""
         self.wake = asyncio.Event()
         self.leading = False
         self.last: CycleReport = CycleReport()
@@ -783,6 +786,8 @@ class Scheduler:
         take (a kubelet would refuse the pod while the reservation holds the device)."""
         if any(self.cache.pods[k].node in nodes for k in self.cache.evicted if k in self.cache.pods):
             return False
+        if whole_gpus & self.reservations_creating:
+            return False
         return not any(
             (p.planned_node or p.node, p.assigned[0]) in whole_gpus for p in self.cache.reservations.values()
             if p.assigned
@@ -941,7 +946,9 @@ class Scheduler:
             if pod.assigned and not pod.deleting:
                 have[(pod.planned_node or pod.node, pod.assigned[0])] = pod
         ns = self.config.system_namespace
-        for node, gpu in wanted - set(have):
+        seen = {(p.planned_node or p.node, p.assigned[0]) for p in self.cache.reservations.values() if p.assigned}
+        self.reservations_creating &= {spot for spot in self.reservations_creating if spot not in seen}
+        for node, gpu in wanted - set(have) - self.reservations_creating:
             name = f"gpu-reservation-{node}-{gpu}"[:253]
             manifest = {
                 "apiVersion": "v1",
@@ -964,14 +971,24 @@ class Scheduler:
                 },
             }
             write = PodWrite(ns, name, node, manifest)
+            # Known from this moment (before the watch shows it), so no whole-GPU pod is bound there
+            # while the reservation is on its way (`_room_is_free`).
+            spot = (node, gpu)
+            self.reservations_creating.add(spot)
             task = asyncio.get_running_loop().create_task(self.binder.bind_gang([write], lambda: True))
             self.reservation_tasks.add(task)
             task.add_done_callback(self.reservation_tasks.discard)
+            task.add_done_callback(functools.partial(self._reservation_done, spot))
         for spot in set(have) - wanted:
             pod = have[spot]
             task = asyncio.get_running_loop().create_task(self.binder.delete_pod(pod.namespace, pod.name))
             self.reservation_tasks.add(task)
             task.add_done_callback(self.reservation_tasks.discard)
+
+
+    def _reservation_done(self, spot: tuple[str, int], task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self.reservations_creating.discard(spot)  # it will not appear; try again next cycle
 
 
 def _detached(queue: Queue) -> Queue:
