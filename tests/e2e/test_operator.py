@@ -544,6 +544,7 @@ def test_a_tenant_borrows_idle_gpus_and_gives_them_back_whole_when_the_owner_ret
     ls.submit(training_job("a-train", "tenant-a", replicas=2, gpus=8))
     running = ls.wait_status("tenant-a", "a-train", phase="Running", timeout_seconds=60)
     assert running["preemptions"] == 0 and condition(running, "Admitted")["status"] == "True"
+    assert running["gpus"] == "16"
     assert len(ls.seen.job_pods("tenant-a", "a-train")) == 2
 
     # Exactly one tenant-b gang was evicted, whole: none of its pods is left; the other runs on.
@@ -652,7 +653,7 @@ def test_fractions_share_gpus_without_overcommit_and_reserve_them_while_they_run
     halves = [f"a-half-{i}" for i in range(4)]
     ls.submit(*(training_job(n, gpus=None, gpuFraction=0.5, runs_for="8s") for n in halves))
     for name in halves:
-        ls.wait_status("tenant-a", name, phase="Running")
+        assert ls.wait_status("tenant-a", name, phase="Running")["gpus"] == "0.5"
 
     pods = [p for n in halves for p in ls.seen.job_pods("tenant-a", n)]
     milli: Counter[tuple[str, int]] = Counter()
@@ -788,10 +789,12 @@ def test_a_plain_pod_for_leitstand_is_bound_with_its_gpus_annotated_or_says_why_
     def pod(namespace: str, name: str) -> dict[str, Any]:
         return next((p for p in ls.seen.pods_in(namespace) if p["metadata"]["name"] == name), {})
 
-    notebook = ls.seen.wait(lambda: pod("tenant-a", "notebook") if assigned(pod("tenant-a", "notebook")) else None,
-                            "the notebook pod to be bound with its GPUs")
-    gpus = assigned(notebook)
-    assert notebook["spec"]["nodeName"], notebook["spec"]
+    def bound(namespace: str, name: str) -> dict[str, Any] | None:
+        found = pod(namespace, name)
+        return found if found.get("spec", {}).get("nodeName") else None
+
+    notebook = ls.seen.wait(lambda: bound("tenant-a", "notebook"), "the notebook pod to be bound")
+    gpus = assigned(notebook)  # annotated before the binding
     assert len(set(gpus)) == 2 and all(0 <= g < ls.seen.capacity[notebook["spec"]["nodeName"]] for g in gpus)
     ls.seen.wait(lambda: pod("tenant-a", "notebook").get("status", {}).get("phase") == "Running",
                  "the notebook pod to run")
