@@ -481,7 +481,8 @@ class Leitstand:
 @pytest.fixture(scope="module")
 def leitstand(rack_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Leitstand]:
     """deploy/ installed as a platform engineer would, the base queues, and `leitstand run` as the
-    `leitstand-operator` user; stopped by PID at the end (its log printed if it ended badly)."""
+    `leitstand-operator` user; stopped by PID at the end (an error with its log if it did not run to
+    the end or did not exit cleanly on SIGTERM)."""
     cluster = rack_cluster
     cluster.kubectl("apply", *[arg for path in INSTALL for arg in ("-f", str(path))])
     cluster.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.leitstand.dev",
@@ -503,8 +504,8 @@ def leitstand(rack_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -
         code = operator.stop()
         seen.stop()
         if not was_alive or code != 0:
-            print(f"---- leitstand run ended with {code} (alive until the end: {was_alive}) ----")
-            print(operator.log_text()[-20000:])
+            raise AssertionError(f"leitstand run ended with exit code {code} (alive until the end: {was_alive}); "
+                                 f"its log:\n{operator.log_text()[-20000:]}")
 
 
 @pytest.fixture(autouse=True)
