@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from leitstand.operator.service.audit import DecisionLog
 from leitstand.operator.service.binder import Binder, PodWrite
 from leitstand.operator.service.cache import Charge, ClusterCache
 from leitstand.operator.service.config import ServiceConfig
@@ -52,6 +53,7 @@ from leitstand.operator.service.jobs import (
     parse_queue,
     parse_trainingjob,
     plain_pod_job,
+    plain_pod_job_id,
     replica_pod,
     replica_pod_name,
 )
@@ -72,6 +74,7 @@ from leitstand.operator.service.status import (
     rfc3339,
     set_condition,
 )
+from leitstand.operator.service.usage import UsageMeter
 from leitstand.scheduler.cycle import run_cycle
 from leitstand.scheduler.errors import InvalidSpecError
 from leitstand.scheduler.fairshare import build_queue_tree
@@ -93,9 +96,25 @@ from leitstand.scheduler.state import StateError
 
 log = logging.getLogger(__name__)
 
+DECISION_KINDS = {
+    "Admitted": "admit",
+    "Reclaimed": "reclaim",
+    "Preempted": "preempt",
+    "Moved": "move",
+    "Succeeded": "finish",
+    "Failed": "fail",
+    "MaxRuntimeExceeded": "fail",
+    "NodeLost": "requeue",
+    "IncompleteGang": "requeue",
+    "Restarting": "requeue",
+}
+"""Event reason → audit kind (`audit.KINDS`); every other reason is a pending reason: "reject"."""
+
 TJ_PLURAL = "trainingjobs"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 """Pod status conditions merge by type, so one condition is patched without touching the others."""
+USAGE_WRITE_SECONDS = 15.0
+"""Queue status `usageGPUSeconds` is rewritten at most this often (it changes every cycle)."""
 PLACEMENT_NODES_SHOWN = 16
 """The placement summary on a TrainingJob lists at most this many nodes (etcd object size)."""
 
@@ -160,6 +179,9 @@ class Scheduler:
         self.plain_said: dict[str, tuple[str, str]] = {}
         """Plain pod key → the (code, message) its PodScheduled condition says."""
         self.reservation_tasks: set[asyncio.Task[Any]] = set()
+        self.decisions = DecisionLog()
+        self.usage = UsageMeter(started=clock())
+        self._usage_written_at = 0.0
         self.reservations_creating: set[tuple[str, int]] = set()
         """GPUs whose reservation pod is being created and not yet seen by the informer."""
         self.wake = asyncio.Event()
@@ -278,6 +300,8 @@ class Scheduler:
                 running=tuple(running),
                 topology=self.cache.topology,
                 now=now,
+                usage_milli_seconds={QueueName(q): v for q, v in self.usage.decayed_milli_seconds().items()}
+                if self.config.scheduler.usage_half_life_seconds else {},
             )
             try:
                 plan = run_cycle(snapshot, self.core_config, state=self.cache.state)
@@ -568,7 +592,7 @@ class Scheduler:
         self._remove_pods(key, [p for p in live if p.holds_resources], evict=False)
 
     def _requeue(self, key: str, tracked: Tracked, status: dict[str, Any], pods: list[PodRecord], reason: str,
-                 message: str, *, count_preemption: bool = False, evict: bool = False) -> None:
+                 message: str, *, count_preemption: bool = False, evict: bool = False, by: str = "") -> None:
         meta = tracked.body.get("metadata") or {}
         path = tj_path(str(meta.get("namespace")), str(meta.get("name")))
         self._set_phase(status, "Pending", reason, message)
@@ -580,7 +604,7 @@ class Scheduler:
         if count_preemption:
             status["preemptions"] = int(status.get("preemptions", 0)) + 1
             set_condition(status, "Preempted", True, reason, message)
-        self._event(path, meta, reason, message, "Warning")
+        self._event(path, meta, reason, message, "Warning", by=by)
         self._remove_pods(key, pods, evict=evict)
 
     def _remove_pods(self, key: str, pods: list[PodRecord], *, evict: bool) -> None:
@@ -689,14 +713,15 @@ class Scheduler:
                  extra={"fields": {"event": "evict", "job": key, "kind": kind.value, "for": eviction.for_job,
                                    "reason": eviction.reason}})
         if kind is EvictionKind.CONSOLIDATE and eviction.job_id in moved:
-            self._event(path, meta, reason, message)
+            self._event(path, meta, reason, message, by=str(eviction.for_job))
             self.cache.release_evicted(p.key for p in pods)
             task = asyncio.get_running_loop().create_task(
                 self.binder.remove_gang([(p.namespace, p.name) for p in pods], evict=True)
             )
             task.add_done_callback(self._done)
             return
-        self._requeue(key, tracked, status, pods, reason, message, count_preemption=True, evict=True)
+        self._requeue(key, tracked, status, pods, reason, message, count_preemption=True, evict=True,
+                      by=str(eviction.for_job))
 
     def _bind_job(self, key: str, placements: tuple[ReplicaPlacement, ...], moved: bool) -> None:
         tracked = self.jobs[key]
@@ -769,6 +794,12 @@ class Scheduler:
                 {write.node}, {(write.node, g) for g in placement.gpu_indices} if not pod.fraction_milli else set()))
         )
         self.plain_tasks[pod.key] = task
+        self.decisions.record(
+            time=self.clock(), kind="admit", job=str(plain_pod_job_id(pod)), queue=pod.queue,
+            namespace=pod.namespace, reason="Admitted", message=f"bound to {placement.node}",
+            nodes=(str(placement.node),), gpus_milli=charge.gpu_milli * max(1, len(charge.gpu_indices)),
+            cycle=self.last.cycle_id,
+        )
 
         def done(t: asyncio.Task[None]) -> None:
             if t.cancelled() or t.exception() is not None:
@@ -867,9 +898,30 @@ class Scheduler:
         if message is not None:
             status["message"] = message
 
-    def _event(self, path: str, meta: Mapping[str, Any], reason: str, message: str, kind: str = "Normal") -> None:
+    def _event(self, path: str, meta: Mapping[str, Any], reason: str, message: str, kind: str = "Normal",
+               *, by: str = "") -> None:
+        """One Event (and one audit record) per change of (reason, message) of a TrainingJob."""
         if not self.book.said(path, reason, message):
             return
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        tracked = self.jobs.get(key)
+        spec = tracked.spec if tracked is not None else None
+        by_tracked = self.jobs.get(by) if by else None
+        self.decisions.record(
+            time=self.clock(),
+            kind=DECISION_KINDS.get(reason, "reject"),
+            job=key,
+            queue=spec.queue if isinstance(spec, TrainingJobSpec) else "",
+            namespace=str(meta.get("namespace", "")),
+            reason=reason,
+            message=message,
+            by=by,
+            by_queue=by_tracked.spec.queue if by_tracked and isinstance(by_tracked.spec, TrainingJobSpec) else "",
+            nodes=tuple((self.book.desired.get(path, {}).get("placement") or {}).get("nodes", ()))
+            if reason == "Admitted" else (),
+            gpus_milli=spec.total_milli if isinstance(spec, TrainingJobSpec) else 0,
+            cycle=self.last.cycle_id,
+        )
         involved = {
             "apiVersion": API_VERSION,
             "kind": "TrainingJob",
@@ -890,9 +942,15 @@ class Scheduler:
                       running: list[RunningJob], pending: list[Job], plan: Plan | None, now: float) -> None:
         allocated: Counter[str] = Counter()
         running_jobs: Counter[str] = Counter()
+        by_namespace: Counter[tuple[str, str]] = Counter()
         for held in running:
             allocated[held.job.queue] += held.job.gpu_milli_total
             running_jobs[held.job.queue] += 1
+            by_namespace[(str(held.job.queue), str(held.job.id).split("/", 1)[0])] += held.job.gpu_milli_total
+        self.usage.tick(now, by_namespace, self.config.scheduler.usage_half_life_seconds)
+        write_usage = now - self._usage_written_at >= USAGE_WRITE_SECONDS
+        if write_usage:
+            self._usage_written_at = now
         waiting: Counter[str] = Counter()
         waiting_milli: Counter[str] = Counter()
         bound = {b.job_id for b in plan.bindings} if plan else set()
@@ -912,6 +970,10 @@ class Scheduler:
             meta = body.get("metadata") or {}
             path = queue_path(name)
             status = self.book.view(path, str(meta.get("uid")), body.get("status"))
+            self.usage.seed(name, float(status.get("usageGPUSeconds") or 0.0))
+            if write_usage:  # leaf totals; a parent's is the sum of its subtree's
+                status["usageGPUSeconds"] = round(sum(
+                    v for q, v in self.usage.totals.items() if q == name or name in self._ancestors(q, parents)), 1)
             view = {
                 "allocated": gpus_text(allocated[name]),
                 "allocatedMilli": int(allocated[name]),
@@ -932,6 +994,15 @@ class Scheduler:
             if changed:
                 status["lastUpdated"] = rfc3339(now)
             self.queue_view[name] = dict(status)
+
+    @staticmethod
+    def _ancestors(queue: str, parents: Mapping[QueueName, QueueName | None]) -> set[str]:
+        found: set[str] = set()
+        parent = parents.get(QueueName(queue))
+        while parent is not None and parent not in found:
+            found.add(parent)
+            parent = parents.get(parent)
+        return found
 
     def _reservations(self) -> None:
         """One pod requesting `nvidia.com/gpu: 1` per shared GPU in use, so other schedulers see it taken."""
