@@ -67,6 +67,8 @@ class Binder:
         self.stats = BinderStats()
         self.changed = asyncio.Condition()
         self.wait_timeout_seconds = wait_timeout_seconds
+        self.bind_listeners: list[Callable[[int, float], None]] = []
+        """Called with (pods, seconds from the first create to the last bind) per bound gang (metrics)."""
 
     async def notify(self) -> None:
         """The cache changed (pods gone): wake the gangs waiting for room."""
@@ -106,7 +108,10 @@ class Binder:
             self.stats.failures += 1
             await asyncio.gather(*(self.delete_pod(p.namespace, p.name) for p in created), return_exceptions=True)
             raise
-        self.stats.bind_seconds.append(time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self.stats.bind_seconds.append(seconds)
+        for listener in self.bind_listeners:
+            listener(len(pods), seconds)
         del self.stats.bind_seconds[:-10_000]
 
     async def _create(self, pod: PodWrite) -> bool:

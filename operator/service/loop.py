@@ -179,6 +179,12 @@ class Scheduler:
         self.plain_said: dict[str, tuple[str, str]] = {}
         """Plain pod key → the (code, message) its PodScheduled condition says."""
         self.reservation_tasks: set[asyncio.Task[Any]] = set()
+        self.cycle_listeners: list[Callable[[CycleReport, Plan | None], None]] = []
+        """Called after every cycle (metrics)."""
+        self.last_pending: list[Job] = []
+        self.last_running: list[RunningJob] = []
+        self.ready = False
+        """Kernels compiled and the informers synced (`run` sets it): what /readyz reports."""
         self.decisions = DecisionLog()
         self.usage = UsageMeter(started=clock())
         self._usage_written_at = 0.0
@@ -328,6 +334,9 @@ class Scheduler:
         self._reservations()
         lap("status")
         self.last, self.last_plan = report, plan
+        self.last_pending, self.last_running = pending, running
+        for listener in self.cycle_listeners:
+            listener(report, plan)
         if plan is not None:
             times = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in report.phase_seconds.items())
             log.log(

@@ -108,6 +108,7 @@ async def serve(config: ServiceConfig, kubeconfig: str | None = None, identity: 
     await asyncio.gather(*(i.synced.wait() for i in informers))
     log.info("synced: %d nodes, %d pods, %d priority classes", len(cache.nodes), len(cache.pods),
              len(scheduler.priority_classes))
+    scheduler.ready = True
     # kopf lists the custom resources on its own; give it a moment so the first cycle sees them all
     await asyncio.to_thread(kopf_thread.ready_flag.wait, 30)
 
