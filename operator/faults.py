@@ -120,6 +120,7 @@ def check_pods(pods: list[dict[str, Any]], capacity: dict[str, int]) -> tuple[li
     requested: dict[str, int] = defaultdict(int)
     milli: dict[tuple[str, int], int] = defaultdict(int)
     holders: dict[tuple[str, int], list[str]] = defaultdict(list)
+    requesters: dict[str, list[str]] = defaultdict(list)
     findings: list[str] = []
     bound: dict[str, int] = defaultdict(int)
     members: dict[str, int] = defaultdict(int)
@@ -138,6 +139,9 @@ def check_pods(pods: list[dict[str, Any]], capacity: dict[str, int]) -> tuple[li
         gpus = sum(int((c.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu", 0))
                    for c in spec.get("containers") or ())
         requested[node] += gpus
+        if gpus:
+            where = annotations.get("leitstand.dev/gpus", "")
+            requesters[node].append(f"{meta['namespace']}/{meta['name']}={gpus}@{where}")
         indices = [int(g) for g in annotations.get("leitstand.dev/gpus", "").split(",") if g.strip()]
         if labels.get("leitstand.dev/role") == "gpu-reservation":
             continue  # holds a shared GPU for other schedulers; the fractions on it are counted below
@@ -148,7 +152,8 @@ def check_pods(pods: list[dict[str, Any]], capacity: dict[str, int]) -> tuple[li
             holders[(node, g)].append(f"{meta['namespace']}/{meta['name']}")
     for node, gpus in requested.items():
         if gpus > capacity.get(node, 0):
-            findings.append(f"node {node}: pods request {gpus} GPUs, the node has {capacity.get(node, 0)}")
+            findings.append(f"node {node}: pods request {gpus} GPUs, the node has {capacity.get(node, 0)} "
+                            f"({', '.join(sorted(requesters[node]))})")
     for (node, g), used in milli.items():
         if used > 1000:
             findings.append(f"node {node} GPU {g}: {used} milli-GPU booked by {', '.join(sorted(holders[(node, g)]))}")

@@ -37,7 +37,7 @@ def test_slices_add_up_and_finished_pods_do_not_count() -> None:
 def test_more_gpus_requested_than_the_node_has_is_found() -> None:
     findings, _ = check_pods([pod("a", "n0", "0,1,2,3,4,5,6,7", whole=8), pod("b", "n1", "0", whole=1),
                               pod("c", "n1", "1", whole=1)], {"n0": 8, "n1": 1})
-    assert findings == ["node n1: pods request 2 GPUs, the node has 1"]
+    assert findings == ["node n1: pods request 2 GPUs, the node has 1 (t/b=1@0, t/c=1@1)"]
 
 
 def test_a_gang_with_some_replicas_unbound_is_partial() -> None:
