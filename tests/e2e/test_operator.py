@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import functools
 import http.client
 import json
 import socket
@@ -800,12 +801,12 @@ def test_a_plain_pod_for_leitstand_is_bound_with_its_gpus_annotated_or_says_why_
     ls.seen.wait(lambda: pod("tenant-a", "notebook").get("status", {}).get("phase") == "Running",
                  "the notebook pod to run")
 
+    def unscheduled(namespace: str, name: str) -> dict[str, Any] | None:
+        return condition(pod(namespace, name).get("status", {}), "PodScheduled") or None
+
     # Pods that cannot be placed say why where kubectl describe shows it: PodScheduled False.
     for namespace, name, code in (("tenant-a", "too-big", "NeverFits"), ("tenant-b", "sneaky", "NamespaceNotAllowed")):
-        scheduled = ls.seen.wait(
-            lambda ns=namespace, n=name: condition(pod(ns, n).get("status", {}), "PodScheduled") or None,
-            f"{namespace}/{name} to say why it waits",
-        )
+        scheduled = ls.seen.wait(functools.partial(unscheduled, namespace, name), f"{namespace}/{name} to say why")
         assert scheduled["status"] == "False" and scheduled["reason"] == "Unschedulable", scheduled
         assert scheduled["message"].startswith(f"{code}: "), scheduled["message"]
         assert not pod(namespace, name)["spec"].get("nodeName")
