@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from leitstand.operator.cluster.commands import app as cluster_app
-from leitstand.operator.commands import bench_app, simulate_app
+from leitstand.operator.commands import bench_app, dashboard, simulate_app
 
 app = typer.Typer(
     name="leitstand",
@@ -21,9 +21,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"leitstand {version('leitstand')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Leitstand: a topology-aware GPU scheduler for multi-tenant AI factories."""
+
+
 app.add_typer(cluster_app, name="cluster", help="The local Kubernetes cluster with simulated GPU nodes.")
 app.add_typer(simulate_app, name="simulate", help="Trace-driven simulations of the scheduling core.")
 app.add_typer(bench_app, name="bench", help="Benchmarks that print numbers (JSON with --json).")
+app.command("dashboard")(dashboard)
 
 
 @bench_app.command("crash")
