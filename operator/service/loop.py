@@ -113,6 +113,10 @@ DECISION_KINDS = {
 TJ_PLURAL = "trainingjobs"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 """Pod status conditions merge by type, so one condition is patched without touching the others."""
+PENDING_REFRESH_SECONDS = 10.0
+"""A waiting job's message carries numbers that change every cycle ("hold 3 of 4 replicas"); with the
+same reason code it is rewritten at most this often (a thousand waiting jobs would otherwise mean a
+thousand status writes per cycle). A new reason code is written at once."""
 USAGE_WRITE_SECONDS = 15.0
 """Queue status `usageGPUSeconds` is rewritten at most this often (it changes every cycle)."""
 PLACEMENT_NODES_SHOWN = 16
@@ -185,12 +189,14 @@ class Scheduler:
         self.last_running: list[RunningJob] = []
         self.ready = False
         """Kernels compiled and the informers synced (`run` sets it): what /readyz reports."""
+        self._pending_said_at: dict[str, float] = {}
         self.decisions = DecisionLog()
         self.usage = UsageMeter(started=clock())
         self._usage_written_at = 0.0
         self.reservations_creating: set[tuple[str, int]] = set()
         """GPUs whose reservation pod is being created and not yet seen by the informer."""
         self.wake = asyncio.Event()
+        self._flush_wanted = asyncio.Event()
         self.leading = False
         self.last: CycleReport = CycleReport()
         self.last_plan: Plan | None = None
@@ -245,6 +251,13 @@ class Scheduler:
     # -- the loop ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        writer = asyncio.create_task(self.write_statuses(), name="status-writer")
+        try:
+            await self._cycles()
+        finally:
+            writer.cancel()
+
+    async def _cycles(self) -> None:
         last = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
@@ -260,10 +273,19 @@ class Scheduler:
                 self.cycle()
             except Exception:  # one bad cycle must not stop the scheduler
                 log.exception("cycle failed; retrying on the next change")
+            self._flush_wanted.set()
+
+    async def write_statuses(self) -> None:
+        """Status writes, apart from the cycle: a slow write wave never delays the next decision."""
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
             try:
                 await self.book.flush()
             except Exception as exc:  # the API server is away; statuses are rewritten next time
                 log.warning("status writes failed: %s", exc)
+                await asyncio.sleep(1.0)
+                self._flush_wanted.set()
 
     def cycle(self) -> CycleReport:
         report = CycleReport()
@@ -870,6 +892,14 @@ class Scheduler:
         status = self.book.view(path, str(meta.get("uid")), tracked.body.get("status"))
         if status.get("phase") not in (None, "Pending"):
             return
+        admitted = condition(status, "Admitted")
+        now = self.clock()
+        if (
+            admitted is not None and admitted.get("status") == "False" and admitted.get("reason") == code
+            and now - self._pending_said_at.get(path, 0.0) < PENDING_REFRESH_SECONDS
+        ):
+            return  # same reason, new numbers: refreshed at most every PENDING_REFRESH_SECONDS
+        self._pending_said_at[path] = now
         set_condition(status, "Admitted", False, code, message)
         preempted = condition(status, "Preempted")
         if preempted is not None and preempted.get("status") == "True":

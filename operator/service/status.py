@@ -106,8 +106,9 @@ class StatusBook:
     # -- conditions and events ------------------------------------------------------------------
 
     def said(self, path: str, reason: str, message: str) -> bool:
-        """True (and remembered) when (reason, message) is new for this object: time for an Event."""
-        if self._said.get(path) == (reason, message):
+        """True (and remembered) when `reason` is new for this object: time for an Event (one per change
+        of reason, however often the numbers in the message change)."""
+        if self._said.get(path, ("", ""))[0] == reason:
             return False
         self._said[path] = (reason, message)
         return True
