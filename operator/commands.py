@@ -1,10 +1,13 @@
-"""The `simulate` and `bench` command groups of the CLI.
+"""The `simulate` and `bench` command groups of the CLI, and `dashboard`.
 
 Each command is a thin wrapper: it imports its implementation lazily (the heavy imports, numba,
 matplotlib, stay out of `leitstand --help`) and prints or writes what the implementation returns.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -26,3 +29,19 @@ bench_app.command("operator")(operator_bench)
 from leitstand.operator.simulate_replay import replay  # noqa: E402
 
 simulate_app.command("replay")(replay)
+
+
+def dashboard(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the JSON to this file (the committed one: deploy/grafana/leitstand.json); "
+                     "without it, print the JSON."),
+    ] = None,
+) -> None:
+    """The Grafana dashboard of Leitstand's Prometheus metrics, generated from code."""
+    from leitstand.operator.api.dashboard import render, write
+
+    if out is None:
+        typer.echo(render(), nl=False)
+    else:
+        typer.echo(f"wrote {write(out)}")
