@@ -12,6 +12,12 @@ fi
 if ! command -v openssl >/dev/null 2>&1; then
     echo "setup: installing openssl (apt)"; apt-get update -qq && apt-get install -y -qq openssl >/dev/null
 fi
+# The dashboard's e2e test runs a real Prometheus (Debian's package) of its own, on a free loopback
+# port with its own data folder; a system service the package may start is not used.
+if ! command -v prometheus >/dev/null 2>&1; then
+    echo "setup: installing prometheus (apt)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 command -v go >/dev/null 2>&1 || echo "setup: warning: Go not found; 'leitstand cluster build' will need Go >= 1.26" >&2
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
