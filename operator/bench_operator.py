@@ -8,8 +8,9 @@ from `--run`), two paths over the same workloads, side by side:
   and fairness treats it as it treats the operator) that creates pods of exactly the shape the operator
   makes (`service.jobs.replica_pod`, minus the owner reference: there is no TrainingJob to own them)
   and binds them round-robin through `pods/binding`. No scheduling, no status, no Events.
-* **Leitstand**: `leitstand run` as a child process (`service.launcher`, identity `leitstand-operator`),
-  TrainingJobs submitted by a concurrent admin client; the operator turns them into bound pods.
+* **Leitstand**: `leitstand run` as a child process (`service.launcher`, identity `leitstand-operator`,
+  started for the phase once the raw loop is done and stopped after it), TrainingJobs submitted by a
+  concurrent admin client; the operator turns them into bound pods.
 
 Workloads, each on an empty cluster (everything is deleted, and gone, between phases):
 
@@ -19,15 +20,19 @@ Workloads, each on an empty cluster (everything is deleted, and gone, between ph
    that fit (32 by default, 256 pods) are bound; the rest must stay Pending (checked and reported).
    The raw loop binds the same number of pods of the same shape.
 
-Measured per phase: wall time from the first submission to the last pod seen bound (one watch on the
-namespace, as admin), pods bound per second, per-pod latency from the object's creation (the
-TrainingJob's, or the raw pod's: the moment its POST returned) to the bind seen in the watch, the CPU
-seconds of every process over that window (/proc: the operator, kube-apiserver, etcd, kwok,
-kube-controller-manager, this client, and the rest of the machine), kube-apiserver's priority and
-fairness counters (requests dispatched, rejected, queue wait) and, for the operator, its cycle log
-lines ("cycle N: ... phase=ms"). `--profile FILE` runs the operator's main thread under cProfile
-(started and stopped by signal around the operator phases, through a `sitecustomize` on PYTHONPATH;
-no service code is changed) and prints where its time goes; its CPU numbers are then inflated.
+Measured per phase: wall time from the first submission to the moment the pods that fit are all bound
+at once (one watch on the namespace, as admin; a pod the operator deletes again leaves the count),
+pods bound per second, per-pod latency from the object's creation (the TrainingJob's, or the raw
+pod's: the moment its POST returned) to the bind seen in the watch, the CPU seconds of every process
+over that window (/proc: the operator and its main thread, kube-apiserver, etcd, kwok,
+kube-controller-manager, this client, irq, and the rest of the machine, which on a shared VM is other
+people's work: the load in the second before each phase is reported too), kube-apiserver's priority
+and fairness counters and request counts by verb and resource, and, for the operator, its cycle log
+lines ("cycle N: ... phase=ms") and how long until every placed TrainingJob shows phase Running.
+`--profile FILE` runs the operator's main thread under cProfile (enabled and dumped by SIGUSR1/SIGUSR2
+around each operator phase through a `sitecustomize` on its PYTHONPATH; no service code is changed),
+one file per phase (`FILE-single.prof`, `FILE-gangs.prof`), and prints where its time goes; the CPU
+numbers of such a run are inflated by the profiler.
 
 Numbers only: nothing is asserted. Everything this command starts is stopped by PID at the end (the
 cluster too, if it started it, unless `--keep-cluster`).
@@ -90,6 +95,8 @@ class Options:
     skip_raw: bool = False
     profile: Path | None = None
     log_dir: Path | None = None
+    api_costs: int = 1000
+    """Requests per kind in the API cost probe (0 skips it)."""
 
 
 NODE_GPUS = 8
@@ -110,6 +117,8 @@ def check_options(opts: Options) -> None:
         raise ValueError(f"--gang-gpus {opts.gang_gpus}: a replica must fit one {NODE_GPUS}-GPU node (1..{NODE_GPUS})")
     if opts.concurrency < 1:
         raise ValueError(f"--concurrency {opts.concurrency}: must be >= 1")
+    if opts.api_costs < 0:
+        raise ValueError(f"--api-costs {opts.api_costs}: must be >= 0 (0 skips the probe)")
     if not opts.timeout > 0:
         raise ValueError(f"--timeout {opts.timeout}: must be > 0 seconds")
 
@@ -398,6 +407,9 @@ class PhaseResult:
     operator_rss_mib: float | None = None
     background_cores: float = 0.0
     """CPU the rest of the machine used in the second before the phase (other people's processes)."""
+    status_seconds: float | None = None
+    """First submission → every TrainingJob that fits shows phase Running (None: not within --timeout)."""
+    operator_log: str | None = None
 
     @property
     def pods_per_second(self) -> float:
@@ -468,6 +480,11 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         f"Kubernetes {cluster.get('kubernetes', '?')}, {cluster['cores']} cores; client concurrency "
         f"{report['concurrency']}"
     )
+    code = report.get("code") or {}
+    if code:
+        changed = code.get("operator_service_changed") or []
+        dirty = f" + uncommitted {', '.join(changed)}" if changed else ""
+        console.print(f"code: commit {code.get('commit')}{dirty}")
     for note in report["workload_notes"]:
         console.print(f"  • {note}")
     ratios = report["ratio_percent"]
@@ -562,24 +579,36 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         if row["job_phases"]:
             states = ", ".join(f"{k} {v}" for k, v in sorted(row["job_phases"].items()))
             settled = row["bound_after_settle"]
-            extra = "" if settled is None else f"; pods bound after settling: {settled}"
+            extra = "" if settled is None else f"; pods bound 3 s later: {settled}"
+            took = row.get("status_seconds")
+            extra += ("; every job that fits showed Running after " + (f"{took:.2f} s" if took is not None else
+                      "(not within the timeout)"))
             console.print(f"{row['workload']}/{row['path']}: TrainingJobs {states}{extra}")
-    if report.get("profile"):
-        prof = report["profile"]
-        table = Table(title=f"operator main thread under cProfile: {prof['busy_seconds']:.2f} s busy "
-                      f"({prof['file']}; CPU inflated by profiling)")
+    if report.get("api_costs"):
+        costs = Table(title="API cost probe: CPU per request, each kind timed alone, operator stopped")
+        for column in ("request", "n", "wall s", "apiserver ms/req", "etcd ms/req", "ctrl-mgr ms/req"):
+            costs.add_column(column, justify="left" if column == "request" else "right")
+        for cost in report["api_costs"]:
+            costs.add_row(cost["kind"], str(cost["requests"]), _fmt(cost["wall_seconds"], 2),
+                          _fmt(cost["apiserver_ms"], 2), _fmt(cost["etcd_ms"], 2), _fmt(cost["kcm_ms"], 2))
+        console.print(costs)
+    for workload, prof in (report.get("profile") or {}).items():
+        table = Table(title=f"{workload}: the operator's main thread under cProfile, {prof['busy_seconds']:.2f} s "
+                      f"busy ({prof['file']}; profiling inflates it)")
         for column in ("function", "calls", "tottime s", "cumtime s"):
             table.add_column(column, justify="left" if column == "function" else "right")
-        for entry in prof["top_tottime"][:20]:
+        for entry in prof["top_tottime"][:15]:
             table.add_row(entry["function"], str(entry["calls"]), f"{entry['tottime']:.3f}", f"{entry['cumtime']:.3f}")
         console.print(table)
-        cum = Table(title="... by cumulative time (leitstand and aiohttp frames)")
+        cum = Table(title=f"{workload}: ... by cumulative time (leitstand, aiohttp and kopf frames)")
         for column in ("function", "calls", "tottime s", "cumtime s"):
             cum.add_column(column, justify="left" if column == "function" else "right")
-        for entry in prof["top_cumtime"][:20]:
+        for entry in prof["top_cumtime"][:15]:
             cum.add_row(entry["function"], str(entry["calls"]), f"{entry['tottime']:.3f}", f"{entry['cumtime']:.3f}")
         console.print(cum)
-    console.print(f"operator log: {report.get('operator_log')}")
+    logs = [row["operator_log"] for row in report["phases"] if row.get("operator_log")]
+    if logs:
+        console.print(f"operator logs: {', '.join(logs)}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -877,6 +906,16 @@ async def job_phases(admin: KubeClient) -> dict[str, int]:
             return dict(phases)
 
 
+async def wait_statuses(admin: KubeClient, jobs: int, t0: float, deadline: float) -> float | None:
+    """Seconds from `t0` until `jobs` TrainingJobs show phase Running (the status tenants read)."""
+    while time.monotonic() < deadline:
+        phases = await job_phases(admin)
+        if sum(n for k, n in phases.items() if k.split("/")[0] == "Running") >= jobs:
+            return round(time.monotonic() - t0, 3)
+        await asyncio.sleep(0.25)
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # The two paths
 
@@ -1018,6 +1057,81 @@ def profile_summary(path: Path, top: int = 30) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
+# The API cost probe: what one request of each kind the operator path adds costs kube-apiserver
+
+
+@dataclass
+class ApiCost:
+    kind: str
+    requests: int
+    wall_seconds: float
+    cpu_seconds: dict[str, float]
+
+    def ms_per_request(self, process: str) -> float:
+        return 1000 * self.cpu_seconds.get(process, 0.0) / self.requests if self.requests else 0.0
+
+
+async def _timed(ctx: Context, kind: str, items: Sequence[Any], work: Callable[[Any], Awaitable[None]]) -> ApiCost:
+    cpu0 = ctx.sampler.sample()
+    t0 = time.monotonic()
+    await _pool(items, ctx.opts.concurrency, work)
+    wall = time.monotonic() - t0
+    cpu = CpuSampler.delta(cpu0, ctx.sampler.sample())[0]
+    return ApiCost(kind, len(items), round(wall, 3), cpu)
+
+
+async def api_costs(ctx: Context, n: int) -> list[ApiCost]:
+    """With no operator running: n TrainingJob creates (admin, as tenants submit), n status merge-patches
+    of the operator's shape and n Events (as leitstand-operator), each timed alone with /proc CPU."""
+    from leitstand.operator.service.status import event_body, rfc3339
+
+    await clean(ctx.admin)
+    names = [f"c-{i:05d}" for i in range(n)]
+    base = f"{TJ_API}/namespaces/{NAMESPACE}/trainingjobs"
+    uids: dict[str, str] = {}
+    errors: Counter[str] = Counter()
+
+    async def create(name: str) -> None:
+        status, body = await ctx.admin.request("POST", base, trainingjob(name, 1, 1))
+        if status == 201:
+            uids[name] = str(body["metadata"]["uid"])
+        else:
+            errors[f"create {status}"] += 1
+
+    async def patch_status(name: str) -> None:
+        now = rfc3339()
+        message = "placed 1 replica on b200-0000"
+        patch = {"status": {
+            "phase": "Pending", "reason": "Admitted", "message": message, "queuedAt": now, "admittedAt": now,
+            "restarts": 0, "preemptions": 0, "gpus": "1",
+            "placement": {"nodes": ["b200-0000"], "nodeCount": 1, "level": "node", "domain": "b200-0000"},
+            "conditions": [{"type": "Admitted", "status": "True", "reason": "Admitted", "message": message,
+                            "lastTransitionTime": now}],
+        }}
+        status, _ = await ctx.op_client.request("PATCH", f"{base}/{name}/status", patch,
+                                                content_type="application/merge-patch+json")
+        if status != 200:
+            errors[f"status {status}"] += 1
+
+    async def event(name: str) -> None:
+        involved = {"apiVersion": "leitstand.dev/v1alpha1", "kind": "TrainingJob", "name": name,
+                    "namespace": NAMESPACE, "uid": uids.get(name, "")}
+        body = event_body(involved, "Admitted", "placed 1 replica on b200-0000")
+        status, _ = await ctx.op_client.request("POST", f"/api/v1/namespaces/{NAMESPACE}/events", body)
+        if status != 201:
+            errors[f"event {status}"] += 1
+
+    costs = [await _timed(ctx, "TrainingJob create (admin)", names, create)]
+    costs.append(await _timed(ctx, "TrainingJob status merge-patch", names, patch_status))
+    costs.append(await _timed(ctx, "Event create", names, event))
+    if errors:
+        ctx.progress(f"  API cost probe: errors {dict(errors)}")
+    await clean(ctx.admin)
+    await ctx.admin.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/events", None)
+    return costs
+
+
+# --------------------------------------------------------------------------------------------------
 # One benchmark run
 
 
@@ -1031,6 +1145,7 @@ class Context:
     nodes: list[tuple[str, int]]
     progress: Report
     operator: OperatorProcess | None = None
+    operators: list[OperatorProcess] = field(default_factory=list)
 
 
 async def measure(ctx: Context, workload: Workload, path: str,
@@ -1038,8 +1153,6 @@ async def measure(ctx: Context, workload: Workload, path: str,
     """Clean, watch, submit, wait until the pods that fit are bound; CPU, APF and cycles over the window."""
     progress = ctx.progress
     await clean(ctx.admin)
-    if ctx.operator is not None:
-        await asyncio.sleep(3.0)  # let the operator's informer and cycle see the empty namespace
     result = PhaseResult(workload.name, path, workload.jobs if path == "leitstand" else workload.fit_jobs,
                          workload.fit_pods, cores=os.cpu_count() or 1)
     watch = PodWatch(ctx.admin)
@@ -1052,11 +1165,16 @@ async def measure(ctx: Context, workload: Workload, path: str,
     result.background_cores = round(background / 1.0, 2)
     progress(f"  {workload.name} / {path}: submitting (background load before: {background:.2f} cores)")
     sub = Submission()
+    profiling = ctx.operator is not None and profile_path(ctx.opts.profile, workload.name) is not None
+    if profiling and ctx.operator is not None:
+        os.kill(ctx.operator.pid, signal.SIGUSR1)  # cProfile on, for exactly the measured window
     cpu0 = ctx.sampler.sample()
     t0 = time.monotonic()
     task = asyncio.create_task(submit(sub))
     done = await watch.wait_bound(workload.fit_pods, workload.replicas, t0 + ctx.opts.timeout, progress)
     cpu1 = ctx.sampler.sample()
+    if profiling and ctx.operator is not None:
+        os.kill(ctx.operator.pid, signal.SIGUSR2)  # cProfile off, stats written
     end = max(watch.bound.values(), default=time.monotonic())
     if not task.done():
         await asyncio.wait_for(task, timeout=max(5.0, ctx.opts.timeout - (time.monotonic() - t0)))
@@ -1077,13 +1195,16 @@ async def measure(ctx: Context, workload: Workload, path: str,
     result.requests = request_delta(before, after)
     result.client_errors = dict(sub.errors)
     if ctx.operator is not None:
-        await asyncio.sleep(3.0)  # a quiet moment: nothing more may be bound, statuses get written
+        result.status_seconds = await wait_statuses(ctx.admin, workload.fit_jobs, t0, t0 + ctx.opts.timeout)
+        await asyncio.sleep(3.0)  # a quiet moment: nothing more may be bound
         result.bound_after_settle = watch.bound_count(workload.replicas)
         result.pods_created, result.binds_seen, result.bound_pods_deleted = watch.added, watch.binds, watch.unbound
         result.job_phases = await job_phases(ctx.admin)
         result.cycles = cycle_summary(ctx.operator.log_text()[log_offset:])
         result.operator_rss_mib = round(ctx.operator.rss_mib(), 1)
+        result.operator_log = str(ctx.operator.log)
     await watch.stop()
+    await clean(ctx.admin)
     rate = result.pods_per_second
     progress(f"  {workload.name} / {path}: {result.pods_bound}/{workload.fit_pods} pods bound in "
              f"{result.wall_seconds:.2f} s = {rate:.1f} pods/s")
@@ -1097,42 +1218,65 @@ def _process_cmdline(pid: int) -> list[str]:
         return []
 
 
-async def bench(ctx: Context, workloads: Sequence[Workload]) -> list[PhaseResult]:
+async def start_leitstand(ctx: Context, workload: Workload) -> OperatorProcess:
+    """`leitstand run` as leitstand-operator (launcher), once it leads; under cProfile with --profile."""
     from leitstand.operator.service.launcher import start_operator
 
+    log_dir = ctx.opts.log_dir or Path(tempfile.gettempdir())
+    log = log_dir / f"bench-operator-{time.strftime('%Y%m%d-%H%M%S')}-{workload.name}.log"
+    env: dict[str, str] = {}
+    profile = profile_path(ctx.opts.profile, workload.name)
+    if profile is not None:
+        env = profile_env(profile, Path(tempfile.mkdtemp(prefix="leitstand-bench-site-")))
+    ctx.progress(f"  starting leitstand run as leitstand-operator (log {log})")
+    operator = start_operator(ctx.run / "leitstand-operator.kubeconfig", log, identity=IDENTITY, extra_env=env)
+    ctx.operators.append(operator)
+    if not await asyncio.to_thread(operator.wait_for_log, "leading as", 180.0):
+        raise RuntimeError(f"leitstand run did not start leading within 180 s (another leader?); log {log}:\n"
+                           + "\n".join(operator.log_text().splitlines()[-20:]))
+    ctx.operator = operator
+    ctx.sampler.operator_pid = operator.pid
+    return operator
+
+
+async def stop_leitstand(ctx: Context, workload: Workload) -> None:
+    operator = ctx.operator
+    if operator is None:
+        return
+    await asyncio.to_thread(operator.stop)
+    ctx.operator = None
+    ctx.sampler.operator_pid = None
+
+
+def profile_path(profile: Path | None, workload: str) -> Path | None:
+    """One profile file per operator phase: FILE → FILE's stem-<workload><suffix>."""
+    if profile is None:
+        return None
+    profile = profile.resolve()
+    return profile.with_name(f"{profile.stem}-{workload}{profile.suffix or '.prof'}")
+
+
+async def bench(ctx: Context, workloads: Sequence[Workload]) -> list[PhaseResult]:
+    """Per workload: the raw loop, then `leitstand run` (started for the phase and stopped after it), so
+    the two rows of a workload run minutes apart at most, under the same background load."""
     results: list[PhaseResult] = []
-    if not ctx.opts.skip_raw:
-        for workload in workloads:
+    for workload in workloads:
+        if not ctx.opts.skip_raw:
             pods = raw_pods(workload, ctx.nodes)
 
             async def raw(sub: Submission, pods: list[tuple[str, str, dict[str, Any]]] = pods) -> None:
                 await submit_raw(ctx.op_client, pods, ctx.opts.concurrency, sub)
 
             results.append(await measure(ctx, workload, "raw", raw))
-    await clean(ctx.admin)
-    log_dir = ctx.opts.log_dir or Path(tempfile.gettempdir())
-    log = log_dir / f"bench-operator-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    env: dict[str, str] = {}
-    if ctx.opts.profile is not None:
-        env = profile_env(ctx.opts.profile.resolve(), Path(tempfile.mkdtemp(prefix="leitstand-bench-site-")))
-    ctx.progress(f"starting leitstand run as leitstand-operator (log {log})")
-    ctx.operator = start_operator(ctx.run / "leitstand-operator.kubeconfig", log, identity=IDENTITY, extra_env=env)
-    ctx.sampler.operator_pid = ctx.operator.pid
-    if not await asyncio.to_thread(ctx.operator.wait_for_log, "leading as", 180.0):
-        raise RuntimeError(f"leitstand run did not start leading within 180 s (another leader?); log {log}:\n"
-                           + "\n".join(ctx.operator.log_text().splitlines()[-20:]))
-    if ctx.opts.profile is not None:
-        os.kill(ctx.operator.pid, signal.SIGUSR1)
-    for workload in workloads:
 
         async def jobs(sub: Submission, workload: Workload = workload) -> None:
             await submit_jobs(ctx.admin, workload, ctx.opts.concurrency, sub)
 
-        results.append(await measure(ctx, workload, "leitstand", jobs))
-    if ctx.opts.profile is not None:
-        os.kill(ctx.operator.pid, signal.SIGUSR2)
-        await asyncio.sleep(2.0)
-    await clean(ctx.admin)
+        await start_leitstand(ctx, workload)
+        try:
+            results.append(await measure(ctx, workload, "leitstand", jobs))
+        finally:
+            await stop_leitstand(ctx, workload)
     return results
 
 
@@ -1158,7 +1302,7 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
         started = True
     else:
         progress(f"using the cluster running from {run_folder} (--nodes ignored)")
-    operator: OperatorProcess | None = None
+    operators: list[OperatorProcess] = []
     try:
         state = controlplane.State.load(run_folder)
         assert state is not None
@@ -1166,7 +1310,6 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
         flags = apiserver_flags(_process_cmdline(pids.get("kube-apiserver", -1)))
 
         async def main() -> dict[str, Any]:
-            nonlocal operator
             from leitstand.operator.service.kubeclient import KubeClient, load_credentials
 
             admin = KubeClient(load_credentials(run_folder / "admin.kubeconfig"), max_in_flight=opts.concurrency)
@@ -1178,18 +1321,21 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
                     raise RuntimeError("no Ready nodes with GPUs in the cluster")
                 await install(admin, sum(g for _, g in nodes))
                 workloads = plan_workloads([g for _, g in nodes], opts)
-                ctx = Context(opts, run_folder, admin, op_client, CpuSampler(pids), nodes, progress)
+                ctx = Context(opts, run_folder, admin, op_client, CpuSampler(pids), nodes, progress,
+                              operators=operators)
                 for w in workloads:
                     progress(f"workload {w.name}: {w.note}")
                 snapshot = await metrics_snapshot(admin)
-                try:
-                    results = await bench(ctx, workloads)
-                finally:
-                    operator = ctx.operator
+                results = await bench(ctx, workloads)
+                costs: list[ApiCost] = []
+                if opts.api_costs:
+                    progress(f"API cost probe: {opts.api_costs} requests of each kind, no operator running")
+                    costs = await api_costs(ctx, opts.api_costs)
                 seats = snapshot["seats"].get("global-default", {})
                 return {
                     "workloads": workloads,
                     "results": results,
+                    "costs": costs,
                     "nodes": nodes,
                     "apf": {"flow_schema": "global-default", "priority_level": "global-default",
                             "nominal_seats": seats.get("nominal"), "current_seats": seats.get("current"),
@@ -1201,7 +1347,7 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
 
         outcome = asyncio.run(main())
     finally:
-        if operator is not None:
+        for operator in operators:  # normally stopped after their phase already
             operator.stop()
         if started and not opts.keep_cluster:
             controlplane.down(report=progress)
@@ -1212,18 +1358,63 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
                     "run": str(run_folder), "kubernetes": K8S_VERSION, "cores": os.cpu_count() or 1},
         "concurrency": opts.concurrency,
         "workload_notes": [w.note for w in outcome["workloads"]],
-        "interpretation": (
-            "two phases on an empty cluster each; a gang phase whose gangs exceed the cluster is timed until "
-            "the gangs that fit at once are bound (the rest are submitted and must stay Pending); the raw loop "
-            "creates and binds the same number of pods of the same shape with the same client and identity"
-        ),
+        "interpretation": INTERPRETATION,
+        "code": code_version(),
         "apf": outcome["apf"],
         **summarize(results),
-        "operator_log": str(operator.log) if operator is not None else None,
+        "api_costs": cost_rows(outcome["costs"], results),
     }
-    if opts.profile is not None and opts.profile.exists():
-        report["profile"] = profile_summary(opts.profile)
+    profiles = {}
+    for workload in outcome["workloads"]:
+        path = profile_path(opts.profile, workload.name)
+        if path is not None and path.exists():
+            profiles[workload.name] = profile_summary(path)
+    if profiles:
+        report["profile"] = profiles
     return report
+
+
+def cost_rows(costs: Sequence[ApiCost], results: Sequence[PhaseResult]) -> list[dict[str, Any]]:
+    """The probe's rows, plus the raw loop's pod create + bind from the single-GPU phase for reference."""
+    rows = []
+    raw = next((r for r in results if r.path == "raw" and r.workload == "single"), None)
+    if raw is not None and raw.pods_bound:
+        rows.append({"kind": "pod create + bind (raw loop, per pod)", "requests": raw.pods_bound,
+                     "wall_seconds": raw.wall_seconds,
+                     "apiserver_ms": round(1000 * raw.cpu_seconds.get("kube-apiserver", 0.0) / raw.pods_bound, 3),
+                     "etcd_ms": round(1000 * raw.cpu_seconds.get("etcd", 0.0) / raw.pods_bound, 3),
+                     "kcm_ms": round(1000 * raw.cpu_seconds.get("kube-controller-manager", 0.0) / raw.pods_bound, 3)})
+    for cost in costs:
+        rows.append({"kind": cost.kind, "requests": cost.requests, "wall_seconds": cost.wall_seconds,
+                     "apiserver_ms": round(cost.ms_per_request("kube-apiserver"), 3),
+                     "etcd_ms": round(cost.ms_per_request("etcd"), 3),
+                     "kcm_ms": round(cost.ms_per_request("kube-controller-manager"), 3)})
+    return rows
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and the operator files that differ from it (others edit them concurrently)."""
+    import subprocess
+
+    from leitstand.operator.cluster.layout import repo_root
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "operator/service").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "operator_service_changed": changed}
+
+
+INTERPRETATION = (
+    "each workload runs on an empty cluster, first as the raw loop, then through leitstand run (started for the "
+    "phase); a gang workload larger than the cluster is timed until the gangs that fit at once are bound (all are "
+    "submitted, the rest must stay Pending); the raw loop creates and binds the same number of pods of the same "
+    "shape with the same client, concurrency and identity"
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1249,12 +1440,15 @@ def operator_bench(
         Path | None, typer.Option(help="cProfile the operator's main thread during its phases into this file.")
     ] = None,
     log_dir: Annotated[Path | None, typer.Option(help="Where the operator's log goes [default: the temp dir].")] = None,
+    api_costs: Annotated[
+        int, typer.Option(help="Requests per kind in the API cost probe after the phases (0 skips it).")
+    ] = 1000,
     json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Pods bound per second by `leitstand run` next to a raw create+bind loop, on the local cluster."""
     opts = Options(nodes=nodes, single=single, gangs=gangs, gang_replicas=gang_replicas, gang_gpus=gang_gpus,
                    concurrency=concurrency, timeout=timeout, run=run_folder, keep_cluster=keep_cluster,
-                   skip_raw=skip_raw, profile=profile, log_dir=log_dir)
+                   skip_raw=skip_raw, profile=profile, log_dir=log_dir, api_costs=api_costs)
     try:
         check_options(opts)
     except ValueError as exc:

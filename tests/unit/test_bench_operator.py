@@ -251,3 +251,14 @@ def test_summarize_and_render() -> None:
     assert "misses the 80 % goal" in text
     assert "1001 pods created" in text and "1 bound pods were deleted again" in text
     assert "global-default" in text
+
+
+def test_cost_rows_put_the_raw_pod_first() -> None:
+    raw = result("single", "raw", 1000, 5.0)
+    raw.cpu_seconds.update({"etcd": 0.5, "kube-controller-manager": 0.2})
+    probe = bo.ApiCost("Event create", 500, 1.5, {"kube-apiserver": 1.0, "etcd": 0.25})
+    rows = bo.cost_rows([probe], [raw, result("single", "leitstand", 1000, 9.0)])
+    assert [r["kind"] for r in rows] == ["pod create + bind (raw loop, per pod)", "Event create"]
+    assert (rows[0]["apiserver_ms"], rows[0]["etcd_ms"], rows[0]["kcm_ms"]) == (5.0, 0.5, 0.2)
+    assert (rows[1]["apiserver_ms"], rows[1]["etcd_ms"], rows[1]["kcm_ms"]) == (2.0, 0.5, 0.0)
+    assert bo.cost_rows([], []) == []
