@@ -234,6 +234,8 @@ def run_campaign(
         seconds = time.monotonic() - t0
         stop.set()
         sampler.join(5)
+        for api in (admin, sampler_api, *clients.values()):
+            api.close_all()
     finally:
         stop.set()
         if operator is not None:

@@ -1085,7 +1085,11 @@ class Scheduler:
             # while the reservation is on its way (`_room_is_free`).
             spot = (node, gpu)
             self.reservations_creating.add(spot)
-            task = asyncio.get_running_loop().create_task(self.binder.bind_gang([write], lambda: True))
+            # Like the fraction pods it serves, the reservation waits until the pods evicted to make room
+            # are gone (it requests a whole GPU: a kubelet would count it next to them).
+            task = asyncio.get_running_loop().create_task(
+                self.binder.bind_gang([write], functools.partial(self._room_is_free, {node}, set()))
+            )
             self.reservation_tasks.add(task)
             task.add_done_callback(self.reservation_tasks.discard)
             task.add_done_callback(functools.partial(self._reservation_done, spot))
