@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from leitstand.operator.service.records import NodeRecord, Taint
+from leitstand.operator.service.records import NodeRecord, Taint, freeze
 from leitstand.scheduler.model import NodeName
 
 
@@ -107,6 +107,12 @@ def has_constraints(pod_spec: Mapping[str, Any]) -> bool:
             "requiredDuringSchedulingIgnoredDuringExecution"
         )
     )
+
+
+def constraints_key(pod_spec: Mapping[str, Any]) -> Any:
+    """A hashable form of what decides eligibility: jobs with equal keys share one answer (and one
+    frozenset object, which the core's mask cache keys on)."""
+    return freeze({k: pod_spec.get(k) for k in ("nodeSelector", "affinity", "tolerations")})
 
 
 class Eligibility:

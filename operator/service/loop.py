@@ -41,7 +41,7 @@ from leitstand.operator.service.audit import DecisionLog
 from leitstand.operator.service.binder import Binder, PodWrite
 from leitstand.operator.service.cache import Charge, ClusterCache
 from leitstand.operator.service.config import ServiceConfig
-from leitstand.operator.service.eligibility import ConstraintError, Eligibility
+from leitstand.operator.service.eligibility import ConstraintError, Eligibility, constraints_key
 from leitstand.operator.service.jobs import (
     API_VERSION,
     PriorityClassInfo,
@@ -466,9 +466,8 @@ class Scheduler:
             return
 
         try:
-            allowed = self.eligibility.allowed(
-                spec.template.get("spec") or {}, ("tj", spec.namespace, spec.name, spec.uid)
-            )
+            pod_spec = spec.template.get("spec") or {}
+            allowed = self.eligibility.allowed(pod_spec, constraints_key(pod_spec))
         except ConstraintError as exc:
             self._set_phase(status, "Pending")
             waiting[JobId(key)] = ("InvalidSpec", f"spec.template.spec.{exc}")
@@ -690,7 +689,7 @@ class Scheduler:
                 continue
             spec = thaw(pod.spec_constraints) or {}
             try:
-                allowed = self.eligibility.allowed(spec, ("pod", pod.spec_constraints))
+                allowed = self.eligibility.allowed(spec, constraints_key(spec))
             except ConstraintError as exc:
                 waiting[job_id] = ("InvalidSpec", f"spec.{exc}")
                 continue

@@ -251,7 +251,7 @@ def pod_record(raw: Mapping[str, Any], scheduler_name: str = "leitstand") -> Pod
         preemptible=_bool(annotations.get(PREEMPTIBLE_ANNOTATION)),
         labels=tuple(sorted(labels.items())) if ours_pending else (),
         spec_constraints=(
-            _freeze(
+            freeze(
                 {
                     "nodeSelector": spec.get("nodeSelector"),
                     "affinity": spec.get("affinity"),
@@ -265,17 +265,17 @@ def pod_record(raw: Mapping[str, Any], scheduler_name: str = "leitstand") -> Pod
     )
 
 
-def _freeze(value: Any) -> Any:
+def freeze(value: Any) -> Any:
     """Hashable, comparable copy of JSON (dicts become sorted tuples of pairs)."""
     if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+        return tuple(sorted((k, freeze(v)) for k, v in value.items()))
     if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
+        return tuple(freeze(v) for v in value)
     return value
 
 
 def thaw(value: Any) -> Any:
-    """Inverse of `_freeze` for the shapes it produces (pairs become dicts again)."""
+    """Inverse of `freeze` for the shapes it produces (pairs become dicts again)."""
     if isinstance(value, tuple):
         if value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value):
             return {k: thaw(v) for k, v in value}
