@@ -187,15 +187,18 @@ class _Histogram:
         counts[bisect.bisect_left(self.bounds, value)] += 1
         total[0] += value
 
-    def family(self, spec: MetricSpec) -> HistogramMetricFamily:
+    def family(self, spec: MetricSpec, exposed: set[tuple[str, tuple[str, ...]]]) -> HistogramMetricFamily:
+        """The exposition; a label set shown for the first time shows zeros (see `Metrics._first`)."""
         family = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
         for labels, (counts, total) in sorted(self.series.items()):
+            first = (spec.name, labels) not in exposed
+            exposed.add((spec.name, labels))
             running = 0
             buckets: list[tuple[str, float]] = []
             for bound, count in zip((*self.bounds, math.inf), counts, strict=True):
-                running += count
+                running += 0 if first else count
                 buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), running))
-            family.add_metric(list(labels), buckets, total[0])
+            family.add_metric(list(labels), buckets, 0.0 if first else total[0])
         return family
 
 
@@ -220,6 +223,10 @@ class Metrics:
         """Jobs the last cycle left waiting (their shapes decide which free GPUs are stranded)."""
         self._usage_seen: dict[str, float] = {}
         self._last_cycle_at: float | None = None
+        self._exposed: set[tuple[str, tuple[str, ...]]] = set()
+        """(counter or histogram, label values) already scraped once (see `_first`)."""
+        self._scrape_lock = threading.Lock()
+        """One scrape at a time (guards `_exposed`); never taken by the listeners."""
         try:
             self._version = metadata.version("leitstand")
         except metadata.PackageNotFoundError:
@@ -290,6 +297,13 @@ class Metrics:
     # -- scrape time -------------------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
+        with self._scrape_lock:
+            families = self._families()
+        for spec in SPECS:  # in the documented order
+            if spec.name in families:
+                yield families[spec.name]
+
+    def _families(self) -> dict[str, Metric]:
         families: dict[str, Metric] = {}
 
         def family(name: str) -> Metric:
@@ -304,7 +318,10 @@ class Metrics:
         def add(name: str, labels: Iterable[str], value: float) -> None:
             metric = family(name)
             assert isinstance(metric, GaugeMetricFamily | CounterMetricFamily)
-            metric.add_metric(list(labels), value)
+            values = tuple(labels)
+            if isinstance(metric, CounterMetricFamily):
+                value = self._first(name, values, value)
+            metric.add_metric(list(values), value)
 
         self._collect_queues(add)
         self._collect_scheduler(add)
@@ -317,13 +334,25 @@ class Metrics:
                 for labels, value in sorted(values.items()):
                     add(name, labels, value)
             for name, histogram in self._histograms.items():
-                families[name] = histogram.family(SPEC_BY_NAME[name])
+                families[name] = histogram.family(SPEC_BY_NAME[name], self._exposed)
             for (queue, reason), count in sorted(self._pending_by_reason.items()):
                 add("leitstand_pending_jobs_by_reason", (queue, reason), count)
             family("leitstand_pending_jobs_by_reason")
-        for spec in SPECS:  # in the documented order
-            if spec.name in families:
-                yield families[spec.name]
+        return families
+
+    def _first(self, name: str, labels: tuple[str, ...], value: float) -> float:
+        """A counter's label set appears at 0 on its first scrape and with its value from the next on.
+
+        Prometheus' `rate` and `increase` count only what a series gains between two scrapes, so a
+        series born at 1 (a first reclaim by a new pair of queues, a first 4xx of a verb) would never
+        show that first event. Label sets like (queue, by_queue) cannot all be made up front, so each
+        is shown at 0 once (the first event then shows one scrape interval late; a second scraper
+        sees it at once, as without this). Caller holds `_scrape_lock`."""
+        key = (name, labels)
+        if key in self._exposed:
+            return value
+        self._exposed.add(key)
+        return 0.0
 
     def _collect_queues(self, add: Any) -> None:
         bodies = dict(self.scheduler.queue_bodies)

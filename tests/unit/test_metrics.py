@@ -63,8 +63,11 @@ def queue_body(name: str, **gpu: Any) -> dict[str, Any]:
     return {"metadata": {"name": name}, "spec": spec}
 
 
-def scrape(metrics: Metrics) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Sample name → labels → value, parsed back from the text exposition."""
+def scrape(metrics: Metrics, *, first: bool = False) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Sample name → labels → value, parsed back from the text exposition of a second scrape (a new
+    counter label set shows 0 on its first: `test_a_new_counter_series_starts_at_zero_for_rate`)."""
+    if not first:
+        metrics.render(None)
     body, content_type = metrics.render(None)
     assert content_type.startswith("text/plain")
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
@@ -319,3 +322,26 @@ def test_stranded_follows_the_jobs_the_last_cycle_left_waiting() -> None:
     assert value(scrape(metrics), "leitstand_cluster_gpus_stranded", model="NVIDIA-L40S", pool="l40s") == 2
     metrics.on_cycle(CycleReport(), Plan(bindings=(Binding(big.id, ()),)))  # admitted: nothing waits
     assert value(scrape(metrics), "leitstand_cluster_gpus_stranded", model="NVIDIA-L40S", pool="l40s") == 0
+
+
+def test_a_new_counter_series_starts_at_zero_for_rate() -> None:
+    """Prometheus' rate/increase count what a series gains between scrapes: a series first scraped at 1
+    would hide its first event, so every counter and histogram label set is first exposed at 0."""
+    scheduler = make_scheduler()
+    metrics = Metrics(scheduler)
+    metrics.on_decision(decision("reclaim", "team-b", "Reclaimed", by_queue="team-a", gpus_milli=8000))
+    scheduler.last_pending = [Job(JobId("ns/j"), QueueName("team-a"), created_at=NOW - 3)]
+    metrics.on_cycle(CycleReport(), Plan(bindings=(Binding(JobId("ns/j"), ()),)))
+    first = scrape(metrics, first=True)
+    labels = {"queue": "team-b", "kind": "reclaim", "reason": "Reclaimed", "by_queue": "team-a"}
+    assert value(first, "leitstand_queue_evictions_total", **labels) == 0
+    assert value(first, "leitstand_queue_admission_wait_seconds_count", queue="team-a") == 0
+    assert value(first, "leitstand_queue_admission_wait_seconds_bucket", queue="team-a", le="+Inf") == 0
+    assert value(first, "leitstand_kube_api_requests_total", verb="GET", status_class="2xx") == 0
+    second = scrape(metrics, first=True)
+    assert value(second, "leitstand_queue_evictions_total", **labels) == 1
+    assert value(second, "leitstand_queue_admission_wait_seconds_count", queue="team-a") == 1
+    assert value(second, "leitstand_queue_admission_wait_seconds_sum", queue="team-a") == 3
+    assert value(second, "leitstand_kube_api_requests_total", verb="GET", status_class="2xx") == 7
+    # gauges are what they are from the first scrape on
+    assert value(first, "leitstand_leader") == 0
