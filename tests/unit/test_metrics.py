@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from leitstand.operator.api.metrics import SPECS, Metrics, cluster_gpus, metric_sample_names
+from leitstand.operator.cluster.layout import repo_root
 from leitstand.operator.service.audit import Decision
 from leitstand.operator.service.cache import Charge, ClusterCache
 from leitstand.operator.service.config import ServiceConfig
@@ -101,6 +102,12 @@ def test_names_units_and_labels_follow_the_rules() -> None:
         assert not {"job", "name", "pod", "namespace", "node", "uid"} & set(spec.labels), spec.name
         assert spec.help.strip()
     assert "leitstand_queue_admission_wait_seconds_bucket" in metric_sample_names()
+
+
+def test_docs_describe_every_metric() -> None:
+    text = (repo_root() / "docs" / "metrics.md").read_text()
+    missing = [s.name for s in SPECS if f"`{s.name}`" not in text]
+    assert not missing, f"docs/metrics.md does not describe {missing}"
 
 
 def test_the_collector_exposes_every_family_it_documents_and_nothing_else() -> None:
