@@ -273,6 +273,9 @@ def start_target(cluster: Cluster, folder: Path, token: str) -> Target:
     if status == 200 and b"leitstand_leader" in body:
         assert http_get(url)[0] == 401, "GET /metrics without a token must be refused"
         return Target(operator, f"127.0.0.1:{port}", real=True)
+    if status not in (0, 404):  # the route exists but refused a scraper bound to system:monitoring
+        operator.stop()
+        raise AssertionError(f"GET /metrics with the scraper's token: HTTP {status} {body[:500]!r}")
     # This leitstand run does not serve /metrics (yet): the same service with Metrics.render() beside it.
     operator.stop()
     side = free_port()
