@@ -110,6 +110,12 @@ DECISION_KINDS = {
 }
 """Event reason → audit kind (`audit.KINDS`); every other reason is a pending reason: "reject"."""
 
+EVICTION_REASONS = {
+    EvictionKind.RECLAIM: "Reclaimed",
+    EvictionKind.PREEMPT: "Preempted",
+    EvictionKind.CONSOLIDATE: "Moved",
+}
+
 TJ_PLURAL = "trainingjobs"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 """Pod status conditions merge by type, so one condition is patched without touching the others."""
@@ -723,6 +729,13 @@ class Scheduler:
                 task = asyncio.get_running_loop().create_task(self.binder.remove_gang([(ns, name)], evict=True))
                 task.add_done_callback(self._done)
                 log.info("evict %s (%s for %s): %s", key, kind.value, eviction.for_job, eviction.reason)
+                by = self.jobs.get(str(eviction.for_job))
+                self.decisions.record(
+                    time=self.clock(), kind=DECISION_KINDS[EVICTION_REASONS[kind]], job=key, queue=pod.queue,
+                    namespace=ns, reason=EVICTION_REASONS[kind], message=eviction.reason, by=str(eviction.for_job),
+                    by_queue=by.spec.queue if by is not None and isinstance(by.spec, TrainingJobSpec) else "",
+                    nodes=(pod.node,), gpus_milli=pod.gpu_milli * max(1, pod.gpus), cycle=self.last.cycle_id,
+                )
             return
         tracked = self.jobs.get(key)
         if tracked is None or isinstance(tracked.spec, SpecError):
@@ -731,11 +744,7 @@ class Scheduler:
         path = tj_path(str(meta.get("namespace")), str(meta.get("name")))
         status = self.book.view(path, str(meta.get("uid")), tracked.body.get("status"))
         pods = [p for k, p in self.cache.job_pods(key).items() if k not in self.cache.evicted]
-        reason = {
-            EvictionKind.RECLAIM: "Reclaimed",
-            EvictionKind.PREEMPT: "Preempted",
-            EvictionKind.CONSOLIDATE: "Moved",
-        }[kind]
+        reason = EVICTION_REASONS[kind]
         message = eviction.reason
         if str(eviction.for_job) not in message:
             message += f" (for {eviction.for_job})"
@@ -1004,11 +1013,14 @@ class Scheduler:
                     table[parent] += amount
                     parent = parents.get(parent)
         shares = plan.fair_share_milli if plan else {}
+        inner = {str((b.get("spec") or {}).get("parent")) for b in self.queue_bodies.values()
+                 if (b.get("spec") or {}).get("parent")}
         for name, body in self.queue_bodies.items():
             meta = body.get("metadata") or {}
             path = queue_path(name)
             status = self.book.view(path, str(meta.get("uid")), body.get("status"))
-            self.usage.seed(name, float(status.get("usageGPUSeconds") or 0.0))
+            if name not in inner:  # a parent's status holds its subtree's sum: seeding it would count twice
+                self.usage.seed(name, float(status.get("usageGPUSeconds") or 0.0))
             if write_usage:  # leaf totals; a parent's is the sum of its subtree's
                 status["usageGPUSeconds"] = round(sum(
                     v for q, v in self.usage.totals.items() if q == name or name in self._ancestors(q, parents)), 1)
