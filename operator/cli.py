@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from leitstand.operator import api_cli
 from leitstand.operator.cluster.commands import app as cluster_app
 from leitstand.operator.commands import bench_app, dashboard, simulate_app
 
@@ -44,6 +45,11 @@ app.add_typer(cluster_app, name="cluster", help="The local Kubernetes cluster wi
 app.add_typer(simulate_app, name="simulate", help="Trace-driven simulations of the scheduling core.")
 app.add_typer(bench_app, name="bench", help="Benchmarks that print numbers (JSON with --json).")
 app.command("dashboard")(dashboard)
+# The read API in a terminal (operator/api_cli.py): what `leitstand run` serves, as the caller may see it.
+app.command("queues")(api_cli.queues)
+app.command("jobs")(api_cli.jobs)
+app.command("why")(api_cli.why)
+app.command("usage")(api_cli.usage)
 
 
 @bench_app.command("crash")

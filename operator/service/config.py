@@ -61,6 +61,28 @@ class SchedulerSettings(BaseModel):
         )
 
 
+class ApiSettings(BaseModel):
+    """The read API and `/metrics`, served by `leitstand run` itself (docs/http-api.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="Serve the HTTP API (and /metrics) from this process.")
+    host: str = Field(
+        default="127.0.0.1", description="Listen address; 0.0.0.0 to be reachable from outside the pod."
+    )
+    port: int = Field(default=8080, ge=0, le=65535, description="Listen port; 0 picks a free one (logged).")
+    metrics_require_token: bool = Field(
+        default=True,
+        description="/metrics needs a bearer token allowed `get` on the non-resource URL /metrics; false "
+        "lets a scraper in without one (health probes never need one).",
+    )
+    review_cache_seconds: float = Field(
+        default=20.0, ge=0, description="How long a TokenReview or SubjectAccessReview answer is reused."
+    )
+    review_cache_entries: int = Field(default=4096, ge=1, description="Review answers kept at most (LRU).")
+    max_page_size: int = Field(default=1000, ge=1, description="The largest `limit` a list request may ask for.")
+
+
 class ServiceConfig(BaseModel):
     """Everything `leitstand run` can be told; see docs/operator.md for each field."""
 
@@ -91,6 +113,7 @@ class ServiceConfig(BaseModel):
         default=30.0, ge=0, description="A node NotReady this long has its gangs evicted and requeued."
     )
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @field_validator("topology")
     @classmethod

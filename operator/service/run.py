@@ -5,10 +5,12 @@ real). One process, two event loops: the main loop holds the informers (Pods, No
 PriorityClasses), the scheduler loop, the binder and the Lease; kopf runs in its own thread for the
 TrainingJob and Queue resources and forwards their events here.
 
-Start-up order: kernels compiled (a tiny cycle: a new pod is ready in seconds when the Numba cache is
-warm), informers listed (the state is synced), then the Lease; only the holder schedules. Losing the
-Lease ends the process with exit code 3 — the next start rebuilds everything from the API server, as
-client-go controllers do — before another replica could have taken it over.
+Start-up order: the HTTP API (`leitstand.operator.api`: uvicorn as a task of the main loop, `/healthz`
+at once, `/readyz` once ready; every replica serves reads, leader or not), kernels compiled (a tiny
+cycle: a new pod is ready in seconds when the Numba cache is warm), informers listed (the state is
+synced), then the Lease; only the holder schedules. Losing the Lease ends the process with exit code
+3 — the next start rebuilds everything from the API server, as client-go controllers do — before
+another replica could have taken it over.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from leitstand.operator.api import server as api_server
+from leitstand.operator.api.metrics import Metrics
 from leitstand.operator.service.cache import ClusterCache
 from leitstand.operator.service.config import ServiceConfig
 from leitstand.operator.service.handlers import KopfThread
@@ -68,11 +72,13 @@ def priority_class_info(raw: Mapping[str, Any]) -> PriorityClassInfo | None:
 
 async def serve(config: ServiceConfig, kubeconfig: str | None = None, identity: str | None = None) -> int:
     identity = identity or f"{socket.gethostname()}-{os.getpid()}"
-    seconds = await asyncio.to_thread(warm_up)
-    log.info("kernels ready in %.1f s", seconds)
     client = KubeClient(load_credentials(kubeconfig), max_in_flight=config.bind_concurrency)
     cache = ClusterCache(config.core_topology)
     scheduler = Scheduler(config, client, cache)
+    metrics = Metrics(scheduler, client)
+    api = await api_server.start(config.api, scheduler, client, metrics=metrics.render)
+    seconds = await asyncio.to_thread(warm_up)
+    log.info("kernels ready in %.1f s", seconds)
     loop = asyncio.get_running_loop()
 
     def on_pod(kind: str, key: str, old: Any, new: Any) -> None:
@@ -155,6 +161,8 @@ async def serve(config: ServiceConfig, kubeconfig: str | None = None, identity: 
     if code != EXIT_LOST_LEASE:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(elector.release(), timeout=5)
+    if api is not None:
+        await api.stop()
     for task in [*tasks, *waiters]:
         task.cancel()
     await asyncio.gather(*tasks, *waiters, return_exceptions=True)
