@@ -60,11 +60,12 @@ def bench_crash(
     nodes: Annotated[int, typer.Option(min=1, help="8-GPU nodes if a cluster must be started.")] = 16,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    window: Annotated[float, typer.Option(min=3, help="The kills fall at random in the first N seconds.")] = 30.0,
 ) -> None:
     """kill -9 of leitstand run at random moments of a job burst; every outcome checked on the API server."""
     from leitstand.operator.faults import crash
 
-    crash(jobs=jobs, kills=kills, seed=seed, nodes=nodes, timeout=timeout, as_json=as_json)
+    crash(jobs=jobs, kills=kills, seed=seed, nodes=nodes, timeout=timeout, as_json=as_json, window=window)
 
 
 @app.command("run")

@@ -168,6 +168,7 @@ def run_campaign(
     seed: int = 7,
     nodes: int = 16,
     timeout_seconds: float = 600.0,
+    window_seconds: float = 30.0,
     report: Report = print,
 ) -> CampaignResult:
     run = run_dir()
@@ -209,7 +210,7 @@ def run_campaign(
             clients[ns].create(f"{GROUP_PATH}/namespaces/{ns}/trainingjobs", job, exist_ok=False)
         report(f"crash: submitted {jobs} TrainingJobs in {time.monotonic() - t0:.1f} s")
         rng = random.Random(seed + 1)
-        kill_at = sorted(rng.uniform(2.0, 30.0) for _ in range(kills))
+        kill_at = sorted(rng.uniform(2.0, window_seconds) for _ in range(kills))
         killed: list[float] = []
         back: list[float] = []
         keys = [f"{j['metadata']['namespace']}/{j['metadata']['name']}" for j in manifests]
@@ -311,12 +312,13 @@ def crash(
     nodes: int = 16,
     timeout: float = 900.0,
     as_json: bool = False,
+    window: float = 30.0,
 ) -> None:
     """kill -9 of leitstand run at random moments of a TrainingJob burst; every outcome checked on the API server."""
     import typer
 
     result = run_campaign(jobs=jobs, kills=kills, seed=seed, nodes=nodes, timeout_seconds=timeout,
-                          report=typer.echo)
+                          window_seconds=window, report=typer.echo)
     if as_json:
         typer.echo(json.dumps({**result.__dict__, "ok": result.ok}, indent=2))
     else:
