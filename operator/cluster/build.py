@@ -192,14 +192,25 @@ def build_k8s(paths: CachePaths, log: Path) -> None:
     )
 
 
-def _build_go_tool(paths: CachePaths, log: Path, name: str, package: str, version: str) -> None:
-    """`go get` `package`@v`version` into a fresh wrapper module, then build it to bin/`name`."""
+def _build_go_tool(
+    paths: CachePaths,
+    log: Path,
+    name: str,
+    package: str,
+    version: str,
+    ldflags: Callable[[Path], list[str]] | None = None,
+) -> None:
+    """`go get` `package`@v`version` into a fresh wrapper module, then build it to bin/`name`.
+
+    `ldflags(wrapper)`: extra `-X` flags, computed once the wrapper's requirements are known (helm's
+    version variables need the client-go version it was resolved with)."""
     wrapper = paths.src / name
     _fresh_wrapper(wrapper, name, log)
     _run(["go", "get", f"{package}@v{version}"], wrapper, log)
     paths.bin.mkdir(parents=True, exist_ok=True)
+    flags = " ".join(["-s", "-w", *(ldflags(wrapper) if ldflags else [])])
     _run(
-        ["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(paths.binary(name)), package],
+        ["go", "build", "-trimpath", "-ldflags", flags, "-o", str(paths.binary(name)), package],
         wrapper,
         log,
     )

@@ -1,4 +1,4 @@
-"""`leitstand cluster ...`: the typer group for the local cluster (build, up, down, env, status).
+"""`leitstand cluster ...`: the typer group for the local cluster (build, up, down, env, status, helm).
 
 Mounted by `leitstand.operator.cli` as `cluster`; the e2e fixture runs it as a subprocess. Kept
 import-light: the modules that do the work are imported inside each command.
@@ -28,6 +28,7 @@ def _fail(message: str) -> None:
 @app.command()
 def build(
     force: Annotated[bool, typer.Option(help="Rebuild even if the binaries are current.")] = False,
+    with_helm: Annotated[bool, typer.Option(help="Also build Helm (for charts/leitstand/).")] = False,
 ) -> None:
     """Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, KWOK into the cache."""
     from leitstand.operator.cluster.build import BuildError
@@ -35,10 +36,50 @@ def build(
 
     try:
         seconds = run_build(force=force, report=typer.echo)
+        if with_helm:
+            from leitstand.operator.cluster.helm import HELM_VERSION, ensure_helm
+
+            typer.echo(f"build: helm v{HELM_VERSION} in {ensure_helm(report=typer.echo, force=force)}")
     except BuildError as exc:
         _fail(str(exc))
     if seconds:
         typer.echo(f"build: total {sum(seconds.values()):.0f} s")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def helm(
+    ctx: typer.Context,
+    sync_chart: Annotated[
+        bool,
+        typer.Option(help="Regenerate the chart's copies (crds/, files/, the config schema) and deploy/operator.yaml."),
+    ] = False,
+    check_chart: Annotated[bool, typer.Option(help="Exit 1 if any of those differs from its source.")] = False,
+) -> None:
+    """Helm from the cache (built from its Go module if missing): `leitstand cluster helm -- lint charts/leitstand`
+    runs it with those arguments; without any, prints its path."""
+    import subprocess
+    import tempfile
+
+    from leitstand.operator.cluster import helm as helm_mod
+    from leitstand.operator.cluster.build import BuildError
+
+    try:
+        binary = helm_mod.ensure_helm(report=typer.echo)
+        if sync_chart or check_chart:
+            with tempfile.TemporaryDirectory(prefix="leitstand-helm-") as home:
+                if sync_chart:
+                    written = helm_mod.sync_chart(Path(home), report=typer.echo)
+                    typer.echo(f"helm: chart in step with deploy/ ({len(written)} files written)")
+                drift = helm_mod.chart_drift(Path(home))
+            if drift:
+                _fail("differs from its source (run `leitstand cluster helm --sync-chart`): " + ", ".join(drift))
+            return
+    except (BuildError, helm_mod.ChartError) as exc:
+        _fail(str(exc))
+    if not ctx.args:
+        typer.echo(str(binary))
+        return
+    sys.exit(subprocess.run([str(binary), *ctx.args]).returncode)
 
 
 @app.command()

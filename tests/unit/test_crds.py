@@ -423,6 +423,7 @@ def test_kustomization_lists_the_install_but_not_the_examples() -> None:
     assert set(resources) == {
         "namespace.yaml",
         "priorityclasses.yaml",
+        "operator.yaml",  # the chart's defaults (tests/e2e/test_helm.py)
         *(f"crds/{p.name}" for p in (DEPLOY / "crds").glob("*.yaml")),
         *(f"rbac/{p.name}" for p in (DEPLOY / "rbac").glob("*.yaml")),
     }
