@@ -24,7 +24,7 @@ echo "== the compiled kernels run as plain Python too (NUMBA_DISABLE_JIT=1: cove
 NUMBA_DISABLE_JIT=1 pytest -q -p no:cacheprovider tests/parity tests/unit/test_placement.py tests/unit/test_policies.py \
     tests/property/test_placement_properties.py
 if [ "${LEITSTAND_SKIP_E2E:-0}" != 1 ]; then
-    echo "== local cluster build (cached)"; leitstand cluster build
+    echo "== local cluster build (cached; with Helm for the chart tests)"; leitstand cluster build --with-helm
     echo "== end-to-end tests against the local cluster"
     pytest -m e2e -q tests/e2e
 fi
