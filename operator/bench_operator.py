@@ -407,6 +407,8 @@ class PhaseResult:
     operator_rss_mib: float | None = None
     background_cores: float = 0.0
     """CPU the rest of the machine used in the second before the phase (other people's processes)."""
+    idle_cluster_cores: float = 0.0
+    """CPU the idle cluster (apiserver, etcd, kwok heartbeats, controller-manager) used in that second."""
     status_seconds: float | None = None
     """First submission → every TrainingJob that fits shows phase Running (None: not within --timeout)."""
     operator_log: str | None = None
@@ -1161,8 +1163,10 @@ async def measure(ctx: Context, workload: Workload, path: str,
     log_offset = len(ctx.operator.log_text()) if ctx.operator is not None else 0
     quiet0 = ctx.sampler.sample()
     await asyncio.sleep(1.0)
-    background = CpuSampler.delta(quiet0, ctx.sampler.sample())[0]["other"]
+    quiet = CpuSampler.delta(quiet0, ctx.sampler.sample())[0]
+    background = quiet["other"]
     result.background_cores = round(background / 1.0, 2)
+    result.idle_cluster_cores = round(sum(quiet.get(name, 0.0) for name in CLUSTER_PROCESSES), 2)
     progress(f"  {workload.name} / {path}: submitting (background load before: {background:.2f} cores)")
     sub = Submission()
     profiling = ctx.operator is not None and profile_path(ctx.opts.profile, workload.name) is not None
@@ -1403,10 +1407,10 @@ def code_version() -> dict[str, Any]:
             out = subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.SubprocessError):
             return ""
-        return out.stdout.strip() if out.returncode == 0 else ""
+        return out.stdout if out.returncode == 0 else ""
 
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "operator/service").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "operator_service_changed": changed}
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "operator/service").splitlines() if line]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "operator_service_changed": changed}
 
 
 INTERPRETATION = (
