@@ -46,6 +46,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -1148,6 +1149,8 @@ class Context:
     progress: Report
     operator: OperatorProcess | None = None
     operators: list[OperatorProcess] = field(default_factory=list)
+    site_dir: Path | None = None
+    """The private folder with the profiling `sitecustomize.py` (removed when the operator stops)."""
 
 
 async def measure(ctx: Context, workload: Workload, path: str,
@@ -1231,7 +1234,8 @@ async def start_leitstand(ctx: Context, workload: Workload) -> OperatorProcess:
     env: dict[str, str] = {}
     profile = profile_path(ctx.opts.profile, workload.name)
     if profile is not None:
-        env = profile_env(profile, Path(tempfile.mkdtemp(prefix="leitstand-bench-site-")))
+        ctx.site_dir = Path(tempfile.mkdtemp(prefix="leitstand-bench-site-"))
+        env = profile_env(profile, ctx.site_dir)
     ctx.progress(f"  starting leitstand run as leitstand-operator (log {log})")
     operator = start_operator(ctx.run / "leitstand-operator.kubeconfig", log, identity=IDENTITY, extra_env=env)
     ctx.operators.append(operator)
@@ -1250,6 +1254,9 @@ async def stop_leitstand(ctx: Context, workload: Workload) -> None:
     await asyncio.to_thread(operator.stop)
     ctx.operator = None
     ctx.sampler.operator_pid = None
+    if ctx.site_dir is not None:
+        shutil.rmtree(ctx.site_dir, ignore_errors=True)
+        ctx.site_dir = None
 
 
 def profile_path(profile: Path | None, workload: str) -> Path | None:
