@@ -155,6 +155,8 @@ class Tracked:
     """The pods of the placement being bound (names differ per attempt: `jobs.new_attempt`), until
     the informer shows them all bound."""
     bound_at: float = 0.0
+    constraints: Any = None
+    """`eligibility.constraints_key` of the pod template, computed once (the spec is immutable)."""
 
 
 @dataclass
@@ -447,7 +449,8 @@ class Scheduler:
             self._set_phase(status, "Pending")
             waiting[JobId(key)] = ("InvalidSpec", f"{spec}; delete and re-create the TrainingJob with a fixed spec")
             return
-        status.setdefault("queuedAt", rfc3339(spec.created))
+        if "queuedAt" not in status:
+            status["queuedAt"] = rfc3339(spec.created)
         status.setdefault("restarts", 0)
         status.setdefault("preemptions", 0)
         status["gpus"] = gpus_text(spec.total_milli)
@@ -473,7 +476,9 @@ class Scheduler:
 
         try:
             pod_spec = spec.template.get("spec") or {}
-            allowed = self.eligibility.allowed(pod_spec, constraints_key(pod_spec))
+            if tracked.constraints is None:  # once per TrainingJob: its spec is immutable
+                tracked.constraints = constraints_key(pod_spec)
+            allowed = self.eligibility.allowed(pod_spec, tracked.constraints)
         except ConstraintError as exc:
             self._set_phase(status, "Pending")
             waiting[JobId(key)] = ("InvalidSpec", f"spec.template.spec.{exc}")
