@@ -1,10 +1,11 @@
 """The read API of `leitstand run`: FastAPI routes over the scheduler's latest state (OpenAPI at /docs).
 
-Created by `run` (`create_app(scheduler, authorizer, settings)`) and served by uvicorn on the main
-event loop, next to the scheduling loop; the unit tests drive it with FastAPI's TestClient. Every
-handler is `async def` and reads the one `Scheduler` without awaiting in between (`views`), so an
-answer never mixes two cycles and no thread ever reads while the loop writes. The only awaits are the
-caller checks (`auth`), done before the read.
+Created by `server.start` (`create_app(scheduler, authorizer, settings)`) and served by uvicorn on the
+main event loop, next to the scheduling loop; the unit tests drive it with FastAPI's TestClient. Every
+handler is `async def`: it first checks the caller (`auth`, the only awaits), then, inside the render
+gate (`RenderGate`: one answer at a time, within a share of the loop), reads the one `Scheduler` and
+serialises the answer without awaiting in between (`views`) — so an answer never mixes two cycles, no
+thread ever reads while the loop writes, and a crowd of clients cannot crowd out the scheduler.
 
 Routes (docs/http-api.md): `/healthz`, `/readyz`, `/v1/queues[/{name}]`, `/v1/jobs[/{namespace}/{name}]`,
 `/v1/nodes`, `/v1/topology`, `/v1/decisions`, `/v1/usage`, and `/metrics` when a renderer is given.
@@ -20,6 +21,7 @@ What this must not do: write to the cluster, change the scheduler's state, or bl
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime, and
 # some name types local to `create_app` (the page size limit comes from the settings).
 
+import asyncio
 import bisect
 import csv
 import io
@@ -36,12 +38,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
-from pydantic import Field, PlainValidator, TypeAdapter, WithJsonSchema
+from pydantic import BaseModel, Field, PlainValidator, TypeAdapter, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from leitstand.operator.api import models, views
-from leitstand.operator.api.auth import GET_METRICS, Authorizer, Identity
+from leitstand.operator.api.auth import GET_METRICS, Authorizer, Identity, Scope
 from leitstand.operator.api.errors import ERRORS, Problem, bad_request, forbidden, not_found
 from leitstand.operator.service.config import ApiSettings
 from leitstand.operator.service.loop import Scheduler
@@ -69,6 +72,7 @@ HINTS = {
 """Messages for parameters whose pydantic message would name internals (a union's branches)."""
 
 _DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$")
 
 
 def parse_moment(value: Any) -> float:
@@ -103,7 +107,6 @@ def parse_moment(value: Any) -> float:
     return seconds
 
 
-RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$")
 Moment = Annotated[float, PlainValidator(parse_moment), WithJsonSchema({
     "anyOf": [{"type": "number", "minimum": 0, "maximum": LATEST_SECONDS}, {"type": "string", "format": "date-time"}],
 })]
@@ -111,6 +114,57 @@ Moment = Annotated[float, PlainValidator(parse_moment), WithJsonSchema({
 
 Renderer = Callable[[str | None], tuple[bytes, str]]
 """What `/metrics` serves: the request's Accept header → (body, content type) (`metrics.Metrics.render`)."""
+
+
+LOOP_SHARE = 0.5
+"""The most of the main loop's time answers take together while requests queue (`RenderGate`)."""
+
+
+class RenderGate:
+    """Answers are computed one at a time, and together take at most `share` of the main loop's time.
+
+    The loop also runs the scheduler, its binder, the informers and the Lease renewals. Unbounded, 200
+    clients sending at once put 200 ready renders between every two steps of that work (measured during a
+    1,000-job burst: 0.8 s p50 API latency and a Lease renewal late enough to lose the leadership). Here
+    a waiting request waits on the gate, not in the loop's ready queue, so between two renders the loop
+    gets to everything else that is ready; and once renders have used their share of the last moments
+    (a budget refilled at `share` seconds per second, at most `burst_seconds` saved up), the next one
+    waits. A render costs 0.3-2 ms (docs/http-api.md): a lone request never notices the budget."""
+
+    def __init__(self, share: float, burst_seconds: float = 0.1,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.share = share
+        self.burst_seconds = burst_seconds
+        self.clock = clock
+        self._lock = asyncio.Lock()
+        self._credit = burst_seconds
+        self._refilled = clock()
+        self._started = 0.0
+        self.waited_seconds = 0.0
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self._credit = min(self.burst_seconds, self._credit + (now - self._refilled) * self.share)
+        self._refilled = now
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+        try:
+            self._refill()
+            if self._credit < 0 and self.share < 1:
+                pause = -self._credit / self.share
+                self.waited_seconds += pause
+                await asyncio.sleep(pause)
+                self._refill()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._started = self.clock()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._credit -= self.clock() - self._started
+        self._lock.release()
+
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": models.ErrorBody, "description": ERRORS[status]} for status in (400, 401, 403, 503)
@@ -128,7 +182,7 @@ class LeadingHeader:
         self.app = app
         self.scheduler = scheduler
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -149,6 +203,7 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
     settings = settings or ApiSettings()
     max_page = settings.max_page_size
     namespaces_seen = views.NamespaceIndex(scheduler)
+    renders = RenderGate(LOOP_SHARE)
     bearer = HTTPBearer(auto_error=False, description="A Kubernetes bearer token (checked with TokenReview).")
 
     allowed_params: dict[str, frozenset[str]] = {}
@@ -235,11 +290,12 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
     Window = Annotated[Annotated[int, Field(ge=60, le=MAX_WINDOW_SECONDS)] | None, Query(
         description="Also report usage over the last this many seconds.")]
 
-    async def queue_list(identity: Identity, window: int | None, only: str | None) -> list[models.QueueOut]:
+    async def queue_scope(identity: Identity) -> Scope:
         facts = views.queue_facts(scheduler)
-        candidates = set().union(*(f.admits for f in facts.values() if f.admits)) if facts else set()
-        scope = await authorizer.scope(identity, candidates)
-        # -- from here on, no await: one consistent read --
+        return await authorizer.scope(identity, set().union(*(f.admits for f in facts.values() if f.admits)))
+
+    def queue_list(identity: Identity, scope: Scope, window: int | None, only: str | None) -> list[models.QueueOut]:
+        facts = views.queue_facts(scheduler)
         if only is not None:
             if only not in facts:
                 if not scope.list_queues:
@@ -248,6 +304,7 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
             facts = {only: facts[only]}
         totals = views.queue_usage_totals(scheduler, facts)
         windows = views.window_usage(scheduler, facts, window, clock()) if window else {}
+        groups = views.jobs_by_queue(scheduler)
         out: list[models.QueueOut] = []
         for name in sorted(facts):
             fact = facts[name]
@@ -257,14 +314,16 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
                     raise forbidden(f"{identity.username} may not list queues.leitstand.dev, nor trainingjobs in "
                                     f"every namespace of queue {name}", "name")
                 continue
-            details = views.queue_details(scheduler, fact, totals[name], windows.get(name)) if shown else None
+            details = views.queue_details(scheduler, fact, totals[name], windows.get(name), groups) if shown else None
             out.append(views.queue_out(scheduler, fact, details=details))
         return out
 
     @app.get("/v1/queues", response_model=models.QueueList, tags=["queues"], responses=ERROR_RESPONSES,
              summary="Every queue: quota, limit, fair share, allocation; usage and jobs where visible.")
-    async def list_queues(identity: Caller, window: Window = None) -> models.QueueList:
-        return models.QueueList(items=await queue_list(identity, window, None), leading=scheduler.leading)
+    async def list_queues(identity: Caller, window: Window = None) -> Response:
+        scope = await queue_scope(identity)
+        async with renders:
+            return body(models.QueueList(items=queue_list(identity, scope, window, None), leading=scheduler.leading))
 
     @app.get("/v1/queues/{name}", response_model=models.QueueOut, tags=["queues"], responses=ITEM_RESPONSES,
              summary="One queue.")
@@ -272,13 +331,28 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
         identity: Caller,
         name: Annotated[str, Path(pattern=DNS_SUBDOMAIN, max_length=253)],
         window: Window = None,
-    ) -> models.QueueOut:
-        return (await queue_list(identity, window, name))[0]
+    ) -> Response:
+        scope = await queue_scope(identity)
+        async with renders:
+            return body(queue_list(identity, scope, window, name)[0])
 
     # -- jobs -----------------------------------------------------------------------------------------
 
-    @app.get("/v1/jobs", response_model=models.JobList, response_model_by_alias=True, tags=["jobs"],
-             responses=ERROR_RESPONSES, summary="TrainingJobs the caller may see, by namespace/name.")
+    async def namespace_scope(identity: Identity, namespace: str | None, candidates: Callable[[], set[str]]) -> Scope:
+        """The caller's scope; a 403 when it names a namespace it may not list TrainingJobs in."""
+        if namespace is None:
+            return await authorizer.scope(identity, candidates())
+        scope = await authorizer.scope(identity, {namespace})
+        if not scope.sees(namespace):
+            raise forbidden(f"{identity.username} may not list trainingjobs.leitstand.dev in namespace {namespace}",
+                            "namespace")
+        return scope
+
+    def job_namespaces() -> set[str]:
+        return {k.partition("/")[0] for k in scheduler.jobs}
+
+    @app.get("/v1/jobs", response_model=models.JobList, tags=["jobs"], responses=ERROR_RESPONSES,
+             summary="TrainingJobs the caller may see, by namespace/name.")
     async def list_jobs(
         identity: Caller,
         queue: Annotated[str | None, Query(pattern=DNS_SUBDOMAIN, max_length=253,
@@ -289,26 +363,19 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
         continue_: Annotated[str | None, Query(
             alias="continue", max_length=400,
             description="The `continue` of the previous page: the page starts after that job.")] = None,
-    ) -> models.JobList:
-        if namespace is not None:
-            scope = await authorizer.scope(identity, {namespace})
-            if not scope.sees(namespace):
-                raise forbidden(f"{identity.username} may not list trainingjobs.leitstand.dev in namespace "
-                                f"{namespace}", "namespace")
-        else:
-            scope = await authorizer.scope(identity, {k.partition("/")[0] for k in scheduler.jobs})
-        facts = views.queue_facts(scheduler)
-        keys = views.select_jobs(scheduler, facts, queue=queue, namespace=namespace, phase=phase,
-                                 visible=scope.visible())
-        start = 0
-        if continue_:
-            start = bisect.bisect_right(keys, continue_)
-        page = keys[start:start + limit]
-        now = clock()
-        items = [views.job_out(scheduler, key, scheduler.jobs[key], now) for key in page]
-        more = start + limit < len(keys)
-        return models.JobList(items=items, continue_=page[-1] if more and page else None, total=len(keys),
-                              leading=scheduler.leading)
+    ) -> Response:
+        scope = await namespace_scope(identity, namespace, job_namespaces)
+        async with renders:
+            facts = views.queue_facts(scheduler)
+            keys = views.select_jobs(scheduler, facts, queue=queue, namespace=namespace, phase=phase,
+                                     visible=scope.visible())
+            start = bisect.bisect_right(keys, continue_) if continue_ else 0
+            page = keys[start:start + limit]
+            now = clock()
+            items = [views.job_out(scheduler, key, scheduler.jobs[key], now) for key in page]
+            more = start + limit < len(keys)
+            return body(models.JobList(items=items, continue_=page[-1] if more and page else None, total=len(keys),
+                                       leading=scheduler.leading))
 
     @app.get("/v1/jobs/{namespace}/{name}", response_model=models.JobDetail, tags=["jobs"],
              responses=ITEM_RESPONSES, summary="One TrainingJob: placement, wait, reason, preemption history.")
@@ -316,16 +383,14 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
         identity: Caller,
         namespace: Annotated[str, Path(pattern=DNS_LABEL, max_length=63)],
         name: Annotated[str, Path(pattern=DNS_SUBDOMAIN, max_length=253)],
-    ) -> models.JobDetail:
-        scope = await authorizer.scope(identity, {namespace})
-        if not scope.sees(namespace):
-            raise forbidden(f"{identity.username} may not list trainingjobs.leitstand.dev in namespace {namespace}",
-                            "namespace")
-        key = f"{namespace}/{name}"
-        tracked = scheduler.jobs.get(key)
-        if tracked is None:
-            raise not_found(f"TrainingJob {key}", "name")
-        return views.job_detail(scheduler, key, tracked, clock())
+    ) -> Response:
+        await namespace_scope(identity, namespace, set)
+        async with renders:
+            key = f"{namespace}/{name}"
+            tracked = scheduler.jobs.get(key)
+            if tracked is None:
+                raise not_found(f"TrainingJob {key}", "name")
+            return body(views.job_detail(scheduler, key, tracked, clock()))
 
     # -- nodes and topology ---------------------------------------------------------------------------
 
@@ -335,10 +400,11 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
 
     @app.get("/v1/nodes", response_model=models.NodeList, tags=["cluster"], responses=ERROR_RESPONSES,
              summary="Nodes: GPUs free and used (milli), model, topology, pool, jurisdiction.")
-    async def list_nodes(identity: Caller) -> models.NodeList:
+    async def list_nodes(identity: Caller) -> Response:
         await cluster_reader(identity)
-        views.ensure_arrays(scheduler)
-        return models.NodeList(items=views.nodes_out(scheduler), leading=scheduler.leading)
+        async with renders:
+            views.ensure_arrays(scheduler)
+            return body(models.NodeList(items=views.nodes_out(scheduler), leading=scheduler.leading))
 
     @app.get("/v1/topology", response_model=models.TopologyOut, tags=["cluster"], responses=ERROR_RESPONSES,
              summary="Occupancy per topology domain, and where gangs of 8/16/32/64 GPUs fit now.")
@@ -348,12 +414,17 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
                                                              "(default: every level but node).")] = None,
         model: Annotated[str | None, Query(max_length=253, description="Only nodes of this GPU model.")] = None,
         pool: Annotated[str | None, Query(max_length=253, description="Only nodes of this node pool.")] = None,
-    ) -> models.TopologyOut:
+    ) -> Response:
         await cluster_reader(identity)
-        views.ensure_arrays(scheduler)
-        return views.topology_out(scheduler, level=level, model=model, pool=pool, leading=scheduler.leading)
+        async with renders:
+            views.ensure_arrays(scheduler)
+            return body(views.topology_out(scheduler, level=level, model=model, pool=pool,
+                                           leading=scheduler.leading))
 
     # -- decisions ------------------------------------------------------------------------------------
+
+    def decision_namespaces() -> set[str]:
+        return views.known_namespaces(scheduler, namespaces_seen)
 
     @app.get("/v1/decisions", response_model=models.DecisionList, tags=["audit"], responses=ERROR_RESPONSES,
              summary="The audit trail, oldest first: admissions, evictions (with who caused them), "
@@ -369,27 +440,22 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
         job: Annotated[str | None, Query(max_length=400, description="namespace/name")] = None,
         after: Annotated[int, Field(ge=0, le=2**62), Query(description="The `next` of the previous page.")] = 0,
         limit: Annotated[int, Field(ge=1, le=max_page), Query()] = 100,
-    ) -> models.DecisionList:
-        if namespace is not None:
-            scope = await authorizer.scope(identity, {namespace})
-            if not scope.sees(namespace):
-                raise forbidden(f"{identity.username} may not list trainingjobs.leitstand.dev in namespace "
-                                f"{namespace}", "namespace")
-        else:
-            scope = await authorizer.scope(identity, views.known_namespaces(scheduler, namespaces_seen))
-        found = scheduler.decisions.query(
-            since=since, until=until, queue=queue, namespace=namespace,
-            namespaces=scope.visible(), kind=kind, job=job, after_seq=after, limit=limit,
-        )
-        return models.DecisionList(
-            items=[views.decision_out(d) for d in found],
-            next=found[-1].seq if len(found) == limit else None,
-            leading=scheduler.leading,
-        )
+    ) -> Response:
+        scope = await namespace_scope(identity, namespace, decision_namespaces)
+        async with renders:
+            found = scheduler.decisions.query(
+                since=since, until=until, queue=queue, namespace=namespace,
+                namespaces=scope.visible(), kind=kind, job=job, after_seq=after, limit=limit,
+            )
+            return body(models.DecisionList(
+                items=[views.decision_out(d) for d in found],
+                next=found[-1].seq if len(found) == limit else None,
+                leading=scheduler.leading,
+            ))
 
     # -- usage ----------------------------------------------------------------------------------------
 
-    @app.get("/v1/usage", response_model=models.UsageReport, response_model_by_alias=True, tags=["usage"],
+    @app.get("/v1/usage", response_model=models.UsageReport, tags=["usage"],
              responses={**ERROR_RESPONSES, 200: {"content": {CSV: {"schema": {"type": "string"}}},
                                                  "description": "JSON, or CSV (`Accept: text/csv` or "
                                                                 "`?format=csv`)"}},
@@ -402,34 +468,35 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
         to: Annotated[Moment | None, Query(description="Unix seconds or RFC 3339 [default: now].")] = None,
         by: Annotated[Literal["queue", "namespace"], Query()] = "queue",
         format_: Annotated[Literal["json", "csv"] | None, Query(alias="format")] = None,
-    ) -> Any:
-        now = clock()
-        start = scheduler.usage.covered_from if from_ is None else from_
-        end = now if to is None else to
-        rows = scheduler.usage.report(start, end, by=by) if end > start else []
+    ) -> Response:
         if by == "namespace":
-            scope = await authorizer.scope(identity, {r.key for r in rows})
-            rows = [r for r in rows if scope.sees(r.key)]
+            scope = await authorizer.scope(identity, decision_namespaces())
         else:
-            facts = views.queue_facts(scheduler)
-            candidates = set().union(*(f.admits for f in facts.values() if f.admits)) if facts else set()
-            scope = await authorizer.scope(identity, candidates)
-            rows = [r for r in rows if scope.sees_queue_details(facts[r.key].admits if r.key in facts else None)]
-        wants_csv = format_ == "csv" or (format_ is None and CSV in request.headers.get("accept", ""))
-        if wants_csv:
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow([by, "gpu_hours", "gpu_seconds"])
-            for row in rows:
-                writer.writerow([row.key, f"{row.gpu_hours:.6f}", f"{row.gpu_seconds:.3f}"])
-            return Response(buffer.getvalue(), media_type=CSV,
-                            headers={"Content-Disposition": f'inline; filename="leitstand-usage-by-{by}.csv"'})
-        return models.UsageReport(
-            by=by, from_=rfc3339(start), to=rfc3339(end), covered_from=rfc3339(scheduler.usage.covered_from),
-            rows=[models.UsageRowOut(key=r.key, gpu_hours=round(r.gpu_hours, 6), gpu_seconds=round(r.gpu_seconds, 3))
-                  for r in rows],
-            leading=scheduler.leading,
-        )
+            scope = await queue_scope(identity)
+        async with renders:
+            now = clock()
+            start = scheduler.usage.covered_from if from_ is None else from_
+            end = now if to is None else to
+            rows = scheduler.usage.report(start, end, by=by) if end > start else []
+            if by == "namespace":
+                rows = [r for r in rows if scope.sees(r.key)]
+            else:
+                facts = views.queue_facts(scheduler)
+                rows = [r for r in rows if scope.sees_queue_details(facts[r.key].admits if r.key in facts else None)]
+            if format_ == "csv" or (format_ is None and CSV in request.headers.get("accept", "")):
+                buffer = io.StringIO()
+                writer = csv.writer(buffer, lineterminator="\n")
+                writer.writerow([by, "gpu_hours", "gpu_seconds"])
+                for row in rows:
+                    writer.writerow([row.key, f"{row.gpu_hours:.6f}", f"{row.gpu_seconds:.3f}"])
+                return Response(buffer.getvalue(), media_type=CSV,
+                                headers={"Content-Disposition": f'inline; filename="leitstand-usage-by-{by}.csv"'})
+            return body(models.UsageReport(
+                by=by, from_=rfc3339(start), to=rfc3339(end), covered_from=rfc3339(scheduler.usage.covered_from),
+                rows=[models.UsageRowOut(key=r.key, gpu_hours=round(r.gpu_hours, 6),
+                                         gpu_seconds=round(r.gpu_seconds, 3)) for r in rows],
+                leading=scheduler.leading,
+            ))
 
     # -- metrics --------------------------------------------------------------------------------------
 
@@ -447,6 +514,11 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(LeadingHeader, scheduler=scheduler)
     return app
+
+
+def body(model: BaseModel) -> Response:
+    """The model as JSON on the wire (camelCase aliases), serialised once, inside the render gate."""
+    return Response(model.model_dump_json(by_alias=True), media_type="application/json")
 
 
 def _query_names(dependant: Any) -> set[str]:

@@ -167,6 +167,15 @@ class TtlCache(Generic[V]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def peek(self, key: Hashable) -> tuple[bool, V | None]:
+        """(True, value) when a fresh answer is cached: no coroutine, no task (the hot path)."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self.clock():
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return True, entry[1]
+        return False, None
+
     async def get(self, key: Hashable, compute: Callable[[], Awaitable[V]]) -> V:
         now = self.clock()
         entry = self._entries.get(key)
@@ -249,8 +258,9 @@ class Authorizer:
             raise Problem(401, "the Authorization header must be 'Bearer <token>'", "Authorization",
                           headers=challenge)
         key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+        hit, cached = self.tokens.peek(key)
         try:
-            identity = await self.tokens.get(key, lambda: self.reviewer.authenticate(token))
+            identity = cached if hit else await self.tokens.get(key, lambda: self.reviewer.authenticate(token))
         except ReviewUnavailable as exc:
             raise Problem(503, f"cannot verify the token now: {exc}", "Authorization",
                           headers={"Retry-After": "5"}) from None
@@ -266,14 +276,33 @@ class Authorizer:
             raise Problem(503, f"cannot check access now: {exc}", None, headers={"Retry-After": "5"}) from None
 
     async def scope(self, identity: Identity, namespaces: Iterable[str] = ()) -> Scope:
-        """Which of `namespaces` the caller may read (all, when it may list TrainingJobs everywhere)."""
-        everywhere, queues = await asyncio.gather(self.may(identity, LIST_JOBS_EVERYWHERE),
-                                                  self.may(identity, LIST_QUEUES))
-        if everywhere:
-            return Scope(identity, True, frozenset(), queues)
-        asked = sorted(set(namespaces))
-        answers = await asyncio.gather(*(self.may(identity, list_jobs_in(ns)) for ns in asked))
-        return Scope(identity, False, frozenset(ns for ns, ok in zip(asked, answers, strict=True) if ok), queues)
+        """Which of `namespaces` the caller may read (all, when it may list TrainingJobs everywhere).
+
+        Answered from the cache without a single await when every answer is there (almost always);
+        otherwise the missing reviews are asked concurrently."""
+        checks = [LIST_JOBS_EVERYWHERE, LIST_QUEUES]
+        known: dict[Check, bool] = {}
+        for check in checks:
+            hit, value = self.checks.peek((identity, check))
+            if hit:
+                known[check] = bool(value)
+        if len(known) < len(checks):
+            answers = await asyncio.gather(*(self.may(identity, c) for c in checks if c not in known))
+            known.update(zip([c for c in checks if c not in known], answers, strict=True))
+        if known[LIST_JOBS_EVERYWHERE]:
+            return Scope(identity, True, frozenset(), known[LIST_QUEUES])
+        visible: set[str] = set()
+        missing: list[str] = []
+        for namespace in set(namespaces):
+            hit, value = self.checks.peek((identity, list_jobs_in(namespace)))
+            if not hit:
+                missing.append(namespace)
+            elif value:
+                visible.add(namespace)
+        if missing:
+            answers = await asyncio.gather(*(self.may(identity, list_jobs_in(ns)) for ns in missing))
+            visible.update(ns for ns, ok in zip(missing, answers, strict=True) if ok)
+        return Scope(identity, False, frozenset(visible), known[LIST_QUEUES])
 
     async def may_see_cluster(self, identity: Identity) -> bool:
         """Nodes and topology: `list nodes`, or the admin pair."""

@@ -43,10 +43,23 @@ class _Server(uvicorn.Server):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on (host, port); OSError names what failed."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    sock = socket.create_server((host, port), family=family, backlog=1024)
-    sock.setblocking(False)
+    """A listening socket on (host, port); OSError names what failed.
+
+    Made with an explicit IPPROTO_TCP and TCP_NODELAY: asyncio sets TCP_NODELAY only on sockets whose
+    `proto` says TCP, and `socket.create_server` leaves it 0 — then every keep-alive response waits
+    40 ms for the client's delayed ACK (Nagle), measured at 48 ms per request instead of 1 ms."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         proto=socket.IPPROTO_TCP)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(address)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 

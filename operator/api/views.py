@@ -186,24 +186,28 @@ def queue_out(scheduler: Scheduler, fact: QueueFacts, *, details: models.QueueDe
     )
 
 
+def jobs_by_queue(scheduler: Scheduler) -> dict[str, list[str]]:
+    """Job keys per queue named in their spec, in one pass (a queue's details then cost its jobs only)."""
+    groups: dict[str, list[str]] = {}
+    for key, tracked in scheduler.jobs.items():
+        groups.setdefault(job_queue(tracked), []).append(key)
+    return groups
+
+
 def queue_details(scheduler: Scheduler, fact: QueueFacts, total_gpu_seconds: float,
-                  window: models.WindowUsage | None) -> models.QueueDetails:
+                  window: models.WindowUsage | None, groups: Mapping[str, list[str]]) -> models.QueueDetails:
+    keys = sorted(key for queue in fact.subtree for key in groups.get(queue, ()))
     refs: list[models.JobRef] = []
-    matching = 0
-    for key in sorted(scheduler.jobs):
+    for key in keys[:QUEUE_JOBS_SHOWN]:
         tracked = scheduler.jobs[key]
-        if job_queue(tracked) not in fact.subtree:
-            continue
-        matching += 1
-        if len(refs) < QUEUE_JOBS_SHOWN:
-            status = job_status(scheduler, tracked)
-            namespace, _, name = key.partition("/")
-            refs.append(models.JobRef(namespace=namespace, name=name, phase=_phase(status),
-                                      gpus=_job_gpus(tracked, status), reason=str(status.get("reason", ""))))
+        status = job_status(scheduler, tracked)
+        namespace, _, name = key.partition("/")
+        refs.append(models.JobRef(namespace=namespace, name=name, phase=_phase(status),
+                                  gpus=_job_gpus(tracked, status), reason=str(status.get("reason", ""))))
     return models.QueueDetails(
         usage=models.QueueUsage(total_gpu_seconds=round(total_gpu_seconds, 3), window=window),
         jobs=refs,
-        jobs_truncated=matching > len(refs),
+        jobs_truncated=len(keys) > len(refs),
     )
 
 

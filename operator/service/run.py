@@ -72,11 +72,17 @@ def priority_class_info(raw: Mapping[str, Any]) -> PriorityClassInfo | None:
 
 async def serve(config: ServiceConfig, kubeconfig: str | None = None, identity: str | None = None) -> int:
     identity = identity or f"{socket.gethostname()}-{os.getpid()}"
-    client = KubeClient(load_credentials(kubeconfig), max_in_flight=config.bind_concurrency)
+    credentials = load_credentials(kubeconfig)
+    client = KubeClient(credentials, max_in_flight=config.bind_concurrency)
+    # The Lease and the API's token and access reviews get a small client of their own: in a burst the
+    # main client has `bind_concurrency` writes in flight and thousands queued behind them (pods,
+    # binds, statuses, Events), and a Lease renewal queued there can miss the renew deadline — measured:
+    # a 1,000-job burst under API load lost the lease (docs/http-api.md).
+    control = KubeClient(credentials, max_in_flight=8, watch_connections=2)
     cache = ClusterCache(config.core_topology)
     scheduler = Scheduler(config, client, cache)
     metrics = Metrics(scheduler, client)
-    api = await api_server.start(config.api, scheduler, client, metrics=metrics.render)
+    api = await api_server.start(config.api, scheduler, control, metrics=metrics.render)
     seconds = await asyncio.to_thread(warm_up)
     log.info("kernels ready in %.1f s", seconds)
     loop = asyncio.get_running_loop()
@@ -134,7 +140,7 @@ async def serve(config: ServiceConfig, kubeconfig: str | None = None, identity: 
             lost.set()
 
     elector = LeaderElector(
-        client,
+        control,
         config.system_namespace,
         config.lease_name,
         identity,
@@ -168,6 +174,7 @@ async def serve(config: ServiceConfig, kubeconfig: str | None = None, identity: 
     await asyncio.gather(*tasks, *waiters, return_exceptions=True)
     kopf_thread.stop()
     await client.close()
+    await control.close()
     return code
 
 

@@ -536,3 +536,81 @@ def test_the_openapi_document_states_our_error_body_and_the_bearer_scheme(api: T
     assert "HTTPValidationError" not in doc["components"]["schemas"]
     assert "404" in doc["paths"]["/v1/jobs/{namespace}/{name}"]["get"]["responses"]
     assert api.get("/docs").status_code == 200
+
+
+def test_a_scheduler_that_has_seen_nothing_yet_answers_every_endpoint() -> None:
+    config = ServiceConfig()
+    scheduler = Scheduler(config, NoApiServer(), ClusterCache(config.core_topology), clock=lambda: NOW)
+    with client_for(World(scheduler, [NOW])) as api:
+        for path in ("/v1/queues", "/v1/jobs", "/v1/nodes", "/v1/topology", "/v1/decisions", "/v1/usage",
+                     "/v1/topology?level=node", "/v1/queues?window=600"):
+            reply = api.get(path, headers=ADMIN)
+            assert reply.status_code == 200, (path, reply.text)
+        assert api.get("/v1/topology", headers=ADMIN).json()["domains"] == []
+        assert api.get("/readyz").status_code == 503
+
+
+def test_the_render_gate_runs_one_answer_at_a_time_within_its_share_of_the_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from leitstand.operator.api.app import RenderGate
+
+    now = [0.0]
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:  # time passes while the gate waits
+        now[0] += seconds
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    gate = RenderGate(share=0.5, burst_seconds=0.0, clock=lambda: now[0])
+    inside: list[int] = []
+    spans: list[tuple[float, float]] = []
+
+    async def render() -> None:
+        async with gate:
+            inside.append(1)
+            assert len(inside) == 1  # one at a time
+            start = now[0]
+            await real_sleep(0)  # another render would start here if the gate let it
+            now[0] += 0.01  # the render takes 10 ms
+            spans.append((start, now[0]))
+            inside.pop()
+
+    async def scenario() -> None:
+        await asyncio.gather(*(render() for _ in range(5)))
+
+    asyncio.run(scenario())
+    # at a 50 % share, 10 ms of rendering earns the next render a 10 ms pause: 5 renders span 90 ms
+    assert [round(a, 3) for a, _ in spans] == [0.0, 0.02, 0.04, 0.06, 0.08]
+    assert gate.waited_seconds == pytest.approx(0.04)
+
+
+def test_the_server_serves_on_a_tcp_nodelay_socket_stops_cleanly_and_survives_a_busy_port(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    import aiohttp
+
+    from leitstand.operator.api import server
+
+    world = make_world()
+
+    async def scenario() -> None:
+        api = await server.start(ApiSettings(port=0), world.scheduler, NoApiServer())
+        assert api is not None and api.port > 0
+        # asyncio sets TCP_NODELAY only on sockets whose proto is TCP (else: 40 ms per keep-alive answer)
+        assert api.sock.proto == socket.IPPROTO_TCP
+        assert api.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):  # the second on the same keep-alive connection
+                async with session.get(f"{api.url}/healthz") as reply:
+                    assert reply.status == 200 and reply.headers[LEADING_HEADER] == "false"
+        busy = await server.start(ApiSettings(port=api.port), world.scheduler, NoApiServer())
+        assert busy is None  # logged; the scheduler runs on without its API
+        await api.stop()
+        assert api.task.done() and not api.task.cancelled()
+
+    asyncio.run(scenario())
+    assert "HTTP API not served: cannot listen on 127.0.0.1" in caplog.text
+    with server.bind("127.0.0.1", 0) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
