@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leitstand.operator.bench_operator import percentiles as bench_percentiles
+
 DEFAULT_PATHS = (
     "/v1/queues",
     "/v1/jobs?limit=50",
@@ -44,18 +46,11 @@ DEFAULT_PATHS = (
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    data = sorted(values)
-    if not data:
-        return {}
-
-    def at(q: float) -> float:
-        pos = q * (len(data) - 1)
-        lo = int(pos)
-        hi = min(lo + 1, len(data) - 1)
-        return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-    return {"n": len(data), "p50": round(at(0.5), 2), "p90": round(at(0.9), 2), "p99": round(at(0.99), 2),
-            "max": round(data[-1], 2), "mean": round(sum(data) / len(data), 2)}
+    """`bench_operator.percentiles` (one definition) rounded to 0.01, plus the mean."""
+    stats = {k: round(v, 2) for k, v in bench_percentiles(values).items()}
+    if values:
+        stats["mean"] = round(sum(values) / len(values), 2)
+    return stats
 
 
 # -- load -----------------------------------------------------------------------------------------------
