@@ -74,7 +74,7 @@ from leitstand.operator.service.status import (
     rfc3339,
     set_condition,
 )
-from leitstand.operator.service.usage import UsageMeter
+from leitstand.operator.service.usage import UsageMeter, rfc3339_precise
 from leitstand.scheduler.cycle import run_cycle
 from leitstand.scheduler.errors import InvalidSpecError
 from leitstand.scheduler.fairshare import build_queue_tree
@@ -1020,15 +1020,23 @@ class Scheduler:
         shares = plan.fair_share_milli if plan else {}
         inner = {str((b.get("spec") or {}).get("parent")) for b in self.queue_bodies.values()
                  if (b.get("spec") or {}).get("parent")}
+        # Continue each leaf's usage from its status (a parent's holds its subtree's sum: resuming it
+        # would count twice), charging the gap since the last write from the pods (usage.py).
+        fresh = {name: body.get("status") for name, body in self.queue_bodies.items()
+                 if name not in inner and not self.usage.resumed(name)}
+        if fresh:
+            gaps = self.usage.resume(fresh, self.cache.pods.values())
+            if gaps:
+                log.info("usage resumed; GPU-seconds charged for the time before this process counted: %s",
+                         {q: round(v, 1) for q, v in sorted(gaps.items())})
         for name, body in self.queue_bodies.items():
             meta = body.get("metadata") or {}
             path = queue_path(name)
             status = self.book.view(path, str(meta.get("uid")), body.get("status"))
-            if name not in inner:  # a parent's status holds its subtree's sum: seeding it would count twice
-                self.usage.seed(name, float(status.get("usageGPUSeconds") or 0.0))
-            if write_usage:  # leaf totals; a parent's is the sum of its subtree's
+            if write_usage:  # leaf totals; a parent's is the sum of its subtree's; both with their moment
                 status["usageGPUSeconds"] = round(sum(
                     v for q, v in self.usage.totals.items() if q == name or name in self._ancestors(q, parents)), 1)
+                status["usageUpdatedAt"] = rfc3339_precise(self.usage.last_tick or now)
             view = {
                 "allocated": gpus_text(allocated[name]),
                 "allocatedMilli": int(allocated[name]),

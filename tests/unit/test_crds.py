@@ -200,6 +200,7 @@ def test_queue_spec_and_status_fields() -> None:
         "pendingGPUs",
         "runningJobs",
         "usageGPUSeconds",
+        "usageUpdatedAt",
         "conditions",
         "lastUpdated",
     }
