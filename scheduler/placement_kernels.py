@@ -48,6 +48,27 @@ from numba.core import config as _numba_config
 from numpy.typing import NDArray
 
 from leitstand.scheduler import policy_kernels as _policy_kernels
+from leitstand.scheduler.codes import (  # noqa: F401 - re-exported: placement.py reads them as K.*
+    DIAG_BEST_DOMAIN,
+    DIAG_BEST_DOMAIN_REPLICAS,
+    DIAG_BEST_LEVEL,
+    DIAG_DOMAIN_USED,
+    DIAG_LABELLED_NODES,
+    DIAG_LACK_CPU,
+    DIAG_LACK_GPU,
+    DIAG_LACK_MEMORY,
+    DIAG_LEVEL_USED,
+    DIAG_MATCHING_NODES,
+    DIAG_SIZE,
+    DIAG_TOTAL_REPLICAS,
+    MAX_DOMAIN_TRIES,
+    STATUS_BAD_POLICY_CHOICE,
+    STATUS_FRAGMENTED,
+    STATUS_INSUFFICIENT,
+    STATUS_NO_MATCHING_NODES,
+    STATUS_NO_TOPOLOGY_DOMAIN,
+    STATUS_OK,
+)
 from leitstand.scheduler.model import GPU_MILLI as MODEL_GPU_MILLI
 from leitstand.scheduler.policy_kernels import RANDOM, choose_gpus_kernel, node_score_kernel
 
@@ -75,28 +96,6 @@ CAPACITY_LIMIT = 1 << 30
 """Replica capacity of a node that the request does not constrain at all (no GPU, CPU or memory)."""
 DEDUPE_MIN_CANDIDATES = 32
 """Below this many cold candidates, scoring each node is cheaper than hashing node states."""
-MAX_DOMAIN_TRIES = 4
-"""Domains tried per level when the greedy fill of the tightest one fails (fragmentation)."""
-
-STATUS_OK = 0
-STATUS_NO_MATCHING_NODES = 1
-STATUS_INSUFFICIENT = 2
-STATUS_NO_TOPOLOGY_DOMAIN = 3
-STATUS_FRAGMENTED = 4
-STATUS_BAD_POLICY_CHOICE = 5
-
-DIAG_MATCHING_NODES = 0
-DIAG_LACK_GPU = 1
-DIAG_LACK_CPU = 2
-DIAG_LACK_MEMORY = 3
-DIAG_TOTAL_REPLICAS = 4
-DIAG_LABELLED_NODES = 5
-DIAG_BEST_LEVEL = 6
-DIAG_BEST_DOMAIN = 7
-DIAG_BEST_DOMAIN_REPLICAS = 8
-DIAG_LEVEL_USED = 9
-DIAG_DOMAIN_USED = 10
-DIAG_SIZE = 11
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from leitstand.scheduler import placement_kernels as K
+from leitstand.scheduler import codes as K
 from leitstand.scheduler import policy_reference
+from leitstand.scheduler.model import GPU_MILLI
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -59,7 +60,7 @@ def replica_capacity_reference(
     if k <= 0:
         return 0
     if req_gpus > 0:
-        if req_milli >= K.GPU_MILLI:
+        if req_milli >= GPU_MILLI:
             c = int(gpu_whole_free[n]) // req_gpus
         elif gpu_max_free_milli[n] < req_milli:
             c = 0
@@ -81,7 +82,7 @@ def _refresh_node(
     gpu_max_free_milli: NDArray[np.int32],
 ) -> None:
     row = [int(gpu_free_milli[n, g]) for g in range(int(gpu_count[n]))]
-    gpu_whole_free[n] = sum(1 for free in row if free == K.GPU_MILLI)
+    gpu_whole_free[n] = sum(1 for free in row if free == GPU_MILLI)
     gpu_max_free_milli[n] = max([*row, 0])
 
 
