@@ -2,10 +2,14 @@
 
 Thin CLI over `leitstand.scheduler.bench.run_core_bench`: per-gang placement latency at 1k, 10k and
 100k GPUs (four labelled topology levels zone > spine > rack > nvlink-domain, plus the node; mixed
-gang sizes and slices on a ~65 % full cluster with churn), the 5,000-gang cycle loop on 100k GPUs,
-`cycle.run_cycle` on the same when it exists, and the compiled kernels against the pure-Python
-reference on the same placements. Prints a table, or the JSON dict with `--json`. Numbers only: no
-thresholds are asserted here or in tests. Heavy imports (numpy, numba) happen inside the command.
+gang sizes and slices on a ~65 % full cluster with churn), the 5,000-gang placement loop on 100k
+GPUs (`placement_loop_*`: no cycle around it), `cycle.run_cycle` on the same with one queue and
+nothing running (`cycle_allocate_only`: reclaim, preempt and consolidate have nothing to do), the
+contended cycle (`cycle_contended`: ~90 % of 100k GPUs held by ~25,000 jobs of 200 leaf queues in
+three levels, 5,000 pending; seconds per phase and what each phase did), and the compiled kernels
+against the pure-Python reference on the same placements. Prints a table, or the JSON dict with
+`--json`. Numbers only: no thresholds are asserted here or in tests. Heavy imports (numpy, numba)
+happen inside the command.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ def core(
     fill: Annotated[float, typer.Option(help="Fraction of GPUs in use before timing.")] = 0.65,
     policy: Annotated[str, typer.Option(help="Placement policy.")] = "leitstand",
     run_cycle: Annotated[bool, typer.Option(help="Also time cycle.run_cycle if present.")] = True,
+    contended: Annotated[
+        bool, typer.Option(help="Also time one contended cycle (reclaim, preempt and consolidate at work).")
+    ] = True,
+    contended_pending: Annotated[int, typer.Option(help="Pending jobs of the contended cycle.")] = 5000,
 ) -> None:
     """Per-gang placement latency, one full cycle, and the speed-up over the reference engine."""
     from leitstand.scheduler.bench import run_core_bench
@@ -49,6 +57,8 @@ def core(
         fill=fill,
         policy=policy,
         run_cycle=run_cycle,
+        contended=contended,
+        contended_pending=contended_pending,
         progress=progress,
     )
     if json_output:
@@ -75,13 +85,25 @@ def core(
         )
     console = Console()
     console.print(table)
-    if "cycle_seconds" in result:
+    if "placement_loop_seconds" in result:
         console.print(
-            f"cycle loop: {result['cycle_jobs']} pending gangs on {cycle_gpus} GPUs in "
-            f"{result['cycle_seconds']:.3f} s ({result['cycle_placed']} placed)"
+            f"placement loop (request, place, apply; no cycle): {result['placement_loop_jobs']} pending gangs on "
+            f"{cycle_gpus} GPUs in {result['placement_loop_seconds']:.3f} s ({result['placement_loop_placed']} placed)"
         )
-    if result.get("run_cycle"):
+    if result.get("cycle_allocate_only"):
+        alone = result["cycle_allocate_only"]
         console.print(
-            f"run_cycle: {result['run_cycle']['seconds']:.3f} s, phases {result['run_cycle']['phase_seconds']}"
+            f"allocate-only cycle (one queue, nothing running): {alone['seconds']:.3f} s, "
+            f"phases {alone['phase_seconds']}"
         )
+    if result.get("cycle_contended"):
+        busy = result["cycle_contended"]
+        console.print(
+            f"contended cycle ({busy['gpus']} GPUs, {busy['held_fraction']:.0%} held by {busy['running_jobs']} jobs, "
+            f"{busy['leaf_queues']} leaf queues, {busy['pending_jobs']} pending): {busy['seconds']:.3f} s"
+        )
+        console.print(f"  phases {busy['phase_seconds']}")
+        for phase in ("allocate", "reclaim", "preempt", "consolidate"):
+            console.print(f"  {phase}: {busy[phase]}")
+        console.print(f"  pending by reason: {busy['pending_by_reason']}")
     console.print(f"reference parity on the timed gangs: {result['reference_identical']}")

@@ -268,9 +268,17 @@ def run_core_bench(
     fill: float = 0.65,
     policy: str = "leitstand",
     run_cycle: bool = True,
+    contended: bool = False,
+    contended_pending: int = 5000,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Per-gang latency per size, the tight cycle loop, and compiled vs reference on the same gangs."""
+    """Per-gang latency per size, the tight placement loop, the allocate-only cycle, the contended
+    cycle (`run_contended_cycle_bench`, with `contended`), and compiled vs reference on the same gangs.
+
+    Names say what was timed: `placement_loop_*` is request-place-apply for every job with no cycle
+    around it; `cycle_allocate_only` is `run_cycle` with one queue and nothing running (reclaim,
+    preempt and consolidate return at once); `cycle_contended` is the cycle with all four at work.
+    """
     say = progress or (lambda _msg: None)
     out: dict[str, Any] = {
         "topology_levels": [*LEVELS, "node"],
@@ -336,16 +344,241 @@ def run_core_bench(
         out["reference_speedup"] = round(worst[1], 1)
         out["reference_speedup_at_gpus"] = worst[0]
     if cycle_jobs:
-        say(f"cycle loop: {cycle_jobs} pending gangs on {cycle_gpus} GPUs")
+        say(f"placement loop: {cycle_jobs} pending gangs on {cycle_gpus} GPUs")
         state = make_cluster(cycle_gpus)
         fill_cluster(state, fill)
         ctx = PolicyContext.build(state, policy)
         loop = run_cycle_loop(state, make_jobs(cycle_jobs, seed=3), ctx)
-        out["cycle_seconds"] = round(loop["seconds"], 4)
-        out["cycle_placed"] = loop["placed"]
-        out["cycle_jobs"] = loop["jobs"]
-        out["cycle_gangs_per_second"] = round(loop["jobs"] / loop["seconds"], 1)
+        out["placement_loop_seconds"] = round(loop["seconds"], 4)
+        out["placement_loop_placed"] = loop["placed"]
+        out["placement_loop_jobs"] = loop["jobs"]
+        out["placement_loop_gangs_per_second"] = round(loop["jobs"] / loop["seconds"], 1)
         if run_cycle:
-            say(f"run_cycle: {cycle_jobs} pending gangs on {cycle_gpus} GPUs")
-            out["run_cycle"] = run_cycle_bench(cycle_gpus, make_jobs(cycle_jobs, seed=3), fill, policy)
+            say(f"allocate-only cycle: {cycle_jobs} pending gangs of one queue on {cycle_gpus} GPUs, nothing running")
+            out["cycle_allocate_only"] = run_cycle_bench(cycle_gpus, make_jobs(cycle_jobs, seed=3), fill, policy)
+    if contended:
+        say(f"contended cycle: {contended_pending} pending jobs, 200 leaf queues, {cycle_gpus} GPUs ~90 % held")
+        out["cycle_contended"] = run_contended_cycle_bench(cycle_gpus, contended_pending, policy)
     return out
+
+
+# -- the contended cycle -------------------------------------------------------------------------------
+
+CONTENDED_NOW = 100_000.0
+"""Scheduling time of the contended snapshot (running jobs started before it)."""
+
+
+def make_queue_tree(
+    departments: int = 4, divisions: int = 5, projects: int = 10, leaf_quota_gpus: int = 400
+) -> list[Any]:
+    """A 3-level tree: departments > divisions > projects (the leaves); quotas add up bottom-up."""
+    from leitstand.scheduler.model import Queue
+
+    queues = []
+    for d in range(departments):
+        dept = QueueName(f"dept-{d}")
+        queues.append(
+            Queue(name=dept, quota_milli=divisions * projects * leaf_quota_gpus * GPU_MILLI, created_at=float(d))
+        )
+        for v in range(divisions):
+            div = QueueName(f"dept-{d}-div-{v}")
+            queues.append(Queue(name=div, parent=dept, quota_milli=projects * leaf_quota_gpus * GPU_MILLI))
+            for p in range(projects):
+                queues.append(
+                    Queue(
+                        name=QueueName(f"dept-{d}-div-{v}-p-{p}"),
+                        parent=div,
+                        quota_milli=leaf_quota_gpus * GPU_MILLI,
+                        over_quota_weight=1.0 + (p % 3),
+                    )
+                )
+    return queues
+
+
+def make_contended_snapshot(n_gpus: int = 100_000, pending: int = 5000, seed: int = 7) -> Any:
+    """A busy cluster for one honest cycle: ~90 % of the GPUs held, 200 leaf queues in 3 levels.
+
+    Leaves come in three kinds (by index): *borrowers* (30 %) hold about twice their quota,
+    *owners* (40 %) hold about their quota, a quarter of it in low-priority jobs, and *starved*
+    leaves (30 %) hold about half of theirs. Running jobs: whole nodes (some as 2–4-node gangs inside
+    a rack) and small jobs (1, 2 or 4 GPUs, slices) packed onto the other nodes, so free GPUs are
+    scattered. Pending jobs are `make_jobs`' mix: starved leaves' jobs must reclaim, owners'
+    high-priority jobs must preempt their own low-priority ones, borrowers' jobs are over their fair
+    share and wait (or get room by consolidation). 10 % of running jobs are younger than the
+    minimum runtime; 10 % are non-preemptible (priority 100, inside their queue's quota).
+    """
+    from leitstand.scheduler.model import ReplicaPlacement, RunningJob, Snapshot
+
+    rng = np.random.default_rng(seed)
+    nodes = make_nodes(n_gpus)
+    queues = make_queue_tree()
+    leaves = [q.name for q in queues if q.name.count("-p-")]
+    kinds = ["borrower" if i % 10 < 3 else "owner" if i % 10 < 7 else "starved" for i in range(len(leaves))]
+    target = np.array([{"borrower": 2.0, "owner": 1.0, "starved": 0.5}[k] for k in kinds])
+    weights = target / target.sum()
+    owners = [q for q, k in zip(leaves, kinds, strict=True) if k == "owner"]
+    starved = [q for q, k in zip(leaves, kinds, strict=True) if k == "starved"]
+    borrowers = [q for q, k in zip(leaves, kinds, strict=True) if k == "borrower"]
+    kind_of = dict(zip(leaves, kinds, strict=True))
+    per_rack = NODES_PER_NVLINK_DOMAIN * NVLINK_DOMAINS_PER_RACK
+    running: list[Any] = []
+    counter = 0
+
+    def add(queue: QueueName, placements: list[tuple[int, tuple[int, ...]]], gpus: int, milli: int) -> None:
+        nonlocal counter
+        counter += 1
+        u = rng.random()
+        kind = kind_of[queue]
+        priority = 50
+        if kind == "owner" and u < 0.25:
+            priority = 20  # low-priority work an owner's own high-priority jobs may preempt
+        elif kind != "borrower" and u > 0.9:
+            priority = 100  # non-preemptible, in quota
+        age = rng.uniform(0, 30) if rng.random() < 0.1 else rng.uniform(600, 90_000)
+        job = Job(
+            id=JobId(f"run-{counter}"),
+            queue=queue,
+            replicas=len(placements),
+            gpus=gpus,
+            gpu_milli=milli,
+            cpu_milli=4000 * max(gpus, 1),
+            memory_mib=16384 * max(gpus, 1),
+            priority=priority,
+            created_at=CONTENDED_NOW - age - 10,
+        )
+        running.append(
+            RunningJob(
+                job=job,
+                placements=tuple(ReplicaPlacement(nodes[n].name, idx) for n, idx in placements),
+                started_at=CONTENDED_NOW - age,
+            )
+        )
+
+    def leaf() -> QueueName:
+        return leaves[int(rng.choice(len(leaves), p=weights))]
+
+    i = 0
+    n_nodes = len(nodes)
+    while i < n_nodes:
+        u = rng.random()
+        if u < 0.12 and i % per_rack <= per_rack - 4:  # a 2–4-node gang inside one rack
+            span = int(rng.choice([2, 4]))
+            add(leaf(), [(i + k, tuple(range(GPUS_PER_NODE))) for k in range(span)], GPUS_PER_NODE, GPU_MILLI)
+            i += span
+            continue
+        if u < 0.52:  # one whole-node job
+            add(leaf(), [(i, tuple(range(GPUS_PER_NODE)))], GPUS_PER_NODE, GPU_MILLI)
+            i += 1
+            continue
+        free = int(rng.choice([0, 1, 1, 2, 2, 3]))  # small jobs; this many GPUs stay free
+        g = 0
+        while g < GPUS_PER_NODE - free:
+            room = GPUS_PER_NODE - free - g
+            size = int(rng.choice([s for s in (1, 2, 2, 4) if s <= room]))
+            if size == 1 and rng.random() < 0.25:
+                slices = int(rng.integers(1, 4))  # 1–3 slices of 250 on one GPU
+                for _ in range(slices):
+                    add(leaf(), [(i, (g,))], 1, 250)
+                g += 1
+                continue
+            add(leaf(), [(i, tuple(range(g, g + size)))], size, GPU_MILLI)
+            g += size
+        i += 1
+
+    jobs = []
+    for j, job in enumerate(make_jobs(pending, seed=seed + 1)):
+        u = rng.random()
+        if u < 0.4:
+            queue, priority = starved[int(rng.integers(len(starved)))], 50
+        elif u < 0.7:
+            queue, priority = owners[int(rng.integers(len(owners)))], 80
+        else:
+            queue, priority = borrowers[int(rng.integers(len(borrowers)))], 50
+        jobs.append(
+            Job(
+                id=JobId(f"pend-{j}"),
+                queue=queue,
+                replicas=job.replicas,
+                gpus=job.gpus,
+                gpu_milli=job.gpu_milli,
+                cpu_milli=job.cpu_milli,
+                memory_mib=job.memory_mib,
+                gpu_models=job.gpu_models,
+                required_level=job.required_level,
+                preferred_level=job.preferred_level,
+                priority=priority,
+                created_at=CONTENDED_NOW - float(rng.uniform(1, 3600)),
+            )
+        )
+    return Snapshot(
+        nodes=tuple(nodes),
+        queues=tuple(queues),
+        pending=tuple(jobs),
+        running=tuple(running),
+        topology=Topology(LEVELS),
+        now=CONTENDED_NOW,
+    )
+
+
+def run_contended_cycle_bench(
+    n_gpus: int = 100_000, pending: int = 5000, policy: str = "leitstand", seed: int = 7
+) -> dict[str, Any]:
+    """Time `run_cycle` on `make_contended_snapshot`: seconds per phase and what each phase did.
+
+    The maintained `ClusterState` is built (and the kernels warmed) outside the timing, as the
+    operator keeps one between cycles; the cycle's own copy of it is inside ("snapshot" phase).
+    """
+    from leitstand.scheduler.cycle import run_cycle
+    from leitstand.scheduler.model import EvictionKind, SchedulerConfig
+
+    snapshot = make_contended_snapshot(n_gpus, pending, seed)
+    state = ClusterState.from_nodes(snapshot.nodes, snapshot.topology)
+    for held in snapshot.running:
+        state.allocate_job(held)
+    config = SchedulerConfig(policy=policy)
+    run_cycle(make_contended_snapshot(512, 50, seed), config)  # compile / load the kernels outside the timing
+    stats: dict[str, int] = {}
+    start, start_cpu = time.perf_counter(), time.thread_time()
+    plan = run_cycle(snapshot, config, state=state, stats=stats)
+    seconds, cpu_seconds = time.perf_counter() - start, time.thread_time() - start_cpu
+    by_kind: dict[str, set[JobId]] = {kind.value: set() for kind in EvictionKind}
+    evicted: dict[str, int] = {kind.value: 0 for kind in EvictionKind}
+    for ev in plan.evictions:
+        by_kind[ev.kind.value].add(ev.for_job)
+        evicted[ev.kind.value] += 1
+    moved = {ev.job_id for ev in plan.evictions if ev.kind is EvictionKind.CONSOLIDATE}
+    bound = {b.job_id for b in plan.bindings}
+    special = by_kind["reclaim"] | by_kind["preempt"] | by_kind["consolidate"] | moved
+    reasons: dict[str, int] = {}
+    for reason in plan.pending:
+        reasons[reason.code] = reasons.get(reason.code, 0) + 1
+    used = state.gpu_used_milli / state.gpu_capacity_milli
+    return {
+        "gpus": int(state.gpu_count.sum()),
+        "nodes": state.n_nodes,
+        "leaf_queues": sum(1 for q in snapshot.queues if q.name.count("-p-")),
+        "queue_levels": 3,
+        "running_jobs": len(snapshot.running),
+        "held_fraction": round(used, 3),
+        "pending_jobs": len(snapshot.pending),
+        "seconds": round(seconds, 4),
+        "cpu_seconds": round(cpu_seconds, 4),
+        "phase_seconds": {k: round(v, 4) for k, v in plan.phase_seconds.items()},
+        "allocate": {"bound": len(bound - special)},
+        "reclaim": {
+            "bound": len(by_kind["reclaim"]),
+            "evicted": evicted["reclaim"],
+            **{k.removeprefix("reclaim_"): v for k, v in stats.items() if k.startswith("reclaim_")},
+        },
+        "preempt": {
+            "bound": len(by_kind["preempt"]),
+            "evicted": evicted["preempt"],
+            **{k.removeprefix("preempt_"): v for k, v in stats.items() if k.startswith("preempt_")},
+        },
+        "consolidate": {
+            "bound": len(by_kind["consolidate"]),
+            "moved": evicted["consolidate"],
+            **{k.removeprefix("consolidate_"): v for k, v in stats.items() if k.startswith("consolidate_")},
+        },
+        "pending_by_reason": dict(sorted(reasons.items())),
+    }

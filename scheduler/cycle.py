@@ -58,13 +58,16 @@ def run_cycle(
     *,
     state: ClusterState | None = None,
     policy_context: PolicyContext | None = None,
+    stats: dict[str, int] | None = None,
 ) -> Plan:
     """Decide what to bind, what to evict and why the rest waits.
 
     `state`, when given, is an incrementally maintained `ClusterState` that already reflects
     `snapshot.running`; the cycle works on a copy of it. Without it, the state is built from the
     snapshot. `policy_context`, when given, replaces `PolicyContext.build(state, config.policy)`
-    (a simulator that keeps its own typical-task table or seed).
+    (a simulator that keeps its own typical-task table or seed). `stats`, when given, receives the
+    cycle's counters (victim searches per action, their failures, placement calls in them, jobs a
+    search budget cut off; `docs/cycle.md`), for benchmarks and diagnostics.
 
     Raises `InvalidSpecError` for an invalid queue tree and `StateError` when the running jobs
     over-commit the nodes; everything else that cannot run becomes a `PendingReason`.
@@ -143,6 +146,8 @@ def run_cycle(
     for name, action in ACTIONS:
         action(ctx)
         lap(name)
+    if stats is not None:
+        stats.update(ctx.stats)
 
     # 5. Close: the statement's log is the plan; every pending job left unbound carries a reason.
     bindings = stmt.bindings()

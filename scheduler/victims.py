@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from leitstand.scheduler.codes import NONE
 from leitstand.scheduler.model import GPU_MILLI, EvictionKind, JobId, QueueName, RunningJob
-from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
+from leitstand.scheduler.placement import GangPlacement, GangRequest, Unplaceable, place_gang
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.statement import Statement
 
@@ -135,10 +135,13 @@ def choose_victims(
     eligible: NDArray[np.bool_] | None = None,
     admissible: Admissible | None = None,
     accept: Accept | None = None,
+    tally: dict[str, int] | None = None,
 ) -> VictimChoice | None:
     """The cheapest victim set whose eviction gives `request` a valid placement, or None.
 
     `eligible` (per `pool.ordered` entry; default: every alive candidate) narrows the candidates.
+    `tally`, when given, counts the domains searched (`domains`) and the placement calls
+    (`placements`) of this search.
     """
     chosen = pool.alive if eligible is None else (eligible & pool.alive)
     if max_victims <= 0 or not chosen.any():
@@ -147,7 +150,7 @@ def choose_victims(
     successes = 0
     for domain_mask, local in _candidate_domains(stmt, request, pool, chosen):
         domain_request = replace(request, node_mask=domain_mask)
-        found = _search_domain(stmt, domain_request, local, policy, max_victims, for_job, admissible, accept)
+        found = _search_domain(stmt, domain_request, local, policy, max_victims, for_job, admissible, accept, tally)
         if found is None:
             continue
         successes += 1
@@ -231,8 +234,16 @@ def _search_domain(
     for_job: JobId,
     admissible: Admissible | None,
     accept: Accept | None,
+    tally: dict[str, int] | None = None,
 ) -> VictimChoice | None:
     """Greedy in cost order until the gang fits, then prune victims it does not need."""
+    calls = 0
+
+    def place(req: GangRequest) -> GangPlacement | Unplaceable:
+        nonlocal calls
+        calls += 1
+        return place_gang(stmt.state, req, policy)
+
     mark = stmt.checkpoint()
     need = request.replicas * max(request.gpus, 1)
     taken: list[RunningJob] = []
@@ -247,7 +258,7 @@ def _search_domain(
             taken.append(victim)
             if request.gpus > 0 and _fit_units(stmt, request, request.node_mask) < need:
                 continue
-            result = place_gang(stmt.state, request, policy)
+            result = place(request)
             if isinstance(result, GangPlacement) and (accept is None or accept(taken, request, result)):
                 placement = result
                 break
@@ -261,16 +272,19 @@ def _search_domain(
             stmt.rollback(mark)
             for v in trial:
                 stmt.evict(v, EvictionKind.PREEMPT, for_job, "what-if")
-            result = place_gang(stmt.state, request, policy)
+            result = place(request)
             if isinstance(result, GangPlacement) and (accept is None or accept(trial, request, result)):
                 taken, placement = trial, result
         # Recompute the placement for exactly the final set (the state the caller will replay).
         stmt.rollback(mark)
         for v in taken:
             stmt.evict(v, EvictionKind.PREEMPT, for_job, "what-if")
-        final = place_gang(stmt.state, request, policy)
+        final = place(request)
         if not isinstance(final, GangPlacement) or (accept is not None and not accept(taken, request, final)):
             return None
         return VictimChoice(victims=tuple(taken), request=request, placement=final)
     finally:
         stmt.rollback(mark)
+        if tally is not None:
+            tally["domains"] = tally.get("domains", 0) + 1
+            tally["placements"] = tally.get("placements", 0) + calls

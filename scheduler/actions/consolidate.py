@@ -80,6 +80,7 @@ def run(ctx: CycleContext) -> None:
             finally:
                 stmt.rollback(mark)
 
+        tally: dict[str, int] = {}
         choice = choose_victims(
             stmt,
             request,
@@ -88,8 +89,13 @@ def run(ctx: CycleContext) -> None:
             max_victims=ctx.config.max_consolidation_moves,
             for_job=job.id,
             accept=accept,
+            tally=tally,
         )
+        ctx.count("consolidate_searches")
+        ctx.count("consolidate_domains", tally.get("domains", 0))
+        ctx.count("consolidate_placements", tally.get("placements", 0))
         if choice is None:
+            ctx.count("consolidate_search_failures")
             failed.add(shape)
             continue
         mark = stmt.checkpoint()

@@ -44,6 +44,9 @@ class Code:
     INVALID_REQUEST = "InvalidRequest"
     POOL_NOT_ALLOWED = "PoolNotAllowed"
     CYCLE_BUDGET = "CycleBudget"
+    SEARCH_BUDGET = "SearchBudgetExhausted"
+    """A victim search (reclaim or preempt) could have helped, but the action's searches per cycle
+    (`VICTIM_SEARCHES_PER_ACTION`) ran out before the job's turn; it is searched again next cycle."""
     NEVER_FITS = NEVER_FITS
     """Not even an empty cluster could hold the gang (`placement.never_fits`); no victim search."""
 
@@ -84,9 +87,35 @@ class CycleContext:
     reasons: dict[JobId, PendingReason] = field(default_factory=dict)
     bound: set[JobId] = field(default_factory=set)
     """Jobs bound or moved in this cycle: never victims in the same cycle."""
+    stats: dict[str, int] = field(default_factory=dict)
+    """Counters of what the actions did (`<action>_searches`, `_search_failures`, `_placements`,
+    `_budget_cut`, ...), handed to the caller of `run_cycle` on request."""
+    search_budget: int = field(default_factory=lambda: VICTIM_SEARCHES_PER_ACTION)
+    """Victim searches per action in this cycle (the module constant, read when the cycle opens)."""
     _requests: dict[JobId, GangRequest | PendingReason] = field(default_factory=dict)
+    _cuts: dict[JobId, tuple[tuple[str, ...], PendingReason | None]] = field(default_factory=dict)
 
     # -- bookkeeping --------------------------------------------------------------------------------
+
+    def count(self, key: str, amount: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + amount
+
+    def budget_cut(self, job: Job, action: str, current: PendingReason | None) -> None:
+        """Record that `action`'s victim-search budget ran out before `job` was searched.
+
+        The job's reason before the first cut (e.g. `Insufficient` from allocate) is kept in the
+        message, so a tenant still sees what it waits for."""
+        self.count(f"{action}_budget_cut")
+        actions, first = self._cuts.get(job.id, ((), current))
+        actions = (*actions, action)
+        self._cuts[job.id] = (actions, first)
+        before = f"; it waits for: {first.code}: {first.message}" if first is not None else ""
+        self.wait(
+            job,
+            Code.SEARCH_BUDGET,
+            f"not searched for {' or '.join(actions)} victims this cycle: the budget of {self.search_budget} "
+            f"victim searches per action ran out before this job's turn; searched again next cycle{before}",
+        )
 
     def wait(self, job: Job, code: str, message: str) -> None:
         self.reasons[job.id] = PendingReason(job.id, code, message)
@@ -123,6 +152,7 @@ class CycleContext:
         On success the victims are evicted (`why(victim)` is the eviction message) and leave the pool,
         the job is bound where the search placed it, and True is returned; else nothing changes.
         """
+        tally: dict[str, int] = {}
         choice = choose_victims(
             self.stmt,
             request,
@@ -133,8 +163,13 @@ class CycleContext:
             eligible=eligible,
             admissible=admissible,
             accept=accept,
+            tally=tally,
         )
+        self.count(f"{kind.value}_searches")
+        self.count(f"{kind.value}_domains", tally.get("domains", 0))
+        self.count(f"{kind.value}_placements", tally.get("placements", 0))
         if choice is None:
+            self.count(f"{kind.value}_search_failures")
             return False
         for victim in choice.victims:
             self.stmt.evict(victim, kind, job.id, why(victim))

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 from leitstand.scheduler.actions.context import (
     POLICY_BLOCKS,
-    VICTIM_SEARCHES_PER_ACTION,
     Code,
     CycleContext,
     ShapeKey,
@@ -92,8 +91,9 @@ def run(ctx: CycleContext) -> None:
         def why(victim: RunningJob, job: Job = job) -> str:
             return f"preempted by job {job.id} (priority {job.priority} > {victim.job.priority}) in queue {job.queue}"
 
-        if searches >= VICTIM_SEARCHES_PER_ACTION:
-            break
+        if searches >= ctx.search_budget:
+            ctx.budget_cut(job, "preempt", current)
+            continue
         searches += 1
         if not ctx.evict_for(job, request, pool, eligible, EvictionKind.PREEMPT, why, accept=accept):
             failed.add(memo)

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 from leitstand.scheduler.actions.context import (
     POLICY_BLOCKS,
-    VICTIM_SEARCHES_PER_ACTION,
     Code,
     CycleContext,
     ShapeKey,
@@ -117,8 +116,11 @@ def run(ctx: CycleContext) -> None:
                 f"queue {victim.job.queue} is above its fair share"
             )
 
-        if searches >= VICTIM_SEARCHES_PER_ACTION:
-            break
+        if searches >= ctx.search_budget:
+            # The budget is spent: say so (the cheap checks above still ran, so only jobs a search
+            # could have helped get this reason); next cycle they are searched again.
+            ctx.budget_cut(job, "reclaim", current)
+            continue
         searches += 1
         if not ctx.evict_for(job, request, pool, eligible, EvictionKind.RECLAIM, why, admissible=admissible):
             failed.add(memo)
