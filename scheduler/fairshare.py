@@ -34,8 +34,8 @@ queues whose parent is None; every inner queue divides its own share among its c
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from leitstand.scheduler.errors import InvalidSpecError
 from leitstand.scheduler.model import GPU_MILLI, Queue, QueueName
@@ -48,6 +48,8 @@ __all__ = [
     "QueueTree",
     "build_queue_tree",
     "compute_fair_shares",
+    "effective_reservations",
+    "model_names",
     "saturation",
 ]
 
@@ -103,6 +105,9 @@ class FairShares:
     deserved_scale: dict[QueueName, float]
     """1.0 normally; below 1 when the quotas of this queue's level did not fit its parent's share."""
     capacity_milli: float
+    by_model: dict[str, FairShares] = field(default_factory=dict)
+    """Per GPU model named in some queue's `model_quotas`: the same division over that model's GPUs,
+    with the per-model quotas and limits (empty when no queue sets any, or no model capacity was given)."""
 
     def over_quota_milli(self, name: QueueName) -> float:
         """The part of the fair share above the (granted) quota."""
@@ -178,6 +183,41 @@ def _validate_queue(q: Queue) -> None:
         raise InvalidSpecError(
             f"queue {q.name!r}: over-quota weight {q.over_quota_weight!r} must be a finite number ≥ 0"
         )
+    _validate_model_quotas(q)
+
+
+def _validate_model_quotas(q: Queue) -> None:
+    seen: set[str] = set()
+    for entry in q.model_quotas:
+        where = f"queue {q.name!r}: GPU model {entry.model!r}"
+        if not entry.model:
+            raise InvalidSpecError(f"queue {q.name!r}: a per-model quota has an empty model name; name the GPU model")
+        if entry.model in seen:
+            raise InvalidSpecError(f"{where} is listed twice; give one quota and limit per model")
+        seen.add(entry.model)
+        if entry.quota_milli < 0:
+            raise InvalidSpecError(f"{where}: quota {entry.quota_milli} milli-GPU is negative; use 0 or more")
+        if entry.limit_milli is not None:
+            if entry.limit_milli < 0:
+                raise InvalidSpecError(
+                    f"{where}: limit {entry.limit_milli} milli-GPU is negative; use 0 or more (0 forbids the "
+                    "model), or leave it unset for the queue's total limit"
+                )
+            if entry.limit_milli < entry.quota_milli:
+                raise InvalidSpecError(
+                    f"{where}: quota {entry.quota_milli / GPU_MILLI:g} GPUs is above its limit "
+                    f"{entry.limit_milli / GPU_MILLI:g} GPUs; raise the limit or lower the quota"
+                )
+        w = entry.over_quota_weight
+        if w is not None and (not math.isfinite(w) or w < 0):
+            raise InvalidSpecError(f"{where}: over-quota weight {w!r} must be a finite number ≥ 0")
+    in_models = sum(entry.quota_milli for entry in q.model_quotas)
+    if in_models > q.quota_milli:
+        raise InvalidSpecError(
+            f"queue {q.name!r}: its per-model quotas add up to {in_models / GPU_MILLI:g} GPUs, above its total "
+            f"quota of {q.quota_milli / GPU_MILLI:g} GPUs; raise the total quota to at least "
+            f"{in_models / GPU_MILLI:g} or lower the per-model quotas"
+        )
 
 
 def _reject_cycles(by_name: Mapping[QueueName, Queue]) -> None:
@@ -199,17 +239,42 @@ def _reject_cycles(by_name: Mapping[QueueName, Queue]) -> None:
         acyclic.update(chain)
 
 
+def effective_reservations(tree: QueueTree) -> dict[QueueName, str | None]:
+    """Each queue's node-pool reservation: its own `node_pool`, else its nearest ancestor's (None: shared)."""
+    out: dict[QueueName, str | None] = {}
+    for name in tree.order:  # parents first
+        q = tree.queues[name]
+        out[name] = q.node_pool if q.node_pool is not None else (None if q.parent is None else out[q.parent])
+    return out
+
+
+def model_names(queues: Sequence[Queue]) -> tuple[str, ...]:
+    """The GPU models some queue sets a quota or limit for, sorted."""
+    return tuple(sorted({entry.model for q in queues for entry in q.model_quotas}))
+
+
 def compute_fair_shares(
     queues: Sequence[Queue],
     demand_milli: Mapping[QueueName, int],
     capacity_milli: float,
     *,
+    pool_capacity_milli: Mapping[str, float] | None = None,
+    model_capacity_milli: Mapping[tuple[str | None, str], float] | None = None,
+    model_demand_milli: Mapping[str, Mapping[QueueName, int]] | None = None,
     usage_share: Mapping[QueueName, float] | None = None,
     usage_factor: float = 1.0,
 ) -> FairShares:
     """Divide `capacity_milli` among the queue tree, top-down (rules in the module docstring).
 
     `demand_milli`: per leaf queue, allocated + pending requests in milli-GPU; absent leaves demand 0.
+    `pool_capacity_milli`: None = every GPU counts for every queue (`capacity_milli` is all of them).
+    Given, it holds the GPUs of every node pool a queue reserves (`Queue.node_pool`, inherited by its
+    subtree), and `capacity_milli` holds only the shared GPUs (those in no reserved pool): each
+    reserved pool is divided among the queues reserved to it alone, the shared GPUs among the rest
+    (docs/fairshare.md, "Reserved pools").
+    `model_capacity_milli`: GPUs per (reserved pool or None for the shared GPUs, GPU model), and
+    `model_demand_milli`: per model, per leaf queue, the demand that may use that model; with both,
+    `FairShares.by_model` holds a division per model named in some queue's `model_quotas`.
     `usage_share`: per queue, decayed past usage as a fraction of cluster capacity over the window
     (time-based fair share; None = off). An inner queue without an entry uses the sum of its
     children. `usage_factor` is k in P = max(0, W + k·(W − U)).
@@ -221,16 +286,7 @@ def compute_fair_shares(
         raise InvalidSpecError(f"capacity {capacity_milli!r} milli-GPU must be a finite number ≥ 0")
     if not math.isfinite(usage_factor) or usage_factor < 0:
         raise InvalidSpecError(f"usage factor k={usage_factor!r} must be a finite number ≥ 0")
-    for name, amount in demand_milli.items():
-        if name not in tree.queues:
-            raise InvalidSpecError(f"demand given for unknown queue {name!r}; create the queue or drop the jobs")
-        if not tree.is_leaf(name):
-            raise InvalidSpecError(
-                f"queue {name!r} has child queues ({', '.join(tree.children[name])}) and cannot hold jobs; "
-                "submit the jobs to one of its leaf queues"
-            )
-        if not math.isfinite(amount) or amount < 0:
-            raise InvalidSpecError(f"queue {name!r}: demand {amount!r} milli-GPU must be finite and ≥ 0")
+    _check_demand(tree, demand_milli, "demand")
     if usage_share is not None:
         for name, u in usage_share.items():
             if name not in tree.queues:
@@ -238,13 +294,219 @@ def compute_fair_shares(
             if not math.isfinite(u) or u < 0:
                 raise InvalidSpecError(f"queue {name!r}: usage share {u!r} must be finite and ≥ 0")
 
+    reservation: dict[QueueName, str | None] | None = None
+    capacities: dict[str | None, float] = {None: float(capacity_milli)}
+    if pool_capacity_milli is not None:
+        reservation = effective_reservations(tree)
+        for pool in sorted({p for p in reservation.values() if p is not None}):
+            amount = pool_capacity_milli.get(pool)
+            if amount is None:
+                owners = sorted(q for q, p in reservation.items() if p == pool and tree.queues[q].node_pool == pool)
+                raise InvalidSpecError(
+                    f"node pool {pool!r} is reserved by queue(s) {', '.join(owners)} but its capacity was not "
+                    "given; pass its GPUs in pool_capacity_milli (0 when it has no nodes)"
+                )
+            if not math.isfinite(amount) or amount < 0:
+                raise InvalidSpecError(f"node pool {pool!r}: capacity {amount!r} milli-GPU must be finite and ≥ 0")
+            capacities[pool] = float(amount)
+
+    total = _partitioned(tree, reservation, _total_spec, demand_milli, capacities, usage_share, usage_factor)
+    models = model_names(queues)
+    if not models or model_capacity_milli is None:
+        return total
+    by_model: dict[str, FairShares] = {}
+    for model in models:
+        demand_m = (model_demand_milli or {}).get(model, {})
+        _check_demand(tree, demand_m, f"demand for GPU model {model}")
+        caps = {p: float(model_capacity_milli.get((p, model), 0.0)) for p in capacities}
+        by_model[model] = _partitioned(tree, reservation, _model_spec(model), demand_m, caps, None, 1.0)
+    return FairShares(
+        share_milli=total.share_milli,
+        deserved_milli=total.deserved_milli,
+        requestable_milli=total.requestable_milli,
+        demand_milli=total.demand_milli,
+        deserved_scale=total.deserved_scale,
+        capacity_milli=total.capacity_milli,
+        by_model=by_model,
+    )
+
+
+def _check_demand(tree: QueueTree, demand_milli: Mapping[QueueName, int], what: str) -> None:
+    for name, amount in demand_milli.items():
+        if name not in tree.queues:
+            raise InvalidSpecError(f"{what} given for unknown queue {name!r}; create the queue or drop the jobs")
+        if not tree.is_leaf(name):
+            raise InvalidSpecError(
+                f"queue {name!r} has child queues ({', '.join(tree.children[name])}) and cannot hold jobs; "
+                "submit the jobs to one of its leaf queues"
+            )
+        if not math.isfinite(amount) or amount < 0:
+            raise InvalidSpecError(f"queue {name!r}: {what} {amount!r} milli-GPU must be finite and ≥ 0")
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """One queue as one division sees it: the amounts for the resource divided (all GPUs or one
+    model) in the partition divided (shared GPUs or one reserved pool)."""
+
+    name: QueueName
+    quota_milli: float
+    limit_milli: float | None
+    over_quota_weight: float
+    priority: int
+
+
+def _total_spec(q: Queue) -> _Spec:
+    limit = None if q.limit_milli is None else float(q.limit_milli)
+    return _Spec(q.name, float(q.quota_milli), limit, q.over_quota_weight, q.priority)
+
+
+def _model_spec(model: str) -> Callable[[Queue], _Spec]:
+    """A queue's amounts for one GPU model: its entry for the model, else quota 0 under its total limit."""
+
+    def spec(q: Queue) -> _Spec:
+        entry = q.model_quota(model)
+        if entry is None:
+            return replace(_total_spec(q), quota_milli=0.0)
+        limit = entry.limit_milli if entry.limit_milli is not None else q.limit_milli
+        weight = entry.over_quota_weight if entry.over_quota_weight is not None else q.over_quota_weight
+        return _Spec(q.name, float(entry.quota_milli), None if limit is None else float(limit), weight, q.priority)
+
+    return spec
+
+
+@dataclass(slots=True)
+class _Result:
+    share: dict[QueueName, float]
+    deserved: dict[QueueName, float]
+    requestable: dict[QueueName, float]
+    demand: dict[QueueName, float]
+    scale: dict[QueueName, float]
+
+
+def _partitioned(
+    tree: QueueTree,
+    reservation: Mapping[QueueName, str | None] | None,
+    spec_of: Callable[[Queue], _Spec],
+    demand_milli: Mapping[QueueName, int],
+    capacities: Mapping[str | None, float],
+    usage_share: Mapping[QueueName, float] | None,
+    usage_factor: float,
+) -> FairShares:
+    """The division of every partition (the shared GPUs; each reserved pool), summed per queue.
+
+    A queue belongs to the partition of its effective reservation; in that partition's tree its
+    parent is its real parent when that one is in the same partition, else none (it is a root
+    there). A queue with descendants in other partitions ("foreign roots": the topmost such
+    descendants) gives them their part of its quota and limit: in its own partition its quota is
+    its quota minus theirs, its limit its limit minus their total shares. Partitions are divided
+    foreign roots first, so those shares are known.
+    """
+    specs = {name: spec_of(tree.queues[name]) for name in tree.order}
+    total_capacity = math.fsum(capacities.values())
+    if reservation is None or all(p is None for p in reservation.values()):
+        r = _compute(tree.children, tree.order, specs, demand_milli, capacities[None], usage_share, usage_factor)
+        return FairShares(r.share, r.deserved, r.requestable, r.demand, r.scale, total_capacity)
+
+    foreign: dict[QueueName, tuple[QueueName, ...]] = {}
+    for name in reversed(tree.order):
+        out: list[QueueName] = []
+        for kid in tree.children.get(name, ()):
+            out.extend((kid,) if reservation[kid] != reservation[name] else foreign[kid])
+        foreign[name] = tuple(out)
+    members: dict[str | None, list[QueueName]] = {}
+    for name in tree.order:
+        members.setdefault(reservation[name], []).append(name)
+
+    share: dict[QueueName, float] = {}
+    deserved: dict[QueueName, float] = {}
+    requestable: dict[QueueName, float] = {}
+    demand: dict[QueueName, float] = {}
+    scale: dict[QueueName, float] = {}
+    for part in _partition_order(members, foreign, reservation):
+        names = members[part]
+        kids: dict[QueueName | None, tuple[QueueName, ...]] = {}
+        for name in names:
+            parent = tree.queues[name].parent
+            key = parent if parent is not None and reservation[parent] == part else None
+            kids[key] = (*kids.get(key, ()), name)
+        sub: dict[QueueName, _Spec] = {}
+        for name in names:
+            s = specs[name]
+            if foreign[name]:
+                quota = max(0.0, s.quota_milli - math.fsum(specs[f].quota_milli for f in foreign[name]))
+                limit = s.limit_milli
+                if limit is not None:
+                    limit = max(0.0, limit - math.fsum(share[f] for f in foreign[name]))
+                    quota = min(quota, limit)
+                s = _Spec(name, quota, limit, s.over_quota_weight, s.priority)
+            sub[name] = s
+        capacity = capacities.get(part, 0.0)
+        usage = None
+        if usage_share is not None:
+            # U is a fraction of the whole cluster; measured against this partition's GPUs instead.
+            ratio = total_capacity / capacity if capacity > 0 else 0.0
+            usage = {n: usage_share[n] * ratio for n in names if n in usage_share}
+        r = _compute(kids, tuple(names), sub, demand_milli, capacity, usage, usage_factor)
+        for name in reversed(names):
+            away = foreign[name]
+            share[name] = r.share[name] + math.fsum(share[f] for f in away)
+            deserved[name] = r.deserved[name] + math.fsum(deserved[f] for f in away)
+            requestable[name] = r.requestable[name] + math.fsum(requestable[f] for f in away)
+            demand[name] = r.demand[name] + math.fsum(demand[f] for f in away)
+            scale[name] = r.scale[name]
+    order = tree.order
+    return FairShares(
+        share_milli={n: share[n] for n in order},
+        deserved_milli={n: deserved[n] for n in order},
+        requestable_milli={n: requestable[n] for n in order},
+        demand_milli={n: demand[n] for n in order},
+        deserved_scale={n: scale[n] for n in order},
+        capacity_milli=total_capacity,
+    )
+
+
+def _partition_order(
+    members: Mapping[str | None, Sequence[QueueName]],
+    foreign: Mapping[QueueName, tuple[QueueName, ...]],
+    reservation: Mapping[QueueName, str | None],
+) -> list[str | None]:
+    """Partitions so that each comes after those of its queues' foreign roots (Kahn's algorithm)."""
+    needs = {p: {reservation[f] for n in names for f in foreign[n]} for p, names in members.items()}
+    done: list[str | None] = []
+    left = dict(needs)
+    while left:
+        ready = [p for p, deps in left.items() if not deps - set(done)]
+        if not ready:
+            pools = sorted(str(p) for p in left if p is not None)
+            raise InvalidSpecError(
+                f"node pools {', '.join(pools)} are reserved inside each other's subtrees; reserve each "
+                "pool to one queue subtree (nested reservations must use a pool of their own)"
+            )
+        ready.sort(key=lambda p: "" if p is None else p)
+        for p in ready:
+            done.append(p)
+            del left[p]
+    return done
+
+
+def _compute(
+    children: Mapping[QueueName | None, tuple[QueueName, ...]],
+    order: tuple[QueueName, ...],
+    specs: Mapping[QueueName, _Spec],
+    demand_milli: Mapping[QueueName, int],
+    capacity_milli: float,
+    usage_share: Mapping[QueueName, float] | None,
+    usage_factor: float,
+) -> _Result:
+    """One division of `capacity_milli` over one tree (`children[None]` its roots, `order` top-down)."""
     # Bottom-up: demand, requestable and usage of inner queues come from their children.
     demand: dict[QueueName, float] = {}
     requestable: dict[QueueName, float] = {}
     usage: dict[QueueName, float] = {}
-    for name in reversed(tree.order):
-        q = tree.queues[name]
-        kids = tree.children.get(name, ())
+    for name in reversed(order):
+        q = specs[name]
+        kids = children.get(name, ())
         if kids:
             demand[name] = math.fsum(demand[k] for k in kids)
             req = math.fsum(requestable[k] for k in kids)
@@ -254,23 +516,23 @@ def compute_fair_shares(
             req = demand[name]
             used = 0.0
         if q.limit_milli is not None:
-            req = min(req, float(q.limit_milli))
+            req = min(req, q.limit_milli)
         if q.over_quota_weight == 0:
-            req = min(req, float(q.quota_milli))
+            req = min(req, q.quota_milli)
         requestable[name] = req
         usage[name] = used if usage_share is None else usage_share.get(name, used)
 
     share: dict[QueueName, float] = {}
     deserved: dict[QueueName, float] = {}
     scale: dict[QueueName, float] = {}
-    parents: list[QueueName | None] = [None, *tree.order]
+    parents: list[QueueName | None] = [None, *order]
     for parent in parents:
-        kids = tree.children.get(parent, ())
+        kids = children.get(parent, ())
         if not kids:
             continue
         available = capacity_milli if parent is None else share[parent]
         level = _divide(
-            [tree.queues[k] for k in kids],
+            [specs[k] for k in kids],
             available,
             requestable,
             usage if usage_share is not None else None,
@@ -281,14 +543,7 @@ def compute_fair_shares(
         share.update(level.share_milli)
         deserved.update(level.deserved_milli)
         scale.update(dict.fromkeys(kids, level.scale))
-    return FairShares(
-        share_milli=share,
-        deserved_milli=deserved,
-        requestable_milli=requestable,
-        demand_milli=demand,
-        deserved_scale=scale,
-        capacity_milli=float(capacity_milli),
-    )
+    return _Result(share=share, deserved=deserved, requestable=requestable, demand=demand, scale=scale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +554,7 @@ class _Level:
 
 
 def _divide(
-    kids: Sequence[Queue],
+    kids: Sequence[_Spec],
     available_milli: float,
     requestable: Mapping[QueueName, float],
     usage: Mapping[QueueName, float] | None,
@@ -308,7 +563,7 @@ def _divide(
     parent_fraction: float,
 ) -> _Level:
     """One level: the parent's `available_milli` divided among its children `kids`."""
-    wanted = {k.name: min(float(k.quota_milli), requestable[k.name]) for k in kids}
+    wanted = {k.name: min(k.quota_milli, requestable[k.name]) for k in kids}
     total_wanted = math.fsum(wanted.values())
     if total_wanted > available_milli:
         # Quotas over-committed at this level: scale every in-quota part by the same factor

@@ -134,6 +134,22 @@ class RunningJob:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelQuota:
+    """A queue's quota and limit for one GPU model (`Node.gpu_model`), beside its total.
+
+    A job that asks for exactly this model is charged here as well as to the total; a job that
+    names no model (or several) is charged to the model it is placed on. `limit_milli=0` forbids the
+    model to the queue; an unset limit falls back to the queue's total limit; an unset weight to the
+    queue's `over_quota_weight`. See docs/fairshare.md, "Quota per GPU model".
+    """
+
+    model: str
+    quota_milli: int = 0
+    limit_milli: int | None = None
+    over_quota_weight: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Queue:
     """A node of the queue tree (Run:ai department/project). Only leaves hold jobs.
 
@@ -147,8 +163,18 @@ class Queue:
     over_quota_weight: float = 1.0
     priority: int = 100
     node_pool: str | None = None
-    """Reservation: this queue's jobs run only in this pool, and no other queue's jobs run there."""
+    """Reservation: this queue's jobs run only in this pool, and no other queue's jobs run there; the
+    pool's GPUs count only toward this queue's subtree when fair share is divided."""
     created_at: float = 0.0
+    model_quotas: tuple[ModelQuota, ...] = ()
+    """Quota and limit per GPU model, beside the total (`quota_milli`, `limit_milli`); empty = none."""
+
+    def model_quota(self, model: str) -> ModelQuota | None:
+        """This queue's entry for `model`, or None when it sets nothing for that model."""
+        for entry in self.model_quotas:
+            if entry.model == model:
+                return entry
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +250,8 @@ class Plan:
     evictions: tuple[Eviction, ...] = ()
     pending: tuple[PendingReason, ...] = ()
     fair_share_milli: dict[QueueName, float] = field(default_factory=dict)
+    model_fair_share_milli: dict[str, dict[QueueName, float]] = field(default_factory=dict)
+    """Per GPU model named in some queue's `model_quotas`: each queue's fair share of that model."""
     phase_seconds: dict[str, float] = field(default_factory=dict)
     cycle_id: int = 0
     """Which cycle produced this plan (for log lines and audit records); 0 when unknown."""
