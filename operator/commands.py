@@ -26,6 +26,10 @@ from leitstand.operator.bench_operator import operator_bench  # noqa: E402
 
 bench_app.command("operator")(operator_bench)
 
+from leitstand.operator.bench_e2e import e2e  # noqa: E402
+
+bench_app.command("e2e")(e2e)
+
 from leitstand.operator.simulate_replay import replay  # noqa: E402
 
 simulate_app.command("replay")(replay)
