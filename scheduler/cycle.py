@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping
 
 from leitstand.scheduler.actions import allocate, consolidate, preempt, reclaim
 from leitstand.scheduler.actions.context import Code, CycleContext
-from leitstand.scheduler.fairshare import build_queue_tree, compute_fair_shares
+from leitstand.scheduler.actions.shares import open_shares
+from leitstand.scheduler.fairshare import build_queue_tree
 from leitstand.scheduler.model import (
     GPU_MILLI,
     Job,
@@ -119,14 +120,11 @@ def run_cycle(
         jobs.sort(key=job_order_key)
     lap("queues")
 
-    # 3. Fair share, once per cycle: capacity = GPUs of schedulable nodes; leaf demand = allocated + pending.
-    demand: dict[QueueName, int] = {q: accounting.allocated_milli[q] for q in tree.leaves}
-    for queue, jobs in pending_by_queue.items():
-        demand[queue] += sum(j.gpu_milli_total for j in jobs)
+    # 3. Fair share, once per cycle: capacity = GPUs of schedulable nodes (each reserved pool apart,
+    #    per GPU model when queues set model quotas); leaf demand = allocated + pending (`open_shares`).
     capacity = float(work.gpu_count[work.schedulable].sum()) * GPU_MILLI
-    shares = compute_fair_shares(
-        snapshot.queues, demand, capacity, usage_share=_usage_share(snapshot, config, capacity)
-    )
+    usage = _usage_share(snapshot, config, capacity)
+    shares = open_shares(tree, stmt, pending_by_queue, usage_share=usage)
     lap("fair_share")
 
     # 4. The actions, in order, on one statement: allocate, reclaim, preempt, consolidate.
@@ -165,6 +163,7 @@ def run_cycle(
         evictions=stmt.evictions(),
         pending=pending,
         fair_share_milli=dict(shares.share_milli),
+        model_fair_share_milli={m: dict(s.share_milli) for m, s in shares.by_model.items()},
         phase_seconds=phases,
         cycle_id=cycle_id,
     )

@@ -4,7 +4,9 @@ Who calls it: `cycle.run_cycle`, first action. Per job, in order: cheap admissio
 every level, non-preemptible within quota), then `place_gang` on the working state, then a bind.
 Failed shapes are remembered for the rest of the action: the state only fills up while allocate
 runs, so a shape that did not fit once will not fit later (identical gangs cost one placement call).
-A queue whose limit has no headroom left has the rest of its jobs marked at once.
+A queue whose limit has no headroom left has the rest of its jobs marked at once. When queues set
+per-GPU-model quotas, a job that names no single model is tried per model option in turn
+(`CycleContext.model_choices`); the first that fits is the model it is charged to.
 
 Every job that stays pending gets a reason here; later actions may overwrite it with a better one.
 """
@@ -12,8 +14,8 @@ Every job that stays pending gets a reason here; later actions may overwrite it 
 from __future__ import annotations
 
 from leitstand.scheduler.actions.context import Code, CycleContext, ShapeKey
-from leitstand.scheduler.model import PendingReason
-from leitstand.scheduler.placement import GangPlacement, Unplaceable, place_gang
+from leitstand.scheduler.model import Job, PendingReason
+from leitstand.scheduler.placement import GangPlacement, GangRequest, Unplaceable, place_gang
 
 __all__ = ["run"]
 
@@ -38,11 +40,25 @@ def run(ctx: CycleContext) -> None:
                         rest.id, block.code, block.message
                     )
             continue
-        request = ctx.request(job)
+        placed = _place(ctx, job, failed)
+        if placed is None:
+            continue
+        request, result = placed
+        ctx.stmt.bind(job, request, result)
+        ctx.bound.add(job.id)
+        ctx.reasons.pop(job.id, None)
+
+
+def _place(
+    ctx: CycleContext, job: Job, failed: dict[ShapeKey, Unplaceable]
+) -> tuple[GangRequest, GangPlacement] | None:
+    """Where `job` fits on the working state, or None with its reason recorded."""
+    for model, view in ctx.model_choices(job):
+        request = ctx.request(job) if model is None else ctx.model_request(job, model)
         if isinstance(request, PendingReason):
             ctx.reasons[job.id] = request
             continue
-        shape = ctx.shape_key(job, request)
+        shape = ctx.shape_key(view, request)
         known = failed.get(shape)
         if known is not None:
             ctx.wait(job, known.code, known.message)
@@ -53,6 +69,7 @@ def run(ctx: CycleContext) -> None:
             ctx.wait(job, result.code, result.message)
             continue
         assert isinstance(result, GangPlacement)
-        ctx.stmt.bind(job, request, result)
-        ctx.bound.add(job.id)
-        ctx.reasons.pop(job.id, None)
+        if model is not None:
+            ctx.resolve(job, model, request)
+        return request, result
+    return None

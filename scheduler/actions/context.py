@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from numpy.typing import NDArray
 
+from leitstand.scheduler.actions.shares import OTHER_MODELS, ModelAccounting, model_options, other_models
 from leitstand.scheduler.fairshare import FairShares, QueueTree
 from leitstand.scheduler.model import (
     EvictionKind,
@@ -93,6 +94,7 @@ class CycleContext:
     search_budget: int = field(default_factory=lambda: VICTIM_SEARCHES_PER_ACTION)
     """Victim searches per action in this cycle (the module constant, read when the cycle opens)."""
     _requests: dict[JobId, GangRequest | PendingReason] = field(default_factory=dict)
+    _model_requests: dict[tuple[JobId, str], GangRequest | PendingReason] = field(default_factory=dict)
     _cuts: dict[JobId, tuple[tuple[str, ...], PendingReason | None]] = field(default_factory=dict)
 
     # -- bookkeeping --------------------------------------------------------------------------------
@@ -186,9 +188,53 @@ class CycleContext:
         cached = self._requests.get(job.id)
         if cached is not None:
             return cached
-        result = self._build_request(job)
+        acc = self.stmt.accounting
+        if isinstance(acc, ModelAccounting) and len(job.gpu_models) != 1:
+            # Per-model quotas are counted: the job is tried as one model (the one it was resolved to,
+            # else its best option; allocate tries every option in turn, see `model_choices`).
+            model = acc.resolved.get(job.id)
+            if model is None:
+                options = model_options(acc, self.shares, self.stmt.state, job)
+                if not options:
+                    return PendingReason(job.id, Code.QUEUE_AT_LIMIT, _all_models_at_limit(job))
+                model = acc.resolved[job.id] = options[0]
+            result = self.model_request(job, model)
+        else:
+            result = self._build_request(job)
         self._requests[job.id] = result
         return result
+
+    # -- GPU models (docs/fairshare.md, "Quota per GPU model") ----------------------------------------
+
+    def model_choices(self, job: Job) -> tuple[tuple[str | None, Job], ...]:
+        """(model, the job as if it named that model) per option, best first; `((None, job),)` when
+        no model needs choosing (no per-model quotas in the cluster, or the job names one model)."""
+        acc = self.stmt.accounting
+        if not isinstance(acc, ModelAccounting) or len(job.gpu_models) == 1:
+            return ((None, job),)
+        return tuple((m, self._model_view(job, m)) for m in model_options(acc, self.shares, self.stmt.state, job))
+
+    def model_request(self, job: Job, model: str) -> GangRequest | PendingReason:
+        """The job's request restricted to `model` (`OTHER_MODELS`: to models nobody sets a quota for)."""
+        key = (job.id, model)
+        cached = self._model_requests.get(key)
+        if cached is None:
+            cached = self._model_requests[key] = self._build_request(self._model_view(job, model))
+        return cached
+
+    def resolve(self, job: Job, model: str, request: GangRequest) -> None:
+        """Charge `job` to `model` from now on (before it is bound with `request`)."""
+        acc = self.stmt.accounting
+        if isinstance(acc, ModelAccounting):
+            acc.resolved[job.id] = model
+        self._requests[job.id] = request
+
+    def _model_view(self, job: Job, model: str) -> Job:
+        if model != OTHER_MODELS:
+            return replace(job, gpu_models=frozenset({model}))
+        acc = self.stmt.accounting
+        named = acc.model_allocated if isinstance(acc, ModelAccounting) else {}
+        return replace(job, gpu_models=other_models(self.stmt.state, named, job))
 
     def _build_request(self, job: Job) -> GangRequest | PendingReason:
         own = self.reserved_pools.get(job.queue)
@@ -240,6 +286,32 @@ class CycleContext:
                     f"non-preemptible jobs may only use in-quota GPUs: {name} has "
                     f"{gpus(used)}/{gpus(quota)} in quota (this job needs {gpus(amount)})",
                 )
+        if isinstance(acc, ModelAccounting):
+            return self._model_block(acc, job)
+        return None
+
+    def _model_block(self, acc: ModelAccounting, job: Job) -> PendingReason | None:
+        """Per-model limits: the job's one model must have room at every level; a job naming no single
+        model needs one option with room (its tentative model moves to the best such option)."""
+        amount = job.gpu_milli_total
+        if len(job.gpu_models) == 1:
+            model = next(iter(job.gpu_models))
+            hit = acc.model_limit_block(job.queue, model, amount)
+            if hit is None:
+                return None
+            name, allocated, limit = hit
+            return PendingReason(
+                job.id,
+                Code.QUEUE_AT_LIMIT,
+                f"waiting: queue {name} at its {model} limit {gpus(allocated)}/{gpus(limit)} GPUs "
+                f"(this job needs {gpus(amount)})",
+            )
+        options = model_options(acc, self.shares, self.stmt.state, job)
+        if not options:
+            return PendingReason(job.id, Code.QUEUE_AT_LIMIT, _all_models_at_limit(job))
+        if acc.resolved.get(job.id) not in options:
+            acc.resolved[job.id] = options[0]
+            self._requests.pop(job.id, None)
         return None
 
     def shape_key(self, job: Job, request: GangRequest) -> ShapeKey:
@@ -258,3 +330,10 @@ class CycleContext:
             job.allowed_nodes,  # hashed once per frozenset; equal sets share a memo entry
             self.reserved_pools.get(job.queue),
         )
+
+
+def _all_models_at_limit(job: Job) -> str:
+    return (
+        f"waiting: queue {job.queue} is at its limit for every GPU model this job may use "
+        f"(this job needs {gpus(job.gpu_milli_total)})"
+    )
