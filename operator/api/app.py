@@ -464,7 +464,7 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
         identity: Caller,
         request: Request,
         from_: Annotated[Moment | None, Query(alias="from", description="Unix seconds or RFC 3339 "
-                                                                        "[default: when this process started]")] = None,
+                                                                        "[default: the history's start]")] = None,
         to: Annotated[Moment | None, Query(description="Unix seconds or RFC 3339 [default: now].")] = None,
         by: Annotated[Literal["queue", "namespace"], Query()] = "queue",
         format_: Annotated[Literal["json", "csv"] | None, Query(alias="format")] = None,
@@ -475,7 +475,7 @@ def create_app(scheduler: Scheduler, authorizer: Authorizer, settings: ApiSettin
             scope = await queue_scope(identity)
         async with renders:
             now = clock()
-            start = scheduler.usage.covered_from if from_ is None else from_
+            start = scheduler.usage.history_from if from_ is None else from_
             end = now if to is None else to
             rows = scheduler.usage.report(start, end, by=by) if end > start else []
             if by == "namespace":

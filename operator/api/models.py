@@ -43,7 +43,8 @@ class WindowUsage(Wire):
     seconds: int = Field(description="The window asked for (`?window=`), ending now.")
     gpu_seconds: float
     covered_from: str = Field(
-        description="The start of this process' per-minute history; the window before it counts nothing."
+        description="From here on the per-minute history is this process' own count; before it, it was rebuilt "
+                    "from the pods on the API server at start (pods deleted before then are missing)."
     )
 
 
@@ -280,6 +281,7 @@ class UsageReport(Wire):
     by: Literal["queue", "namespace"]
     from_: str = Field(serialization_alias="from")
     to: str
-    covered_from: str = Field(description="The start of this process' per-minute history (see docs/http-api.md).")
+    covered_from: str = Field(description="From here on the per-minute history is this process' own count; "
+                                          "before it, it was rebuilt from the pods at start (docs/http-api.md).")
     rows: list[UsageRowOut]
     leading: bool

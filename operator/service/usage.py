@@ -161,16 +161,19 @@ class UsageMeter:
         return dict(self._decayed)
 
     def report(self, start: float, end: float, by: str = "queue") -> list[UsageRow]:
-        """GPU-seconds per queue (`by="queue"`) or namespace in [start, end), at minute resolution."""
+        """GPU-seconds per queue (`by="queue"`) or namespace in [start, end), at minute resolution: a
+        minute the window covers in part counts in proportion (its GPU-seconds spread evenly over it)."""
         if by not in ("queue", "namespace"):
             raise ValueError(f"by must be queue or namespace, not {by!r}")
         sums: dict[str, float] = defaultdict(float)
         for minute, bucket in self._buckets.items():
             lo, hi = minute * BUCKET_SECONDS, (minute + 1) * BUCKET_SECONDS
+            if self._last is not None and lo <= self._last < hi:
+                hi = self._last  # the current minute holds only what was counted so far
             overlap = max(0.0, min(hi, end) - max(lo, start))
             if overlap <= 0:
                 continue
-            share = overlap / BUCKET_SECONDS
+            share = min(1.0, overlap / (hi - lo)) if hi > lo else 1.0
             for (queue, ns), seconds in bucket.items():
                 sums[queue if by == "queue" else ns] += seconds * share
         return [UsageRow(k, v) for k, v in sorted(sums.items())]

@@ -251,10 +251,12 @@ def test_queues_show_the_tree_with_exact_amounts_usage_and_jobs(api: TestClient)
     assert org["allocatedMilli"] == a["allocatedMilli"] + b["allocatedMilli"]  # a parent counts its children
     assert a["fairShare"] == "8" and a["fairShareMilli"] == 8000
     assert a["namespaces"] == ["tenant-a"] and a["valid"] and a["overQuotaWeight"] == 1.0 and a["priority"] == 100
+    # run-1's pod started at NOW - 190 and tenant-a was never counted before (no usage on its status):
+    # the first cycle charges those 190 s from the pod (usage.resume), the meter the 600 s after.
     usage = a["details"]["usage"]
-    assert usage["totalGpuSeconds"] == pytest.approx(8 * 600)
-    assert usage["window"]["seconds"] == 3600 and usage["window"]["gpuSeconds"] == pytest.approx(8 * 600)
-    assert org["details"]["usage"]["totalGpuSeconds"] == pytest.approx(8 * 600)  # its subtree
+    assert usage["totalGpuSeconds"] == pytest.approx(8 * 790)
+    assert usage["window"]["seconds"] == 3600 and usage["window"]["gpuSeconds"] == pytest.approx(8 * 790)
+    assert org["details"]["usage"]["totalGpuSeconds"] == pytest.approx(8 * 790)  # its subtree
     assert [(j["namespace"], j["name"], j["phase"]) for j in a["details"]["jobs"]] == [
         ("tenant-a", "run-1", "Running"), ("tenant-a", "wait-1", "Pending")]
     assert len(org["details"]["jobs"]) == 5 and not org["details"]["jobsTruncated"]
@@ -464,8 +466,8 @@ def test_decisions_filter_by_kind_namespace_queue_time_and_page_by_sequence(api:
 def test_usage_by_queue_and_namespace_as_json(api: TestClient) -> None:
     by_queue = get(api, "/v1/usage", **{"from": NOW - 3600, "to": NOW + 3600})
     assert by_queue["by"] == "queue" and by_queue["coveredFrom"] == rfc3339(NOW)
-    assert by_queue["rows"] == [{"key": "tenant-a", "gpuHours": pytest.approx(8 * 600 / 3600),
-                                 "gpuSeconds": pytest.approx(4800)}]
+    assert by_queue["rows"] == [{"key": "tenant-a", "gpuHours": pytest.approx(8 * 790 / 3600),
+                                 "gpuSeconds": pytest.approx(8 * 790)}]  # 190 s rebuilt from the pod
     by_ns = get(api, "/v1/usage", by="namespace")
     assert [r["key"] for r in by_ns["rows"]] == ["tenant-a"]
     half = get(api, "/v1/usage", **{"from": rfc3339(NOW), "to": rfc3339(NOW + 300)})  # RFC 3339 too
@@ -476,7 +478,7 @@ def test_usage_by_queue_and_namespace_as_json(api: TestClient) -> None:
 def test_usage_as_csv_by_accept_header_or_format(api: TestClient) -> None:
     reply = api.get("/v1/usage", params={"by": "namespace", "from": NOW - 60}, headers={**ADMIN, "Accept": "text/csv"})
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/csv")
-    assert reply.text.splitlines() == ["namespace,gpu_hours,gpu_seconds", "tenant-a,1.333333,4800.000"]
+    assert reply.text.splitlines() == ["namespace,gpu_hours,gpu_seconds", "tenant-a,1.466667,5280.000"]
     reply = api.get("/v1/usage", params={"format": "csv"}, headers=ADMIN)
     assert reply.text.startswith("queue,gpu_hours,gpu_seconds\n")
     assert api.get("/v1/usage", params={"format": "json"}, headers={**ADMIN, "Accept": "text/csv"}).json()["by"]

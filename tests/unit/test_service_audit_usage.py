@@ -120,6 +120,16 @@ def test_usage_updated_at_round_trips_to_the_millisecond() -> None:
     assert timestamp(rfc3339_precise(T0 + 1.2345)) == pytest.approx(T0 + 1.234, abs=1e-6)
 
 
+def test_a_window_ending_now_counts_the_current_minute_in_full() -> None:
+    """The minute in progress holds only what was counted so far: a window ending now must not scale it
+    down as if the whole minute had passed."""
+    meter = UsageMeter(started=T0)
+    meter.tick(T0, {("qa", "a"): 4000})
+    meter.tick(T0 + 15, {("qa", "a"): 4000})
+    assert {r.key: r.gpu_seconds for r in meter.report(T0, T0 + 15)} == pytest.approx({"qa": 60.0})
+    assert {r.key: r.gpu_seconds for r in meter.report(T0 + 5, T0 + 15)} == pytest.approx({"qa": 40.0})
+
+
 def test_decayed_usage_halves_after_a_half_life() -> None:
     meter = UsageMeter(started=0.0)
     meter.tick(0.0, {("qa", "a"): 1000}, half_life_seconds=100)
