@@ -141,11 +141,16 @@ class ClusterState:
         self.gpu_whole_free[:] = (free == GPU_MILLI).sum(axis=1)
         self.gpu_max_free_milli[:] = free.max(axis=1)
 
-    def _refresh_node(self, node: int) -> None:
-        self.node_version[node] = _fresh_stamps(1)[0]
-        row = self.gpu_free_milli[node]
-        self.gpu_whole_free[node] = int((row == GPU_MILLI).sum())
-        self.gpu_max_free_milli[node] = int(row.max()) if row.size else 0
+    def _refresh_node(self, node: int, row: list[int] | None = None) -> None:
+        """Re-stamp one node and recompute its aggregates; `row` is its `gpu_free_milli` row as a list
+        when the caller has it (plain Python on an 8-entry row beats three numpy reductions)."""
+        stamp = _NEXT_STAMP[0]
+        _NEXT_STAMP[0] = stamp + 1
+        self.node_version[node] = stamp
+        if row is None:
+            row = self.gpu_free_milli[node].tolist()
+        self.gpu_whole_free[node] = row.count(GPU_MILLI)
+        self.gpu_max_free_milli[node] = max(row) if row else 0
 
     # -- construction -------------------------------------------------------------------------
 
@@ -310,28 +315,30 @@ class ClusterState:
     def allocate(self, node: int, gpu_indices: Sequence[int], gpu_milli: int, cpu_milli: int, memory_mib: int) -> None:
         """Charge one replica to `node`. Raises StateError (and changes nothing) on over-commit."""
         gpus = list(gpu_indices)
+        count = int(self.gpu_count[node])
+        row = self.gpu_free_milli[node].tolist()
         for g in gpus:
-            if not 0 <= g < self.gpu_count[node]:
+            if not 0 <= g < count:
                 raise StateError(f"node {self.node_names[node]} has no GPU {g}")
-            if self.gpu_free_milli[node, g] < gpu_milli:
-                raise StateError(
-                    f"node {self.node_names[node]} GPU {g}: {gpu_milli} milli requested, "
-                    f"{self.gpu_free_milli[node, g]} free"
-                )
+            if row[g] < gpu_milli:
+                raise StateError(f"node {self.node_names[node]} GPU {g}: {gpu_milli} milli requested, {row[g]} free")
         if len(set(gpus)) != len(gpus):
             raise StateError(f"node {self.node_names[node]}: GPU indices repeat: {gpus}")
         if cpu_milli > self.cpu_free_milli[node] or memory_mib > self.memory_free_mib[node]:
             raise StateError(f"node {self.node_names[node]}: not enough CPU or memory left")
         for g in gpus:
-            self.gpu_free_milli[node, g] -= gpu_milli
+            row[g] -= gpu_milli
+        if gpus:
+            self.gpu_free_milli[node] = row
         self.cpu_free_milli[node] -= cpu_milli
         self.memory_free_mib[node] -= memory_mib
-        self._refresh_node(node)
+        self._refresh_node(node, row)
 
     def release(self, node: int, gpu_indices: Sequence[int], gpu_milli: int, cpu_milli: int, memory_mib: int) -> None:
         """Give back what `allocate` charged. Raises StateError if it would exceed capacity."""
+        row = self.gpu_free_milli[node].tolist()
         for g in gpu_indices:
-            if self.gpu_free_milli[node, g] + gpu_milli > GPU_MILLI:
+            if row[g] + gpu_milli > GPU_MILLI:
                 raise StateError(f"node {self.node_names[node]} GPU {g}: release beyond capacity")
         if (
             self.cpu_free_milli[node] + cpu_milli > self.cpu_capacity_milli[node]
@@ -339,10 +346,12 @@ class ClusterState:
         ):
             raise StateError(f"node {self.node_names[node]}: CPU or memory release beyond capacity")
         for g in gpu_indices:
-            self.gpu_free_milli[node, g] += gpu_milli
+            row[g] += gpu_milli
+        if gpu_indices:
+            self.gpu_free_milli[node] = row
         self.cpu_free_milli[node] += cpu_milli
         self.memory_free_mib[node] += memory_mib
-        self._refresh_node(node)
+        self._refresh_node(node, row)
 
     def allocate_job(self, running: RunningJob) -> None:
         """Charge every replica of a running job (all or nothing)."""

@@ -109,6 +109,11 @@ class _Bind:
 
 
 @dataclass(frozen=True, slots=True)
+class _Restore:
+    running: RunningJob
+
+
+@dataclass(frozen=True, slots=True)
 class _Evict:
     running: RunningJob
     eviction: Eviction
@@ -125,7 +130,7 @@ class Statement:
     state: ClusterState
     accounting: QueueAccounting
     now: float = 0.0
-    _ops: list[_Bind | _Evict] = field(default_factory=list)
+    _ops: list[_Bind | _Restore | _Evict] = field(default_factory=list)
     running: dict[JobId, RunningJob] = field(default_factory=dict)
     """Jobs holding resources in the working state, keyed by id (snapshot's running + new binds)."""
 
@@ -135,7 +140,7 @@ class Statement:
     def rollback(self, mark: int) -> None:
         while len(self._ops) > mark:
             op = self._ops.pop()
-            if isinstance(op, _Bind):
+            if isinstance(op, _Bind | _Restore):
                 self.state.release_job(op.running)
                 self.accounting.add(op.running.job, -1)
                 del self.running[op.running.job.id]
@@ -159,6 +164,22 @@ class Statement:
         self.accounting.add(running.job, -1)
         self.running.pop(running.job.id, None)
         self._ops.append(_Evict(running, Eviction(running.job.id, kind, for_job, reason)))
+
+    def restore(self, running: RunningJob) -> None:
+        """What-if only: put an evicted job back where it was (undone by `rollback` like a bind).
+
+        The victim search un-evicts one victim at a time to see whether the gang still fits, instead
+        of rolling back and evicting the whole set again; it rolls back everything before returning.
+        """
+        self.state.allocate_job(running)
+        self.accounting.add(running.job, 1)
+        self.running[running.job.id] = running
+        self._ops.append(_Restore(running))
+
+    def nodes_since(self, mark: int) -> set[int]:
+        """Indices of the nodes whose resources the operations after `mark` changed."""
+        index = self.state.node_index
+        return {index[p.node] for op in self._ops[mark:] for p in op.running.placements}
 
     def bindings(self) -> tuple[Binding, ...]:
         """The binds left in the log, in the order they were made."""

@@ -1,13 +1,21 @@
 """Topology-aware victim choice: which running jobs to stop so that a waiting gang really fits.
 
-What it holds: `choose_victims`, shared by reclaim, preempt and consolidate. For each candidate
-domain (a domain of the gang's required level; each node for a one-replica gang; otherwise the
-whole allowed node set) it evicts candidates cheapest first on the cycle's `Statement`, asks
+What it holds: `choose_victims`, shared by reclaim, preempt and consolidate. Candidate domains come
+in tiers (`_tiers`): first the domains of the gang's preferred level (for a gang without one and
+without a required level: of the tightest level that could hold it), then those of its required
+level (each node for a one-replica gang; the whole allowed node set for a gang without a required
+level). In each domain it evicts candidates cheapest first on the cycle's `Statement`, asks
 `place_gang` after each one whether the gang now has a valid placement *inside that domain*, then
-drops every victim the placement does not need. The cheapest successful set over all domains wins:
-lowest highest-priority, then fewest jobs, then fewest GPUs, then youngest. Everything is rolled
-back before returning; the caller replays the chosen evictions and the returned placement, so an
-eviction is never issued without the preemptor's placement in the same plan.
+un-evicts every victim the placement does not need. The cheapest successful set wins: lowest
+highest-priority, then landing in one preferred domain, then fewest jobs, fewest GPUs, youngest.
+Everything is rolled back before returning; the caller replays the chosen evictions and the returned
+placement, so an eviction is never issued without the preemptor's placement in the same plan.
+
+Cost (see `docs/cycle.md`): domains are chosen by the replicas their nodes could hold with every
+candidate gone (per node, not per domain sum of GPUs); a domain where evicting every admissible
+candidate did not make room is remembered per request shape in the `VictimPool` until a committed
+move touches it, so other queues' jobs of the same shape skip it; pruning un-evicts one victim per
+trial.
 
 Why not "cheapest jobs anywhere": peers that pick victims without looking at topology free GPUs the
 waiting gang cannot use (Kueue #5243, Volcano reclaim bugs); here freed GPUs are proven useful by an
@@ -20,7 +28,7 @@ What it must not do: decide whether eviction is allowed at all (the action passe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -30,6 +38,7 @@ from leitstand.scheduler.codes import NONE
 from leitstand.scheduler.model import GPU_MILLI, EvictionKind, JobId, QueueName, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, Unplaceable, place_gang
 from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import Statement
 
 Admissible = Callable[[RunningJob, Sequence[RunningJob]], bool]
@@ -41,7 +50,7 @@ Accept = Callable[[Sequence[RunningJob], GangRequest, GangPlacement], bool]
 found in that state; must leave the statement as it found it."""
 
 MAX_DOMAINS = 16
-"""Candidate domains tried per waiting gang (the most promising first); bounds the cost of a search."""
+"""Candidate domains tried per tier per waiting gang (the most promising first); bounds a search."""
 MAX_SUCCESSES = 3
 """Stop after this many domains yielded a valid victim set and keep the cheapest of them."""
 
@@ -60,9 +69,10 @@ def victim_cost(running: RunningJob) -> tuple[int, float, int, str]:
     return (running.job.priority, -running.started_at, running.job.gpu_milli_total, running.job.id)
 
 
-def _set_cost(victims: Sequence[RunningJob]) -> tuple[int, int, int, float]:
+def _set_cost(victims: Sequence[RunningJob], preferred: bool) -> tuple[int, bool, int, int, float]:
     return (
         max(v.job.priority for v in victims),
+        not preferred,
         len(victims),
         sum(v.job.gpu_milli_total for v in victims),
         -max(v.started_at for v in victims),
@@ -76,6 +86,11 @@ class VictimPool:
     a boolean array (`eligible`) instead of walking Python objects, and evicted jobs are dropped
     with `remove`. Row r of the flat arrays is one replica: `row_job[r]` (index into `ordered`),
     `row_node[r]`, `row_gpus[r]` (devices it holds, at least 1).
+
+    It also remembers hopeless domains: `failed[(shape, level, domain)]` = (the candidates evicted
+    there, the epoch), meaning "with all of these gone the gang still had no placement there". A
+    later search of the same shape skips the domain while its candidates are a subset of those and
+    no committed move (`changed`) touched its nodes since.
     """
 
     def __init__(
@@ -104,6 +119,10 @@ class VictimPool:
             self.queue_index.setdefault(v.job.queue, len(self.queue_index))
         self.queue_code = np.array([self.queue_index[v.job.queue] for v in self.ordered], dtype=np.int64)
         self.priority = np.array([v.job.priority for v in self.ordered], dtype=np.int64)
+        self.epoch = 0
+        self.node_epoch = np.zeros(state.n_nodes, dtype=np.int64)
+        """Per node: the epoch of the last committed move that changed it."""
+        self.failed: dict[tuple[object, ...], tuple[frozenset[int], int]] = {}
 
     def __len__(self) -> int:
         return int(self.alive.sum())
@@ -112,6 +131,13 @@ class VictimPool:
         i = self.rank.get(job_id)
         if i is not None:
             self.alive[i] = False
+
+    def changed(self, nodes: Iterable[int]) -> None:
+        """A move was committed on these nodes: domain failures recorded there no longer hold."""
+        self.epoch += 1
+        index = np.fromiter(nodes, dtype=np.int64)
+        if index.size:
+            self.node_epoch[index] = self.epoch
 
     def of_queues(self, queues: set[QueueName]) -> NDArray[np.bool_]:
         """Alive candidates of these queues."""
@@ -140,25 +166,110 @@ def choose_victims(
     """The cheapest victim set whose eviction gives `request` a valid placement, or None.
 
     `eligible` (per `pool.ordered` entry; default: every alive candidate) narrows the candidates.
-    `tally`, when given, counts the domains searched (`domains`) and the placement calls
-    (`placements`) of this search.
+    `tally`, when given, counts the domains searched (`domains`), those skipped as known hopeless
+    (`domains_skipped`) and the placement calls (`placements`) of this search.
     """
     chosen = pool.alive if eligible is None else (eligible & pool.alive)
     if max_victims <= 0 or not chosen.any():
         return None
+    state = stmt.state
+    shape = _shape(request)
     best: VictimChoice | None = None
+    best_cost: tuple[int, bool, int, int, float] | None = None
     successes = 0
-    for domain_mask, local in _candidate_domains(stmt, request, pool, chosen):
-        domain_request = replace(request, node_mask=domain_mask)
-        found = _search_domain(stmt, domain_request, local, policy, max_victims, for_job, admissible, accept, tally)
-        if found is None:
-            continue
-        successes += 1
-        if best is None or _set_cost(found.victims) < _set_cost(best.victims):
-            best = found
-        if successes >= MAX_SUCCESSES:
-            break
+    cheapest_priority = int(pool.priority[chosen].min())
+    for level in _tiers(state, request):
+        if best_cost is not None and best_cost[0] <= cheapest_priority:
+            break  # a later tier cannot beat the best set on priority, and loses on locality or size
+        for domain, nodes, domain_mask, local in _candidate_domains(stmt, request, pool, chosen, level):
+            key = (shape, level, domain)
+            known = pool.failed.get(key)
+            if (
+                known is not None
+                and int(pool.node_epoch[nodes].max(initial=0)) <= known[1]
+                and known[0].issuperset(local)
+            ):
+                _count(tally, "domains_skipped")
+                continue
+            domain_request = replace(request, node_mask=domain_mask)
+            found, hopeless, tried = _search_domain(
+                stmt,
+                domain_request,
+                nodes,
+                [pool.ordered[i] for i in local],
+                policy,
+                max_victims,
+                for_job,
+                admissible,
+                accept,
+                tally,
+            )
+            if found is None:
+                if hopeless:
+                    pool.failed[key] = (frozenset(pool.rank[v.job.id] for v in tried), pool.epoch)
+                continue
+            successes += 1
+            cost = _set_cost(found.victims, _in_preferred(state, request, found.placement))
+            if best_cost is None or cost < best_cost:
+                best, best_cost = found, cost
+            if successes >= MAX_SUCCESSES:
+                return best
     return best
+
+
+def _count(tally: dict[str, int] | None, key: str, amount: int = 1) -> None:
+    if tally is not None:
+        tally[key] = tally.get(key, 0) + amount
+
+
+def _shape(request: GangRequest) -> tuple[object, ...]:
+    """Requests with equal shapes succeed or fail alike in the same domain and state."""
+    return (
+        request.replicas,
+        request.gpus,
+        request.gpu_milli,
+        request.cpu_milli,
+        request.memory_mib,
+        request.required_level,
+        request.preferred_level,
+        request.node_mask.tobytes(),
+    )
+
+
+def _tiers(state: ClusterState, request: GangRequest) -> list[int]:
+    """Levels whose domains are searched, in order; `NONE` stands for the whole allowed node set.
+
+    One replica: each node. A required level R: the preferred level's domains first when it lies
+    below R, then R's. No required level (several replicas): the preferred level's domains (or, with
+    no preference, those of the tightest level whose largest domain has GPUs enough), then anywhere.
+    """
+    node_level = state.n_levels
+    required, preferred = request.required_level, request.preferred_level
+    if request.replicas <= 1 and required == NONE:
+        return [node_level]
+    if required != NONE:
+        return [preferred, required] if preferred != NONE and preferred > required else [required]
+    if preferred != NONE:
+        return [preferred, NONE]
+    need = request.replicas * max(request.gpus, 1)
+    for level in range(node_level, -1, -1):
+        column = state.domain[:, level]
+        labelled = column != NONE
+        if not labelled.any():
+            continue
+        capacity = np.bincount(column[labelled], weights=state.gpu_count[labelled])
+        if capacity.max(initial=0) >= need:
+            return [level, NONE]
+    return [NONE]
+
+
+def _in_preferred(state: ClusterState, request: GangRequest, placement: GangPlacement) -> bool:
+    """Does the placement put every replica in one domain of the preferred level (if any)?"""
+    level = request.preferred_level
+    if level == NONE:
+        return True
+    ids = state.domain[placement.nodes, level]
+    return bool(ids[0] != NONE and (ids == ids[0]).all())
 
 
 def _candidate_domains(
@@ -166,40 +277,53 @@ def _candidate_domains(
     request: GangRequest,
     pool: VictimPool,
     chosen: NDArray[np.bool_],
-) -> list[tuple[NDArray[np.bool_], list[RunningJob]]]:
-    """(node mask, candidates touching it, cheapest first) per domain worth searching, most free room first.
+    level: int,
+) -> list[tuple[int, NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]]:
+    """(domain id, its allowed nodes, node mask, candidate indices cheapest first) per domain worth
+    searching at `level`, most free room first, at most `MAX_DOMAINS`.
 
-    Vectorised: free slots per node and freeable GPUs per node are summed per domain with `bincount`,
-    so choosing domains costs O(nodes + candidate replicas) array work, not O(domains × candidates).
+    A domain is worth searching when its nodes could hold the gang with every candidate there gone:
+    per node, the replicas that fit in its free device-slots plus the slots its candidates hold
+    (capped at the node's GPUs), summed over the domain. Vectorised with `bincount`: O(nodes +
+    candidate replicas) array work, not O(domains × candidates).
     """
     state = stmt.state
-    level = request.required_level
-    if level == NONE and request.replicas == 1:
-        level = state.n_levels  # one replica lives on one node: each node is a domain
     mask = request.node_mask if level == NONE else request.node_mask & (state.domain[:, level] != NONE)
     rows = chosen[pool.row_job] & mask[pool.row_node]
     if not rows.any():
         return []
     row_job = pool.row_job[rows]
     if level == NONE:
-        return [(mask, [pool.ordered[int(i)] for i in np.unique(row_job)])]
-    column = state.domain[:, level]
+        return [(NONE, np.flatnonzero(mask), mask, np.unique(row_job))]
     row_node = pool.row_node[rows]
+    width = max(request.gpus, 1)
+    units = _units_per_gpu(request)
+    slots_now = _node_slots(stmt, request)
+    if request.gpus > 0 and request.gpu_milli > 0:
+        freeable = np.bincount(row_node, weights=pool.row_gpus[rows], minlength=state.n_nodes) * units
+        potential = np.minimum(slots_now + freeable.astype(np.int64), state.gpu_count.astype(np.int64) * units)
+        replicas_now, replicas_then = slots_now // width, potential // width
+    else:
+        replicas_now = replicas_then = slots_now
+    column = state.domain[:, level]
     n_domains = int(state.domain_count[level])
-    need = request.replicas * max(request.gpus, 1)
-    slots = _node_slots(stmt, request)
     ids = column[mask]
-    dom_slots = np.bincount(ids, weights=slots[mask], minlength=n_domains)
+    dom_now = np.bincount(ids, weights=replicas_now[mask], minlength=n_domains)
+    dom_then = np.bincount(ids, weights=replicas_then[mask], minlength=n_domains)
     row_dom = column[row_node].astype(np.int64)
-    dom_freeable = np.bincount(row_dom, weights=pool.row_gpus[rows], minlength=n_domains)
-    potential = dom_slots + dom_freeable * _units_per_gpu(request)
     useful = np.unique(row_dom)
-    useful = useful[potential[useful] >= need]  # even evicting every candidate there would not make room
-    order = useful[np.lexsort((useful, -dom_slots[useful]))][:MAX_DOMAINS]
-    out: list[tuple[NDArray[np.bool_], list[RunningJob]]] = []
+    useful = useful[dom_then[useful] >= request.replicas]  # even evicting every candidate would not make room
+    order = useful[np.lexsort((useful, -dom_now[useful]))][:MAX_DOMAINS]
+    out: list[tuple[int, NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]] = []
+    start = state.domain_start[level]
+    members = state.domain_order[level]
     for d in order:
+        nodes = members[start[d] : start[d + 1]].astype(np.int64)
+        nodes = nodes[mask[nodes]]
+        domain_mask = np.zeros(state.n_nodes, dtype=np.bool_)
+        domain_mask[nodes] = True
         local = np.unique(row_job[row_dom == d])  # sorted indices = cheapest first
-        out.append((mask & (column == d), [pool.ordered[int(i)] for i in local]))
+        out.append((int(d), nodes, domain_mask, local))
     return out
 
 
@@ -213,21 +337,27 @@ def _node_slots(stmt: Statement, request: GangRequest) -> NDArray[np.int64]:
     state = stmt.state
     if request.gpus == 0 or request.gpu_milli <= 0:
         return np.full(state.n_nodes, request.replicas, dtype=np.int64)
+    if request.gpu_milli >= GPU_MILLI:
+        return state.gpu_whole_free.astype(np.int64)
     slots: NDArray[np.int64] = (state.gpu_free_milli // request.gpu_milli).sum(axis=1).astype(np.int64)
     return slots
 
 
-def _fit_units(stmt: Statement, request: GangRequest, mask: NDArray[np.bool_]) -> int:
-    """How many device-slots of the gang's size are free inside `mask` (a necessary condition)."""
+def _may_fit(state: ClusterState, request: GangRequest, nodes: NDArray[np.int64]) -> bool:
+    """A necessary condition: the domain's nodes have free device-slots for every replica."""
     if request.gpus == 0 or request.gpu_milli <= 0:
-        return request.replicas
-    free = stmt.state.gpu_free_milli[mask]
-    return int((free // request.gpu_milli).sum())
+        return True
+    if request.gpu_milli >= GPU_MILLI:
+        per_node = state.gpu_whole_free[nodes]
+    else:
+        per_node = (state.gpu_free_milli[nodes] // request.gpu_milli).sum(axis=1)
+    return int((per_node // request.gpus).sum()) >= request.replicas
 
 
 def _search_domain(
     stmt: Statement,
     request: GangRequest,
+    nodes: NDArray[np.int64],
     local: Sequence[RunningJob],
     policy: PolicyContext,
     max_victims: int,
@@ -235,56 +365,59 @@ def _search_domain(
     admissible: Admissible | None,
     accept: Accept | None,
     tally: dict[str, int] | None = None,
-) -> VictimChoice | None:
-    """Greedy in cost order until the gang fits, then prune victims it does not need."""
+) -> tuple[VictimChoice | None, bool, list[RunningJob]]:
+    """Greedy in cost order until the gang fits, then un-evict victims it does not need.
+
+    Returns (choice or None, hopeless, victims evicted in the greedy pass). `hopeless` says that the
+    gang had no placement even with every admissible candidate gone (no cap, no `accept` veto): a
+    proof for any search of the same shape with a subset of these candidates in the same state.
+    """
     calls = 0
 
-    def place(req: GangRequest) -> GangPlacement | Unplaceable:
+    def place() -> GangPlacement | Unplaceable:
         nonlocal calls
         calls += 1
-        return place_gang(stmt.state, req, policy)
+        return place_gang(stmt.state, request, policy)
 
     mark = stmt.checkpoint()
-    need = request.replicas * max(request.gpus, 1)
     taken: list[RunningJob] = []
     placement: GangPlacement | None = None
+    capped = vetoed = False
     try:
         for victim in local:
             if len(taken) >= max_victims:
+                capped = True
                 break
             if admissible is not None and not admissible(victim, taken):
                 continue
             stmt.evict(victim, EvictionKind.PREEMPT, for_job, "what-if")
             taken.append(victim)
-            if request.gpus > 0 and _fit_units(stmt, request, request.node_mask) < need:
+            if not _may_fit(stmt.state, request, nodes):
                 continue
-            result = place(request)
-            if isinstance(result, GangPlacement) and (accept is None or accept(taken, request, result)):
-                placement = result
-                break
+            result = place()
+            if isinstance(result, GangPlacement):
+                if accept is None or accept(taken, request, result):
+                    placement = result
+                    break
+                vetoed = True
         if placement is None:
-            return None
-        # Prune: drop the most expensive victims the placement can do without.
+            return None, not (capped or vetoed), taken
+        # Prune: put back the most expensive victims the placement can do without. The state after
+        # each kept trial is exactly "the remaining victims evicted", so the last placement found is
+        # valid for the final set as the caller will replay it.
         for victim in reversed(list(taken)):
             if len(taken) == 1:
                 break
+            trial_mark = stmt.checkpoint()
+            stmt.restore(victim)
             trial = [v for v in taken if v is not victim]
-            stmt.rollback(mark)
-            for v in trial:
-                stmt.evict(v, EvictionKind.PREEMPT, for_job, "what-if")
-            result = place(request)
+            result = place() if _may_fit(stmt.state, request, nodes) else None
             if isinstance(result, GangPlacement) and (accept is None or accept(trial, request, result)):
                 taken, placement = trial, result
-        # Recompute the placement for exactly the final set (the state the caller will replay).
-        stmt.rollback(mark)
-        for v in taken:
-            stmt.evict(v, EvictionKind.PREEMPT, for_job, "what-if")
-        final = place(request)
-        if not isinstance(final, GangPlacement) or (accept is not None and not accept(taken, request, final)):
-            return None
-        return VictimChoice(victims=tuple(taken), request=request, placement=final)
+            else:
+                stmt.rollback(trial_mark)
+        return VictimChoice(victims=tuple(taken), request=request, placement=placement), False, taken
     finally:
         stmt.rollback(mark)
-        if tally is not None:
-            tally["domains"] = tally.get("domains", 0) + 1
-            tally["placements"] = tally.get("placements", 0) + calls
+        _count(tally, "domains")
+        _count(tally, "placements", calls)

@@ -94,6 +94,7 @@ def run(ctx: CycleContext) -> None:
         ctx.count("consolidate_searches")
         ctx.count("consolidate_domains", tally.get("domains", 0))
         ctx.count("consolidate_placements", tally.get("placements", 0))
+        ctx.count("consolidate_domains_skipped", tally.get("domains_skipped", 0))
         if choice is None:
             ctx.count("consolidate_search_failures")
             failed.add(shape)
@@ -108,6 +109,7 @@ def run(ctx: CycleContext) -> None:
             stmt.rollback(mark)
             failed.add(shape)
             continue
+        movable.changed(stmt.nodes_since(mark))
         ctx.bound.add(job.id)
         ctx.bound.update(m.job.id for m in choice.victims)
         ctx.reasons.pop(job.id, None)

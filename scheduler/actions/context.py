@@ -170,13 +170,16 @@ class CycleContext:
         self.count(f"{kind.value}_searches")
         self.count(f"{kind.value}_domains", tally.get("domains", 0))
         self.count(f"{kind.value}_placements", tally.get("placements", 0))
+        self.count(f"{kind.value}_domains_skipped", tally.get("domains_skipped", 0))
         if choice is None:
             self.count(f"{kind.value}_search_failures")
             return False
+        mark = self.stmt.checkpoint()
         for victim in choice.victims:
             self.stmt.evict(victim, kind, job.id, why(victim))
             pool.remove(victim.job.id)
         self.stmt.bind(job, choice.request, choice.placement)
+        pool.changed(self.stmt.nodes_since(mark))
         self.bound.add(job.id)
         self.reasons.pop(job.id, None)
         return True
