@@ -130,6 +130,17 @@ def check_plan(scenario: Scenario, plan: Plan) -> None:
 
     if expect.fair_share_gpus:
         check_fair_shares(scenario, dict(plan.fair_share_milli), source="run_cycle")
+    for model, want in expect.model_fair_share_gpus.items():
+        got = plan.model_fair_share_milli.get(model)
+        assert got is not None, (
+            f"{name}: no fair share of GPU model {model} in the plan: {sorted(plan.model_fair_share_milli)}"
+        )
+        wrong = {
+            q: round(got[q] / GPU_MILLI, 4)
+            for q, v in want.items()
+            if abs(got[q] / GPU_MILLI - v) > expect.tolerance_gpus
+        }
+        assert not wrong, f"{name}: fair share of {model} differs for {wrong}; expected {want}"
 
 
 # --- the loader's own error messages ----------------------------------------------------------------

@@ -26,6 +26,7 @@ from leitstand.scheduler.model import (
     EvictionKind,
     Job,
     JobId,
+    ModelQuota,
     Node,
     NodeName,
     Queue,
@@ -70,6 +71,8 @@ class Expectations:
     pending: dict[JobId, str] = field(default_factory=dict)
     """These jobs stay pending with this reason code (others are not checked)."""
     fair_share_gpus: dict[QueueName, float] = field(default_factory=dict)
+    model_fair_share_gpus: dict[str, dict[QueueName, float]] = field(default_factory=dict)
+    """Per GPU model: queue → expected fair share of that model (`Plan.model_fair_share_milli`)."""
     tolerance_gpus: float = 0.01
 
 
@@ -332,10 +335,26 @@ class _Parser:
 
     def queue(self, raw: Any, where: str) -> Queue:
         q = self.mapping(
-            raw, where, {"name", "parent", "quota", "limit", "weight", "priority", "pool", "created_at"}, {"name"}
+            raw,
+            where,
+            {"name", "parent", "quota", "limit", "weight", "priority", "pool", "created_at", "models"},
+            {"name"},
         )
         limit = q.get("limit")
         parent = q.get("parent")
+        model_quotas = []
+        for model, entry in self.mapping(q.get("models") or {}, f"{where}.models", set(q.get("models") or {})).items():
+            at = f"{where}.models.{model}"
+            m = self.mapping(entry, at, {"quota", "limit", "weight"})
+            model_limit = m.get("limit")
+            model_quotas.append(
+                ModelQuota(
+                    model=self.text(model, at),
+                    quota_milli=gpus_to_milli(self.number(m.get("quota", 0), f"{at}.quota")),
+                    limit_milli=None if model_limit is None else gpus_to_milli(self.number(model_limit, f"{at}.limit")),
+                    over_quota_weight=None if m.get("weight") is None else self.number(m["weight"], f"{at}.weight"),
+                )
+            )
         return Queue(
             name=QueueName(self.text(q["name"], f"{where}.name")),
             parent=None if parent is None else QueueName(self.text(parent, f"{where}.parent")),
@@ -345,6 +364,7 @@ class _Parser:
             priority=self.integer(q.get("priority", 100), f"{where}.priority", minimum=-(2**31)),
             node_pool=None if q.get("pool") is None else str(q["pool"]),
             created_at=self.number(q.get("created_at", 0.0), f"{where}.created_at", minimum=-math.inf),
+            model_quotas=tuple(model_quotas),
         )
 
     _JOB_KEYS = frozenset(
@@ -482,9 +502,11 @@ class _Parser:
         job_ids: set[str],
         queues: set[QueueName],
     ) -> Expectations:
-        e = self.mapping(raw, "expect", {"bound", "evicted", "pending", "fair_share", "tolerance"})
+        e = self.mapping(
+            raw, "expect", {"bound", "evicted", "pending", "fair_share", "fair_share_by_model", "tolerance"}
+        )
         if only == ONLY_FAIRSHARE:
-            extra = {"bound", "evicted", "pending"} & set(e)
+            extra = {"bound", "evicted", "pending", "fair_share_by_model"} & set(e)
             if extra:
                 raise self.fail("expect", f"`only: fairshare` runs no cycle: drop {', '.join(sorted(extra))}")
             if "fair_share" not in e:
@@ -540,10 +562,21 @@ class _Parser:
             QueueName(k): self.number(v, f"expect.fair_share.{k}")
             for k, v in self.mapping(e.get("fair_share") or {}, "expect.fair_share", {str(q) for q in queues}).items()
         }
+        raw_models = e.get("fair_share_by_model") or {}
+        by_model = {
+            str(model): {
+                QueueName(k): self.number(v, f"expect.fair_share_by_model.{model}.{k}")
+                for k, v in self.mapping(
+                    shares, f"expect.fair_share_by_model.{model}", {str(q) for q in queues}
+                ).items()
+            }
+            for model, shares in self.mapping(raw_models, "expect.fair_share_by_model", set(raw_models)).items()
+        }
         return Expectations(
             bound=tuple(bound),
             evicted=tuple(evicted),
             pending=pending,
             fair_share_gpus=fair,
+            model_fair_share_gpus=by_model,
             tolerance_gpus=self.number(e.get("tolerance", 0.01), "expect.tolerance"),
         )
