@@ -141,8 +141,12 @@ class VictimPool:
 
     def of_queues(self, queues: set[QueueName]) -> NDArray[np.bool_]:
         """Alive candidates of these queues."""
-        codes = np.array([self.queue_index[q] for q in queues if q in self.queue_index], dtype=np.int64)
-        return self.alive & np.isin(self.queue_code, codes)
+        wanted = np.zeros(len(self.queue_index) + 1, dtype=np.bool_)
+        for q in queues:
+            code = self.queue_index.get(q)
+            if code is not None:
+                wanted[code] = True
+        return self.alive & wanted[self.queue_code]
 
     def of_queue(self, queue: QueueName) -> NDArray[np.bool_]:
         """Alive candidates of one queue."""

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+from numpy.typing import NDArray
+
 from leitstand.scheduler.actions.context import (
     POLICY_BLOCKS,
     Code,
@@ -57,6 +60,7 @@ def run(ctx: CycleContext) -> None:
     live_queues = set(pool.queue_index)
     pairs_cache: dict[tuple[QueueName, QueueName], Pairs] = {}
     failed: set[tuple[QueueName, ShapeKey]] = set()
+    victims_cache: dict[tuple[QueueName, tuple[bool, ...]], tuple[int, NDArray[np.bool_] | None]] = {}
 
     def pairs(reclaimer: QueueName, victim: QueueName) -> Pairs:
         key = (reclaimer, victim)
@@ -82,14 +86,25 @@ def run(ctx: CycleContext) -> None:
         def in_quota_after(q: QueueName, amount: int = amount) -> bool:
             return acc.allocated_milli[q] + amount <= deserved[q] + _EPS
 
-        victim_queues: set[QueueName] = set()
-        for queue in live_queues:
-            levels = pairs(job.queue, queue)
-            if not levels:
-                continue  # same leaf: preemption's business
-            if all(acc.allocated_milli[v] > (deserved[v] if in_quota_after(q) else share[v]) + _EPS for q, v in levels):
-                victim_queues.add(queue)
-        eligible = pool.of_queues(victim_queues) if victim_queues else None
+        # Victim candidates depend on the queue, the amount and the accounting, which changes only
+        # when a search commits (the pool's epoch): cached for the epoch.
+        # Within an epoch the amount matters only through in_quota_after on the reclaimer's path.
+        cache_key = (job.queue, tuple(in_quota_after(q) for q in acc.paths[job.queue]))
+        cached = victims_cache.get(cache_key)
+        if cached is not None and cached[0] == pool.epoch:
+            eligible = cached[1]
+        else:
+            victim_queues: set[QueueName] = set()
+            for queue in live_queues:
+                levels = pairs(job.queue, queue)
+                if not levels:
+                    continue  # same leaf: preemption's business
+                if all(
+                    acc.allocated_milli[v] > (deserved[v] if in_quota_after(q) else share[v]) + _EPS for q, v in levels
+                ):
+                    victim_queues.add(queue)
+            eligible = pool.of_queues(victim_queues) if victim_queues else None
+            victims_cache[cache_key] = (pool.epoch, eligible)
         if eligible is None or not eligible.any():
             failed.add(memo)
             continue
