@@ -232,6 +232,22 @@ class CycleContext:
             acc.resolved[job.id] = model
         self._requests[job.id] = request
 
+    def reclaim_view(
+        self, job: Job
+    ) -> tuple[str | None, dict[QueueName, float], dict[QueueName, float], dict[QueueName, int]]:
+        """The division reclaim judges `job` by: (model, fair share, deserved, allocated) per queue.
+
+        The GPU model's division when the job is charged to a model some queue sets a quota for
+        (per-model quotas refine the totals: a model's GPUs are taken back by that model's shares
+        and quotas), else the totals (model None)."""
+        acc = self.stmt.accounting
+        if isinstance(acc, ModelAccounting):
+            model = acc.model_of(job)
+            by_model = None if model is None else self.shares.by_model.get(model)
+            if model is not None and by_model is not None:
+                return model, by_model.share_milli, by_model.deserved_milli, acc.model_allocated[model]
+        return None, self.shares.share_milli, self.shares.deserved_milli, acc.allocated_milli
+
     def _model_view(self, job: Job, model: str) -> Job:
         if model != OTHER_MODELS:
             return replace(job, gpu_models=frozenset({model}))

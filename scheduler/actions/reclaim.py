@@ -48,7 +48,7 @@ def run(ctx: CycleContext) -> None:
     def candidate(held: RunningJob) -> bool:
         return held.job.is_preemptible and acc.knows(held.job.queue) and ctx.is_victim_age(held)
 
-    if not _victim_queue_possible(ctx):
+    if not ctx.shares.by_model and not _victim_queue_possible(ctx):
         # Early exit: no pending job has a queue to take from, so the loop below would evict nothing
         # and only refresh admission reasons (when there are candidates at all); do just that.
         if any(candidate(held) for held in ctx.stmt.running.values()):
@@ -60,7 +60,7 @@ def run(ctx: CycleContext) -> None:
     live_queues = set(pool.queue_index)
     pairs_cache: dict[tuple[QueueName, QueueName], Pairs] = {}
     failed: set[tuple[QueueName, ShapeKey]] = set()
-    victims_cache: dict[tuple[QueueName, tuple[bool, ...]], tuple[int, NDArray[np.bool_] | None]] = {}
+    victims_cache: dict[tuple[QueueName, str | None, tuple[bool, ...]], tuple[int, NDArray[np.bool_] | None]] = {}
 
     def pairs(reclaimer: QueueName, victim: QueueName) -> Pairs:
         key = (reclaimer, victim)
@@ -79,17 +79,18 @@ def run(ctx: CycleContext) -> None:
         if request is None:
             continue
         amount = job.gpu_milli_total
+        model, share, deserved, allocated = ctx.reclaim_view(job)  # the totals, or the job's GPU model's
         memo = (job.queue, ctx.shape_key(job, request))
         if memo in failed:
             continue
 
         def in_quota_after(q: QueueName, amount: int = amount) -> bool:
-            return acc.allocated_milli[q] + amount <= deserved[q] + _EPS
+            return allocated[q] + amount <= deserved[q] + _EPS
 
         # Victim candidates depend on the queue, the amount and the accounting, which changes only
         # when a search commits (the pool's epoch): cached for the epoch.
         # Within an epoch the amount matters only through in_quota_after on the reclaimer's path.
-        cache_key = (job.queue, tuple(in_quota_after(q) for q in acc.paths[job.queue]))
+        cache_key = (job.queue, model, tuple(in_quota_after(q) for q in acc.paths[job.queue]))
         cached = victims_cache.get(cache_key)
         if cached is not None and cached[0] == pool.epoch:
             eligible = cached[1]
@@ -99,9 +100,7 @@ def run(ctx: CycleContext) -> None:
                 levels = pairs(job.queue, queue)
                 if not levels:
                     continue  # same leaf: preemption's business
-                if all(
-                    acc.allocated_milli[v] > (deserved[v] if in_quota_after(q) else share[v]) + _EPS for q, v in levels
-                ):
+                if all(allocated[v] > (deserved[v] if in_quota_after(q) else share[v]) + _EPS for q, v in levels):
                     victim_queues.add(queue)
             eligible = pool.of_queues(victim_queues) if victim_queues else None
             victims_cache[cache_key] = (pool.epoch, eligible)
@@ -117,10 +116,10 @@ def run(ctx: CycleContext) -> None:
         def admissible(victim: RunningJob, taken: Sequence[RunningJob], job: Job = job) -> bool:
             # `taken` is already evicted on the statement, so the accounting reflects it.
             for q, v in pairs(job.queue, victim.job.queue):
-                after = acc.allocated_milli[v] - victim.job.gpu_milli_total
+                after = allocated[v] - victim.job.gpu_milli_total
                 if after < deserved[v] - _EPS:
                     return False  # in-quota work is never reclaimed
-                reclaimer_after = acc.allocated_milli[q] + job.gpu_milli_total
+                reclaimer_after = allocated[q] + job.gpu_milli_total
                 if not in_quota_after(q) and saturation(reclaimer_after, share[q]) > saturation(after, share[v]) + _EPS:
                     return False  # would leave the reclaimer more saturated: ping-pong
             return True
@@ -192,14 +191,15 @@ def _over_fair_share(ctx: CycleContext, job: Job) -> PendingReason | None:
     """Why this job may not reclaim: its queue would go above both its fair share and its quota."""
     acc = ctx.stmt.accounting
     amount = job.gpu_milli_total
+    _, share, deserved, allocated = ctx.reclaim_view(job)
     for q in acc.paths[job.queue]:
-        after = acc.allocated_milli[q] + amount
-        if after > ctx.shares.share_milli[q] + _EPS and after > ctx.shares.deserved_milli[q] + _EPS:
+        after = allocated[q] + amount
+        if after > share[q] + _EPS and after > deserved[q] + _EPS:
             return PendingReason(
                 job.id,
                 Code.OVER_FAIR_SHARE,
                 f"waiting for free GPUs: with this job queue {q} would hold {gpus(after)} GPUs, above "
-                f"its fair share of {gpus(ctx.shares.share_milli[q])}; only queues within their fair "
+                f"its fair share of {gpus(share[q])}; only queues within their fair "
                 "share take GPUs back from others",
             )
     return None
