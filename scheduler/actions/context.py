@@ -94,6 +94,7 @@ class CycleContext:
     search_budget: int = field(default_factory=lambda: VICTIM_SEARCHES_PER_ACTION)
     """Victim searches per action in this cycle (the module constant, read when the cycle opens)."""
     _requests: dict[JobId, GangRequest | PendingReason] = field(default_factory=dict)
+    _victim_pool: VictimPool | None = None
     _model_requests: dict[tuple[JobId, str], GangRequest | PendingReason] = field(default_factory=dict)
     _cuts: dict[JobId, tuple[tuple[str, ...], PendingReason | None]] = field(default_factory=dict)
 
@@ -129,6 +130,25 @@ class CycleContext:
         if jobs_by_queue is None:  # the still-pending jobs, already in job order
             return WorkQueue(self.still_pending(), self.stmt.accounting, self.shares, presorted=True)
         return WorkQueue(jobs_by_queue, self.stmt.accounting, self.shares)
+
+    def victim_pool(self) -> VictimPool:
+        """Reclaim's and preempt's candidates: preemptible running jobs of known queues past their
+        minimum runtime, flattened once per cycle (`VictimPool`) and shared by both actions.
+
+        It stays exact between them: victims leave it as `evict_for` commits them, jobs bound in this
+        cycle were never in it, and its memo of hopeless domains is invalidated by every commit.
+        Code that evicts a job outside `evict_for` must call `remove` and `changed` on it."""
+        if self._victim_pool is None:
+            acc = self.stmt.accounting
+            self._victim_pool = VictimPool(
+                self.stmt,
+                [
+                    held
+                    for held in self.stmt.running.values()
+                    if held.job.is_preemptible and acc.knows(held.job.queue) and self.is_victim_age(held)
+                ],
+            )
+        return self._victim_pool
 
     def is_victim_age(self, running: RunningJob) -> bool:
         """Old enough to be evicted (minimum runtime protection) and not started in this cycle."""

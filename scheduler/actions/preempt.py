@@ -25,7 +25,6 @@ from leitstand.scheduler.actions.context import (
 )
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, never_fits
-from leitstand.scheduler.victims import VictimPool
 
 __all__ = ["run"]
 
@@ -38,14 +37,7 @@ def run(ctx: CycleContext) -> None:
     acc = ctx.stmt.accounting
     if not _outranked_victim_exists(ctx):
         return  # Early exit: no pending job has a lower-priority job of its own queue to stop.
-    pool = VictimPool(
-        ctx.stmt,
-        [
-            held
-            for held in ctx.stmt.running.values()
-            if held.job.is_preemptible and acc.knows(held.job.queue) and ctx.is_victim_age(held)
-        ],
-    )
+    pool = ctx.victim_pool()
     if not len(pool):
         return
     failed: set[tuple[QueueName, int, ShapeKey]] = set()

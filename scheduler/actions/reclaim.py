@@ -31,7 +31,6 @@ from leitstand.scheduler.fairshare import saturation
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
 from leitstand.scheduler.placement import GangRequest
 from leitstand.scheduler.statement import gpus
-from leitstand.scheduler.victims import VictimPool
 
 __all__ = ["run"]
 
@@ -54,7 +53,7 @@ def run(ctx: CycleContext) -> None:
         if any(candidate(held) for held in ctx.stmt.running.values()):
             _refresh_reasons(ctx)
         return
-    pool = VictimPool(ctx.stmt, [held for held in ctx.stmt.running.values() if candidate(held)])
+    pool = ctx.victim_pool()
     if not len(pool):
         return
     live_queues = set(pool.queue_index)
