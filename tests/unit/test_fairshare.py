@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import pytest
 from builders import make_queue
@@ -16,7 +17,7 @@ from leitstand.scheduler.fairshare import (
     compute_fair_shares,
     saturation,
 )
-from leitstand.scheduler.model import Queue, QueueName
+from leitstand.scheduler.model import ModelQuota, Queue, QueueName
 
 
 def fair(
@@ -309,3 +310,159 @@ def test_every_queue_has_every_entry() -> None:
 )
 def test_saturation(allocated: float, share: float, expected: float) -> None:
     assert saturation(allocated, share) == expected
+
+
+# --- reserved pools (docs/fairshare.md, "Reserved pools") ------------------------------------------
+
+
+def pools(**gpus_by_pool: float) -> dict[str, float]:
+    return {pool: g * 1000 for pool, g in gpus_by_pool.items()}
+
+
+def test_reserved_pool_counts_only_for_its_queue() -> None:
+    # 256 shared GPUs, 1,040 in the consortium's pool. Shared tenants divide 256, not 1,296.
+    queues = [
+        make_queue("consortium", quota_gpus=1040, pool="consortium"),
+        make_queue("industry", quota_gpus=64),
+        make_queue("sme", quota_gpus=64),
+    ]
+    demand = {"consortium": 80, "industry": 500, "sme": 500}
+    r = fair(queues, demand, 256, pool_capacity_milli=pools(consortium=1040))
+    assert gpus(r) == {"consortium": 80, "industry": 128, "sme": 128}
+    assert r.capacity_milli == 1296 * 1000
+    # Without pool capacities, every GPU counts for everyone (the old rule, kept for such callers).
+    old = fair(queues, demand, 1296)
+    assert gpus(old)["industry"] == gpus(old)["sme"] == 500
+
+
+def test_reserved_pool_is_not_shared_when_idle_and_its_queue_gets_no_shared_gpus() -> None:
+    queues = [make_queue("gov", quota_gpus=16, pool="sovereign"), make_queue("team")]
+    r = fair(queues, {"gov": 100, "team": 100}, 16, pool_capacity_milli=pools(sovereign=16))
+    assert gpus(r) == {"gov": 16, "team": 16}
+    idle = fair(queues, {"team": 100}, 16, pool_capacity_milli=pools(sovereign=16))
+    assert gpus(idle) == {"gov": 0, "team": 16}
+
+
+def test_reserved_child_takes_its_quota_and_share_out_of_its_department() -> None:
+    # university quota 48 = lab 32 (reserved pool of 32) + students 16; industry 16; 64 shared.
+    queues = [
+        make_queue("university", quota_gpus=48, limit_gpus=60),
+        make_queue("lab", "university", quota_gpus=32, pool="lab"),
+        make_queue("students", "university", quota_gpus=16),
+        make_queue("industry", quota_gpus=16),
+    ]
+    r = fair(queues, {"lab": 30, "students": 100, "industry": 100}, 64, pool_capacity_milli=pools(lab=32))
+    # Shared: university 48 - 32 = 16 in quota, limit 60 - 30 (lab's share) = 30; industry 16.
+    # Surplus 32 split 1:1 would give 32 each, but the university's shared part stops at 30.
+    assert gpus(r) == {"university": 60, "lab": 30, "students": 30, "industry": 34}
+    assert r.deserved_milli["university"] == pytest.approx((16 + 30) * 1000)
+    assert r.share_milli["university"] <= 60_000 + 1e-6
+
+
+def test_reserved_pools_sum_to_their_capacity_and_never_leak() -> None:
+    queues = [
+        make_queue("a", quota_gpus=4, pool="p"),
+        make_queue("b", quota_gpus=4, pool="p"),
+        make_queue("c", quota_gpus=2, pool="q"),
+        make_queue("d"),
+    ]
+    r = fair(queues, {"a": 100, "b": 100, "c": 1, "d": 100}, 10, pool_capacity_milli=pools(p=12, q=8))
+    assert gpus(r) == {"a": 6, "b": 6, "c": 1, "d": 10}  # c's idle 7 GPUs stay in pool q
+
+
+def test_reserved_pool_capacity_missing_or_negative_is_an_error() -> None:
+    queues = [make_queue("gov", pool="sovereign")]
+    with pytest.raises(InvalidSpecError, match="pool 'sovereign' is reserved by queue\\(s\\) gov"):
+        fair(queues, {}, 8, pool_capacity_milli={})
+    with pytest.raises(InvalidSpecError, match="pool 'sovereign': capacity"):
+        fair(queues, {}, 8, pool_capacity_milli={"sovereign": -1.0})
+
+
+def test_pools_reserved_inside_each_other_are_rejected() -> None:
+    queues = [
+        make_queue("outer", pool="p"),
+        make_queue("middle", "outer", pool="q"),
+        make_queue("inner", "middle", pool="p"),
+        make_queue("other", "outer"),
+    ]
+    with pytest.raises(InvalidSpecError, match="node pools p, q are reserved inside each other's subtrees"):
+        fair(queues, {}, 0, pool_capacity_milli=pools(p=8, q=8))
+
+
+# --- quota per GPU model (docs/fairshare.md, "Quota per GPU model") --------------------------------
+
+
+def with_models(queue: Queue, **entries: tuple[float, float | None]) -> Queue:
+    """`B200=(quota, limit)` in GPUs."""
+    return replace(
+        queue,
+        model_quotas=tuple(
+            ModelQuota(m, round(q * 1000), None if lim is None else round(lim * 1000))
+            for m, (q, lim) in entries.items()
+        ),
+    )
+
+
+def test_fair_share_per_model_and_in_total() -> None:
+    queues = [
+        with_models(make_queue("a", quota_gpus=24), B200=(16, None), H100=(8, None)),
+        with_models(make_queue("b", quota_gpus=24), B200=(16, None), H100=(8, None)),
+    ]
+    capacity = {(None, "B200"): 32_000.0, (None, "H100"): 16_000.0}
+    model_demand = {"B200": {QueueName("a"): 32_000}, "H100": {QueueName("b"): 16_000}}
+    r = fair(queues, {"a": 32, "b": 16}, 48, model_capacity_milli=capacity, model_demand_milli=model_demand)
+    assert gpus(r) == {"a": 32, "b": 16}
+    assert gpus(r.by_model["B200"]) == {"a": 32, "b": 0}
+    assert gpus(r.by_model["H100"]) == {"a": 0, "b": 16}
+    assert r.by_model["B200"].deserved_milli == {"a": 16_000, "b": 0}
+
+
+def test_model_limit_caps_the_model_share_and_unlisted_queues_have_no_model_quota() -> None:
+    queues = [with_models(make_queue("a", quota_gpus=16), H100=(0, 8)), make_queue("b", quota_gpus=16)]
+    capacity = {(None, "H100"): 32_000.0}
+    model_demand = {"H100": {QueueName("a"): 32_000, QueueName("b"): 32_000}}
+    r = fair(queues, {"a": 32, "b": 32}, 32, model_capacity_milli=capacity, model_demand_milli=model_demand)
+    assert gpus(r.by_model["H100"]) == {"a": 8, "b": 24}
+    assert r.by_model["H100"].deserved_milli == {"a": 0, "b": 0}
+
+
+def test_model_shares_respect_reserved_pools() -> None:
+    queues = [
+        with_models(make_queue("lab", quota_gpus=8, pool="lab"), B200=(8, None)),
+        with_models(make_queue("team", quota_gpus=8), B200=(8, None)),
+    ]
+    capacity = {("lab", "B200"): 8_000.0, (None, "B200"): 16_000.0}
+    model_demand = {"B200": {QueueName("lab"): 100_000, QueueName("team"): 100_000}}
+    r = fair(
+        queues,
+        {"lab": 100, "team": 100},
+        16,
+        pool_capacity_milli=pools(lab=8),
+        model_capacity_milli=capacity,
+        model_demand_milli=model_demand,
+    )
+    assert gpus(r.by_model["B200"]) == {"lab": 8, "team": 16}
+
+
+def test_no_model_division_without_model_quotas_or_capacity() -> None:
+    queues = [with_models(make_queue("a", quota_gpus=8), B200=(8, None))]
+    assert fair(queues, {"a": 8}, 8).by_model == {}
+    assert fair([make_queue("a")], {"a": 8}, 8, model_capacity_milli={(None, "B200"): 8000.0}).by_model == {}
+
+
+@pytest.mark.parametrize(
+    ("entries", "match"),
+    [
+        ((ModelQuota("B200", 1000), ModelQuota("B200", 1000)), "GPU model 'B200' is listed twice"),
+        ((ModelQuota("B200", 4000, 2000),), "'B200': quota 4 GPUs is above its limit 2 GPUs"),
+        ((ModelQuota("B200", -1),), "'B200': quota -1 milli-GPU is negative"),
+        ((ModelQuota("B200", 0, -1),), "'B200': limit -1 milli-GPU is negative"),
+        ((ModelQuota("B200", 0, None, math.nan),), "'B200': over-quota weight nan"),
+        ((ModelQuota("", 1000),), "empty model name"),
+        ((ModelQuota("B200", 6000), ModelQuota("H100", 6000)), "per-model quotas add up to 12 GPUs, above its total"),
+    ],
+)
+def test_invalid_model_quotas_name_the_queue_model_and_fix(entries: tuple[ModelQuota, ...], match: str) -> None:
+    queue = replace(make_queue("a", quota_gpus=8), model_quotas=entries)
+    with pytest.raises(InvalidSpecError, match=match):
+        build_queue_tree([queue])
