@@ -521,9 +521,13 @@ def make_contended_snapshot(n_gpus: int = 100_000, pending: int = 5000, seed: in
 
 
 def run_contended_cycle_bench(
-    n_gpus: int = 100_000, pending: int = 5000, policy: str = "leitstand", seed: int = 7
+    n_gpus: int = 100_000, pending: int = 5000, policy: str = "leitstand", seed: int = 7, repeats: int = 3
 ) -> dict[str, Any]:
     """Time `run_cycle` on `make_contended_snapshot`: seconds per phase and what each phase did.
+
+    The cycle runs `repeats` times on the same snapshot and state (identical decisions each time);
+    the run with the least CPU time is reported: its wall seconds and phases, and its CPU seconds
+    in total and per phase (on a shared machine the wall time includes waiting for a core).
 
     The maintained `ClusterState` is built (and the kernels warmed) outside the timing, as the
     operator keeps one between cycles; the cycle's own copy of it is inside ("snapshot" phase).
@@ -537,10 +541,16 @@ def run_contended_cycle_bench(
         state.allocate_job(held)
     config = SchedulerConfig(policy=policy)
     run_cycle(make_contended_snapshot(512, 50, seed), config)  # compile / load the kernels outside the timing
-    stats: dict[str, int] = {}
-    start, start_cpu = time.perf_counter(), time.thread_time()
-    plan = run_cycle(snapshot, config, state=state, stats=stats)
-    seconds, cpu_seconds = time.perf_counter() - start, time.thread_time() - start_cpu
+    best: tuple[float, float, Any, dict[str, int]] | None = None
+    for _ in range(max(repeats, 1)):  # the same cycle again (it works on a copy); the fastest counts
+        stats: dict[str, int] = {}
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        plan = run_cycle(snapshot, config, state=state, stats=stats)
+        seconds, cpu_seconds = time.perf_counter() - start, time.thread_time() - start_cpu
+        if best is None or cpu_seconds < best[1]:
+            best = (seconds, cpu_seconds, plan, stats)
+    assert best is not None
+    seconds, cpu_seconds, plan, stats = best
     by_kind: dict[str, set[JobId]] = {kind.value: set() for kind in EvictionKind}
     evicted: dict[str, int] = {kind.value: 0 for kind in EvictionKind}
     for ev in plan.evictions:
@@ -563,7 +573,11 @@ def run_contended_cycle_bench(
         "pending_jobs": len(snapshot.pending),
         "seconds": round(seconds, 4),
         "cpu_seconds": round(cpu_seconds, 4),
+        "runs": max(repeats, 1),
         "phase_seconds": {k: round(v, 4) for k, v in plan.phase_seconds.items()},
+        "phase_cpu_seconds": {
+            k.removeprefix("cpu_us_"): round(v / 1e6, 4) for k, v in stats.items() if k.startswith("cpu_us_")
+        },
         "allocate": {"bound": len(bound - special)},
         "reclaim": {
             "bound": len(by_kind["reclaim"]),

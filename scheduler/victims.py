@@ -102,23 +102,19 @@ class VictimPool:
         state = stmt.state
         self.ordered: list[RunningJob] = sorted(candidates, key=key)
         self.rank = {v.job.id: i for i, v in enumerate(self.ordered)}
-        jobs: list[int] = []
-        nodes: list[int] = []
-        devices: list[int] = []
-        for i, v in enumerate(self.ordered):
-            for p in v.placements:
-                jobs.append(i)
-                nodes.append(state.node_index[p.node])
-                devices.append(max(v.job.gpus, 1))
-        self.row_job = np.array(jobs, dtype=np.int64)
-        self.row_node = np.array(nodes, dtype=np.int64)
-        self.row_gpus = np.array(devices, dtype=np.int64)
+        index = state.node_index
+        counts = np.fromiter((len(v.placements) for v in self.ordered), dtype=np.int64, count=len(self.ordered))
+        self.row_job = np.repeat(np.arange(len(self.ordered), dtype=np.int64), counts)
+        self.row_node = np.fromiter(
+            (index[p.node] for v in self.ordered for p in v.placements), dtype=np.int64, count=int(counts.sum())
+        )
+        devices = np.fromiter((max(v.job.gpus, 1) for v in self.ordered), dtype=np.int64, count=len(self.ordered))
+        self.row_gpus = np.repeat(devices, counts)
         self.alive = np.ones(len(self.ordered), dtype=np.bool_)
         self.queue_index: dict[QueueName, int] = {}
-        for v in self.ordered:
-            self.queue_index.setdefault(v.job.queue, len(self.queue_index))
-        self.queue_code = np.array([self.queue_index[v.job.queue] for v in self.ordered], dtype=np.int64)
-        self.priority = np.array([v.job.priority for v in self.ordered], dtype=np.int64)
+        codes = [self.queue_index.setdefault(v.job.queue, len(self.queue_index)) for v in self.ordered]
+        self.queue_code = np.array(codes, dtype=np.int64)
+        self.priority = np.fromiter((v.job.priority for v in self.ordered), dtype=np.int64, count=len(self.ordered))
         self.epoch = 0
         self.node_epoch = np.zeros(state.n_nodes, dtype=np.int64)
         """Per node: the epoch of the last committed move that changed it."""
@@ -293,8 +289,8 @@ def _candidate_domains(
     """
     state = stmt.state
     mask = request.node_mask if level == NONE else request.node_mask & (state.domain[:, level] != NONE)
-    rows = chosen[pool.row_job] & mask[pool.row_node]
-    if not rows.any():
+    rows = np.flatnonzero(chosen[pool.row_job] & mask[pool.row_node])
+    if not rows.size:
         return []
     row_job = pool.row_job[rows]
     if level == NONE:
@@ -304,8 +300,8 @@ def _candidate_domains(
     units = _units_per_gpu(request)
     slots_now = _node_slots(stmt, request)
     if request.gpus > 0 and request.gpu_milli > 0:
-        freeable = np.bincount(row_node, weights=pool.row_gpus[rows], minlength=state.n_nodes) * units
-        potential = np.minimum(slots_now + freeable.astype(np.int64), state.gpu_count.astype(np.int64) * units)
+        freeable = np.bincount(row_node, weights=pool.row_gpus[rows], minlength=state.n_nodes).astype(np.int64)
+        potential = np.minimum(slots_now + freeable * units, state.gpu_count.astype(np.int64) * units)
         replicas_now, replicas_then = slots_now // width, potential // width
     else:
         replicas_now = replicas_then = slots_now
@@ -315,18 +311,29 @@ def _candidate_domains(
     dom_now = np.bincount(ids, weights=replicas_now[mask], minlength=n_domains)
     dom_then = np.bincount(ids, weights=replicas_then[mask], minlength=n_domains)
     row_dom = column[row_node].astype(np.int64)
-    useful = np.unique(row_dom)
+    useful = np.flatnonzero(np.bincount(row_dom, minlength=n_domains))  # domains with candidates
     useful = useful[dom_then[useful] >= request.replicas]  # even evicting every candidate would not make room
     order = useful[np.lexsort((useful, -dom_now[useful]))][:MAX_DOMAINS]
+    if not order.size:
+        return []
+    # The candidates of the chosen domains, grouped by domain, cheapest first inside each.
+    position = np.full(n_domains, -1, dtype=np.int64)
+    position[order] = np.arange(order.size)
+    where = position[row_dom]
+    keep = where >= 0
+    kept_pos, kept_job = where[keep], row_job[keep]
+    by = np.lexsort((kept_job, kept_pos))
+    kept_pos, kept_job = kept_pos[by], kept_job[by]
+    bounds = np.searchsorted(kept_pos, np.arange(order.size + 1))
     out: list[tuple[int, NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]] = []
     start = state.domain_start[level]
     members = state.domain_order[level]
-    for d in order:
+    for k, d in enumerate(order):
         nodes = members[start[d] : start[d + 1]].astype(np.int64)
         nodes = nodes[mask[nodes]]
         domain_mask = np.zeros(state.n_nodes, dtype=np.bool_)
         domain_mask[nodes] = True
-        local = np.unique(row_job[row_dom == d])  # sorted indices = cheapest first
+        local = np.unique(kept_job[bounds[k] : bounds[k + 1]])  # sorted indices = cheapest first
         out.append((int(d), nodes, domain_mask, local))
     return out
 
