@@ -4,62 +4,77 @@ Thin CLI over `leitstand.scheduler.sim.inflation`: loads the node and pod CSVs, 
 policy × seed, prints a rich table (ours vs the authors' published medians when the expected-results
 file has the workload) and writes a PNG of allocation vs arrived workload, or prints JSON with
 `--json`. Heavy imports (numba, matplotlib) happen inside the command.
+
+Input errors end in one message and exit code 2, never a traceback: a bad `--policy` or `--seeds`
+names the option and the fix, a missing file names its path and `leitstand traces fetch` (lookup
+order in `leitstand.operator.traces`), a malformed file names its line and column.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 import statistics
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-TRACE_DIR = "alibaba-gpu-2023"
+from leitstand.operator import traces as trace_files
+
+TRACE_DIR = trace_files.OPENB_DIR
 EXPECTED = "fgd_expected_results/analysis_allo_discrete.csv"
 
 
-def traces_root() -> Path:
-    """`$LEITSTAND_TRACES`, else `../shared/traces` next to the repository root."""
-    env = os.environ.get("LEITSTAND_TRACES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "traces"
+def traces_root(option: Path | None = None) -> Path:
+    """The traces root (`--traces`, `$LEITSTAND_TRACES`, `../shared/traces`, the fetch cache)."""
+    return trace_files.resolve_root(option)
 
 
 def parse_seeds(text: str) -> list[int]:
-    """`"42-51"` → 42..51; `"42,45,50-51"` → [42, 45, 50, 51]."""
+    """`"42-51"` → 42..51; `"42,45,50-51"` → [42, 45, 50, 51]; anything else names `--seeds`."""
     seeds: list[int] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         lo, sep, hi = part.partition("-")
         try:
-            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(part)])
+            first, last = (int(lo), int(hi)) if sep else (int(part), int(part))
         except ValueError:
             raise typer.BadParameter(
-                f"bad seed range {part!r}; use e.g. 42-51 or 42,43", param_hint="--seeds"
+                f"{part!r} is not a seed or a range of seeds; write e.g. 42-51 or 42,43,50-51", param_hint="--seeds"
             ) from None
+        if last < first:
+            raise typer.BadParameter(
+                f"range {part} is empty (it runs downwards); write the lower seed first: {last}-{first}",
+                param_hint="--seeds",
+            )
+        seeds.extend(range(first, last + 1))
     if not seeds:
-        raise typer.BadParameter("no seeds given")
+        raise typer.BadParameter(f"{text!r} holds no seed; write e.g. 42-51 or 42,43", param_hint="--seeds")
     return seeds
+
+
+def _input_error(message: str) -> NoReturn:
+    """A missing or malformed trace file: one message, exit code 2."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
 
 
 def published_unallocated(expected_csv: Path, workload: str, seeds: list[int]) -> dict[str, list[float]]:
     """The authors' unallocated GPU % at 100 % arrived, per policy display name, for `seeds`."""
+    from leitstand.scheduler.sim.openb import read_rows
+
     out: dict[str, dict[int, float]] = {}
     if not expected_csv.exists():
         return {}
-    with open(expected_csv, newline="") as handle:
-        for row in csv.DictReader(handle):
-            name = row["workload"].removeprefix("openb_pod_list_")
-            if name != workload:
-                continue
-            policy = row["sc_policy"].split("-", 1)[-1]
-            out.setdefault(policy, {})[int(row["seed"])] = round(100.0 - float(row["100"]), 2)
+    columns = ("workload", "sc_policy", "seed", "100")
+    for row in read_rows(expected_csv, columns, what="the FGD authors' results (analysis_allo_discrete.csv)"):
+        name = row.text("workload").removeprefix("openb_pod_list_")
+        if name != workload:
+            continue
+        policy = row.text("sc_policy").split("-", 1)[-1]
+        out.setdefault(policy, {})[row.integer("seed", minimum=None)] = round(100.0 - row.number("100"), 2)
     return {p: [v[s] for s in seeds if s in v] for p, v in out.items() if any(s in v for s in seeds)}
 
 
@@ -70,27 +85,44 @@ def inflation(
     seeds: Annotated[str, typer.Option(help="Seeds: 42-51, or a comma list.")] = "42-51",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table and plot.")] = False,
     plot: Annotated[Path | None, typer.Option(help="PNG path (default out/inflation-<workload>.png).")] = None,
+    traces: Annotated[
+        Path | None,
+        typer.Option(help="Traces directory [default: $LEITSTAND_TRACES, ../shared/traces, the fetch cache]."),
+    ] = None,
 ) -> None:
     """Paper protocol (FGD, ATC'23): inflate the trace to 1.3× GPU capacity, arrive-only, per policy."""
     from leitstand.scheduler.codes import PolicyCode
     from leitstand.scheduler.sim import openb
     from leitstand.scheduler.sim.inflation import Workload, run_policy
 
-    root = traces_root() / TRACE_DIR
+    top = traces_root(traces)
+    root = top / TRACE_DIR
     nodes_path = nodes or root / "openb_node_list_gpu_node.csv"
     pods_path = pods or root / "openb_pod_list_default.csv"
     try:
         codes = [PolicyCode.parse(p) for p in policy.split(",") if p.strip()]
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--policy") from None
+    if not codes:
+        raise typer.BadParameter("no policy given; e.g. --policy leitstand,FGD,BestFit", param_hint="--policy")
     seed_list = parse_seeds(seeds)
-    for path in (nodes_path, pods_path):
-        if not path.exists():
-            raise typer.BadParameter(f"{path} does not exist (set LEITSTAND_TRACES or pass --nodes/--pods)")
+    for path, option in ((nodes_path, nodes), (pods_path, pods)):
+        if option is not None and not path.is_file():
+            raise typer.BadParameter(f"{path} is not a file", param_hint="--nodes" if option is nodes else "--pods")
+    try:
+        trace_files.require(top, [nodes_path, pods_path])
+    except trace_files.TracesMissing as err:
+        _input_error(str(err))
 
     workload_name = openb.workload_name(pods_path)
-    workload = Workload.build(openb.load_nodes(nodes_path), openb.load_pods(pods_path))
-    published = published_unallocated(root / EXPECTED, workload_name, seed_list)
+    try:
+        node_list = openb.load_nodes(nodes_path)
+        if not any(node.gpus > 0 for node in node_list):
+            _input_error(f"{nodes_path}: no node has a GPU; pass a GPU node list (openb_node_list_gpu_node.csv)")
+        workload = Workload.build(node_list, openb.load_pods(pods_path))
+        published = published_unallocated(root / EXPECTED, workload_name, seed_list)
+    except openb.TraceFormatError as err:
+        _input_error(str(err))
     results: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
     for code in codes:

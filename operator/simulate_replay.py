@@ -9,20 +9,112 @@ Scheduler names: `leitstand` is ours (`cycle.run_cycle`, policy leitstand, conso
 share, reclaim and preemption); `leitstand-noconsolidation` is the same cycle without moves; any
 placement policy name (`fgd`, `bestfit`, `gpupacking`, ...) is a greedy FIFO-backfill baseline with
 that policy; `greedy-leitstand` is that baseline with our policy (separates policy from cycle).
+
+Input errors end in one message and exit code 2, never a traceback: the options are checked before
+any file is read (naming the option and the fix), missing trace files name the path and
+`leitstand traces fetch` (the lookup order is in `leitstand.operator.traces`), a malformed file
+names its line and column (`openb.TraceFormatError`).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import math
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-_REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TRACES = Path(os.environ.get("LEITSTAND_TRACES", str(_REPO.parent / "shared" / "traces")))
+from leitstand.operator import traces as trace_files
+
+CYCLE_SCHEDULERS = ("leitstand", "leitstand-noconsolidation")
+OPENB_NODES = "openb_node_list_gpu_node.csv"
+PHILLY_JOBS = "adaptdl_philly_jobs.csv"
+PHILLY_MACHINES = "revised_machine_list.csv"
+
+
+def _bad(option: str, message: str) -> NoReturn:
+    raise typer.BadParameter(message, param_hint=option)
+
+
+def parse_loads(text: str) -> list[float]:
+    """`"0.8,1.0,1.2"` → [0.8, 1.0, 1.2]; anything that is not a positive number names `--load`."""
+    loads: list[float] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            _bad("--load", f"{part!r} is not a number; give fractions of cluster GPU capacity, e.g. 0.8,1.0,1.2")
+        if not (math.isfinite(value) and value > 0):
+            _bad("--load", f"{part} is not above 0; give fractions of cluster GPU capacity, e.g. 0.8,1.0,1.2")
+        loads.append(value)
+    if not loads:
+        _bad("--load", "no load given; e.g. --load 0.8,1.0,1.2")
+    return loads
+
+
+def parse_schedulers(text: str) -> list[str]:
+    """Scheduler names (module docstring); an unknown one names `--schedulers` and the valid ones."""
+    from leitstand.scheduler.codes import PolicyCode
+
+    names = [x.strip().lower() for x in text.split(",") if x.strip()]
+    if not names:
+        _bad("--schedulers", "no scheduler given; e.g. --schedulers leitstand,fgd,bestfit")
+    for name in names:
+        if name in CYCLE_SCHEDULERS:
+            continue
+        try:
+            PolicyCode.parse(name.removeprefix("greedy-"))
+        except ValueError:
+            policies = ", ".join(p.display_name.lower() for p in PolicyCode)
+            _bad(
+                "--schedulers",
+                f"unknown scheduler {name!r}; choose {', '.join(CYCLE_SCHEDULERS)}, a placement policy "
+                f"({policies}) or greedy-<policy>",
+            )
+    return names
+
+
+def _check_options(
+    trace: str, window: float, warmup: float | None, horizon: float | None, interval: float, days: float, quota: str,
+    start: str,
+) -> None:
+    """Every option checked before any file is read (ranges that only the stream can check: later)."""
+    if trace not in ("openb", "philly"):
+        _bad("--trace", f"unknown trace {trace!r}; choose openb or philly")
+    if not (math.isfinite(window) and window > 0):
+        _bad("--window", f"{window:g} s; the arrival window must be a positive number of seconds (default 1800)")
+    if not (math.isfinite(interval) and interval >= 0):
+        _bad("--interval", f"{interval:g} s; give seconds between passes ≥ 0 (0 = a pass after every event)")
+    if horizon is not None and not horizon > 0:
+        _bad("--horizon", f"{horizon:g} s; give a positive virtual time in seconds, or leave it out")
+    if warmup is not None and not (math.isfinite(warmup) and warmup >= 0):
+        _bad("--warmup", f"{warmup:g} s; the warm-up must be ≥ 0 seconds (0 = measure from the first arrival)")
+    if trace == "openb" and warmup is not None and warmup >= window:
+        _bad(
+            "--warmup",
+            f"{warmup:g} s is not shorter than the arrival window (--window {window:g} s): nothing would be "
+            "measured; choose a warm-up below the window (default 600 s)",
+        )
+    if trace == "philly":
+        if not (math.isfinite(days) and days > 0):
+            _bad("--days", f"{days:g}; give a positive number of days of submissions (default 3)")
+        if quota not in ("demand", "equal"):
+            _bad("--quota", f"unknown quota mode {quota!r}; choose demand or equal")
+        try:
+            datetime.fromisoformat(start)
+        except ValueError:
+            _bad("--start", f"{start!r} is not a date; write YYYY-MM-DD (the Philly trace runs 2017-09-04..2017-12-22)")
+
+
+def _input_error(message: str) -> NoReturn:
+    """A bad trace file or a stream the options cannot produce: one message, exit code 2."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
 
 
 def _scheduler(name: str, workload: Any) -> Any:
@@ -30,7 +122,7 @@ def _scheduler(name: str, workload: Any) -> Any:
     from leitstand.scheduler.sim.replay import CycleScheduler, GreedyScheduler, cycle_config
 
     key = name.strip().lower()
-    if key in ("leitstand", "leitstand-noconsolidation"):
+    if key in CYCLE_SCHEDULERS:
         config = cycle_config(policy="leitstand", consolidation=key == "leitstand")
         return CycleScheduler(workload.nodes, workload.queues, config, topology=workload.topology, name=key)
     policy = key.removeprefix("greedy-")
@@ -72,40 +164,60 @@ def replay(
     start: Annotated[str, typer.Option(help="philly: first day of the sampled window.")] = "2017-10-02",
     days: Annotated[float, typer.Option(help="philly: days of submissions replayed.")] = 3.0,
     quota: Annotated[str, typer.Option(help="philly: VC quotas by 'demand' share or 'equal'.")] = "demand",
-    traces: Annotated[Path, typer.Option(help="The shared traces directory.")] = DEFAULT_TRACES,
+    traces: Annotated[
+        Path | None,
+        typer.Option(help="Traces directory [default: $LEITSTAND_TRACES, ../shared/traces, the fetch cache]."),
+    ] = None,
     save: Annotated[Path | None, typer.Option(help="Also write the JSON to this file.")] = None,
 ) -> None:
     """Replay a trace with arrivals, departures and queueing; compare schedulers on the same stream."""
+    from leitstand.scheduler.sim.openb import TraceFormatError
+    from leitstand.scheduler.sim.replay import packing_bound
     from leitstand.scheduler.sim.replay import replay as run_replay
     from leitstand.scheduler.sim.workloads import openb_workload, philly_workload
 
-    loads = [float(x) for x in load.split(",") if x.strip()]
-    names = [x.strip() for x in schedulers.split(",") if x.strip()]
-    out: dict[str, Any] = {"trace": trace, "interval_seconds": interval, "runs": []}
-    results_by_load: list[tuple[Any, list[Any]]] = []
+    _check_options(trace, window, warmup, horizon, interval, days, quota, start)
+    loads = parse_loads(load)
+    names = parse_schedulers(schedulers)
+    root = trace_files.resolve_root(traces)
+    if trace == "openb":
+        base = root / trace_files.OPENB_DIR
+        files = [base / pods, base / OPENB_NODES]
+    else:
+        base = root / trace_files.PHILLY_DIR
+        files = [base / PHILLY_JOBS, base / PHILLY_MACHINES]
+    try:
+        trace_files.require(root, files)
+    except trace_files.TracesMissing as err:
+        _input_error(str(err))
+
+    out: dict[str, Any] = {"trace": trace, "interval_seconds": interval, "traces": str(root), "runs": []}
+    results_by_load: list[tuple[Any, list[Any], Any]] = []
     stop_at: float | None
     for level in loads:
-        if trace == "openb":
-            base = traces / "alibaba-gpu-2023"
-            workload = openb_workload(
-                base / pods, base / "openb_node_list_gpu_node.csv", load=level, window_seconds=window, seed=seed
+        try:
+            if trace == "openb":
+                workload = openb_workload(files[0], files[1], load=level, window_seconds=window, seed=seed)
+                stop_at = horizon if horizon is not None else 2.0 * window
+                skip = warmup if warmup is not None else 600.0
+            else:
+                workload = philly_workload(
+                    files[0], files[1], start=start, days=days, load=level, quota=quota
+                )
+                stop_at = horizon if horizon is not None else None
+                skip = warmup if warmup is not None else 0.0
+        except TraceFormatError as err:
+            _input_error(str(err))
+        except ValueError as err:  # a stream these options cannot make (e.g. a load out of reach)
+            _input_error(f"{err} (--load {level:g}, trace {trace})")
+        first, last = workload.tasks[0].arrival_seconds, workload.tasks[-1].arrival_seconds
+        if skip > 0 and first + skip >= last:
+            _bad(
+                "--warmup",
+                f"{skip:g} s reaches past the last arrival ({last - first:,.0f} s after the first) of "
+                f"{workload.name}: nothing would be measured; choose a shorter warm-up",
             )
-            stop_at = horizon if horizon is not None else 2.0 * window
-            skip = warmup if warmup is not None else 600.0
-        elif trace == "philly":
-            base = traces / "philly"
-            workload = philly_workload(
-                base / "adaptdl_philly_jobs.csv",
-                base / "revised_machine_list.csv",
-                start=start,
-                days=days,
-                load=level,
-                quota=quota,
-            )
-            stop_at = horizon if horizon is not None else None
-            skip = warmup if warmup is not None else 0.0
-        else:
-            raise typer.BadParameter(f"unknown trace {trace!r}; choose openb or philly")
+        bound = packing_bound(workload, start=first + skip, end=last)
         results = []
         for name in names:
             if not json_out:
@@ -118,18 +230,19 @@ def replay(
                 warmup_seconds=skip,
             )
             results.append(result)
-        results_by_load.append((workload, results))
+        results_by_load.append((workload, results, bound))
         out["runs"].append(
             {
                 "workload": workload.name,
                 "params": workload.params,
                 "horizon_seconds": stop_at,
                 "warmup_seconds": skip,
+                "bound_allocation_pct": {"gpu_time": bound.gpu_time_pct, "tasks": bound.tasks_pct},
                 "results": {r.scheduler: r.summary() for r in results},
             }
         )
     if plot is not None:
-        _plot(plot, trace, results_by_load)
+        _plot(plot, trace, [(w, r) for w, r, _ in results_by_load])
         out["plots"] = str(plot)
     if save is not None:
         save.write_text(json.dumps(out, indent=2, default=float) + "\n")
@@ -139,21 +252,24 @@ def replay(
     _print_tables(trace, results_by_load)
 
 
-def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any]]]) -> None:
+def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=max(Console().width, 170))
-    for workload, results in results_by_load:
+    for workload, results, bound in results_by_load:
         p = workload.params
         title = (
             f"{workload.name}: {len(workload.tasks):,} tasks, {len(workload.nodes):,} nodes, "
             f"offered load {p['offered_load']:.3f}; metrics after a {results[0].warmup_seconds:g} s warm-up"
         )
-        table = Table(title=title)
+        table = Table(title=title, caption=_BOUND_CAPTION.format(tasks=bound.tasks_pct))
         for col in (
             "scheduler",
             "GPU alloc %",
+            "bound %",
+            "idle node-h",
+            "idle nodes %",
             "alloc % incl. ramp",
             "wait p50 s",
             "wait p99 s",
@@ -172,6 +288,9 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any]]]) -> N
             row = [
                 r.scheduler,
                 f"{r.allocation_pct:.2f}",
+                f"{bound.gpu_time_pct:.2f}",
+                f"{r.idle_node_hours:,.1f}",
+                f"{r.idle_node_pct:.2f}",
                 f"{r.allocation_pct_window:.2f}",
                 _fmt_seconds(r.wait_p50_seconds),
                 _fmt_seconds(r.wait_p99_seconds),
@@ -194,6 +313,14 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any]]]) -> N
         console.print(table)
         if trace == "philly":
             _print_queue_table(console, workload, results)
+
+
+_BOUND_CAPTION = (
+    "bound %: no placement of this stream's mix beats it once the cluster is saturated (a GPU of its own for "
+    "every share over half a GPU, its leftover only for shares that small; CPU, memory and node boundaries "
+    "ignored; shares weighted by GPU-time in the window; by task count: {tasks:.2f}). idle node-h: node-hours "
+    "with nothing allocated on the node (could be powered down), over the measurement window."
+)
 
 
 def _print_queue_table(console: Any, workload: Any, results: list[Any]) -> None:

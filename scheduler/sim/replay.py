@@ -32,7 +32,13 @@ Metrics (see `ReplayResult`): GPU allocation is allocated milli-GPU integrated o
 window* [first arrival, last arrival] divided by capacity × window length — the span during which
 the offered load is applied. Waiting time is arrival → first start; a task never started counts with
 a censored wait of (end of run − arrival), so starving a task never improves a percentile.
-Completion time is arrival → finish for finished tasks.
+Completion time is arrival → finish for finished tasks. Fully idle nodes are nodes on which no
+task holds anything (no GPU share, no CPU, no memory): the nodes a factory could power down. Their
+count is integrated over the measurement window like the allocation (`idle_node_hours`).
+
+`packing_bound` is the stream's upper bound on allocation (what no placement can beat once the
+cluster is saturated, given the relaxation its docstring states); it is a property of the stream,
+the same for every scheduler.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from numpy.typing import NDArray
 
 from leitstand.scheduler.fairshare import compute_fair_shares
 from leitstand.scheduler.model import (
+    GPU_MILLI,
     Binding,
     EvictionKind,
     Job,
@@ -364,6 +371,13 @@ class ReplayResult:
     """The same over the whole arrival window [first arrival, last arrival] (includes the ramp-up)."""
     allocation_pct_run: float
     """The same over [first arrival, end of run]."""
+    idle_node_hours: float
+    """Node-hours over the measurement window during which a node held nothing at all (no task's
+    GPU share, CPU or memory): the hours a factory could have powered those nodes down."""
+    idle_node_pct: float
+    """The same as a share of all node-hours of the measurement window, in %."""
+    idle_gpu_pct: float
+    """GPU capacity on fully idle nodes, time-averaged over the measurement window, in % of all GPUs."""
     wait_mean_seconds: float
     wait_p50_seconds: float
     wait_p99_seconds: float
@@ -400,6 +414,62 @@ class ReplayResult:
                 value = {q: {g.name: getattr(s, g.name) for g in fields(s)} for q, s in value.items()}
             out[f.name] = value
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class PackingBound:
+    """The stream's upper bound on GPU allocation (%), weighted two ways (see `packing_bound`)."""
+
+    gpu_time_pct: float
+    """Tasks weighted by their GPU-time inside the window (as if each started on arrival): the mix a
+    saturated cluster runs when every task is served in the end."""
+    tasks_pct: float
+    """Each task arriving in the window counted once (the mix of the trace's rows)."""
+
+
+def _bound_pct(units: NDArray[np.float64], milli: NDArray[np.int64]) -> float:
+    """100 × used / fewest GPUs, for GPU units (count-weighted) of per-GPU size `milli`."""
+    big = milli > GPU_MILLI // 2
+    used = float((units * milli).sum())
+    whole = float(units[big].sum()) * GPU_MILLI  # one GPU of its own per unit over half a GPU
+    leftover_size = GPU_MILLI - milli[big]
+    leftover_volume = units[big] * leftover_size
+    small_size = milli[~big]
+    small_volume = units[~big] * small_size
+    # Fluid fill of the leftovers: a small unit fits a leftover at least its size. Eligibility is
+    # nested (smaller units fit everywhere larger ones do), so serving sizes from the largest down,
+    # each taking what its eligible leftovers still hold, is a maximum flow.
+    sizes = np.unique(small_size[small_size > 0])[::-1]
+    absorbed = 0.0
+    for size in sizes:
+        room = float(leftover_volume[leftover_size >= size].sum()) - absorbed
+        absorbed += max(0.0, min(float(small_volume[small_size == size].sum()), room))
+    need = whole + float(small_volume.sum()) - absorbed
+    return 100.0 * used / need if need > 0 else math.nan
+
+
+def packing_bound(workload: Workload, *, start: float, end: float) -> PackingBound:
+    """Upper bound on time-averaged GPU allocation over [start, end] (virtual seconds) of a cluster
+    kept saturated by `workload`, placed by any scheduler that serves the stream's mix.
+
+    Relaxation (every step can only raise the bound): CPU, memory and node boundaries are ignored;
+    each GPU a task asks for more than half of is a GPU of its own (no two such shares fit one GPU),
+    and its leftover (less than half a GPU) can only take shares no larger than itself; all other
+    shares pack perfectly (as a fluid, in size and in time). The bound is used / fewest GPUs those
+    shares need, for the mix of the stream. A scheduler that starves the awkward shares (runs another
+    mix than it is offered) could beat it; one that leaves the cluster unsaturated stays below it.
+    """
+    tasks = workload.tasks
+    arrival = np.array([t.arrival_seconds for t in tasks], dtype=np.float64)
+    duration = np.array([t.duration_seconds for t in tasks], dtype=np.float64)
+    units = np.array([t.job.replicas * t.job.gpus for t in tasks], dtype=np.float64)
+    milli = np.array([t.job.gpu_milli if t.job.gpus > 0 else 0 for t in tasks], dtype=np.int64)
+    inside = np.clip(np.minimum(arrival + duration, end) - np.maximum(arrival, start), 0.0, None)
+    arrived = ((arrival >= start) & (arrival <= end)).astype(np.float64)
+    return PackingBound(
+        gpu_time_pct=_bound_pct(units * inside, milli),
+        tasks_pct=_bound_pct(units * arrived, milli),
+    )
 
 
 # -- the simulator --------------------------------------------------------------------------------
@@ -449,6 +519,8 @@ def replay(
 
     state = ClusterState.from_nodes(workload.nodes, workload.topology)
     capacity = float(state.gpu_capacity_milli)
+    node_gpus = state.gpu_count.astype(np.int64)
+    replicas_on = np.zeros(node_gpus.size, dtype=np.int64)  # replicas of running tasks per node; 0 = idle
     t_first, t_last = arrivals[0], arrivals[-1]
     t_measure = t_first + warmup_seconds
     if warmup_seconds < 0 or (warmup_seconds > 0 and t_measure >= t_last):
@@ -469,6 +541,9 @@ def replay(
     track_queues = len(leaves) > 1
     acc = {q: _QueueAccumulator() for q in sorted(leaves)}
     allocated = 0.0
+    idle_nodes = float(node_gpus.size)
+    idle_gpus = float(node_gpus.sum())
+    idle_node_integral = idle_gpu_integral = 0.0
     alloc_window_integral = 0.0
     alloc_arrival_integral = 0.0
     alloc_run_integral = 0.0
@@ -488,6 +563,7 @@ def replay(
 
     def advance(to: float) -> None:
         nonlocal alloc_window_integral, alloc_run_integral, alloc_arrival_integral
+        nonlocal idle_node_integral, idle_gpu_integral
         dt = to - now
         if dt <= 0:
             return
@@ -497,6 +573,8 @@ def replay(
         w = hi - lo
         if w > 0:
             alloc_window_integral += allocated * w
+            idle_node_integral += idle_nodes * w
+            idle_gpu_integral += idle_gpus * w
             if track_queues:
                 for a in acc.values():
                     a.alloc_integral += a.allocated_milli * w
@@ -514,9 +592,20 @@ def replay(
         for a_name, a in acc.items():
             a.share_milli = shares.share_milli[a_name]
 
+    def occupy(placements: RunningJob, step: int) -> None:
+        nonlocal idle_nodes, idle_gpus
+        for replica in placements.placements:
+            node = state.node_index[replica.node]
+            before = replicas_on[node]
+            replicas_on[node] = before + step
+            if before == 0 or before + step == 0:  # the node stops or starts being fully idle
+                idle_nodes -= step
+                idle_gpus -= step * float(node_gpus[node])
+
     def start(job: Job, placements: RunningJob, run_seconds: float) -> None:
         nonlocal allocated, seq
         state.allocate_job(placements)
+        occupy(placements, 1)
         running[job.id] = placements
         end = now + run_seconds
         end_at[job.id] = end
@@ -530,6 +619,7 @@ def replay(
         nonlocal allocated
         rj = running.pop(job_id)
         state.release_job(rj)
+        occupy(rj, -1)
         end_at.pop(job_id)
         allocated -= job_milli(rj.job)
         if track_queues:
@@ -654,6 +744,9 @@ def replay(
             100.0 * alloc_arrival_integral / (capacity * (t_last - t_first)) if t_last > t_first else math.nan
         ),
         allocation_pct_run=100.0 * alloc_run_integral / (capacity * run_span) if run_span > 0 else math.nan,
+        idle_node_hours=idle_node_integral / 3600.0,
+        idle_node_pct=100.0 * idle_node_integral / (node_gpus.size * window) if window > 0 else math.nan,
+        idle_gpu_pct=100.0 * idle_gpu_integral / (float(node_gpus.sum()) * window) if window > 0 else math.nan,
         wait_mean_seconds=float(waits.mean()),
         wait_p50_seconds=percentile(waits, 50),
         wait_p99_seconds=percentile(waits, 99),

@@ -20,7 +20,6 @@ whole durations would leave the cluster mostly idle during the window.
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -31,7 +30,7 @@ from numpy.typing import NDArray
 
 from leitstand.scheduler.model import GPU_MILLI, Job, JobId, Node, NodeName, Queue, QueueName
 from leitstand.scheduler.policies import TaskShape
-from leitstand.scheduler.sim.openb import load_nodes, load_pods
+from leitstand.scheduler.sim.openb import TraceFormatError, load_nodes, load_pods, read_rows
 from leitstand.scheduler.sim.replay import Task, Workload
 
 DEFAULT_QUEUE = QueueName("default")
@@ -109,17 +108,21 @@ def openb_workload(
     pods = load_pods(pods_path)
     index = {name: i for i, name in enumerate(pods.names)}
     times: list[tuple[float, str, float, str]] = []
-    with open(pods_path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            created = float(row["creation_time"])
-            deleted = float(row["deletion_time"]) if row.get("deletion_time") else created
-            times.append((created, row["name"], max(deleted - created, 1.0), (row.get("qos") or "").strip()))
+    for row in read_rows(pods_path, ("name", "creation_time"), what="an openb pod list with times (replay)"):
+        created = row.number("creation_time")
+        deleted = row.number("deletion_time", default=created)
+        times.append((created, row.text("name"), max(deleted - created, 1.0), row.text("qos")))
     times.sort()
     n_trace = len(times)
     order = np.array([index[name] for _, name, _, _ in times], dtype=np.int64)
     trace_durations = np.array([d for _, _, d, _ in times], dtype=np.float64)
     trace_milli = (pods.gpu_milli * pods.num_gpu)[order].astype(np.float64)
     capacity = float(sum(node.gpus for node in nodes) * GPU_MILLI)
+    if capacity <= 0 or not trace_milli.any():
+        where = nodes_path if capacity <= 0 else pods_path
+        raise ValueError(f"{where}: no GPU {'node' if capacity <= 0 else 'task'}; the replay measures GPU allocation")
+    if load <= 0 or window_seconds <= 0:
+        raise ValueError(f"load ({load}) and window ({window_seconds} s) must be > 0")
 
     rng = np.random.default_rng(seed)
     # Unit-rate Poisson arrival epochs; at rate r the k-th task arrives at epoch_k / r.
@@ -223,20 +226,21 @@ def load_philly_nodes(machines_path: str | Path, *, cpu_milli_per_gpu: int = 800
     Philly jobs ask for none, so only GPUs bind.
     """
     nodes: list[Node] = []
-    with open(machines_path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            gpus = int(float(row["number of GPUs"] or 0))
-            if gpus <= 0:
-                continue
-            nodes.append(
-                Node(
-                    name=NodeName(row["machineId"]),
-                    gpus=gpus,
-                    cpu_milli=gpus * cpu_milli_per_gpu,
-                    memory_mib=1024 * 1024,
-                    gpu_model="philly",
-                )
+    for row in read_rows(machines_path, ("machineId", "number of GPUs"), what="the Philly machine list"):
+        gpus = row.integer("number of GPUs", default=0)
+        if gpus <= 0:
+            continue
+        nodes.append(
+            Node(
+                name=NodeName(row.required("machineId")),
+                gpus=gpus,
+                cpu_milli=gpus * cpu_milli_per_gpu,
+                memory_mib=1024 * 1024,
+                gpu_model="philly",
             )
+        )
+    if not nodes:
+        raise TraceFormatError(f"{machines_path}: no machine with a GPU; the Philly machine list has a row per machine")
     return tuple(nodes)
 
 
@@ -265,17 +269,28 @@ def philly_workload(
     """
     all_nodes = load_philly_nodes(machines_path)
     max_node = max(node.gpus for node in all_nodes)
-    t0 = datetime.fromisoformat(start)
+    try:
+        t0 = datetime.fromisoformat(start)
+    except ValueError:
+        raise ValueError(f"start {start!r} is not a date; write it as YYYY-MM-DD") from None
+    if days <= 0:
+        raise ValueError(f"days must be > 0, got {days}")
     t1 = t0 + timedelta(days=days)
     rows: list[tuple[float, float, int, str]] = []
-    with open(jobs_path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            ts = datetime.fromisoformat(row["timestamp"])
-            if t0 <= ts < t1:
-                secs = (ts - t0).total_seconds()
-                rows.append((secs, max(float(row["duration"]), 1.0), int(row["num_gpus"]), row["cluster"]))
+    columns = ("timestamp", "duration", "num_gpus", "cluster")
+    for row in read_rows(jobs_path, columns, what="the Philly job table (adaptdl_philly_jobs.csv)"):
+        try:
+            ts = datetime.fromisoformat(row.required("timestamp"))
+        except ValueError:
+            raise TraceFormatError(
+                f"{row.where('timestamp')}: {row.text('timestamp')!r} is not a time; write YYYY-MM-DD HH:MM:SS"
+            ) from None
+        if t0 <= ts < t1:
+            secs = (ts - t0).total_seconds()
+            gpus = row.integer("num_gpus", minimum=1)
+            rows.append((secs, max(row.number("duration"), 1.0), gpus, row.required("cluster")))
     if not rows:
-        raise ValueError(f"no Philly jobs submitted in [{start}, +{days} days)")
+        raise ValueError(f"no Philly jobs submitted in [{start}, +{days:g} days) in {jobs_path}; pick another start")
     rows.sort(key=lambda r: r[0])
     submit = np.array([r[0] for r in rows], dtype=np.float64)
     arrivals = submit - submit[0]

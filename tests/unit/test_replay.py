@@ -17,7 +17,7 @@ from leitstand.scheduler.model import (
     ReplicaPlacement,
     RunningJob,
 )
-from leitstand.scheduler.sim.replay import GreedyScheduler, Task, Workload, replay
+from leitstand.scheduler.sim.replay import GreedyScheduler, PackingBound, Task, Workload, packing_bound, replay
 from leitstand.scheduler.state import ClusterState
 
 
@@ -151,3 +151,33 @@ def test_with_an_interval_a_pass_waits_for_the_next_tick() -> None:
     r = replay(w, GreedyScheduler("bestfit"), interval_seconds=10.0)
     assert r.waits_seconds == (0.0, 7.0)
     assert r.passes == 2
+
+
+def test_fully_idle_node_hours_are_integrated_over_the_window() -> None:
+    # 2 nodes × 1 GPU; one node busy for 5 s of the 10 s window: idle 1 × 5 + 2 × 5 = 15 node-seconds.
+    w = workload([(make_job("a", gpus=1), 0.0, 5.0), (make_job("b", gpus=1, gpu=0.5), 10.0, 1.0)], nodes=2)
+    r = replay(w, GreedyScheduler("bestfit"))
+    assert r.idle_node_hours == pytest.approx(15.0 / 3600.0)
+    assert r.idle_node_pct == pytest.approx(75.0)
+    assert r.idle_gpu_pct == pytest.approx(75.0)
+
+
+def test_a_cpu_only_task_keeps_its_node_from_being_idle() -> None:
+    w = workload([(make_job("cpu", gpus=0, cpu_milli=1000), 0.0, 20.0), (make_job("b", gpus=1), 10.0, 1.0)])
+    r = replay(w, GreedyScheduler("bestfit"))
+    assert r.idle_node_hours == 0.0 and r.allocation_pct == 0.0
+
+
+def test_packing_bound_gives_a_share_over_half_a_gpu_its_own_gpu() -> None:
+    def bound(*milli: int) -> PackingBound:
+        tasks = [(make_job(f"t{i}", gpus=1, gpu=m / 1000), 0.0, 10.0) for i, m in enumerate(milli)]
+        return packing_bound(workload([*tasks, (make_job("last", gpus=1), 10.0, 1.0)]), start=0.0, end=10.0)
+
+    # 600 leaves 400, which takes the 300: 900 milli on 1 GPU.
+    assert bound(600, 300).gpu_time_pct == pytest.approx(90.0)
+    # a 500 does not fit a 400 leftover: 1,100 milli need 1.5 GPUs.
+    assert bound(600, 500).gpu_time_pct == pytest.approx(100.0 * 1100 / 1500)
+    # two 500s share one GPU; whole GPUs waste nothing.
+    assert bound(500, 500).gpu_time_pct == pytest.approx(100.0)
+    # by task count the task arriving at the window's end counts too (a whole GPU: 1,900 / 2,000).
+    assert bound(600, 300).tasks_pct == pytest.approx(95.0)

@@ -1,0 +1,148 @@
+"""`leitstand simulate replay` as a new user meets it: bad options and broken trace files end in one
+message (exit code 2, no traceback) naming the option or the file, line and column; a tiny trace runs
+and prints the bound and idle-node columns."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from leitstand.operator.commands import simulate_app
+
+NODES = "sn,cpu_milli,memory_mib,gpu,model\nn-0,64000,262144,2,T4\nn-1,64000,262144,4,T4\nn-2,64000,262144,2,T4\n"
+POD_HEADER = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time"
+PHILLY_JOBS = (
+    "timestamp,duration,num_gpus,gpu_time,cluster\n"
+    "2017-10-02 00:00:00,3600,8,28800,vc-a\n"
+    "2017-10-02 00:10:00,600,1,600,vc-b\n"
+    "2017-10-02 01:00:00,1200,4,4800,vc-a\n"
+)
+PHILLY_MACHINES = ",machineId,number of GPUs\n0,m0,8\n1,m1,8\n2,m2,4\n"
+
+
+def pod_rows() -> list[str]:
+    rows = [POD_HEADER]
+    for i in range(24):
+        milli = (1000, 600, 300)[i % 3]
+        rows.append(f"p-{i:02d},4000,1024,1,{milli},,{'BE' if i % 2 else 'LS'},Running,{100 * i},{100 * i + 400}")
+    return rows
+
+
+def write_traces(root: Path, *, nodes: str = NODES, pods: list[str] | None = None) -> Path:
+    openb = root / "alibaba-gpu-2023"
+    openb.mkdir(parents=True, exist_ok=True)
+    (openb / "openb_node_list_gpu_node.csv").write_text(nodes)
+    (openb / "openb_pod_list_default.csv").write_text("\n".join(pods or pod_rows()) + "\n")
+    philly = root / "philly"
+    philly.mkdir(exist_ok=True)
+    (philly / "adaptdl_philly_jobs.csv").write_text(PHILLY_JOBS)
+    (philly / "revised_machine_list.csv").write_text(PHILLY_MACHINES)
+    return root
+
+
+def run(root: Path, *args: str) -> tuple[int, str]:
+    """Exit code and the output (stdout and stderr) with rich's boxes and line wrapping flattened."""
+    result = CliRunner().invoke(simulate_app, ["replay", "--traces", str(root), *args])
+    assert not isinstance(result.exception, (KeyError, ValueError, TypeError)), result.output
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
+    assert "Traceback" not in text
+    return result.exit_code, text
+
+
+SMALL = ("--load", "1.0", "--window", "300", "--warmup", "60", "--schedulers", "fgd,bestfit")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--load", "-1"), ["--load", "not above 0"]),
+        (("--load", "0.8,lots"), ["--load", "'lots' is not a number"]),
+        (("--load", ","), ["--load", "no load given"]),
+        (("--warmup", "-5"), ["--warmup", "must be ≥ 0"]),
+        (("--warmup", "1800"), ["--warmup", "not shorter than the arrival window"]),
+        (("--window", "0"), ["--window", "positive"]),
+        (("--interval", "-1"), ["--interval", "≥ 0"]),
+        (("--horizon", "0"), ["--horizon", "positive"]),
+        (("--schedulers", "leitstand,worstfit"), ["--schedulers", "'worstfit'", "greedy-<policy>"]),
+        (("--trace", "borg"), ["--trace", "'borg'", "openb or philly"]),
+        (("--trace", "philly", "--start", "2017-13-40"), ["--start", "YYYY-MM-DD"]),
+        (("--trace", "philly", "--days", "0"), ["--days", "positive"]),
+        (("--trace", "philly", "--quota", "fair"), ["--quota", "demand or equal"]),
+    ],
+)
+def test_a_bad_option_is_named_with_its_fix(tmp_path: Path, args: tuple[str, ...], expected: list[str]) -> None:
+    code, text = run(write_traces(tmp_path), *args)
+    assert code == 2, text
+    for words in expected:
+        assert words in text, text
+
+
+def test_missing_traces_name_the_path_and_the_fetch_command(tmp_path: Path) -> None:
+    code, text = run(tmp_path / "nowhere", *SMALL)
+    assert code == 2
+    assert "openb_pod_list_default.csv" in text and "leitstand traces fetch" in text
+    code, text = run(tmp_path / "nowhere", "--trace", "philly")
+    assert code == 2 and "adaptdl_philly_jobs.csv" in text and "leitstand traces fetch" in text
+
+
+@pytest.mark.parametrize(
+    ("nodes", "pods", "expected"),
+    [
+        # the report's case: a node list without its `sn` column used to end in KeyError: 'sn'
+        ("name,cpu_milli,memory_mib,gpu\nn-0,64000,262144,2\n", None, ["line 1", "'sn' missing"]),
+        (NODES.replace("n-1,64000", "n-1,lots"), None, ["line 3", "'cpu_milli'", "'lots' is not a whole number"]),
+        (NODES + "n-0,1000,1000,8,T4\n", None, ["line 5", "'n-0' again", "line 2"]),
+        ("sn,cpu_milli,memory_mib,gpu,model\n", None, ["no nodes"]),
+        ("sn,cpu_milli,memory_mib,gpu,model\nn-0,64000,262144,0,\n", None, ["no GPU node"]),
+        (NODES, [*pod_rows()[:3], "p-99,4000,1024,1,500,,LS,Running,,"], ["line 4", "'creation_time'", "missing"]),
+        (NODES, [*pod_rows()[:3], "p-99,4000,1024,2.5,500,,LS,Running,1,2"], ["line 4", "'num_gpu'"]),
+        (NODES, [*pod_rows()[:3], "p-99,4000,1024,1,500,,LS,Running,1,2,extra"], ["line 4", "remove the extra cells"]),
+        (NODES, [pod_rows()[0].replace("creation_time", "created"), *pod_rows()[1:]], ["'creation_time' missing"]),
+    ],
+    ids=["no-sn", "bad-cpu", "duplicate-node", "no-nodes", "no-gpus", "no-time", "fractional-gpus", "extra-cell",
+         "no-time-column"],
+)
+def test_a_malformed_openb_file_is_named_with_line_and_column(
+    tmp_path: Path, nodes: str, pods: list[str] | None, expected: list[str]
+) -> None:
+    code, text = run(write_traces(tmp_path, nodes=nodes, pods=pods), *SMALL)
+    assert code == 2, text
+    for words in expected:
+        assert words in text, text
+
+
+def test_a_malformed_philly_file_is_named_with_line_and_column(tmp_path: Path) -> None:
+    root = write_traces(tmp_path)
+    jobs = root / "philly" / "adaptdl_philly_jobs.csv"
+    jobs.write_text(PHILLY_JOBS + "yesterday,60,1,60,vc-a\n")
+    code, text = run(root, "--trace", "philly", "--load", "1.0")
+    assert code == 2 and "line 5" in text and "'timestamp'" in text and "YYYY-MM-DD HH:MM:SS" in text
+    jobs.write_text(PHILLY_JOBS)
+    code, text = run(root, "--trace", "philly", "--start", "2016-01-01")
+    assert code == 2 and "no Philly jobs" in text and "pick another start" in text
+
+
+def test_a_warm_up_past_the_last_arrival_is_an_option_error(tmp_path: Path) -> None:
+    # Below the window (so the up-front check passes) but past the stream's last arrival.
+    code, text = run(write_traces(tmp_path), "--load", "1.0", "--window", "300", "--warmup", "299.999")
+    assert code == 2 and "--warmup" in text and "past the last arrival" in text
+
+
+def test_a_tiny_trace_prints_bound_and_idle_nodes(tmp_path: Path) -> None:
+    root = write_traces(tmp_path)
+    code, text = run(root, *SMALL)
+    assert code == 0, text
+    assert "bound %" in text and "idle node-h" in text
+    result = CliRunner().invoke(simulate_app, ["replay", "--traces", str(root), *SMALL, "--json"])
+    assert result.exit_code == 0, result.output
+    run_doc = json.loads(result.output)["runs"][0]
+    bound = run_doc["bound_allocation_pct"]
+    assert 0.0 < bound["tasks"] <= 100.0 and 0.0 < bound["gpu_time"] <= 100.0
+    assert set(run_doc["results"]) == {"fgd", "bestfit"}
+    for summary in run_doc["results"].values():
+        assert summary["idle_node_hours"] >= 0.0
+        assert 0.0 <= summary["idle_node_pct"] <= 100.0
