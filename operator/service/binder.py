@@ -9,7 +9,10 @@ GPU booked twice.
 
 A gang's pods are created and bound only after (1) the pods of the gangs evicted for it are gone from
 the API server and (2) any older pods of the same job are gone; then all replicas are created, then
-all are bound. If any write fails, every pod created for this attempt is deleted and the job waits
+all are bound. At most `gang_concurrency` gangs are between their first create and their last bind at
+a time, so a wave of a thousand admissions binds as it goes (like a worker pool) instead of queueing a
+thousand creates in the client ahead of the first bind. If any write fails, every pod created for this
+attempt is deleted and the job waits
 `bind_retry_seconds` before it is tried again: a bind that keeps failing never blocks other jobs.
 """
 
@@ -62,10 +65,15 @@ class BinderStats:
 
 
 class Binder:
-    def __init__(self, client: Requester, *, wait_timeout_seconds: float = 300.0) -> None:
+    def __init__(self, client: Requester, *, wait_timeout_seconds: float = 300.0, gang_concurrency: int = 64) -> None:
         self.client = client
         self.stats = BinderStats()
         self.changed = asyncio.Condition()
+        self.waiting = 0
+        """Gangs waiting for room (`wait_until`); pod changes need to wake nobody when it is 0."""
+        self._gangs = asyncio.Semaphore(gang_concurrency)
+        self.active = 0
+        """Gangs between their first create and their last bind (status writes yield to them)."""
         self.wait_timeout_seconds = wait_timeout_seconds
         self.bind_listeners: list[Callable[[int, float], None]] = []
         """Called with (pods, seconds from the first create to the last bind) per bound gang (metrics)."""
@@ -76,20 +84,34 @@ class Binder:
             self.changed.notify_all()
 
     async def wait_until(self, ready: Callable[[], bool], what: str) -> None:
+        if ready():
+            return
         deadline = time.monotonic() + self.wait_timeout_seconds
-        async with self.changed:
-            while not ready():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BindError(f"gave up after {self.wait_timeout_seconds:.0f} s waiting for {what}")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(), timeout=min(remaining, 1.0))
+        self.waiting += 1
+        try:
+            async with self.changed:
+                while not ready():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise BindError(f"gave up after {self.wait_timeout_seconds:.0f} s waiting for {what}")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.changed.wait(), timeout=min(remaining, 1.0))
+        finally:
+            self.waiting -= 1
 
     # -- binding ----------------------------------------------------------------------------------
 
     async def bind_gang(self, pods: Sequence[PodWrite], ready: Callable[[], bool]) -> None:
         """Wait for room, then create and bind every pod; on failure delete what this call created."""
         await self.wait_until(ready, "evicted pods and earlier replicas to be gone")
+        async with self._gangs:
+            self.active += 1
+            try:
+                await self._create_and_bind(pods)
+            finally:
+                self.active -= 1
+
+    async def _create_and_bind(self, pods: Sequence[PodWrite]) -> None:
         started = time.monotonic()
         created: list[PodWrite] = []
         try:

@@ -68,6 +68,8 @@ class ClusterCache:
         self.generation = 0
         """Bumped on every rebuild (node set or node properties changed)."""
         self._nodes_dirty = True
+        self._touched_jobs: set[str] = set()
+        """TrainingJob keys whose pods changed since `take_touched_jobs` (the loop follows only those)."""
 
     # -- informer callbacks ---------------------------------------------------------------------
 
@@ -79,6 +81,9 @@ class ClusterCache:
         self._nodes_dirty = True
 
     def on_pod(self, kind: str, key: str, old: PodRecord | None, new: PodRecord | None) -> None:
+        for record in (old, new):
+            if record is not None and record.job:
+                self._touched_jobs.add(f"{record.namespace}/{record.job}")
         if old is not None and old.job:
             group = self.pods_by_job.get(f"{old.namespace}/{old.job}")
             if group is not None:
@@ -119,6 +124,11 @@ class ClusterCache:
         for key in list(self.pods) + [k for k in self.assumed if k not in self.pods]:
             self._recharge(key)
         return True
+
+    def take_touched_jobs(self) -> set[str]:
+        """The TrainingJobs (ns/name) with a pod event since the last call."""
+        touched, self._touched_jobs = self._touched_jobs, set()
+        return touched
 
     def assume(self, pod_key: str, charge: Charge) -> None:
         """The plan promised `charge` to a pod that is about to be created and bound."""

@@ -37,7 +37,9 @@ def make_registry(sink: Sink) -> kopf.OperatorRegistry:
 
     for plural in ("trainingjobs", "queues"):
 
-        def forward(event: kopf.RawEvent, _plural: str = plural, **_: Any) -> None:
+        # A coroutine, not a plain function: kopf runs a sync handler in a thread pool, one thread hop
+        # per event; the sink only queues the body for the main loop (`call_soon_threadsafe`).
+        async def forward(event: kopf.RawEvent, _plural: str = plural, **_: Any) -> None:
             kind = event.get("type") or "ADDED"  # None: the initial listing
             body: Any = event.get("object")
             if isinstance(body, dict):

@@ -10,7 +10,6 @@ the loop turns into a pending reason on the object.
 
 from __future__ import annotations
 
-import copy
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from leitstand.operator.service.records import (
     ROLE_LABEL,
     ROLE_REPLICA,
     PodRecord,
+    copy_json,
     pod_requests,
     timestamp,
 )
@@ -287,7 +287,7 @@ def replica_pod(
     `attempt` (`new_attempt()`) is shared by the replicas of one placement and differs between
     placements, so a gang that is moved, requeued or restarted never reuses a pod name whose old
     pod may still be terminating (or, after a crash, still be bound by a request in flight)."""
-    template = copy.deepcopy(dict(spec.template))
+    template = copy_json(dict(spec.template))
     meta = template.get("metadata") or {}
     pod_spec = template.get("spec") or {}
     labels = {

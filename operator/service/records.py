@@ -265,6 +265,16 @@ def pod_record(raw: Mapping[str, Any], scheduler_name: str = "leitstand") -> Pod
     )
 
 
+def copy_json(value: Any) -> Any:
+    """A deep copy of decoded JSON (dicts, lists, scalars): `copy.deepcopy` without its memo and
+    dispatch, several times cheaper on the status and template dicts copied per job."""
+    if isinstance(value, dict):
+        return {k: copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_json(v) for v in value]
+    return value
+
+
 def freeze(value: Any) -> Any:
     """Hashable, comparable copy of JSON (dicts become sorted tuples of pairs)."""
     if isinstance(value, dict):

@@ -6,6 +6,17 @@ newer wish replacing an older one that was not sent yet. The service is the only
 status fields, so the book (initialised from the object on first sight, which is what makes counters
 such as `preemptions` survive a restart) is authoritative while this process leads.
 
+A write can be held (`hold`): a just-admitted job's "Admitted" status waits a few seconds, so that
+in the common case the next thing to say ("Running") goes out in the same write. A status merge-patch
+costs kube-apiserver ~3.5-4.5 ms of CPU (more than a pod create and bind together; measured in
+docs/operator-throughput.md), so two writes per admission were the largest API cost a job added.
+
+While the binder has gangs between create and bind, at most two status writes are in flight (else
+sixteen): binding is the critical path, and a status write costs the API server more than a bind.
+
+Only objects whose status was handed out for editing (`view`, `touch`) since the last flush are
+compared with what was written: a flush costs what changed, not what exists.
+
 Events: at most one per object per change of reason, so a job that waits for an hour produces one
 Event, not one per cycle.
 """
@@ -13,12 +24,13 @@ Event, not one per cycle.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from leitstand.operator.service.records import copy_json
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +57,22 @@ class Requester(Protocol):
 class StatusBook:
     """Desired status per object path; `flush` writes what differs from what was last written."""
 
-    def __init__(self, client: Requester, concurrency: int = 16) -> None:
+    def __init__(self, client: Requester, concurrency: int = 16, *, busy: Callable[[], bool] = lambda: False,
+                 busy_concurrency: int = 2) -> None:
         self.client = client
+        self.busy = busy
+        """True while binds are in flight: then at most `busy_concurrency` writes share the client with them."""
+        self._busy_sem = asyncio.Semaphore(busy_concurrency)
         self.desired: dict[str, dict[str, Any]] = {}
         self.written: dict[str, dict[str, Any]] = {}
         self.uids: dict[str, str] = {}
         self._inflight: set[str] = set()
         self._sem = asyncio.Semaphore(concurrency)
         self._said: dict[str, tuple[str, str]] = {}
+        self._touched: set[str] = set()
+        """Paths whose status may have been edited since the last `dirty()` (or whose write must be retried)."""
+        self._held: dict[str, tuple[float, str]] = {}
+        """Path → (monotonic deadline, reason): not written before the deadline while the status says reason."""
         self.errors = 0
         self.writes = 0
 
@@ -60,18 +80,57 @@ class StatusBook:
         """The status to edit for the object at `path` (created from `observed` on first sight)."""
         if self.uids.get(path) != uid:
             self.uids[path] = uid
-            start = copy.deepcopy(dict(observed or {}))
+            start = copy_json(dict(observed or {}))
             self.desired[path] = start
-            self.written[path] = copy.deepcopy(start)
+            self.written[path] = copy_json(start)
             self._said.pop(path, None)
+            self._held.pop(path, None)
+        self._touched.add(path)
         return self.desired[path]
 
+    def touch(self, path: str) -> None:
+        """The status of `path` (a dict from an earlier `view`) was edited outside a `view` call."""
+        if path in self.desired:
+            self._touched.add(path)
+
+    def hold(self, path: str, seconds: float, reason: str) -> None:
+        """Do not write `path` for `seconds` while its status still says `reason` (a newer reason goes out
+        at once, and the held one with it)."""
+        self._held[path] = (time.monotonic() + seconds, reason)
+        self._touched.add(path)
+
     def forget(self, path: str) -> None:
-        for table in (self.desired, self.written, self.uids, self._said):
+        for table in (self.desired, self.written, self.uids, self._said, self._held):
             table.pop(path, None)
+        self._touched.discard(path)
 
     def dirty(self) -> list[str]:
-        return [p for p, want in self.desired.items() if want != self.written.get(p) and p not in self._inflight]
+        """Paths to write now; touched paths that are in flight or held stay candidates for later."""
+        now = time.monotonic()
+        later: set[str] = set()
+        out: list[str] = []
+        for path in self._touched:
+            want = self.desired.get(path)
+            if want is None:
+                continue
+            if path in self._inflight:
+                later.add(path)
+                continue
+            if want == self.written.get(path):
+                continue
+            held = self._held.get(path)
+            if held is not None:
+                if held[0] > now and want.get("reason") == held[1]:
+                    later.add(path)
+                    continue
+                del self._held[path]
+            out.append(path)
+        self._touched = later
+        return out
+
+    def held(self) -> int:
+        """How many objects have a write held back (a flush is due when their hold ends)."""
+        return len(self._held)
 
     async def flush(self) -> None:
         tasks = [asyncio.create_task(self._write(path)) for path in self.dirty()]
@@ -80,30 +139,46 @@ class StatusBook:
 
     async def _write(self, path: str) -> None:
         self._inflight.add(path)
-        want = copy.deepcopy(self.desired[path])
+        want = copy_json(self.desired[path])
         before = self.written.get(path, {})
         patch: dict[str, Any] = {k: v for k, v in want.items() if before.get(k) != v}
         for key in before:
             if key not in want:
                 patch[key] = None
+        done = False
         try:
             async with self._sem:
-                status, body = await self.client.request(
-                    "PATCH", f"{path}/status", {"status": patch}, content_type=MERGE_PATCH
-                )
+                if self.busy():  # binds first: a status write costs the API server more than a bind
+                    async with self._busy_sem:
+                        status, body = await self.client.request(
+                            "PATCH", f"{path}/status", {"status": patch}, content_type=MERGE_PATCH
+                        )
+                else:
+                    status, body = await self.client.request(
+                        "PATCH", f"{path}/status", {"status": patch}, content_type=MERGE_PATCH
+                    )
             if status == 404:
+                done = True
                 self.forget(path)
                 return
             if status >= 300:
                 self.errors += 1
                 log.warning("status of %s not written: HTTP %s %s", path, status, _message(body))
                 return
+            done = True
             self.writes += 1
             self.written[path] = want
         finally:
             self._inflight.discard(path)
+            if not done and path in self.desired:
+                self._touched.add(path)  # tried again at the next flush
 
     # -- conditions and events ------------------------------------------------------------------
+
+    def last_reason(self, path: str) -> str | None:
+        """The reason of the last Event-worthy change recorded for the object (None: nothing yet)."""
+        said = self._said.get(path)
+        return said[0] if said is not None else None
 
     def said(self, path: str, reason: str, message: str) -> bool:
         """True (and remembered) when `reason` is new for this object: time for an Event (one per change
