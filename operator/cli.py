@@ -15,6 +15,7 @@ import typer
 from leitstand.operator import api_cli
 from leitstand.operator.cluster.commands import app as cluster_app
 from leitstand.operator.commands import bench_app, dashboard, simulate_app
+from leitstand.operator.traces import traces_app
 
 app = typer.Typer(
     name="leitstand",
@@ -44,6 +45,7 @@ def _root(
 app.add_typer(cluster_app, name="cluster", help="The local Kubernetes cluster with simulated GPU nodes.")
 app.add_typer(simulate_app, name="simulate", help="Trace-driven simulations of the scheduling core.")
 app.add_typer(bench_app, name="bench", help="Benchmarks that print numbers (JSON with --json).")
+app.add_typer(traces_app, name="traces", help="The public traces the simulators read: fetch them, see where they are.")
 app.command("dashboard")(dashboard)
 # The read API in a terminal (operator/api_cli.py): what `leitstand run` serves, as the caller may see it.
 app.command("queues")(api_cli.queues)
