@@ -16,7 +16,7 @@ reclaimer's path and the victim's path differ (the split level and every level b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -71,6 +71,16 @@ def run(ctx: CycleContext) -> None:
             pairs_cache[key] = tuple(zip(p[split:], v[split:], strict=False))
         return pairs_cache[key]
 
+    pairs_by_reclaimer: dict[QueueName, list[tuple[QueueName, Pairs]]] = {}
+
+    def pairs_of(reclaimer: QueueName) -> list[tuple[QueueName, Pairs]]:
+        """(victim queue, its level pairs) for every live queue but the reclaimer's own leaf."""
+        known = pairs_by_reclaimer.get(reclaimer)
+        if known is None:
+            known = [(queue, levels) for queue in live_queues if (levels := pairs(reclaimer, queue))]
+            pairs_by_reclaimer[reclaimer] = known
+        return known
+
     searches = 0
     for job in ctx.work_queue():
         current = ctx.reasons.get(job.id)
@@ -83,7 +93,12 @@ def run(ctx: CycleContext) -> None:
         if memo in failed:
             continue
 
-        def in_quota_after(q: QueueName, amount: int = amount) -> bool:
+        def in_quota_after(
+            q: QueueName,
+            amount: int = amount,
+            allocated: Mapping[QueueName, int] = allocated,
+            deserved: Mapping[QueueName, float] = deserved,
+        ) -> bool:
             return allocated[q] + amount <= deserved[q] + _EPS
 
         # Victim candidates depend on the queue, the amount and the accounting, which changes only
@@ -94,13 +109,14 @@ def run(ctx: CycleContext) -> None:
         if cached is not None and cached[0] == pool.epoch:
             eligible = cached[1]
         else:
-            victim_queues: set[QueueName] = set()
-            for queue in live_queues:
-                levels = pairs(job.queue, queue)
-                if not levels:
-                    continue  # same leaf: preemption's business
-                if all(allocated[v] > (deserved[v] if in_quota_after(q) else share[v]) + _EPS for q, v in levels):
-                    victim_queues.add(queue)
+            # Per level of the reclaimer's path: is it in quota with the job? Then a victim's level
+            # must be above its deserved share, else above its fair share.
+            flags = dict(zip(acc.paths[job.queue], cache_key[2], strict=True))
+            victim_queues = {
+                queue
+                for queue, levels in pairs_of(job.queue)
+                if all(allocated[v] > (deserved[v] if flags[q] else share[v]) + _EPS for q, v in levels)
+            }
             eligible = pool.of_queues(victim_queues) if victim_queues else None
             victims_cache[cache_key] = (pool.epoch, eligible)
         if eligible is None or not eligible.any():
@@ -112,7 +128,15 @@ def run(ctx: CycleContext) -> None:
             ctx.reasons[job.id] = over
             continue
 
-        def admissible(victim: RunningJob, taken: Sequence[RunningJob], job: Job = job) -> bool:
+        def admissible(
+            victim: RunningJob,
+            taken: Sequence[RunningJob],
+            job: Job = job,
+            allocated: Mapping[QueueName, int] = allocated,
+            deserved: Mapping[QueueName, float] = deserved,
+            share: Mapping[QueueName, float] = share,
+            in_quota_after: Callable[[QueueName], bool] = in_quota_after,
+        ) -> bool:
             # `taken` is already evicted on the statement, so the accounting reflects it.
             for q, v in pairs(job.queue, victim.job.queue):
                 after = allocated[v] - victim.job.gpu_milli_total
