@@ -416,10 +416,12 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         for column in ("shape", "here: what ran", "ours", "KAI", "pods", "evicted", "operator CPU s", "note"):
             table.add_column(column, justify="left" if column in ("shape", "here: what ran", "note") else "right")
         for row in kai["shapes"]:
-            table.add_row(row["key"], row["what"], fmt_duration(row["seconds"]) + ("" if row["complete"] else
-                                                                                     " (timeout)"),
+            ours = (fmt_duration(row["seconds"]) if row["complete"] else
+                    f"{row['pods']}/{row['expected']} after {fmt_duration(row['waited_seconds'])}")
+            note = "; ".join(x for x in (row.get("note", ""), row.get("operator_exited") or "") if x)
+            table.add_row(row["key"], row["what"], ours,
                           row["kai_text"], str(row["pods"]), str(row.get("evicted", "")),
-                          _fmt(row.get("operator_cpu_seconds")), row.get("note", ""))
+                          _fmt(row.get("operator_cpu_seconds")), note)
         console.print(table)
         for key, value in kai.get("prep", {}).items():
             console.print(f"  {key}: {value}")
@@ -642,11 +644,18 @@ def start_raised_scheduler(run: Path, qps: float, log_dir: Path) -> ExtraSchedul
     raise RuntimeError(f"kube-scheduler (raised QPS) not healthy within 90 s; log {log}")
 
 
-async def start_operator_process(run: Path, log_dir: Path, name: str) -> OperatorProcess:
+async def start_operator_process(run: Path, log_dir: Path, name: str,
+                                 config: Mapping[str, Any] | None = None) -> OperatorProcess:
+    """`leitstand run` as leitstand-operator, once it leads; `config` (if any) written as its service config."""
     from leitstand.operator.service.launcher import start_operator
 
-    log = log_dir / f"bench-e2e-{time.strftime('%Y%m%d-%H%M%S')}-{name}.log"
-    operator = start_operator(run / "leitstand-operator.kubeconfig", log, identity=IDENTITY)
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    log = log_dir / f"bench-e2e-{stamp}-{name}.log"
+    config_path = None
+    if config:
+        config_path = log_dir / f"bench-e2e-{stamp}-{name}-config.json"
+        config_path.write_text(json.dumps(config))
+    operator = start_operator(run / "leitstand-operator.kubeconfig", log, identity=IDENTITY, config=config_path)
     if not await asyncio.to_thread(operator.wait_for_log, "leading as", 180.0):
         operator.stop()
         raise RuntimeError(f"leitstand run did not start leading within 180 s; log {log}:\n"
@@ -807,21 +816,51 @@ async def kai_phase(ctx: Ctx, namespace: str, expected: int, submit: Callable[[S
     ctx.progress(f"  KAI {label}: submitting")
     t0 = time.monotonic()
     task = asyncio.create_task(submit(sub))
+    died: list[str] = []
+
+    def check_operator() -> None:
+        if not died and not operator.alive():
+            errors = [line for line in operator.log_text().splitlines() if " ERROR " in line]
+            died.append(f"leitstand run exited (code {operator.proc.returncode}): "
+                        + (errors[-1].split(" ERROR ", 1)[1] if errors else "no ERROR line"))
+            raise OperatorExited(died[0])
+
     try:
-        done = await watch.wait_settled(expected, task, max(60.0, ctx.opts.settle), t0 + ctx.opts.timeout,
-                                        ctx.progress)
+        try:
+            done = await watch.wait_settled(expected, task, max(60.0, ctx.opts.settle), t0 + ctx.opts.timeout,
+                                            ctx.progress, on_tick=check_operator)
+        except OperatorExited:
+            done = False
         await task
     finally:
         if not task.done():
             task.cancel()
     last = max(watch.bound.values(), default=t0)
     await watch.stop()
-    out = {"seconds": round(last - t0, 2), "complete": done, "pods": len(watch.bound),
-           "operator_cpu_seconds": round(operator.cpu_seconds() - cpu0, 1),
+    out = {"operator_exited": died[0] if died else None, "seconds": round(last - t0, 2), "complete": done,
+           "pods": len(watch.bound), "expected": expected,
+           "waited_seconds": round(time.monotonic() - t0, 1), "last_bind": last,
+           "operator_cpu_seconds": round(max(0.0, operator.cpu_seconds() - cpu0), 1),
            "operator_rss_mib": round(operator.rss_mib(), 1), "client_errors": dict(sub.errors),
            "nodes_used": len(set(watch.node.values()))}
     ctx.progress(f"  KAI {label}: {out['pods']}/{expected} bound in {out['seconds']} s")
     return out
+
+
+class OperatorExited(Exception):
+    """`leitstand run` exited during a KAI shape."""
+
+
+async def protect_wait(ctx: Ctx, since: float, min_runtime: float) -> str:
+    """Wait until jobs bound at `since` are past the operator's reclaim protection (min_runtime_seconds,
+    default config): the reclaim shapes time the reclaim, not the protection window."""
+    remaining = since + min_runtime + 1.0 - time.monotonic()
+    if remaining > 0:
+        ctx.progress(f"  waiting {remaining:.0f} s: running jobs are protected from reclaim for "
+                     f"min_runtime_seconds = {min_runtime:g} s")
+        await asyncio.sleep(remaining)
+    return (f"waited {max(0.0, remaining):.0f} s before the next shape (min_runtime_seconds = {min_runtime:g} s "
+            "protects young jobs from reclaim; not counted)")
 
 
 async def rack_count(admin: KubeClient, namespace: str) -> int:
@@ -850,7 +889,16 @@ async def kai(ctx: Ctx) -> dict[str, Any]:
     shapes = {s.key: s for s in KAI_SHAPES}
     rows: list[dict[str, Any]] = []
     prep: dict[str, str] = {}
-    operator = await start_operator_process(ctx.run, ctx.log_dir, "kai")
+    from leitstand.operator.service.config import ServiceConfig
+
+    min_runtime = ServiceConfig().scheduler.min_runtime_seconds
+    default_victims = ServiceConfig().scheduler.max_victims
+    victims = max(default_victims, sizes["singles"])
+    config = {"scheduler": {"max_victims": victims}}
+    operator = await start_operator_process(ctx.run, ctx.log_dir, "kai", config)
+    prep["config"] = (f"scheduler.max_victims = {victims} (default {default_victims}: at most that many jobs are "
+                      f"evicted for one waiting gang, so the hero job, which needs {sizes['singles']} one-GPU victims, "
+                      "could never be placed); everything else default")
     ctx.stoppers.append(operator.stop)
     w = ctx.opts.concurrency
 
@@ -858,6 +906,13 @@ async def kai(ctx: Ctx) -> dict[str, Any]:
         shape = shapes[key]
         rows.append({"key": key, "what": what, "kai_seconds": shape.kai_seconds, "kai_text": shape.kai_text,
                      "kai_what": shape.what, **result, **extra})
+
+    async def alive() -> None:
+        nonlocal operator
+        if not operator.alive():
+            ctx.progress("  leitstand run had exited: starting it again")
+            operator = await start_operator_process(ctx.run, ctx.log_dir, "kai-restarted", config)
+            ctx.stoppers.append(operator.stop)
 
     async def evicted_during(coro: Awaitable[dict[str, Any]]) -> tuple[dict[str, Any], int]:
         watch = NodeWatch(ctx.admin, KAI_A)
@@ -873,6 +928,7 @@ async def kai(ctx: Ctx) -> dict[str, Any]:
 
         result = await kai_phase(ctx, KAI_A, len(singles_a), fill, operator, "fill")
         row("fill", f"{len(singles_a)} one-GPU TrainingJobs, queue quota 0 (borrowed), {nodes} nodes", result)
+        prep["protection"] = await protect_wait(ctx, result["last_bind"], min_runtime)
 
         # 2. reclaim-singles: kai-b (quota = the cluster) submits as many one-GPU jobs.
         async def reclaim_singles(sub: Submission) -> None:
@@ -893,7 +949,9 @@ async def kai(ctx: Ctx) -> dict[str, Any]:
         refilled = await watch.wait_settled(len(singles_a), never, 60.0, t0 + ctx.opts.timeout, ctx.progress)
         prep["refill"] = (f"kai-b deleted, kai-a back to {len(watch.bound)}/{len(singles_a)} bound after "
                           f"{time.monotonic() - t0:.1f} s" + ("" if refilled else " (not all)"))
+        last_refill = max(watch.bound.values(), default=time.monotonic())
         await watch.stop()
+        prep["protection after refill"] = await protect_wait(ctx, last_refill, min_runtime)
 
         # 3. reclaim-hero: one job of one 8-GPU pod per node in kai-b.
         async def hero_job(sub: Submission) -> None:
@@ -907,6 +965,7 @@ async def kai(ctx: Ctx) -> dict[str, Any]:
         t0 = time.monotonic()
         await clean_namespace(ctx.admin, KAI_B)
         await clean_namespace(ctx.admin, KAI_A)
+        await alive()
         prep["clean"] = f"both queues emptied in {time.monotonic() - t0:.1f} s"
 
         # 4. topology: one job of 512 × 2 GPUs, preferred rack, on the empty cluster.
