@@ -258,7 +258,7 @@ def placement_outcome(jobs: Sequence[Job], bound: Mapping[str, tuple[str, str]],
     usable_sizes = sorted({job.gpus for job in waiting
                            if fits_nodes[job.gpus] >= job.replicas - per_job[job.name] or job.replicas == 1})
     smallest = usable_sizes[0] if usable_sizes else None
-    stranded = sum(f for f in free.values() if f and (smallest is None or f < smallest))
+    stranded = 0 if not waiting else sum(f for f in free.values() if f and (smallest is None or f < smallest))
     pods_total = sum(job.replicas for job in jobs)
     return {
         "pods_total": pods_total,
