@@ -1,14 +1,15 @@
 """Scenario tier: every tests/scenarios/*.yaml is loaded, run and checked against its `expect` block.
 
 `only: fairshare` files are checked with `compute_fair_shares` alone. All other files run one cycle
-(`leitstand.scheduler.cycle.run_cycle(snapshot, config) -> Plan`); they are skipped, with that reason,
-while the cycle module does not exist yet. The format is in tests/scenarios/README.md.
+(`leitstand.scheduler.cycle.run_cycle(snapshot, config) -> Plan`); a cycle module that is missing or
+fails to import fails every one of them (it is never a reason to skip). The format is in
+tests/scenarios/README.md.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,12 +31,17 @@ CYCLE_MODULE = "leitstand.scheduler.cycle"
 
 
 def _run_cycle() -> Callable[[Snapshot, SchedulerConfig], Plan]:
-    if importlib.util.find_spec(CYCLE_MODULE) is None:
-        pytest.skip(f"{CYCLE_MODULE} does not exist yet: cycle scenarios run once run_cycle lands")
-    # Imported normally (not importorskip) so that a broken cycle module fails instead of skipping.
+    # Imported normally (no find_spec guard, no importorskip): a missing or broken cycle fails here.
     module = importlib.import_module(CYCLE_MODULE)
     run: Callable[[Snapshot, SchedulerConfig], Plan] = module.run_cycle
     return run
+
+
+def test_a_cycle_that_cannot_be_imported_fails_the_scenarios(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An import error reaches the test as an error, never as `pytest.skip` (a skipped tier hides it)."""
+    monkeypatch.setitem(sys.modules, CYCLE_MODULE, None)  # what Python does for a module that failed
+    with pytest.raises(ImportError):
+        _run_cycle()
 
 
 def test_scenarios_exist() -> None:
