@@ -15,6 +15,8 @@ with a small burst. Everything it judges comes from the API server, never from t
 
 from __future__ import annotations
 
+import functools
+import http.client
 import json
 import random
 import threading
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from leitstand.operator.cluster import controlplane
-from leitstand.operator.cluster.kubeapi import KubeApi
+from leitstand.operator.cluster.kubeapi import ApiError, KubeApi
 from leitstand.operator.cluster.layout import repo_root, run_dir
 from leitstand.operator.cluster.nodes import ClusterSpec, NodePool, Topology
 from leitstand.operator.service.launcher import OperatorProcess, start_operator
@@ -89,8 +91,10 @@ def api_as(run: Path, user: str) -> KubeApi:
     return KubeApi(state["server"], _token(run, user), str(run / "pki" / "ca.crt"))
 
 
-def burst(count: int, seed: int, seconds: tuple[int, int] = (3, 10)) -> list[dict[str, Any]]:
-    """`count` TrainingJobs of the mix, alternating tenants, durations drawn from `seconds`."""
+def burst(count: int, seed: int, seconds: tuple[int, int] = (3, 10), campaign: str = "crash") -> list[dict[str, Any]]:
+    """`count` TrainingJobs of the mix, alternating tenants, durations drawn from `seconds`, labelled
+    `leitstand.dev/campaign=<campaign>` (names `burst-…` for the crash campaign, `<campaign>-…` else)."""
+    prefix = "burst" if campaign == "crash" else campaign
     rng = random.Random(seed)
     names, weights = [s[0] for s in SHAPES], [s[3] for s in SHAPES]
     jobs = []
@@ -100,8 +104,8 @@ def burst(count: int, seed: int, seconds: tuple[int, int] = (3, 10)) -> list[dic
         jobs.append({
             "apiVersion": "leitstand.dev/v1alpha1",
             "kind": "TrainingJob",
-            "metadata": {"name": f"burst-{i:04d}-{shape[0]}", "namespace": tenant,
-                         "labels": {"leitstand.dev/campaign": "crash"}},
+            "metadata": {"name": f"{prefix}-{i:04d}-{shape[0]}", "namespace": tenant,
+                         "labels": {"leitstand.dev/campaign": campaign}},
             "spec": {
                 "queue": tenant,
                 "replicas": shape[1],
@@ -334,3 +338,437 @@ def crash(
             typer.echo(f"  over-booked: {finding}")
     if not result.ok:
         raise typer.Exit(1)
+
+
+# -- failover, control-plane restarts, NotReady nodes ------------------------------------------------
+#
+# Three more campaigns on the same judge: a burst of TrainingJobs, every pod on the API server
+# sampled twice a second (over-booked GPUs, half-bound gangs, two live pods for one replica), and a
+# fault injected while the burst runs. The harness below holds what they share.
+
+LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/leitstand-system/leases/leitstand-scheduler"
+SAMPLE_ERRORS = (OSError, http.client.HTTPException, ApiError, ValueError)
+"""What a request may raise while kube-apiserver or etcd is being restarted."""
+
+
+def duplicate_replicas(pods: list[dict[str, Any]]) -> list[str]:
+    """Replicas with more than one live pod (not being deleted, not Failed): a replica started twice."""
+    live: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for pod in pods:
+        meta = pod["metadata"]
+        labels = meta.get("labels") or {}
+        job = labels.get("leitstand.dev/job")
+        if not job or labels.get("leitstand.dev/role") == "gpu-reservation" or meta.get("deletionTimestamp"):
+            continue
+        if (pod.get("status") or {}).get("phase") == "Failed":
+            continue
+        live[(meta["namespace"], job, labels.get("leitstand.dev/replica", "0"))].append(meta["name"])
+    return [f"{ns}/{job} replica {replica}: {', '.join(sorted(names))}"
+            for (ns, job, replica), names in sorted(live.items()) if len(names) > 1]
+
+
+def bound_pods(pods: list[dict[str, Any]]) -> set[str]:
+    """namespace/name of every pod with a node."""
+    return {f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods if p["spec"].get("nodeName")}
+
+
+@dataclass
+class FaultSample:
+    t: float
+    overbooked: list[str]
+    partial: set[str]
+    duplicates: list[str]
+    bound: set[str]
+
+
+@dataclass
+class FaultResult:
+    """What a fault campaign found; every number comes from the API server."""
+
+    campaign: str
+    jobs: int
+    succeeded: int
+    failed: list[str]
+    unfinished: list[str]
+    seconds: float
+    samples: int
+    sample_errors: int
+    overbooked: list[str]
+    duplicates: list[str]
+    max_partial_seconds: float
+    faults: list[dict[str, Any]]
+    """One entry per injected fault: when, what, and the measured recovery."""
+    operator_exits: list[str]
+    """Operator processes that ended by themselves (and were started again, as a kubelet would)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (not self.failed and not self.unfinished and not self.overbooked and not self.duplicates
+                and self.succeeded == self.jobs and not self.extra.get("problems"))
+
+
+class Harness:
+    """A cluster (started here unless one runs), the API and queues installed, a sampler thread over
+    all pods, the burst submitted and followed to the end. Operators are started by the campaign."""
+
+    def __init__(self, name: str, nodes: int, report: Report) -> None:
+        self.name = name
+        self.report = report
+        self.run: Path = run_dir()
+        self.started_cluster = False
+        if not controlplane.status().get("running"):
+            spec = ClusterSpec(pools=(NodePool(count=nodes),), topology=Topology(nodes_per_rack=4, racks_per_spine=2))
+            controlplane.up(spec, report=report)
+            self.started_cluster = True
+        self.admin = api_as(self.run, "admin")
+        _install(self.run, self.admin)
+        self.capacity = {n["metadata"]["name"]: int(n["status"]["allocatable"].get("nvidia.com/gpu", 0))
+                         for n in self.admin.get("/api/v1/nodes")["items"]}
+        self.samples: list[FaultSample] = []
+        self.sample_errors = 0
+        self.operators: dict[str, OperatorProcess] = {}
+        self.configs: dict[str, Path] = {}
+        self.exits: list[str] = []
+        self.keys: list[str] = []
+        self.phases: dict[str, str] = {}
+        self.t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def operator_config(self, identity: str, extra: str = "") -> Path:
+        """The campaign's service config for one replica: its own API port (replicas serve side by side)."""
+        port = controlplane.free_ports(["api"])["api"]
+        path = self.run / f"{self.name}-{identity}.yaml"
+        path.write_text(CONFIG + f"api: {{port: {port}}}\n" + extra)
+        return path
+
+    def start_operator(self, identity: str, config: Path) -> OperatorProcess:
+        log = self.run / "logs" / f"leitstand-run-{self.name}-{identity}.log"
+        process = start_operator(self.run / "leitstand-operator.kubeconfig", log, identity=identity, config=config)
+        self.operators[identity] = process
+        self.configs[identity] = config
+        return process
+
+    def watch_operators(self) -> None:
+        """Start again any operator that ended by itself (as its Deployment would), and say so."""
+        for identity, process in list(self.operators.items()):
+            if not process.alive():
+                code = process.proc.returncode
+                self.exits.append(f"{identity} exited with code {code} at {self.now():.1f} s")
+                self.report(f"{self.name}: {identity} exited with code {code}; starting it again")
+                self.start_operator(identity, self.configs[identity])
+
+    def start_sampler(self) -> None:
+        sampler_api = api_as(self.run, "admin")
+        sampler_api.timeout_seconds = 10.0
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                try:
+                    pods = sampler_api.get("/api/v1/pods")["items"]
+                except SAMPLE_ERRORS:
+                    self.sample_errors += 1
+                    sampler_api.close()
+                    self._stop.wait(0.5)
+                    continue
+                findings, partial = check_pods(pods, self.capacity)
+                self.samples.append(FaultSample(self.now(), findings, partial, duplicate_replicas(pods),
+                                                bound_pods(pods)))
+                self._stop.wait(0.5)
+            sampler_api.close_all()
+
+        self._sampler = threading.Thread(target=sample, daemon=True, name=f"{self.name}-sampler")
+        self._sampler.start()
+
+    def submit(self, manifests: list[dict[str, Any]]) -> None:
+        clients = {t: api_as(self.run, t) for t in ("tenant-a", "tenant-b")}
+        for job in manifests:
+            ns = job["metadata"]["namespace"]
+            clients[ns].create(f"{GROUP_PATH}/namespaces/{ns}/trainingjobs", job, exist_ok=False)
+            self.keys.append(f"{ns}/{job['metadata']['name']}")
+        for api in clients.values():
+            api.close_all()
+        self.report(f"{self.name}: submitted {len(manifests)} TrainingJobs in {self.now():.1f} s")
+
+    def poll_phases(self) -> bool:
+        """Read every job's phase; True when all are terminal. False (and nothing read) if the API fails."""
+        try:
+            items = self.admin.get(f"{GROUP_PATH}/trainingjobs?labelSelector=leitstand.dev%2Fcampaign%3D{self.name}")
+        except SAMPLE_ERRORS:
+            self.admin.close()
+            return False
+        self.phases = {f"{j['metadata']['namespace']}/{j['metadata']['name']}": (j.get("status") or {}).get(
+            "phase", "") for j in items["items"]}
+        return all(self.phases.get(k) in TERMINAL for k in self.keys)
+
+    def first_new_bind(self, before: set[str], since: float, timeout_seconds: float) -> float | None:
+        """Seconds from `since` until a sample shows a pod bound that was not bound in `before`."""
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            for s in reversed(self.samples):
+                if s.t < since:
+                    break
+                if s.bound - before:
+                    return round(min(x.t for x in self.samples if x.t >= since and x.bound - before) - since, 1)
+            self.watch_operators()
+            time.sleep(0.2)
+        return None
+
+    def latest_bound(self) -> set[str]:
+        return self.samples[-1].bound if self.samples else set()
+
+    def finish(self, seconds: float, faults: list[dict[str, Any]], extra: dict[str, Any]) -> FaultResult:
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join(15)
+        first_seen: dict[str, float] = {}
+        dup_seen: dict[str, float] = {}
+        for s in self.samples:
+            for finding in s.overbooked:
+                first_seen.setdefault(finding, s.t)
+            for dup in s.duplicates:
+                dup_seen.setdefault(dup, s.t)
+        partial_max, _ = _partial_streaks([Sample(s.t, s.overbooked, s.partial) for s in self.samples], [], [])
+        return FaultResult(
+            campaign=self.name,
+            jobs=len(self.keys),
+            succeeded=sum(1 for k in self.keys if self.phases.get(k) == "Succeeded"),
+            failed=sorted(k for k in self.keys if self.phases.get(k) == "Failed"),
+            unfinished=sorted(k for k in self.keys if self.phases.get(k) not in TERMINAL),
+            seconds=round(seconds, 1),
+            samples=len(self.samples),
+            sample_errors=self.sample_errors,
+            overbooked=[f"{f} (first seen at {t:.1f} s)" for f, t in sorted(first_seen.items(), key=lambda x: x[1])],
+            duplicates=[f"{d} (first seen at {t:.1f} s)" for d, t in sorted(dup_seen.items(), key=lambda x: x[1])],
+            max_partial_seconds=round(partial_max, 1),
+            faults=faults,
+            operator_exits=list(self.exits),
+            extra=extra,
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        for identity, process in self.operators.items():
+            process.stop()
+            kept = self.run.parent / f"{self.run.name}-{self.name}-{identity}.log"
+            kept.write_text(process.log_text())
+            self.report(f"{self.name}: log of {identity} kept in {kept}")
+        self.admin.close_all()
+        if self.started_cluster:
+            controlplane.down(report=self.report)
+
+
+def lease_holder(api: KubeApi) -> str | None:
+    try:
+        status, lease = api.request("GET", LEASE_PATH)
+    except SAMPLE_ERRORS:
+        api.close()
+        return None
+    return ((lease.get("spec") or {}).get("holderIdentity") or None) if status == 200 else None
+
+
+def read_api(port: int, path: str, token: str) -> tuple[int, dict[str, str], Any]:
+    """GET `path` from a replica's HTTP API: (status, lower-case headers, decoded JSON or None)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, {k.lower(): v for k, v in reply.headers.items()}, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, None
+    except (OSError, ValueError):
+        return 0, {}, None
+
+
+def api_port(config: Path) -> int:
+    import yaml
+
+    return int(yaml.safe_load(config.read_text())["api"]["port"])
+
+
+def follower_answers(port: int, token: str) -> str | None:
+    """None if the replica on `port` is ready, says it does not lead, and lists jobs; else what failed."""
+    status, headers, body = read_api(port, "/readyz", token)
+    if status != 200 or not body or body.get("leading") is not False:
+        return f"/readyz answered {status} {body}"
+    status, headers, body = read_api(port, "/v1/jobs?limit=5", token)
+    if status != 200 or headers.get("x-leitstand-leading") != "false" or not isinstance(body, dict):
+        return f"/v1/jobs answered {status} (X-Leitstand-Leading {headers.get('x-leitstand-leading')})"
+    return None
+
+
+def run_failover(
+    *,
+    jobs: int = 200,
+    kills: int = 5,
+    seed: int = 11,
+    nodes: int = 16,
+    seconds: tuple[int, int] = (10, 30),
+    timeout_seconds: float = 900.0,
+    report: Report = print,
+) -> FaultResult:
+    """Two replicas of `leitstand run` with the Lease; `kills` times the leader gets SIGKILL while the
+    burst runs (the next kill once the killed one is back as a ready follower). Per kill: how long until
+    the Lease names the other replica and until that replica binds its first pod (from the pods on the
+    API server); the follower's /readyz and reads are checked before every kill."""
+    harness = Harness("failover", nodes, report)
+    identities = ("leitstand-a", "leitstand-b")
+    faults: list[dict[str, Any]] = []
+    problems: list[str] = []
+    try:
+        configs = {i: harness.operator_config(i) for i in identities}
+        for identity in identities:
+            harness.start_operator(identity, configs[identity])
+        token = _token(harness.run, "admin")
+        holder = _wait_for(lambda: lease_holder(harness.admin), 180)
+        if holder not in identities:
+            raise RuntimeError(f"failover: no replica leads after 180 s (Lease holder {holder!r})")
+        harness.start_sampler()
+        harness.submit(burst(jobs, seed, seconds, campaign="failover"))
+        rng = random.Random(seed + 1)
+        next_kill = harness.now() + rng.uniform(3.0, 8.0)
+        while harness.now() < timeout_seconds:
+            harness.watch_operators()
+            done = harness.poll_phases()
+            if len(faults) < kills and harness.now() >= next_kill:
+                leader = lease_holder(harness.admin)
+                follower = next((i for i in identities if i != leader), None)
+                if leader not in identities or follower is None:
+                    time.sleep(0.5)
+                    continue
+                port = api_port(configs[follower])
+                if _wait_for(functools.partial(_follower_ok, port, token), 60) is None:
+                    problems.append(f"before kill {len(faults) + 1}: follower {follower}: "
+                                    f"{follower_answers(port, token)}")
+                killed_at = harness.now()
+                harness.operators.pop(leader).kill()  # started again once the other one leads
+                report(f"failover: kill -9 of the leader {leader} at {killed_at:.1f} s")
+                time.sleep(1.0)  # binds the dead process had sent have landed by now
+                before = _wait_for(functools.partial(_bound_now, harness.admin), 30) or set()
+                taken = _wait_for(functools.partial(_holds, harness.admin, follower), 60)
+                lease_s = round(harness.now() - killed_at, 1) if taken else None
+                bind_s = harness.first_new_bind(before, killed_at, 60)
+                faults.append({"at": round(killed_at, 1), "killed": leader, "new_leader": follower,
+                               "lease_taken_after_seconds": lease_s, "first_bind_after_seconds": bind_s})
+                report(f"failover: {follower} holds the Lease {lease_s} s after the kill, "
+                       f"binds its first pod after {bind_s} s")
+                harness.start_operator(leader, configs[leader])
+                next_kill = harness.now() + rng.uniform(2.0, 6.0)
+            if done and len(faults) >= kills:
+                break
+            time.sleep(0.5)
+        result = harness.finish(harness.now(), faults, {"problems": problems})
+    finally:
+        harness.close()
+    return result
+
+
+def run_restarts(
+    *,
+    components: tuple[str, ...] = ("kube-apiserver",),
+    restarts: int = 3,
+    jobs: int = 200,
+    seed: int = 13,
+    nodes: int = 16,
+    seconds: tuple[int, int] = (5, 15),
+    kill: bool = False,
+    timeout_seconds: float = 900.0,
+    report: Report = print,
+) -> FaultResult:
+    """One `leitstand run`; `restarts` times a component (kube-apiserver or etcd, taking `components` in
+    turn) is stopped and started again (controlplane.restart: TERM + 5 s grace, or SIGKILL) while the
+    burst runs. Per restart: how long the component was down, and how long after it answered again
+    until a new pod was bound. An operator that exits meanwhile is started again (as its Deployment
+    would) and listed."""
+    for component in components:
+        if component not in ("kube-apiserver", "etcd"):
+            raise ValueError(f"component={component!r}: restart kube-apiserver or etcd")
+    if not components:
+        raise ValueError("components is empty: name kube-apiserver and/or etcd")
+    harness = Harness("restart-" + "-".join("apiserver" if c == "kube-apiserver" else c for c in components),
+                      nodes, report)
+    faults: list[dict[str, Any]] = []
+    try:
+        configs = {"leitstand-0": harness.operator_config("leitstand-0")}
+        operator = harness.start_operator("leitstand-0", configs["leitstand-0"])
+        if not operator.wait_for_log("leading as", 180):
+            raise RuntimeError(f"leitstand run did not lead:\n{operator.log_text()[-2000:]}")
+        harness.start_sampler()
+        harness.submit(burst(jobs, seed, seconds, campaign=harness.name))
+        rng = random.Random(seed + 1)
+        next_restart = harness.now() + rng.uniform(3.0, 8.0)
+        while harness.now() < timeout_seconds:
+            harness.watch_operators()
+            done = harness.poll_phases()
+            if len(faults) < restarts and harness.now() >= next_restart:
+                component = components[len(faults) % len(components)]
+                before = harness.latest_bound()
+                at = harness.now()
+                report(f"{harness.name}: restarting {component} at {at:.1f} s")
+                restarted = controlplane.restart(component, kill=kill)
+                back = harness.now()
+                harness.watch_operators()
+                bind_s = harness.first_new_bind(before, back, 120)
+                faults.append({"at": round(at, 1), "component": component, "signal": "KILL" if kill else "TERM",
+                               "down_seconds": round(restarted.down_seconds, 1), "first_bind_after_seconds": bind_s})
+                report(f"{harness.name}: {component} down {restarted.down_seconds:.1f} s; first new pod bound "
+                       f"{bind_s} s after it answered again")
+                next_restart = harness.now() + rng.uniform(5.0, 12.0)
+            if done and len(faults) >= restarts:
+                break
+            time.sleep(0.5)
+        result = harness.finish(harness.now(), faults, {})
+    finally:
+        harness.close()
+    return result
+
+
+def _bound_now(api: KubeApi) -> set[str] | None:
+    try:
+        return bound_pods(api.get("/api/v1/pods")["items"])
+    except SAMPLE_ERRORS:
+        api.close()
+        return None
+
+
+def _follower_ok(port: int, token: str) -> bool:
+    return follower_answers(port, token) is None
+
+
+def _holds(api: KubeApi, identity: str) -> bool:
+    return lease_holder(api) == identity
+
+
+def _wait_for(check: Callable[[], Any], timeout_seconds: float) -> Any:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    return None
+
+
+def print_result(result: FaultResult, as_json: bool, report: Report) -> None:
+    if as_json:
+        report(json.dumps({**result.__dict__, "ok": result.ok}, indent=2))
+        return
+    report(
+        f"{result.campaign}: {result.succeeded}/{result.jobs} jobs Succeeded in {result.seconds} s; "
+        f"{len(result.failed)} Failed, {len(result.unfinished)} unfinished; "
+        f"{result.samples} samples of all pods ({result.sample_errors} failed while the API was away): "
+        f"{len(result.overbooked)} over-bookings, {len(result.duplicates)} replicas with two live pods; "
+        f"longest partly-bound gang {result.max_partial_seconds} s; "
+        f"operator exits: {len(result.operator_exits)}"
+    )
+    for fault in result.faults:
+        report("  " + ", ".join(f"{k} {v}" for k, v in fault.items()))
+    for line in [*result.overbooked[:10], *result.duplicates[:10], *result.operator_exits,
+                 *result.extra.get("problems", [])]:
+        report(f"  {line}")
