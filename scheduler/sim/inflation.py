@@ -10,7 +10,7 @@ loop (`inflation_kernels.run_stream_kernel`); this module prepares its arrays as
 does (masks, score-cache rows per request shape, Random's `rand_base(seed, nonce=task index)`).
 Arrived and used GPU milli are recorded after every task and merged into "allocation % at arrived
 k %" (k = 0..130) exactly as the authors' merge script does. The rules and why each matters:
-`../shared/notes/fgd-protocol.md`.
+`docs/policies.md` ("Results: the paper protocol").
 
 Called by the CLI (`leitstand simulate inflation`) and tests; returns plain data, draws nothing.
 """
