@@ -393,14 +393,15 @@ def _partitioned(
     usage_share: Mapping[QueueName, float] | None,
     usage_factor: float,
 ) -> FairShares:
-    """The division of every partition (the shared GPUs; each reserved pool), summed per queue.
+    """One division per partition (each reserved pool, then the shared GPUs), summed per queue.
 
-    A queue belongs to the partition of its effective reservation; in that partition's tree its
-    parent is its real parent when that one is in the same partition, else none (it is a root
-    there). A queue with descendants in other partitions ("foreign roots": the topmost such
-    descendants) gives them their part of its quota and limit: in its own partition its quota is
-    its quota minus theirs, its limit its limit minus their total shares. Partitions are divided
-    foreign roots first, so those shares are known.
+    A leaf belongs to the partition of its effective reservation. A partition's GPUs are divided
+    over the projection of the tree onto its leaves: those leaves and their ancestors, so a pool
+    reaches only the subtree reserved to it (and passes through that subtree's ancestors, whose
+    weights and limits still apply). In a partition a queue's quota is, for a queue of that
+    partition, its quota minus the quotas of the topmost descendants reserved elsewhere; for an
+    ancestor passing a pool through, the sum of its children's quotas there (at most its own). Its
+    limit is what earlier partitions left of it, so the total never exceeds the limit.
     """
     specs = {name: spec_of(tree.queues[name]) for name in tree.order}
     total_capacity = math.fsum(capacities.values())
@@ -408,86 +409,65 @@ def _partitioned(
         r = _compute(tree.children, tree.order, specs, demand_milli, capacities[None], usage_share, usage_factor)
         return FairShares(r.share, r.deserved, r.requestable, r.demand, r.scale, total_capacity)
 
-    foreign: dict[QueueName, tuple[QueueName, ...]] = {}
+    # Quota a queue keeps in its own partition: minus its topmost descendants reserved elsewhere.
+    away_quota: dict[QueueName, float] = {}
     for name in reversed(tree.order):
-        out: list[QueueName] = []
-        for kid in tree.children.get(name, ()):
-            out.extend((kid,) if reservation[kid] != reservation[name] else foreign[kid])
-        foreign[name] = tuple(out)
-    members: dict[str | None, list[QueueName]] = {}
-    for name in tree.order:
-        members.setdefault(reservation[name], []).append(name)
+        away_quota[name] = math.fsum(
+            specs[kid].quota_milli if reservation[kid] != reservation[name] else away_quota[kid]
+            for kid in tree.children.get(name, ())
+        )
+    leaves_of: dict[str | None, list[QueueName]] = {}
+    for leaf in tree.leaves:
+        leaves_of.setdefault(reservation[leaf], []).append(leaf)
 
-    share: dict[QueueName, float] = {}
-    deserved: dict[QueueName, float] = {}
-    requestable: dict[QueueName, float] = {}
-    demand: dict[QueueName, float] = {}
-    scale: dict[QueueName, float] = {}
-    for part in _partition_order(members, foreign, reservation):
-        names = members[part]
-        kids: dict[QueueName | None, tuple[QueueName, ...]] = {}
-        for name in names:
-            parent = tree.queues[name].parent
-            key = parent if parent is not None and reservation[parent] == part else None
-            kids[key] = (*kids.get(key, ()), name)
+    remaining_limit = {name: specs[name].limit_milli for name in tree.order}
+    share = dict.fromkeys(tree.order, 0.0)
+    deserved = dict.fromkeys(tree.order, 0.0)
+    requestable = dict.fromkeys(tree.order, 0.0)
+    demand = dict.fromkeys(tree.order, 0.0)
+    scale = dict.fromkeys(tree.order, 1.0)
+    for part in sorted(leaves_of, key=lambda p: (p is None, p or "")):  # reserved pools first, shared last
+        members: set[QueueName] = set()
+        for leaf in leaves_of[part]:
+            members.add(leaf)
+            members.update(tree.ancestors(leaf))
+        order = tuple(n for n in tree.order if n in members)
+        kids: dict[QueueName | None, tuple[QueueName, ...]] = {
+            parent: tuple(k for k in group if k in members) for parent, group in tree.children.items()
+        }
         sub: dict[QueueName, _Spec] = {}
-        for name in names:
+        for name in reversed(order):  # children first: a pass-through quota sums theirs
             s = specs[name]
-            if foreign[name]:
-                quota = max(0.0, s.quota_milli - math.fsum(specs[f].quota_milli for f in foreign[name]))
-                limit = s.limit_milli
-                if limit is not None:
-                    limit = max(0.0, limit - math.fsum(share[f] for f in foreign[name]))
-                    quota = min(quota, limit)
-                s = _Spec(name, quota, limit, s.over_quota_weight, s.priority)
-            sub[name] = s
+            if reservation[name] == part:
+                quota = max(0.0, s.quota_milli - away_quota[name])
+            else:
+                quota = min(s.quota_milli, math.fsum(sub[k].quota_milli for k in kids.get(name, ())))
+            limit = remaining_limit[name]
+            sub[name] = _Spec(name, quota, None if limit is None else max(0.0, limit), s.over_quota_weight, s.priority)
         capacity = capacities.get(part, 0.0)
         usage = None
         if usage_share is not None:
             # U is a fraction of the whole cluster; measured against this partition's GPUs instead.
             ratio = total_capacity / capacity if capacity > 0 else 0.0
-            usage = {n: usage_share[n] * ratio for n in names if n in usage_share}
-        r = _compute(kids, tuple(names), sub, demand_milli, capacity, usage, usage_factor)
-        for name in reversed(names):
-            away = foreign[name]
-            share[name] = r.share[name] + math.fsum(share[f] for f in away)
-            deserved[name] = r.deserved[name] + math.fsum(deserved[f] for f in away)
-            requestable[name] = r.requestable[name] + math.fsum(requestable[f] for f in away)
-            demand[name] = r.demand[name] + math.fsum(demand[f] for f in away)
-            scale[name] = r.scale[name]
-    order = tree.order
+            usage = {n: usage_share[n] * ratio for n in order if n in usage_share}
+        r = _compute(kids, order, sub, demand_milli, capacity, usage, usage_factor)
+        for name in order:
+            share[name] += r.share[name]
+            deserved[name] += r.deserved[name]
+            requestable[name] += r.requestable[name]
+            demand[name] += r.demand[name]
+            scale[name] = min(scale[name], r.scale[name])
+            limit = remaining_limit[name]
+            if limit is not None:
+                remaining_limit[name] = limit - r.share[name]
     return FairShares(
-        share_milli={n: share[n] for n in order},
-        deserved_milli={n: deserved[n] for n in order},
-        requestable_milli={n: requestable[n] for n in order},
-        demand_milli={n: demand[n] for n in order},
-        deserved_scale={n: scale[n] for n in order},
+        share_milli=share,
+        deserved_milli=deserved,
+        requestable_milli=requestable,
+        demand_milli=demand,
+        deserved_scale=scale,
         capacity_milli=total_capacity,
     )
-
-
-def _partition_order(
-    members: Mapping[str | None, Sequence[QueueName]],
-    foreign: Mapping[QueueName, tuple[QueueName, ...]],
-    reservation: Mapping[QueueName, str | None],
-) -> list[str | None]:
-    """Partitions so that each comes after those of its queues' foreign roots (Kahn's algorithm)."""
-    needs = {p: {reservation[f] for n in names for f in foreign[n]} for p, names in members.items()}
-    done: list[str | None] = []
-    left = dict(needs)
-    while left:
-        ready = [p for p, deps in left.items() if not deps - set(done)]
-        if not ready:
-            pools = sorted(str(p) for p in left if p is not None)
-            raise InvalidSpecError(
-                f"node pools {', '.join(pools)} are reserved inside each other's subtrees; reserve each "
-                "pool to one queue subtree (nested reservations must use a pool of their own)"
-            )
-        ready.sort(key=lambda p: "" if p is None else p)
-        for p in ready:
-            done.append(p)
-            del left[p]
-    return done
 
 
 def _compute(

@@ -378,15 +378,31 @@ def test_reserved_pool_capacity_missing_or_negative_is_an_error() -> None:
         fair(queues, {}, 8, pool_capacity_milli={"sovereign": -1.0})
 
 
-def test_pools_reserved_inside_each_other_are_rejected() -> None:
+def test_a_pool_reserved_twice_in_one_subtree_is_divided_through_the_tree_above() -> None:
+    # outer reserves p; inside it middle reserves q, and inner (under middle) p again. Pool p's 8 GPUs
+    # go to its two leaves through outer and middle (weights 1:1): other 4, inner 4. Pool q has no
+    # leaf of its own, so its GPUs go to nobody.
     queues = [
         make_queue("outer", pool="p"),
         make_queue("middle", "outer", pool="q"),
         make_queue("inner", "middle", pool="p"),
         make_queue("other", "outer"),
     ]
-    with pytest.raises(InvalidSpecError, match="node pools p, q are reserved inside each other's subtrees"):
-        fair(queues, {}, 0, pool_capacity_milli=pools(p=8, q=8))
+    r = fair(queues, {"inner": 100, "other": 100}, 0, pool_capacity_milli=pools(p=8, q=8))
+    assert gpus(r) == {"outer": 8, "middle": 4, "inner": 4, "other": 4}
+
+
+def test_ancestor_limit_holds_across_pools() -> None:
+    # dept (limit 10) has a child reserving pool p (12 GPUs) and a shared child: the pool counts first
+    # (it cannot go to anyone else), the shared child gets what the limit leaves.
+    queues = [
+        make_queue("dept", limit_gpus=10),
+        make_queue("lab", "dept", pool="p"),
+        make_queue("team", "dept"),
+        make_queue("other"),
+    ]
+    r = fair(queues, {"lab": 100, "team": 100, "other": 100}, 16, pool_capacity_milli=pools(p=12))
+    assert gpus(r) == {"dept": 10, "lab": 10, "team": 0, "other": 16}
 
 
 # --- quota per GPU model (docs/fairshare.md, "Quota per GPU model") --------------------------------
