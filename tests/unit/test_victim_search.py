@@ -1,0 +1,147 @@
+"""The victim search's budgets and shortcuts: what a tenant sees when the budget runs out, and
+proofs that the shortcuts (hopeless-domain memo, un-evicting during pruning) change no decision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from builders import make_cluster, make_job, make_node, make_queue, make_running, make_snapshot
+from numpy.typing import NDArray
+
+from leitstand.scheduler.actions import context
+from leitstand.scheduler.cycle import run_cycle
+from leitstand.scheduler.fairshare import build_queue_tree
+from leitstand.scheduler.model import EvictionKind, JobId, QueueName, RunningJob, SchedulerConfig, Snapshot
+from leitstand.scheduler.placement import GangRequest
+from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.state import ClusterState
+from leitstand.scheduler.statement import QueueAccounting, Statement
+from leitstand.scheduler.victims import VictimChoice, VictimPool, choose_victims
+
+
+def _borrowed_cluster(waiting: int) -> tuple[Snapshot, list[str]]:
+    """team-b borrows 4 nodes; team-a (quota 32) has `waiting` one-node jobs that must reclaim."""
+    queues = [make_queue("team-a", quota_gpus=32), make_queue("team-b", quota_gpus=0)]
+    nodes = [make_node(f"n{i}", 8) for i in range(4)]
+    running = [make_running(make_job(f"b{i}", "team-b", 8), [(f"n{i}", range(8))]) for i in range(4)]
+    pending = [make_job(f"a{i}", "team-a", 8, created_at=float(i)) for i in range(waiting)]
+    return make_snapshot(nodes, queues, pending, running, now=1000), [j.id for j in pending]
+
+
+def test_jobs_the_search_budget_cuts_off_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(context, "VICTIM_SEARCHES_PER_ACTION", 1)
+    snap, ids = _borrowed_cluster(3)
+    stats: dict[str, int] = {}
+    plan = run_cycle(snap, SchedulerConfig(consolidation=False), stats=stats)
+    assert [b.job_id for b in plan.bindings] == [ids[0]]  # the one search the budget allows
+    reasons = {p.job_id: p for p in plan.pending}
+    for job_id in ids[1:]:
+        reason = reasons[JobId(job_id)]
+        assert reason.code == context.Code.SEARCH_BUDGET
+        assert "budget of 1 victim searches" in reason.message
+        assert "searched again next cycle" in reason.message
+        assert "Insufficient" in reason.message  # what it waits for is kept
+    assert stats["reclaim_searches"] == 1 and stats["reclaim_budget_cut"] == 2
+
+
+def test_with_budget_enough_the_same_jobs_reclaim() -> None:
+    snap, ids = _borrowed_cluster(3)
+    plan = run_cycle(snap, SchedulerConfig(consolidation=False))
+    assert sorted(b.job_id for b in plan.bindings) == sorted(ids)
+    assert all(e.kind is EvictionKind.RECLAIM for e in plan.evictions)
+    assert not any(p.code == context.Code.SEARCH_BUDGET for p in plan.pending)
+
+
+def test_budget_reason_is_an_ordinary_reason_code() -> None:
+    # Not a policy block: the next actions (and the next cycle) may still help the job.
+    assert context.Code.SEARCH_BUDGET == "SearchBudgetExhausted"
+    assert context.Code.SEARCH_BUDGET not in context.POLICY_BLOCKS
+
+
+def _rack_state() -> tuple[Statement, ClusterState, list[RunningJob]]:
+    nodes, topology = make_cluster(4, 8, racks=2)  # r0: n0, n1; r1: n2, n3
+    state = ClusterState.from_nodes(nodes, topology)
+    running = [
+        make_running(make_job("small-r0", "b", 4, priority=10), [("n0", range(4))]),
+        make_running(make_job("big-r0", "b", 8, priority=90, preemptible=True), [("n1", range(8))]),
+        make_running(make_job("r1-a", "b", 8, priority=30), [("n2", range(8))]),
+        make_running(make_job("r1-b", "b", 8, priority=30), [("n3", range(8))]),
+    ]
+    for held in running:
+        state.allocate_job(held)
+    tree = build_queue_tree([make_queue("a"), make_queue("b")])
+    return Statement(state=state, accounting=QueueAccounting.empty(tree)), state, running
+
+
+def test_hopeless_domain_is_skipped_for_the_same_shape_until_a_move_touches_it() -> None:
+    nodes, topology = make_cluster(4, 8, racks=2)  # r0: n0, n1; r1: n2, n3
+    state = ClusterState.from_nodes(nodes, topology)
+    cpu = int(state.cpu_capacity_milli[0])
+    small = make_running(make_job("small-r0", "b", 4, priority=10), [("n0", range(4))])
+    # Not a candidate: holds half of n1's GPUs and nearly all its CPU.
+    blocker = make_running(make_job("blocker", "b", 4, priority=125, cpu_milli=cpu - 1000), [("n1", range(4))])
+    r1 = [make_running(make_job(f"r1-{k}", "b", 8, priority=30), [(f"n{k}", range(8))]) for k in (2, 3)]
+    for held in [small, blocker, *r1]:
+        state.allocate_job(held)
+    tree = build_queue_tree([make_queue("a"), make_queue("b")])
+    stmt = Statement(state=state, accounting=QueueAccounting.empty(tree))
+    policy = PolicyContext.build(state)
+    pool = VictimPool(stmt, [small, *r1])
+    # Two replicas of 4 GPUs, each needing more than half a node's CPU: rack r0 passes the count of
+    # GPU slots (n0: 8 once small-r0 is gone, n1: 4) but holds one replica at most.
+    job = make_job("gang", "a", 4, replicas=2, required="rack", cpu_milli=cpu // 2 + 1000)
+    request = GangRequest.for_job(state, job)
+    only_small = pool.of_queue(QueueName("b")) & (pool.priority < 20)
+
+    def search(eligible: NDArray[np.bool_], tally: dict[str, int]) -> VictimChoice | None:
+        return choose_victims(
+            stmt, request, pool, policy, max_victims=8, for_job=JobId("g"), eligible=eligible, tally=tally
+        )
+
+    tally: dict[str, int] = {}
+    assert search(only_small, tally) is None
+    assert tally["domains"] == 1 and not tally.get("domains_skipped")
+    tally = {}
+    assert search(only_small, tally) is None
+    assert tally.get("domains", 0) == 0 and tally["domains_skipped"] == 1, "same shape, same candidates: skipped"
+    pool.changed([state.node_index["n1"]])  # a committed move in rack r0 invalidates the memo
+    tally = {}
+    assert search(only_small, tally) is None
+    assert tally["domains"] == 1 and not tally.get("domains_skipped")
+    # More candidates than the failed search had (rack r1's): not covered by the memo, and r1 works.
+    found = search(pool.of_queue(QueueName("b")), {})
+    assert found is not None
+    assert sorted(v.job.id for v in found.victims) == ["r1-2", "r1-3"]
+
+
+def test_pruning_leaves_exactly_the_state_the_caller_replays() -> None:
+    stmt, state, running = _rack_state()
+    policy = PolicyContext.build(state)
+    pool = VictimPool(stmt, running)
+    request = GangRequest.for_job(state, make_job("gang", "a", 8, replicas=2, required="rack"))
+    free = state.gpu_free_milli.copy()
+    choice = choose_victims(stmt, request, pool, policy, max_victims=8, for_job=JobId("g"))
+    assert choice is not None
+    assert np.array_equal(state.gpu_free_milli, free), "the search rolls everything back"
+    assert sorted(v.job.id for v in choice.victims) == ["r1-a", "r1-b"]
+    # Replaying exactly the chosen evictions makes the returned placement valid.
+    for victim in choice.victims:
+        stmt.evict(victim, EvictionKind.RECLAIM, JobId("g"), "test")
+    stmt.bind(make_job("gang", "a", 8, replicas=2, required="rack"), choice.request, choice.placement)
+
+
+def test_restore_is_undone_by_rollback() -> None:
+    stmt, state, running = _rack_state()
+    held = running[2]
+    free = state.gpu_free_milli.copy()
+    mark = stmt.checkpoint()
+    stmt.evict(held, EvictionKind.PREEMPT, JobId("x"), "what-if")
+    inner = stmt.checkpoint()
+    stmt.restore(held)
+    assert np.array_equal(state.gpu_free_milli, free)
+    assert stmt.nodes_since(inner) == {state.node_index["n2"]}
+    stmt.rollback(inner)
+    assert state.gpu_free_milli[state.node_index["n2"]].tolist() == [1000] * 8
+    stmt.rollback(mark)
+    assert np.array_equal(state.gpu_free_milli, free)
+    assert stmt.bindings() == () and stmt.evictions() == ()
