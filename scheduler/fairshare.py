@@ -29,6 +29,10 @@ queues whose parent is None; every inner queue divides its own share among its c
    U its past usage as a fraction of what its parent could hand out (see `_effective_weights`).
    Usage only reorders who gets surplus: a child whose P fell to 0 still takes what no one else in
    its bucket wants, by its configured weight, so no GPU stays idle because of history.
+4. Reserved pools (optional, `pool_capacity_milli` given): each reserved pool's GPUs are divided
+   only over the subtree reserved to it, the shared GPUs over the rest (`_partitioned`).
+5. Per GPU model (optional, `model_capacity_milli` given and some queue sets `model_quotas`): the
+   same division again per model with the per-model quotas and limits (`FairShares.by_model`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The order of work in a cycle: which queue goes next, and which of its jobs.
 
-What it holds (Run:ai / KAI "order of work", `notes/runai-semantics.md`):
+What it holds (Run:ai / KAI "order of work"; docs/cycle.md):
 - jobs inside a leaf queue: higher job priority first, then older (`created_at`), then id;
 - queues: a queue whose next job keeps it within its fair share (at every level of the tree)
   before one that would go above it; then one whose next job stays within quota; then higher queue

@@ -1,4 +1,4 @@
-"""Unit tests of leitstand.scheduler.fairshare: each Run:ai/KAI rule (notes/runai-semantics.md) and
+"""Unit tests of leitstand.scheduler.fairshare: each Run:ai/KAI rule (docs/fairshare.md) and
 each documented deviation, one small tree at a time. Amounts in tests are GPUs; the API is milli-GPU."""
 
 from __future__ import annotations
