@@ -102,6 +102,7 @@ class Options:
     settle: float = 10.0
     timeout: float = 600.0
     seed: int = 42
+    repeat: int = 1
     paths: tuple[str, ...] = PATHS
     kai: bool = False
     run: Path | None = None
@@ -132,6 +133,8 @@ def check_options(opts: Options) -> None:
         raise ValueError(f"--kube-qps {opts.kube_qps}: must be >= 0 (0 skips the raised-QPS kube-scheduler)")
     if opts.concurrency < 1:
         raise ValueError(f"--concurrency {opts.concurrency}: must be >= 1")
+    if opts.repeat < 1:
+        raise ValueError(f"--repeat {opts.repeat}: must be >= 1")
     if not opts.settle > 0:
         raise ValueError(f"--settle {opts.settle}: must be > 0 seconds")
     if not opts.timeout > 0:
@@ -294,6 +297,10 @@ class PathResult:
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     client_errors: dict[str, int] = field(default_factory=dict)
     timed_out: bool = False
+    load_average: float = 0.0
+    """The machine's 1-minute load average when the path started (other people's work included)."""
+    runs_pods_per_second: list[float] = field(default_factory=list)
+    """With --repeat: every run's pods/s of this path (the row is the median run)."""
 
     @property
     def pods_per_second(self) -> float:
@@ -302,6 +309,21 @@ class PathResult:
     @property
     def time_to_all_bound(self) -> float | None:
         return self.first_to_last_bind if self.all_bound else None
+
+
+def median_runs(results: Sequence[PathResult]) -> list[PathResult]:
+    """One result per path, in first-seen order: the run with the median pods/s (the lower middle of an
+    even count), carrying every run's pods/s."""
+    by_path: dict[str, list[PathResult]] = {}
+    for r in results:
+        by_path.setdefault(r.path, []).append(r)
+    out = []
+    for runs in by_path.values():
+        ordered = sorted(runs, key=lambda r: r.pods_per_second)
+        chosen = ordered[(len(ordered) - 1) // 2]
+        chosen.runs_pods_per_second = [round(r.pods_per_second, 1) for r in runs]
+        out.append(chosen)
+    return out
 
 
 def summarize(results: Sequence[PathResult]) -> dict[str, Any]:
@@ -381,7 +403,7 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         table = Table(title="the same workload, four ways (first submission → last pod bound)")
         for column in ("path", "placed by", "pods bound", "time to all bound", "pods/s", "jobs waiting",
                        "gangs partly placed (GPUs held)", "free GPUs", "stranded GPUs", "scheduler CPU s",
-                       "apiserver CPU s"):
+                       "apiserver CPU s", "others' CPU s", "load avg"):
             table.add_column(column, justify="left" if column in ("path", "placed by") else "right")
         for row in side["paths"]:
             cpu = row["cpu_seconds"]
@@ -393,8 +415,13 @@ def render(report: Mapping[str, Any], console: Console) -> None:
                           f"never ({row['pods_total'] - row['pods_bound']} unbound)",
                           _fmt(row["pods_per_second"]), str(row["jobs_waiting"]),
                           f"{row['partial_gangs']} ({row['partial_gang_gpus']})", str(row["free_gpus"]),
-                          str(row["stranded_gpus"]), _fmt(sched, 1), _fmt(cpu.get("kube-apiserver"), 1))
+                          str(row["stranded_gpus"]), _fmt(sched, 1), _fmt(cpu.get("kube-apiserver"), 1),
+                          _fmt(cpu.get("other"), 1), _fmt(row.get("load_average"), 1))
         console.print(table)
+        if side.get("repeat", 1) > 1:
+            console.print(f"each path ran {side['repeat']} times, interleaved; the row is the median run; pods/s of "
+                          "every run: " + "; ".join(f"{row['path']} {row['runs_pods_per_second']}"
+                                                    for row in side["paths"]))
         ratios = side["ratios"]
         parts = []
         for key, label in (("x_kube-scheduler", "kube-scheduler (default QPS)"),
@@ -686,7 +713,7 @@ async def measure_path(ctx: Ctx, path: str, scheduler: str, jobs: Sequence[Job],
 
     await clean(ctx.admin)
     pods_total = sum(job.replicas for job in jobs)
-    result = PathResult(path, scheduler, pods_total)
+    result = PathResult(path, scheduler, pods_total, load_average=round(os.getloadavg()[0], 2))
     watch = NodeWatch(ctx.admin)
     await watch.start()
     ctx.progress(f"  {path}: submitting {len(jobs)} jobs ({pods_total} pods)")
@@ -737,7 +764,7 @@ async def side_by_side(ctx: Ctx, kube_client: dict[str, Any]) -> dict[str, Any]:
     jobs = mixed_workload(len(ctx.nodes), opts.seed, NODE_GPUS)
     results: list[PathResult] = []
     notes: list[str] = []
-    for path in opts.paths:
+    for path in [p for _ in range(opts.repeat) for p in opts.paths]:
         if path == "raw":
             pods, renamed = raw_plan(jobs, ctx.nodes, opts.seed)
 
@@ -785,7 +812,7 @@ async def side_by_side(ctx: Ctx, kube_client: dict[str, Any]) -> dict[str, Any]:
                 await asyncio.to_thread(operator.stop)
                 ctx.sampler.operator_pid = None
     return {"workload": workload_summary(jobs), "seed": opts.seed, "kube_scheduler_client": kube_client_text(
-        kube_client, opts.kube_qps), **summarize(results), "notes": notes}
+        kube_client, opts.kube_qps), "repeat": opts.repeat, **summarize(median_runs(results)), "notes": notes}
 
 
 def kube_client_text(client: Mapping[str, Any], raised: float) -> str:
@@ -1078,6 +1105,8 @@ def e2e(
     settle: Annotated[float, typer.Option(help="A path is done when nothing was bound for this many seconds.")] = 10.0,
     timeout: Annotated[float, typer.Option(help="Give up on a path or shape after this many seconds.")] = 600.0,
     seed: Annotated[int, typer.Option(help="Seed of the workload's order.")] = 42,
+    repeat: Annotated[int, typer.Option(help="Run the paths this many times, interleaved; report each "
+                                        "path's median run (the machine is shared: its load varies).")] = 1,
     run_folder: Annotated[
         Path | None,
         typer.Option("--run", help="Run folder of a running cluster (with kube-scheduler) to use [default "
@@ -1090,8 +1119,8 @@ def e2e(
     """Leitstand vs the real kube-scheduler vs a raw create+bind loop on one local cluster; --kai: KAI's shapes."""
     try:
         opts = Options(nodes=nodes, nodes_per_rack=nodes_per_rack, kube_qps=kube_qps, concurrency=concurrency,
-                       settle=settle, timeout=timeout, seed=seed, paths=parse_paths(paths), kai=kai_shapes,
-                       run=run_folder, keep_cluster=keep_cluster, log_dir=log_dir)
+                       settle=settle, timeout=timeout, seed=seed, repeat=repeat, paths=parse_paths(paths),
+                       kai=kai_shapes, run=run_folder, keep_cluster=keep_cluster, log_dir=log_dir)
         check_options(opts)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
