@@ -26,6 +26,12 @@ from leitstand.operator.bench_operator import operator_bench  # noqa: E402
 
 bench_app.command("operator")(operator_bench)
 
+from leitstand.operator.faults import failover_command, nodes_command, restart_command  # noqa: E402
+
+bench_app.command("failover")(failover_command)
+bench_app.command("restart")(restart_command)
+bench_app.command("nodes")(nodes_command)
+
 from leitstand.operator.bench_e2e import e2e  # noqa: E402
 
 bench_app.command("e2e")(e2e)

@@ -25,7 +25,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from leitstand.operator.cluster import controlplane
 from leitstand.operator.cluster.kubeapi import ApiError, KubeApi
@@ -319,7 +321,6 @@ def crash(
     window: float = 30.0,
 ) -> None:
     """kill -9 of leitstand run at random moments of a TrainingJob burst; every outcome checked on the API server."""
-    import typer
 
     result = run_campaign(jobs=jobs, kills=kills, seed=seed, nodes=nodes, timeout_seconds=timeout,
                           window_seconds=window, report=typer.echo)
@@ -372,6 +373,13 @@ def bound_pods(pods: list[dict[str, Any]]) -> set[str]:
     return {f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods if p["spec"].get("nodeName")}
 
 
+def live_placements(pods: list[dict[str, Any]]) -> dict[str, str]:
+    """namespace/name → node of every bound pod that is neither finished nor being deleted."""
+    return {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p["spec"]["nodeName"] for p in pods
+            if p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") not in TERMINAL}
+
+
 @dataclass
 class FaultSample:
     t: float
@@ -379,6 +387,8 @@ class FaultSample:
     partial: set[str]
     duplicates: list[str]
     bound: set[str]
+    live: dict[str, str] = field(default_factory=dict)
+    """Pods bound and not finished or being deleted → their node."""
 
 
 @dataclass
@@ -477,7 +487,7 @@ class Harness:
                     continue
                 findings, partial = check_pods(pods, self.capacity)
                 self.samples.append(FaultSample(self.now(), findings, partial, duplicate_replicas(pods),
-                                                bound_pods(pods)))
+                                                bound_pods(pods), live_placements(pods)))
                 self._stop.wait(0.5)
             sampler_api.close_all()
 
@@ -772,3 +782,238 @@ def print_result(result: FaultResult, as_json: bool, report: Report) -> None:
     for line in [*result.overbooked[:10], *result.duplicates[:10], *result.operator_exits,
                  *result.extra.get("problems", [])]:
         report(f"  {line}")
+
+
+NOT_READY_LABEL = "leitstand.dev/sim-not-ready"
+"""Held NotReady by deploy/kwok/sim-node-not-ready.yaml while this label is "true"."""
+
+
+def set_not_ready(api: KubeApi, node: str, not_ready: bool) -> None:
+    """Label `node` so that KWOK holds it NotReady (or let it be Ready again)."""
+    patch = {"metadata": {"labels": {NOT_READY_LABEL: "true" if not_ready else None}}}
+    status, body = api.request("PATCH", f"/api/v1/nodes/{node}", patch, "application/merge-patch+json")
+    if status != 200:
+        raise ApiError(status, "PATCH", f"/api/v1/nodes/{node}", json.dumps(body))
+
+
+def node_ready(api: KubeApi, node: str) -> bool | None:
+    """The node's Ready condition (None if the node is gone)."""
+    status, body = api.request("GET", f"/api/v1/nodes/{node}")
+    if status == 404:
+        return None
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (body.get("status") or {}).get("conditions") or ())
+
+
+def jobs_on(pods: list[dict[str, Any]], nodes: set[str]) -> dict[str, set[str]]:
+    """Jobs (namespace/name) with a live replica pod on one of `nodes` → those nodes."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for pod in pods:
+        meta, spec = pod["metadata"], pod["spec"]
+        job = (meta.get("labels") or {}).get("leitstand.dev/job")
+        if (job and spec.get("nodeName") in nodes and not meta.get("deletionTimestamp")
+                and (pod.get("status") or {}).get("phase") not in TERMINAL):
+            found[f"{meta['namespace']}/{job}"].add(spec["nodeName"])
+    return dict(found)
+
+
+def events_with_reason(api: KubeApi, reason: str) -> dict[str, str]:
+    """TrainingJob (namespace/name) → message of its latest Event with `reason`."""
+    found: dict[str, str] = {}
+    for ns in ("tenant-a", "tenant-b"):
+        items = api.get(f"/api/v1/namespaces/{ns}/events?fieldSelector=reason%3D{reason}")["items"]
+        for event in sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""):
+            involved = event.get("involvedObject") or {}
+            if involved.get("kind") == "TrainingJob":
+                found[f"{ns}/{involved.get('name')}"] = event.get("message", "")
+    return found
+
+
+def run_node_faults(
+    *,
+    jobs: int = 100,
+    not_ready: int = 2,
+    delete: int = 1,
+    seed: int = 17,
+    nodes: int = 16,
+    grace_seconds: float = 5.0,
+    seconds: tuple[int, int] = (20, 40),
+    timeout_seconds: float = 900.0,
+    report: Report = print,
+) -> FaultResult:
+    """One `leitstand run` (`node_lost_grace_seconds` = `grace_seconds`); once the burst runs, `not_ready`
+    nodes that hold running gangs are made NotReady (held so by KWOK) and `delete` more are deleted.
+    Judged on the API server: every job that had a pod there gets a `NodeLost` Event, none of its pods is
+    left on those nodes, no pod is bound to them afterwards, and every job still ends Succeeded on the
+    nodes that are left. The NotReady nodes are made Ready again at the end."""
+    harness = Harness("nodes", nodes, report)
+    faults: list[dict[str, Any]] = []
+    problems: list[str] = []
+    lost: list[str] = []
+    try:
+        config = harness.operator_config("leitstand-0", f"node_lost_grace_seconds: {grace_seconds}\n")
+        operator = harness.start_operator("leitstand-0", config)
+        if not operator.wait_for_log("leading as", 180):
+            raise RuntimeError(f"leitstand run did not lead:\n{operator.log_text()[-2000:]}")
+        harness.start_sampler()
+        harness.submit(burst(jobs, seed, seconds, campaign="nodes"))
+        affected: dict[str, set[str]] = {}
+        placed_before: dict[str, str] = {}
+        faulted_at = 0.0
+        while harness.now() < timeout_seconds:
+            harness.watch_operators()
+            done = harness.poll_phases()
+            spread = len(set(harness.samples[-1].live.values())) if harness.samples else 0
+            if not lost and (spread >= 0.75 * len(harness.capacity) or harness.now() > 30.0):
+                pods = harness.admin.get("/api/v1/pods")["items"]
+                lost = _pick_nodes(pods, not_ready + delete, random.Random(seed))
+                affected = jobs_on(pods, set(lost))
+                placed_before = live_placements(pods)
+                faulted_at = harness.now()
+                for node in lost[:not_ready]:
+                    set_not_ready(harness.admin, node, True)
+                for node in lost[not_ready:]:
+                    harness.admin.request("DELETE", f"/api/v1/nodes/{node}")
+                held, gone = lost[:not_ready], lost[not_ready:]
+                report(f"nodes: {', '.join(held) or 'none'} NotReady, {', '.join(gone) or 'none'} deleted "
+                       f"at {faulted_at:.1f} s; {len(affected)} jobs had pods there")
+                seen_not_ready = _wait_for(functools.partial(_all_not_ready, harness.admin, held), 30)
+                faults.append({"at": round(faulted_at, 1), "not_ready": lost[:not_ready], "deleted": lost[not_ready:],
+                               "jobs_with_pods_there": len(affected),
+                               "not_ready_seen_after_seconds": round(harness.now() - faulted_at, 1)
+                               if seen_not_ready else None})
+            if done and lost:
+                break
+            time.sleep(0.5)
+        seconds_total = harness.now()
+        if lost:
+            lost_set = set(lost)
+            evicted = events_with_reason(harness.admin, "NodeLost")
+            missing = sorted(set(affected) - set(evicted))
+            if missing:
+                problems.append(f"no NodeLost Event for {len(missing)} jobs that had pods on a lost node: "
+                                f"{', '.join(missing[:10])}")
+            before = {pod for pod, node in placed_before.items() if node in lost_set}
+            onto_lost = sorted({pod for s in harness.samples if s.t > faulted_at
+                                for pod, node in s.live.items() if node in lost_set and pod not in before})
+            if onto_lost:
+                problems.append(f"pods bound to a lost node after the fault: {', '.join(onto_lost[:10])}")
+            cleared = next((s.t for s in harness.samples
+                            if s.t > faulted_at and not any(n in lost_set for n in s.live.values())), None)
+            if cleared is None:
+                problems.append("live pods stayed on the lost nodes until the end")
+            faults[0].update({"jobs_with_node_lost_event": len(set(affected) & set(evicted)),
+                              "lost_nodes_empty_after_seconds": None if cleared is None
+                              else round(cleared - faulted_at, 1),
+                              "example_message": next(iter(evicted.values()), "")})
+        for node in lost[:not_ready]:
+            set_not_ready(harness.admin, node, False)
+        result = harness.finish(seconds_total, faults, {"problems": problems})
+    finally:
+        harness.close()
+    return result
+
+
+def _all_not_ready(api: KubeApi, nodes: list[str]) -> bool:
+    return all(node_ready(api, n) is False for n in nodes)
+
+
+def _pick_nodes(pods: list[dict[str, Any]], count: int, rng: random.Random) -> list[str]:
+    """`count` nodes that hold running replica pods, gangs spanning several nodes first."""
+    by_job: dict[str, set[str]] = jobs_on(pods, {p["spec"].get("nodeName") for p in pods if p["spec"].get("nodeName")})
+    spanning = sorted({n for nodes in by_job.values() if len(nodes) > 1 for n in nodes})
+    busy = sorted({n for nodes in by_job.values() for n in nodes})
+    rng.shuffle(spanning)
+    rng.shuffle(busy)
+    picked: list[str] = []
+    for node in [*spanning, *busy]:
+        if node not in picked:
+            picked.append(node)
+    if len(picked) < count:
+        raise RuntimeError(f"only {len(picked)} nodes hold running pods; asked to fail {count}")
+    return picked[:count]
+
+
+# -- the CLI: `leitstand bench failover | restart | nodes` (registered in operator/commands.py) -------
+
+
+def _durations(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in text.split("-"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give the pods' run time range in seconds as LOW-HIGH, e.g. 10-30",
+                                 param_hint="--durations") from None
+    if not 1 <= low <= high:
+        raise typer.BadParameter(f"{text!r}: need 1 <= LOW <= HIGH", param_hint="--durations")
+    return low, high
+
+
+JobsOption = Annotated[int, typer.Option(min=1, help="TrainingJobs in the burst.")]
+NodesOption = Annotated[int, typer.Option(min=2, help="8-GPU nodes if a cluster must be started.")]
+TimeoutOption = Annotated[float, typer.Option(help="Give up after this many seconds.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def _finish(result: FaultResult, as_json: bool) -> None:
+    print_result(result, as_json, typer.echo)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def failover_command(
+    jobs: JobsOption = 200,
+    kills: Annotated[int, typer.Option(min=1, help="kill -9 of the leading replica this many times.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seeds the job mix and the kill moments.")] = 11,
+    nodes: NodesOption = 16,
+    durations: Annotated[str, typer.Option(help="Pods run LOW-HIGH seconds (long enough to outlast the kills).")]
+    = "10-30",
+    timeout: TimeoutOption = 900.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Two replicas of leitstand run; kill -9 of the leader during a burst: time until the other schedules,
+    no GPU booked twice, no replica started twice, the follower's /readyz and reads."""
+    _finish(run_failover(jobs=jobs, kills=kills, seed=seed, nodes=nodes, seconds=_durations(durations),
+                         timeout_seconds=timeout, report=typer.echo), as_json)
+
+
+def restart_command(
+    component: Annotated[list[str], typer.Option(
+        help="kube-apiserver or etcd; repeat to alternate (--component kube-apiserver --component etcd).")]
+    = ["kube-apiserver"],  # noqa: B006 (typer reads the default; it is never mutated)
+    restarts: Annotated[int, typer.Option(min=1, help="Restarts during the burst.")] = 3,
+    kill: Annotated[bool, typer.Option("--kill", help="SIGKILL instead of TERM + 5 s grace.")] = False,
+    jobs: JobsOption = 200,
+    seed: Annotated[int, typer.Option(help="Seeds the job mix and the restart moments.")] = 13,
+    nodes: NodesOption = 16,
+    durations: Annotated[str, typer.Option(help="Pods run LOW-HIGH seconds.")] = "5-15",
+    timeout: TimeoutOption = 900.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Restart kube-apiserver or etcd during a burst: scheduling resumes by itself, nothing is lost, no pod
+    is duplicated, every job ends Succeeded."""
+    for name in component:
+        if name not in ("kube-apiserver", "etcd"):
+            raise typer.BadParameter(f"{name!r}: restart kube-apiserver or etcd", param_hint="--component")
+    _finish(run_restarts(components=tuple(component), restarts=restarts, kill=kill, jobs=jobs, seed=seed,
+                         nodes=nodes, seconds=_durations(durations), timeout_seconds=timeout, report=typer.echo),
+            as_json)
+
+
+def nodes_command(
+    not_ready: Annotated[int, typer.Option(min=0, help="Nodes made NotReady (and held so) while jobs run.")] = 2,
+    delete: Annotated[int, typer.Option(min=0, help="Nodes deleted while jobs run.")] = 1,
+    grace: Annotated[float, typer.Option(min=0, help="The operator's node_lost_grace_seconds.")] = 5.0,
+    jobs: JobsOption = 100,
+    seed: Annotated[int, typer.Option(help="Seeds the job mix and the nodes picked.")] = 17,
+    nodes: NodesOption = 16,
+    durations: Annotated[str, typer.Option(help="Pods run LOW-HIGH seconds.")] = "20-40",
+    timeout: TimeoutOption = 900.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Nodes made NotReady or deleted while jobs run: their gangs are evicted whole and requeued with the
+    reason NodeLost, and every job still ends Succeeded."""
+    if not_ready + delete == 0:
+        raise typer.BadParameter("nothing to fail: give --not-ready and/or --delete", param_hint="--not-ready")
+    _finish(run_node_faults(jobs=jobs, not_ready=not_ready, delete=delete, seed=seed, nodes=nodes,
+                            grace_seconds=grace, seconds=_durations(durations), timeout_seconds=timeout,
+                            report=typer.echo), as_json)
