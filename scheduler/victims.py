@@ -119,6 +119,7 @@ class VictimPool:
         self.node_epoch = np.zeros(state.n_nodes, dtype=np.int64)
         """Per node: the epoch of the last committed move that changed it."""
         self.failed: dict[tuple[object, ...], tuple[frozenset[int], int]] = {}
+        self._labelled: dict[int, NDArray[np.bool_]] = {}
 
     def __len__(self) -> int:
         return int(self.alive.sum())
@@ -127,6 +128,14 @@ class VictimPool:
         i = self.rank.get(job_id)
         if i is not None:
             self.alive[i] = False
+
+    def labelled(self, state: ClusterState, level: int) -> NDArray[np.bool_]:
+        """Nodes that carry a label at `level` (static; computed once per level)."""
+        known = self._labelled.get(level)
+        if known is None:
+            known = state.domain[:, level] != NONE
+            self._labelled[level] = known
+        return known
 
     def changed(self, nodes: Iterable[int]) -> None:
         """A move was committed on these nodes: domain failures recorded there no longer hold."""
@@ -288,7 +297,7 @@ def _candidate_domains(
     candidate replicas) array work, not O(domains × candidates).
     """
     state = stmt.state
-    mask = request.node_mask if level == NONE else request.node_mask & (state.domain[:, level] != NONE)
+    mask = request.node_mask if level == NONE else request.node_mask & pool.labelled(state, level)
     rows = np.flatnonzero(chosen[pool.row_job] & mask[pool.row_node])
     if not rows.size:
         return []
@@ -354,15 +363,47 @@ def _node_slots(stmt: Statement, request: GangRequest) -> NDArray[np.int64]:
     return slots
 
 
-def _may_fit(state: ClusterState, request: GangRequest, nodes: NDArray[np.int64]) -> bool:
-    """A necessary condition: the domain's nodes have free device-slots for every replica."""
-    if request.gpus == 0 or request.gpu_milli <= 0:
-        return True
-    if request.gpu_milli >= GPU_MILLI:
-        per_node = state.gpu_whole_free[nodes]
-    else:
-        per_node = (state.gpu_free_milli[nodes] // request.gpu_milli).sum(axis=1)
-    return int((per_node // request.gpus).sum()) >= request.replicas
+class _Fit:
+    """A necessary condition kept current during one domain search: the domain's nodes have free
+    device-slots for every replica. The slots are counted per node once, then only the nodes a
+    victim occupies are recounted after each eviction or restore (O(replicas of the victim))."""
+
+    def __init__(self, state: ClusterState, request: GangRequest, nodes: NDArray[np.int64]) -> None:
+        self.state, self.request = state, request
+        self.trivial = request.gpus == 0 or request.gpu_milli <= 0
+        self.per_node: dict[int, int] = {}
+        self.total = 0
+        if self.trivial:
+            return
+        counts = self._count(nodes)
+        self.per_node = dict(zip(nodes.tolist(), counts.tolist(), strict=True))
+        self.total = int(counts.sum())
+
+    def _count(self, nodes: NDArray[np.int64]) -> NDArray[np.int64]:
+        request, state = self.request, self.state
+        if request.gpu_milli >= GPU_MILLI:
+            per_node = state.gpu_whole_free[nodes]
+        else:
+            per_node = (state.gpu_free_milli[nodes] // request.gpu_milli).sum(axis=1)
+        counts: NDArray[np.int64] = (per_node // request.gpus).astype(np.int64)
+        return counts
+
+    def update(self, running: RunningJob) -> None:
+        """Recount the domain nodes `running` occupies (after it was evicted or restored)."""
+        if self.trivial:
+            return
+        index = self.state.node_index
+        for p in running.placements:
+            node = index[p.node]
+            old = self.per_node.get(node)
+            if old is None:
+                continue  # outside the domain
+            new = int(self._count(np.array([node], dtype=np.int64))[0])
+            self.per_node[node] = new
+            self.total += new - old
+
+    def may_fit(self) -> bool:
+        return self.trivial or self.total >= self.request.replicas
 
 
 def _search_domain(
@@ -394,6 +435,7 @@ def _search_domain(
     taken: list[RunningJob] = []
     placement: GangPlacement | None = None
     capped = vetoed = False
+    fit = _Fit(stmt.state, request, nodes)
     try:
         for victim in local:
             if len(taken) >= max_victims:
@@ -402,8 +444,9 @@ def _search_domain(
             if admissible is not None and not admissible(victim, taken):
                 continue
             stmt.evict(victim, EvictionKind.PREEMPT, for_job, "what-if")
+            fit.update(victim)
             taken.append(victim)
-            if not _may_fit(stmt.state, request, nodes):
+            if not fit.may_fit():
                 continue
             result = place()
             if isinstance(result, GangPlacement):
@@ -421,12 +464,14 @@ def _search_domain(
                 break
             trial_mark = stmt.checkpoint()
             stmt.restore(victim)
+            fit.update(victim)
             trial = [v for v in taken if v is not victim]
-            result = place() if _may_fit(stmt.state, request, nodes) else None
+            result = place() if fit.may_fit() else None
             if isinstance(result, GangPlacement) and (accept is None or accept(trial, request, result)):
                 taken, placement = trial, result
             else:
                 stmt.rollback(trial_mark)
+                fit.update(victim)
         return VictimChoice(victims=tuple(taken), request=request, placement=placement), False, taken
     finally:
         stmt.rollback(mark)

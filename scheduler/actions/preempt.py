@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+from numpy.typing import NDArray
+
 from leitstand.scheduler.actions.context import (
     POLICY_BLOCKS,
     Code,
@@ -41,14 +44,22 @@ def run(ctx: CycleContext) -> None:
     if not len(pool):
         return
     failed: set[tuple[QueueName, int, ShapeKey]] = set()
+    eligible_cache: dict[tuple[QueueName, int], tuple[int, NDArray[np.bool_] | None]] = {}
 
     searches = 0
     for job in ctx.work_queue():
         current = ctx.reasons.get(job.id)
         if current is not None and current.code in POLICY_BLOCKS and current.code not in _CURABLE:
             continue
-        eligible = pool.of_queue(job.queue) & (pool.priority < job.priority)
-        if not eligible.any():
+        # The candidates of (queue, priority) change only when a search commits (the pool's epoch).
+        cached = eligible_cache.get((job.queue, job.priority))
+        if cached is not None and cached[0] == pool.epoch:
+            eligible = cached[1]
+        else:
+            mask = pool.of_queue(job.queue) & (pool.priority < job.priority)
+            eligible = mask if mask.any() else None
+            eligible_cache[(job.queue, job.priority)] = (pool.epoch, eligible)
+        if eligible is None:
             continue
         request = ctx.request(job)
         if isinstance(request, PendingReason):
