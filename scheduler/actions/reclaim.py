@@ -71,15 +71,57 @@ def run(ctx: CycleContext) -> None:
             pairs_cache[key] = tuple(zip(p[split:], v[split:], strict=False))
         return pairs_cache[key]
 
-    pairs_by_reclaimer: dict[QueueName, list[tuple[QueueName, Pairs]]] = {}
+    # Victim queues, vectorised: per reclaimer, one row per (victim queue, level pair) below the
+    # split; a victim queue qualifies when every one of its rows holds (see the loop below).
+    names = list(ctx.tree.order)
+    queue_id = {name: i for i, name in enumerate(names)}
+    n_codes = len(pool.queue_index)
+    level_rows: dict[QueueName, tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]] = {}
+    over_cache: dict[str | None, tuple[int, NDArray[np.bool_], NDArray[np.bool_]]] = {}
 
-    def pairs_of(reclaimer: QueueName) -> list[tuple[QueueName, Pairs]]:
-        """(victim queue, its level pairs) for every live queue but the reclaimer's own leaf."""
-        known = pairs_by_reclaimer.get(reclaimer)
+    def rows_of(
+        reclaimer: QueueName,
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
+        """(victim code, position of q on the reclaimer's path, id of v) per level pair, and which
+        victim codes have levels at all (not the reclaimer's own leaf)."""
+        known = level_rows.get(reclaimer)
         if known is None:
-            known = [(queue, levels) for queue in live_queues if (levels := pairs(reclaimer, queue))]
-            pairs_by_reclaimer[reclaimer] = known
+            path = acc.paths[reclaimer]
+            code, q_pos, v_id = [], [], []
+            has = np.zeros(n_codes, dtype=np.bool_)
+            for queue in live_queues:
+                levels = pairs(reclaimer, queue)
+                for q, v in levels:
+                    code.append(pool.queue_index[queue])
+                    q_pos.append(path.index(q))
+                    v_id.append(queue_id[v])
+                if levels:
+                    has[pool.queue_index[queue]] = True
+            known = (
+                np.array(code, dtype=np.int64),
+                np.array(q_pos, dtype=np.int64),
+                np.array(v_id, dtype=np.int64),
+                has,
+            )
+            level_rows[reclaimer] = known
         return known
+
+    def over_flags(
+        model: str | None,
+        share: Mapping[QueueName, float],
+        deserved: Mapping[QueueName, float],
+        allocated: Mapping[QueueName, int],
+    ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+        """Per queue of the tree: above its deserved share, above its fair share (this epoch)."""
+        known = over_cache.get(model)
+        if known is None or known[0] != pool.epoch:
+            above_deserved = np.array(
+                [n in allocated and allocated[n] > deserved[n] + _EPS for n in names], dtype=np.bool_
+            )
+            above_share = np.array([n in allocated and allocated[n] > share[n] + _EPS for n in names], dtype=np.bool_)
+            known = (pool.epoch, above_deserved, above_share)
+            over_cache[model] = known
+        return known[1], known[2]
 
     searches = 0
     for job in ctx.work_queue():
@@ -111,13 +153,13 @@ def run(ctx: CycleContext) -> None:
         else:
             # Per level of the reclaimer's path: is it in quota with the job? Then a victim's level
             # must be above its deserved share, else above its fair share.
-            flags = dict(zip(acc.paths[job.queue], cache_key[2], strict=True))
-            victim_queues = {
-                queue
-                for queue, levels in pairs_of(job.queue)
-                if all(allocated[v] > (deserved[v] if flags[q] else share[v]) + _EPS for q, v in levels)
-            }
-            eligible = pool.of_queues(victim_queues) if victim_queues else None
+            code, q_pos, v_id, has = rows_of(job.queue)
+            above_deserved, above_share = over_flags(model, share, deserved, allocated)
+            in_quota = np.array(cache_key[2], dtype=np.bool_)
+            holds = np.where(in_quota[q_pos], above_deserved[v_id], above_share[v_id])
+            qualifies = has & (np.bincount(code[~holds], minlength=n_codes) == 0)
+            chosen = pool.alive & qualifies[pool.queue_code]
+            eligible = chosen if chosen.any() else None
             victims_cache[cache_key] = (pool.epoch, eligible)
         if eligible is None or not eligible.any():
             failed.add(memo)
