@@ -70,6 +70,21 @@ def bench_crash(
     crash(jobs=jobs, kills=kills, seed=seed, nodes=nodes, timeout=timeout, as_json=as_json, window=window)
 
 
+@bench_app.command("hostile")
+def bench_hostile(
+    malformed: Annotated[int, typer.Option(min=0, help="Malformed TrainingJobs and Queues (half each).")] = 1000,
+    hostile: Annotated[int, typer.Option(min=0, help="Valid but hostile objects (90 % TrainingJobs).")] = 1000,
+    valid: Annotated[int, typer.Option(min=1, help="Ordinary one-GPU jobs, timed alone and beside the flood.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seeds the generated objects.")] = 11,
+    nodes: Annotated[int, typer.Option(min=1, help="8-GPU nodes if a cluster must be started.")] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Bad input at volume: malformed objects refused with field names, hostile ones survived, valid ones on time."""
+    from leitstand.operator.hostile import hostile_bench
+
+    raise typer.Exit(hostile_bench(malformed, hostile, valid, seed, nodes, as_json))
+
+
 @app.command("run")
 def run_service(
     kubeconfig: Annotated[

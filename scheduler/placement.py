@@ -255,6 +255,10 @@ def _unplaceable(state: ClusterState, request: GangRequest, status: int, diag: N
 
 _MAX_FIT_CACHE = 1024
 
+MAX_GANG_REPLICAS = 100_000
+"""More replicas than this in one gang are refused before anything is sized by them (a 100,000-GPU
+factory holds at most 100,000 one-GPU replicas; a gang that cannot fit is told NeverFits first)."""
+
 
 def never_fits(state: ClusterState, request: GangRequest) -> Unplaceable | None:
     """`NeverFits` when not even an EMPTY cluster could hold the gang inside `request.node_mask`; else None.
@@ -463,6 +467,15 @@ def place_gang(
     if problem is not None:
         return Unplaceable(INVALID_REQUEST, problem)
     width = max(request.gpus, 1)
+    if request.replicas > MAX_GANG_REPLICAS or width > int(state.gpu_count.max(initial=0)):
+        # Sized by the request, the answer's arrays would take gigabytes for a gang of 2^31 replicas
+        # (or GPUs): say why it cannot be placed before any of them exists.
+        never = never_fits(state, request)
+        if never is not None:
+            return never
+        if request.replicas > MAX_GANG_REPLICAS:
+            return Unplaceable(INVALID_REQUEST, f"a gang of {request.replicas} replicas is more than one "
+                                                f"placement handles ({MAX_GANG_REPLICAS}); split the job")
     nodes = np.full(request.replicas, NONE, dtype=np.int32)
     gpus = np.full((request.replicas, width), NONE, dtype=np.int32)
     if request.replicas == 0:

@@ -13,6 +13,7 @@ from leitstand.scheduler.cycle import run_cycle
 from leitstand.scheduler.model import JobId, SchedulerConfig, Topology
 from leitstand.scheduler.placement import (
     INSUFFICIENT,
+    INVALID_REQUEST,
     NEVER_FITS,
     NO_TOPOLOGY_DOMAIN,
     GangPlacement,
@@ -208,3 +209,29 @@ def test_never_fits_reasons_are_shared_by_identical_jobs() -> None:
     plan = run_cycle(make_snapshot(pending=pending), SchedulerConfig(consolidation=False))
     assert {p.code for p in plan.pending} == {NEVER_FITS}
     assert len({p.message for p in plan.pending}) == 1
+
+
+@pytest.mark.parametrize(("what", "kwargs", "code"), [
+    ("2^31 - 1 one-GPU replicas", {"gpus": 1, "replicas": 2**31 - 1}, NEVER_FITS),
+    ("2^31 - 1 GPUs in one replica", {"gpus": 2**31 - 1}, NEVER_FITS),
+    ("2^31 - 1 replicas asking for nothing", {"gpus": 0, "replicas": 2**31 - 1}, INVALID_REQUEST),
+])
+def test_a_hostile_gang_is_answered_without_sizing_anything_by_it(what: str, kwargs: dict[str, int], code: str) -> None:
+    """A tenant's TrainingJob with replicas or gpus near 2^31 once made the cycle allocate 8 GiB for the
+    answer's arrays and the kernel OOM-killed the operator (found by `leitstand bench hostile`). Now the
+    gang gets its reason from numbers alone; memory is measured (tracemalloc sees numpy's buffers)."""
+    import tracemalloc
+
+    nodes, topology = make_cluster(16, racks=4)
+    snapshot = make_snapshot(nodes, [make_queue("a", quota_gpus=8)], [make_job("hostile", "a", **kwargs)],
+                             topology=topology)
+    run_cycle(make_snapshot(nodes, [make_queue("a")], [], topology=topology))  # compile outside the measurement
+    tracemalloc.start()
+    try:
+        plan = run_cycle(snapshot)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [p.code for p in plan.pending] == [code], (what, plan.pending)
+    assert peak < 64 * 2**20, f"{what}: {peak / 2**20:.0f} MiB traced"
+    assert not plan.bindings
