@@ -361,7 +361,7 @@ class CycleContext:
             request.gpu_milli,
             job.cpu_milli,
             job.memory_mib,
-            job.gpu_models,
+            request.gpu_models,  # the models it is tried with (one, when per-model quotas resolve it)
             job.required_level,
             job.preferred_level,
             job.node_pool,
