@@ -256,7 +256,7 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]])
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 170))
+    console = Console(width=max(Console().width, 185))
     for workload, results, bound in results_by_load:
         p = workload.params
         title = (
@@ -270,6 +270,7 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]])
             "bound %",
             "idle node-h",
             "idle nodes %",
+            "idle GPUs %",
             "alloc % incl. ramp",
             "wait p50 s",
             "wait p99 s",
@@ -291,6 +292,7 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]])
                 f"{bound.gpu_time_pct:.2f}",
                 f"{r.idle_node_hours:,.1f}",
                 f"{r.idle_node_pct:.2f}",
+                f"{r.idle_gpu_pct:.2f}",
                 f"{r.allocation_pct_window:.2f}",
                 _fmt_seconds(r.wait_p50_seconds),
                 _fmt_seconds(r.wait_p99_seconds),
@@ -319,7 +321,8 @@ _BOUND_CAPTION = (
     "bound %: no placement of this stream's mix beats it once the cluster is saturated (a GPU of its own for "
     "every share over half a GPU, its leftover only for shares that small; CPU, memory and node boundaries "
     "ignored; shares weighted by GPU-time in the window; by task count: {tasks:.2f}). idle node-h: node-hours "
-    "with nothing allocated on the node (could be powered down), over the measurement window."
+    "with nothing allocated on the node (could be powered down) over the measurement window; idle nodes % / idle "
+    "GPUs %: the same as a share of all nodes / of the GPUs on them."
 )
 
 
