@@ -56,7 +56,6 @@ def run(ctx: CycleContext) -> None:
     pool = ctx.victim_pool()
     if not len(pool):
         return
-    live_queues = set(pool.queue_index)
     pairs_cache: dict[tuple[QueueName, QueueName], Pairs] = {}
     failed: set[tuple[QueueName, ShapeKey]] = set()
     victims_cache: dict[tuple[QueueName, str | None, tuple[bool, ...]], tuple[int, NDArray[np.bool_] | None]] = {}
@@ -79,30 +78,37 @@ def run(ctx: CycleContext) -> None:
     level_rows: dict[QueueName, tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]] = {}
     over_cache: dict[str | None, tuple[int, NDArray[np.bool_], NDArray[np.bool_]]] = {}
 
+    # Each victim code's path from the top as queue ids (padded with -1), built once per action.
+    depth = max(len(path) for path in acc.paths.values())
+    victim_paths = np.full((n_codes, depth), -1, dtype=np.int64)
+    victim_depth = np.zeros(n_codes, dtype=np.int64)
+    for queue, code in pool.queue_index.items():
+        path = acc.paths[queue]
+        victim_paths[code, : len(path)] = [queue_id[name] for name in path]
+        victim_depth[code] = len(path)
+    position = np.arange(depth)
+
     def rows_of(
         reclaimer: QueueName,
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
-        """(victim code, position of q on the reclaimer's path, id of v) per level pair, and which
-        victim codes have levels at all (not the reclaimer's own leaf)."""
+        """(victim code, position of q on the reclaimer's path, id of v) per level pair below the
+        split, and which victim codes have levels at all (not the reclaimer's own leaf); the same
+        pairs as `pairs`, for every live victim queue at once."""
         known = level_rows.get(reclaimer)
         if known is None:
             path = acc.paths[reclaimer]
+            own = np.full(depth, -2, dtype=np.int64)
+            own[: len(path)] = [queue_id[name] for name in path]
+            common = np.minimum(victim_depth, len(path))
+            same = (victim_paths == own[None, :]) & (position[None, :] < common[:, None])
+            split = np.cumprod(same, axis=1).sum(axis=1)
             code, q_pos, v_id = [], [], []
-            has = np.zeros(n_codes, dtype=np.bool_)
-            for queue in live_queues:
-                levels = pairs(reclaimer, queue)
-                for q, v in levels:
-                    code.append(pool.queue_index[queue])
-                    q_pos.append(path.index(q))
-                    v_id.append(queue_id[v])
-                if levels:
-                    has[pool.queue_index[queue]] = True
-            known = (
-                np.array(code, dtype=np.int64),
-                np.array(q_pos, dtype=np.int64),
-                np.array(v_id, dtype=np.int64),
-                has,
-            )
+            for k in range(depth):
+                at = np.flatnonzero((k >= split) & (k < common))
+                code.append(at)
+                q_pos.append(np.full(at.size, k, dtype=np.int64))
+                v_id.append(victim_paths[at, k])
+            known = (np.concatenate(code), np.concatenate(q_pos), np.concatenate(v_id), split < common)
             level_rows[reclaimer] = known
         return known
 
