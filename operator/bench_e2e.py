@@ -878,16 +878,29 @@ class OperatorExited(Exception):
     """`leitstand run` exited during a KAI shape."""
 
 
-async def protect_wait(ctx: Ctx, since: float, min_runtime: float) -> str:
-    """Wait until jobs bound at `since` are past the operator's reclaim protection (min_runtime_seconds,
-    default config): the reclaim shapes time the reclaim, not the protection window."""
-    remaining = since + min_runtime + 1.0 - time.monotonic()
+async def protect_wait(ctx: Ctx, namespace: str, min_runtime: float) -> str:
+    """Wait until every pod of `namespace` is past the operator's reclaim protection (min_runtime_seconds of
+    the default config, counted from the pod's status.startTime, which KWOK sets some time after the bind):
+    the reclaim shapes time the reclaim, not the protection window."""
+    from leitstand.operator.service.records import timestamp
+
+    t0 = time.monotonic()
+    while True:
+        body = await ctx.admin.get(f"/api/v1/namespaces/{namespace}/pods")
+        starts = [timestamp((p.get("status") or {}).get("startTime")) for p in body.get("items", [])]
+        if starts and all(starts):
+            break
+        if time.monotonic() - t0 > ctx.opts.timeout:
+            break
+        await asyncio.sleep(3.0)
+    latest = max(starts, default=0.0)
+    remaining = latest + min_runtime + 1.0 - time.time()
     if remaining > 0:
         ctx.progress(f"  waiting {remaining:.0f} s: running jobs are protected from reclaim for "
-                     f"min_runtime_seconds = {min_runtime:g} s")
+                     f"min_runtime_seconds = {min_runtime:g} s after their start")
         await asyncio.sleep(remaining)
-    return (f"waited {max(0.0, remaining):.0f} s before the next shape (min_runtime_seconds = {min_runtime:g} s "
-            "protects young jobs from reclaim; not counted)")
+    return (f"waited {time.monotonic() - t0:.0f} s before the next shape, until the last pod's startTime + "
+            f"min_runtime_seconds ({min_runtime:g} s: young jobs are protected from reclaim); not counted")
 
 
 async def rack_count(admin: KubeClient, namespace: str) -> int:
@@ -955,7 +968,7 @@ async def kai(ctx: Ctx) -> dict[str, Any]:
 
         result = await kai_phase(ctx, KAI_A, len(singles_a), fill, operator, "fill")
         row("fill", f"{len(singles_a)} one-GPU TrainingJobs, queue quota 0 (borrowed), {nodes} nodes", result)
-        prep["protection"] = await protect_wait(ctx, result["last_bind"], min_runtime)
+        prep["protection"] = await protect_wait(ctx, KAI_A, min_runtime)
 
         # 2. reclaim-singles: kai-b (quota = the cluster) submits as many one-GPU jobs.
         async def reclaim_singles(sub: Submission) -> None:
@@ -976,9 +989,8 @@ async def kai(ctx: Ctx) -> dict[str, Any]:
         refilled = await watch.wait_settled(len(singles_a), never, 60.0, t0 + ctx.opts.timeout, ctx.progress)
         prep["refill"] = (f"kai-b deleted, kai-a back to {len(watch.bound)}/{len(singles_a)} bound after "
                           f"{time.monotonic() - t0:.1f} s" + ("" if refilled else " (not all)"))
-        last_refill = max(watch.bound.values(), default=time.monotonic())
         await watch.stop()
-        prep["protection after refill"] = await protect_wait(ctx, last_refill, min_runtime)
+        prep["protection after refill"] = await protect_wait(ctx, KAI_A, min_runtime)
 
         # 3. reclaim-hero: one job of one 8-GPU pod per node in kai-b.
         async def hero_job(sub: Submission) -> None:
