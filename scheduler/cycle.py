@@ -10,7 +10,7 @@ clock other than for timings (`snapshot.now` is the scheduling time), or mutate 
 caller's `ClusterState` (it works on a copy).
 
 Semantics are documented in `docs/cycle.md`; the Run:ai rules behind them in
-`notes/runai-semantics.md`.
+`docs/semantics.md`.
 """
 
 from __future__ import annotations

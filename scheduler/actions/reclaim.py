@@ -1,7 +1,7 @@
 """Reclaim: take GPUs back from queues above their fair share for a queue below its own.
 
 Who calls it: `cycle.run_cycle`, after allocate, for the gangs allocate could not place. The rules
-(Run:ai / KAI, `notes/runai-semantics.md`), checked at every level of the queue tree where the
+(Run:ai / KAI, `docs/semantics.md`), checked at every level of the queue tree where the
 reclaimer's path and the victim's path differ (the split level and every level below it):
 
 - the reclaimer, with the job added, stays within its fair share — or within its quota;
