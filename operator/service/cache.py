@@ -57,6 +57,9 @@ class ClusterCache:
         """TrainingJob key ("ns/name") → its replica pods by pod key."""
         self.reservations: dict[str, PodRecord] = {}
         self.charges: dict[str, Charge] = {}
+        self.shared: set[str] = set()
+        """Keys of the charges that hold part of a GPU (0 < milli < 1000): the loop keeps a GPU reservation
+        pod per shared GPU, and looks only at these instead of every charge in every cycle."""
         self.assumed: dict[str, Charge] = {}
         """Pods being created/bound for a committed plan, by pod key (this process only)."""
         self.evicted: set[str] = set()
@@ -120,6 +123,7 @@ class ClusterCache:
         self.generation += 1
         self._base_schedulable = self.state.schedulable.copy()
         self.charges.clear()
+        self.shared.clear()
         self.conflicts.clear()
         for key in list(self.pods) + [k for k in self.assumed if k not in self.pods]:
             self._recharge(key)
@@ -213,6 +217,7 @@ class ClusterCache:
                 except StateError as exc:
                     log.error("releasing %s on %s failed: %s", key, have.node, exc)
             del self.charges[key]
+            self.shared.discard(key)
         if want is None:
             return
         index = self.node_index(want.node)
@@ -225,6 +230,8 @@ class ClusterCache:
             log.warning("node %s held back: pod %s does not fit (%s)", want.node, key, exc)
             return
         self.charges[key] = want
+        if 0 < want.gpu_milli < GPU_MILLI:
+            self.shared.add(key)
 
     # -- views ------------------------------------------------------------------------------------
 

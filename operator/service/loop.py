@@ -1093,13 +1093,24 @@ class Scheduler:
 
     def _queue_status(self, queues: Mapping[QueueName, Queue], errors: Mapping[str, str],
                       running: list[RunningJob], pending: list[Job], plan: Plan | None, now: float) -> None:
+        # One dict update per running job (this runs every cycle over every running job): milli-GPUs
+        # and jobs per (queue, namespace); the per-queue sums follow from it.
+        per: dict[tuple[str, str], list[int]] = {}
+        for held in running:
+            job = held.job
+            key = (job.queue, job.id.partition("/")[0])
+            entry = per.get(key)
+            if entry is None:
+                per[key] = [job.gpu_milli_total, 1]
+            else:
+                entry[0] += job.gpu_milli_total
+                entry[1] += 1
         allocated: Counter[str] = Counter()
         running_jobs: Counter[str] = Counter()
-        by_namespace: Counter[tuple[str, str]] = Counter()
-        for held in running:
-            allocated[held.job.queue] += held.job.gpu_milli_total
-            running_jobs[held.job.queue] += 1
-            by_namespace[(str(held.job.queue), str(held.job.id).split("/", 1)[0])] += held.job.gpu_milli_total
+        for (queue, _namespace), (milli, count) in per.items():
+            allocated[queue] += milli
+            running_jobs[queue] += count
+        by_namespace = {key: milli for key, (milli, _count) in per.items()}
         self.usage.tick(now, by_namespace, self.config.scheduler.usage_half_life_seconds)
         write_usage = now - self._usage_written_at >= USAGE_WRITE_SECONDS
         if write_usage:
@@ -1171,7 +1182,8 @@ class Scheduler:
     def _reservations(self) -> None:
         """One pod requesting `nvidia.com/gpu: 1` per shared GPU in use, so other schedulers see it taken."""
         wanted: set[tuple[str, int]] = set()
-        for key, charge in self.cache.charges.items():
+        for key in self.cache.shared:
+            charge = self.cache.charges[key]
             pod = self.cache.pods.get(key)
             milli = charge.gpu_milli
             if 0 < milli < GPU_MILLI and (pod is None or pod.role != ROLE_RESERVATION):
