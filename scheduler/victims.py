@@ -371,12 +371,12 @@ class _Fit:
     def __init__(self, state: ClusterState, request: GangRequest, nodes: NDArray[np.int64]) -> None:
         self.state, self.request = state, request
         self.trivial = request.gpus == 0 or request.gpu_milli <= 0
-        self.per_node: dict[int, int] = {}
         self.total = 0
         if self.trivial:
             return
         counts = self._count(nodes)
-        self.per_node = dict(zip(nodes.tolist(), counts.tolist(), strict=True))
+        self.counts = np.full(state.n_nodes, -1, dtype=np.int64)  # -1: not in the domain
+        self.counts[nodes] = counts
         self.total = int(counts.sum())
 
     def _count(self, nodes: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -392,14 +392,17 @@ class _Fit:
         """Recount the domain nodes `running` occupies (after it was evicted or restored)."""
         if self.trivial:
             return
-        index = self.state.node_index
+        index, request, state = self.state.node_index, self.request, self.state
         for p in running.placements:
             node = index[p.node]
-            old = self.per_node.get(node)
-            if old is None:
+            old = int(self.counts[node])
+            if old < 0:
                 continue  # outside the domain
-            new = int(self._count(np.array([node], dtype=np.int64))[0])
-            self.per_node[node] = new
+            if request.gpu_milli >= GPU_MILLI:
+                new = int(state.gpu_whole_free[node]) // request.gpus
+            else:
+                new = sum(free // request.gpu_milli for free in state.gpu_free_milli[node].tolist()) // request.gpus
+            self.counts[node] = new
             self.total += new - old
 
     def may_fit(self) -> bool:
