@@ -409,6 +409,12 @@ class _Fit:
         return self.trivial or self.total >= self.request.replicas
 
 
+def _touches(state: ClusterState, running: RunningJob, placement: GangPlacement) -> bool:
+    """Does `running` hold anything on a node the placement uses?"""
+    used = set(placement.nodes.tolist())
+    return any(state.node_index[p.node] in used for p in running.placements)
+
+
 def _search_domain(
     stmt: Statement,
     request: GangRequest,
@@ -462,6 +468,9 @@ def _search_domain(
         # Prune: put back the most expensive victims the placement can do without. The state after
         # each kept trial is exactly "the remaining victims evicted", so the last placement found is
         # valid for the final set as the caller will replay it.
+        # A victim on none of the placement's nodes is put back without a placement call (the
+        # placement stays valid); one last call then asks the policy again in the final state.
+        stale = False
         for victim in reversed(list(taken)):
             if len(taken) == 1:
                 break
@@ -469,12 +478,21 @@ def _search_domain(
             stmt.restore(victim)
             fit.update(victim)
             trial = [v for v in taken if v is not victim]
-            result = place() if fit.may_fit() else None
-            if isinstance(result, GangPlacement) and (accept is None or accept(trial, request, result)):
-                taken, placement = trial, result
+            if not _touches(stmt.state, victim, placement):
+                if accept is None or accept(trial, request, placement):
+                    taken, stale = trial, True
+                    continue
             else:
-                stmt.rollback(trial_mark)
-                fit.update(victim)
+                result = place() if fit.may_fit() else None
+                if isinstance(result, GangPlacement) and (accept is None or accept(trial, request, result)):
+                    taken, placement, stale = trial, result, False
+                    continue
+            stmt.rollback(trial_mark)
+            fit.update(victim)
+        if stale:
+            result = place()
+            if isinstance(result, GangPlacement) and (accept is None or accept(taken, request, result)):
+                placement = result
         return VictimChoice(victims=tuple(taken), request=request, placement=placement), False, taken
     finally:
         stmt.rollback(mark)
