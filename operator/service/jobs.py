@@ -36,6 +36,7 @@ from leitstand.scheduler.model import (
     NODE_LEVEL,
     Job,
     JobId,
+    ModelQuota,
     NodeName,
     Queue,
     QueueName,
@@ -170,8 +171,7 @@ def parse_trainingjob(body: Mapping[str, Any], levels: tuple[str, ...]) -> Train
         gpu_model=_optional_str(spec.get("gpuModel"), "spec.gpuModel"),
         required=required,
         preferred=preferred,
-        priority_class=_optional_str(spec.get("priorityClassName"), "spec.priorityClassName")
-        or DEFAULT_PRIORITY_CLASS,
+        priority_class=_optional_str(spec.get("priorityClassName"), "spec.priorityClassName") or DEFAULT_PRIORITY_CLASS,
         preemptible=preemptible if isinstance(preemptible, bool) else None,
         data_residency=frozenset(residency),
         node_pool=_optional_str(spec.get("nodePool"), "spec.nodePool"),
@@ -248,13 +248,33 @@ def parse_queue(body: Mapping[str, Any]) -> QueueSpec:
     name = str(meta.get("name", ""))
     gpu = spec.get("gpu") or {}
 
-    def milli(key: str) -> int | None:
-        if gpu.get(key) is None:
+    def milli(key: str, amounts: Mapping[str, Any] = gpu, where: str = "spec.gpu") -> int | None:
+        if amounts.get(key) is None:
             return None
-        value = _number(gpu[key], f"spec.gpu.{key}")
+        value = _number(amounts[key], f"{where}.{key}")
         if value < 0:
-            raise SpecError(f"spec.gpu.{key}", f"must be >= 0, got {value}")
+            raise SpecError(f"{where}.{key}", f"must be >= 0, got {value}")
         return round(value * GPU_MILLI)
+
+    models = gpu.get("models") or {}
+    if not isinstance(models, Mapping):
+        raise SpecError(
+            "spec.gpu.models", f"expected a map of GPU model to {{quota, limit, overQuotaWeight}}, got {models!r}"
+        )
+    model_quotas = []
+    for model, entry in sorted(models.items()):
+        where = f"spec.gpu.models.{model}"
+        if not isinstance(entry, Mapping):
+            raise SpecError(where, f"expected {{quota, limit, overQuotaWeight}}, got {entry!r}")
+        model_weight = entry.get("overQuotaWeight")
+        model_quotas.append(
+            ModelQuota(
+                model=str(model),
+                quota_milli=milli("quota", entry, where) or 0,
+                limit_milli=milli("limit", entry, where),
+                over_quota_weight=None if model_weight is None else _number(model_weight, f"{where}.overQuotaWeight"),
+            )
+        )
 
     weight = gpu.get("overQuotaWeight", 1.0)
     priority = spec.get("priority", 100)
@@ -269,6 +289,7 @@ def parse_queue(body: Mapping[str, Any]) -> QueueSpec:
             priority=_int(priority, "spec.priority", -(2**31)),
             node_pool=_optional_str(spec.get("nodePool"), "spec.nodePool"),
             created_at=timestamp(meta.get("creationTimestamp")),
+            model_quotas=tuple(model_quotas),
         ),
         namespaces=frozenset(str(n) for n in namespaces),
     )

@@ -192,6 +192,18 @@ def test_queue_amounts_are_exact_milli_gpus_and_unset_limit_means_no_cap() -> No
     assert q.namespaces == {"a"}
 
 
+def test_queue_quota_per_gpu_model() -> None:
+    q = parse_queue({"metadata": {"name": "lab"}, "spec": {"gpu": {"quota": 24, "models": {
+        "NVIDIA-B200": {"quota": 16, "limit": 24}, "NVIDIA-H100": {"quota": 8, "overQuotaWeight": 2}}}}})
+    b200, h100 = q.queue.model_quotas
+    assert (b200.model, b200.quota_milli, b200.limit_milli, b200.over_quota_weight) == ("NVIDIA-B200", 16e3, 24e3, None)
+    assert (h100.model, h100.quota_milli, h100.limit_milli, h100.over_quota_weight) == ("NVIDIA-H100", 8e3, None, 2.0)
+    with pytest.raises(SpecError, match=r"spec\.gpu\.models\.NVIDIA-B200\.quota: must be >= 0"):
+        parse_queue({"metadata": {"name": "lab"}, "spec": {"gpu": {"models": {"NVIDIA-B200": {"quota": -1}}}}})
+    with pytest.raises(SpecError, match=r"spec\.gpu\.models: expected a map"):
+        parse_queue({"metadata": {"name": "lab"}, "spec": {"gpu": {"models": ["NVIDIA-B200"]}}})
+
+
 def test_replica_pods_carry_placement_owner_and_whole_gpus() -> None:
     spec = parse_trainingjob(tj_json(replicas=2, gpus=8), LEVELS)
     attempt = new_attempt()
