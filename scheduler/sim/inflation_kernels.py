@@ -35,10 +35,8 @@ from numpy.typing import NDArray
 
 from leitstand.scheduler import placement_kernels as _placement_kernels
 from leitstand.scheduler import policy_kernels as _policy_kernels
+from leitstand.scheduler.codes import DIAG_SIZE, STATUS_BAD_POLICY_CHOICE, STATUS_OK
 from leitstand.scheduler.placement_kernels import (
-    DIAG_SIZE,
-    STATUS_BAD_POLICY_CHOICE,
-    STATUS_OK,
     mix64_kernel,
     place_gang_kernel,
     refresh_node_kernel,
