@@ -259,6 +259,10 @@ class Scheduler:
     def on_trainingjob(self, kind: str, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key = f"{meta.get('namespace')}/{meta.get('name')}"
+        tracked = self.jobs.get(key)
+        if kind != "DELETED" and tracked is not None and not _followed_fields_differ(tracked.body, body):
+            tracked.body = body  # the echo of a status write: nothing a cycle reads has changed
+            return
         self._dirty.add(key)
         if kind == "DELETED":
             self._followed.pop(key, None)
@@ -273,7 +277,6 @@ class Scheduler:
                 spec: TrainingJobSpec | SpecError = parse_trainingjob(body, self.levels)
             except SpecError as exc:
                 spec = exc
-            tracked = self.jobs.get(key)
             if tracked is None or (tracked.body.get("metadata") or {}).get("uid") != meta.get("uid"):
                 self.jobs[key] = Tracked(body=body, spec=spec)
             else:
@@ -892,7 +895,7 @@ class Scheduler:
         # has its Admitted condition and the audit record; one Event per admission cost the API
         # server 0.7 ms and the operator a request per job (docs/operator-throughput.md).
         self._event(path, meta, "Admitted", message, post=self.book.last_reason(path) is not None or moved)
-        log.info("bind %s: %s", key, message, extra={"fields": {
+        log.debug("bind %s: %s", key, message, extra={"fields": {  # the audit logs the decision at INFO
             "event": "bind", "job": key, "queue": spec.queue, "nodes": sorted(nodes), "message": message}})
 
         whole = set() if spec.is_fraction else {(str(p.node), g) for p in placements for g in p.gpu_indices}
@@ -1240,6 +1243,18 @@ class Scheduler:
     def _reservation_done(self, spot: tuple[str, int], task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is not None:
             self.reservations_creating.discard(spot)  # it will not appear; try again next cycle
+
+
+def _followed_fields_differ(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether a TrainingJob event changes anything `_follow` reads: the object's identity, its spec
+    (immutable, so its generation), its deletion. Its status is not read after first sight (the status
+    book is authoritative while this process leads), so the echo of our own status write is no reason
+    to follow the job again."""
+    a, b = old.get("metadata") or {}, new.get("metadata") or {}
+    return (
+        a.get("uid") != b.get("uid") or a.get("generation") != b.get("generation")
+        or a.get("deletionTimestamp") != b.get("deletionTimestamp") or old.get("spec") != new.get("spec")
+    )
 
 
 def _detached(queue: Queue) -> Queue:

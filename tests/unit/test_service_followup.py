@@ -86,6 +86,11 @@ def test_a_cycle_follows_only_the_jobs_whose_pods_object_or_queues_changed() -> 
         clock[0] += 1
         reports.append(scheduler.cycle())  # nothing changed
         clock[0] += 1
+        echo = tj_json("team", "running", "team")
+        echo["status"] = {"phase": "Running"}  # the watch's echo of a status write: no reason to follow
+        scheduler.on_trainingjob("MODIFIED", echo)
+        reports.append(scheduler.cycle())
+        clock[0] += 1
         add_running_pod(cache, "running", "b200-0000", started=NOW - 50)  # its pod changed
         reports.append(scheduler.cycle())
         clock[0] += 1
@@ -93,9 +98,9 @@ def test_a_cycle_follows_only_the_jobs_whose_pods_object_or_queues_changed() -> 
         reports.append(scheduler.cycle())
 
     run(cycles)
-    assert [r.followed for r in reports] == [2, 0, 1, 2]
+    assert [r.followed for r in reports] == [2, 0, 0, 1, 2]
     # what a clean job contributed is reused: the core saw the same running and pending jobs each time
-    assert [r.running for r in reports] == [1, 1, 1, 1]
+    assert [r.running for r in reports] == [1, 1, 1, 1, 1]
     assert all(r.reasons == {"NeverFits": 1} for r in reports), [r.reasons for r in reports]
     assert [j.id for j in scheduler.last_pending] == ["team/too-big"]
 
