@@ -131,6 +131,8 @@ ADMITTED_WRITE_HOLD_SECONDS = 5.0
 "Running" usually reach the API server in one merge-patch (`StatusBook.hold`)."""
 IN_FLIGHT_GIVE_UP_SECONDS = 60.0
 """A bound placement the pod watch has not shown after this long is no longer treated as in flight."""
+INFORM_WRITES_WHILE_BINDING = 2
+"""Events and plain pods' conditions in flight while gangs bind (binds go first; `_when_binds_allow`)."""
 FULL_FOLLOW_SECONDS = 30.0
 """Every job is followed at least this often, dirty or not: a safety net under the dirty set."""
 PLACEMENT_NODES_SHOWN = 16
@@ -236,6 +238,7 @@ class Scheduler:
         self._timers: list[tuple[float, str]] = []
         """(time, job key): follow the job again then (retry after a failed bind, maxRuntimeSeconds, a
         placement the watch has not confirmed)."""
+        self._inform_slots = asyncio.Semaphore(INFORM_WRITES_WHILE_BINDING)
         self._nodes_unready = False
         """Some node is NotReady: lost-node grace periods run on the clock, so every job is followed."""
         self.last: CycleReport = CycleReport()
@@ -1037,12 +1040,21 @@ class Scheduler:
         self.plain_said[pod.key] = (code, message)
         scheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                      "message": f"{code}: {message}"[:1024], "lastTransitionTime": rfc3339(self.clock())}
-        task = asyncio.get_running_loop().create_task(self.client.request(
+        task = asyncio.get_running_loop().create_task(self._when_binds_allow(
             "PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status", {"status": {"conditions": [scheduled]}},
             content_type=STRATEGIC_MERGE_PATCH,
         ))
         self.reservation_tasks.add(task)  # keep a reference until done
         task.add_done_callback(self.reservation_tasks.discard)
+
+    async def _when_binds_allow(self, method: str, path: str, body: Any,
+                                content_type: str = "application/json") -> tuple[int, Any]:
+        """A write that only informs (an Event, a plain pod's PodScheduled condition): while gangs are being
+        created and bound, at most `INFORM_WRITES_WHILE_BINDING` such writes share the client with them."""
+        if self.binder.active:
+            async with self._inform_slots:
+                return await self.client.request(method, path, body, content_type=content_type)
+        return await self.client.request(method, path, body, content_type=content_type)
 
     @staticmethod
     def _set_phase(status: dict[str, Any], phase: str, reason: str | None = None, message: str | None = None) -> None:
@@ -1087,7 +1099,7 @@ class Scheduler:
             return
         body = event_body(involved, reason, message, kind)
         task = asyncio.get_running_loop().create_task(
-            self.client.request("POST", f"/api/v1/namespaces/{meta.get('namespace')}/events", body)
+            self._when_binds_allow("POST", f"/api/v1/namespaces/{meta.get('namespace')}/events", body)
         )
         self.reservation_tasks.add(task)  # keep a reference until done
         task.add_done_callback(self.reservation_tasks.discard)
