@@ -830,6 +830,9 @@ def kube_client_text(client: Mapping[str, Any], raised: float) -> str:
 
 
 KAI_A, KAI_B = "kai-a", "kai-b"
+KAI_SETTLE = 150.0
+"""A KAI shape gives up after this long without a new bind (the operator rolls back and requeues a
+job whose pods it did not see bound within its bind timeout; under load that takes a minute or more)."""
 
 
 async def kai_phase(ctx: Ctx, namespace: str, expected: int, submit: Callable[[Submission], Coroutine[Any, Any, None]],
@@ -854,7 +857,7 @@ async def kai_phase(ctx: Ctx, namespace: str, expected: int, submit: Callable[[S
 
     try:
         try:
-            done = await watch.wait_settled(expected, task, max(60.0, ctx.opts.settle), t0 + ctx.opts.timeout,
+            done = await watch.wait_settled(expected, task, max(KAI_SETTLE, ctx.opts.settle), t0 + ctx.opts.timeout,
                                             ctx.progress, on_tick=check_operator)
         except OperatorExited:
             done = False
