@@ -455,7 +455,7 @@ def make_contended_snapshot(n_gpus: int = 100_000, pending: int = 5000, seed: in
         )
 
     def leaf() -> QueueName:
-        return leaves[int(rng.choice(len(leaves), p=weights))]
+        return QueueName(leaves[int(rng.choice(len(leaves), p=weights))])
 
     i = 0
     n_nodes = len(nodes)

@@ -47,28 +47,8 @@ from numba import njit
 from numba.core import config as _numba_config
 from numpy.typing import NDArray
 
+from leitstand.scheduler import codes as _codes
 from leitstand.scheduler import policy_kernels as _policy_kernels
-from leitstand.scheduler.codes import (  # noqa: F401 - re-exported: placement.py reads them as K.*
-    DIAG_BEST_DOMAIN,
-    DIAG_BEST_DOMAIN_REPLICAS,
-    DIAG_BEST_LEVEL,
-    DIAG_DOMAIN_USED,
-    DIAG_LABELLED_NODES,
-    DIAG_LACK_CPU,
-    DIAG_LACK_GPU,
-    DIAG_LACK_MEMORY,
-    DIAG_LEVEL_USED,
-    DIAG_MATCHING_NODES,
-    DIAG_SIZE,
-    DIAG_TOTAL_REPLICAS,
-    MAX_DOMAIN_TRIES,
-    STATUS_BAD_POLICY_CHOICE,
-    STATUS_FRAGMENTED,
-    STATUS_INSUFFICIENT,
-    STATUS_NO_MATCHING_NODES,
-    STATUS_NO_TOPOLOGY_DOMAIN,
-    STATUS_OK,
-)
 from leitstand.scheduler.model import GPU_MILLI as MODEL_GPU_MILLI
 from leitstand.scheduler.policy_kernels import RANDOM, choose_gpus_kernel, node_score_kernel
 
@@ -92,6 +72,27 @@ if _KEYED_CACHE_DIR is not None:
     _numba_config.CACHE_DIR = _KEYED_CACHE_DIR  # type: ignore[attr-defined]
 
 GPU_MILLI = int(MODEL_GPU_MILLI)
+# Status and diagnosis codes live in codes.py (shared with the Numba-free twin); named here too
+# because placement.py reads them as K.*.
+DIAG_BEST_DOMAIN = _codes.DIAG_BEST_DOMAIN
+DIAG_BEST_DOMAIN_REPLICAS = _codes.DIAG_BEST_DOMAIN_REPLICAS
+DIAG_BEST_LEVEL = _codes.DIAG_BEST_LEVEL
+DIAG_DOMAIN_USED = _codes.DIAG_DOMAIN_USED
+DIAG_LABELLED_NODES = _codes.DIAG_LABELLED_NODES
+DIAG_LACK_CPU = _codes.DIAG_LACK_CPU
+DIAG_LACK_GPU = _codes.DIAG_LACK_GPU
+DIAG_LACK_MEMORY = _codes.DIAG_LACK_MEMORY
+DIAG_LEVEL_USED = _codes.DIAG_LEVEL_USED
+DIAG_MATCHING_NODES = _codes.DIAG_MATCHING_NODES
+DIAG_SIZE = _codes.DIAG_SIZE
+DIAG_TOTAL_REPLICAS = _codes.DIAG_TOTAL_REPLICAS
+MAX_DOMAIN_TRIES = _codes.MAX_DOMAIN_TRIES
+STATUS_BAD_POLICY_CHOICE = _codes.STATUS_BAD_POLICY_CHOICE
+STATUS_FRAGMENTED = _codes.STATUS_FRAGMENTED
+STATUS_INSUFFICIENT = _codes.STATUS_INSUFFICIENT
+STATUS_NO_MATCHING_NODES = _codes.STATUS_NO_MATCHING_NODES
+STATUS_NO_TOPOLOGY_DOMAIN = _codes.STATUS_NO_TOPOLOGY_DOMAIN
+STATUS_OK = _codes.STATUS_OK
 CAPACITY_LIMIT = 1 << 30
 """Replica capacity of a node that the request does not constrain at all (no GPU, CPU or memory)."""
 DEDUPE_MIN_CANDIDATES = 32

@@ -200,6 +200,9 @@ def choose_victims(
             ):
                 _count(tally, "domains_skipped")
                 continue
+            if domain_mask is None:  # built only for domains actually searched
+                domain_mask = np.zeros(state.n_nodes, dtype=np.bool_)
+                domain_mask[nodes] = True
             domain_request = replace(request, node_mask=domain_mask)
             found, hopeless, tried = _search_domain(
                 stmt,
@@ -287,9 +290,10 @@ def _candidate_domains(
     pool: VictimPool,
     chosen: NDArray[np.bool_],
     level: int,
-) -> list[tuple[int, NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]]:
-    """(domain id, its allowed nodes, node mask, candidate indices cheapest first) per domain worth
-    searching at `level`, most free room first, at most `MAX_DOMAINS`.
+) -> list[tuple[int, NDArray[np.int64], NDArray[np.bool_] | None, NDArray[np.int64]]]:
+    """(domain id, its allowed nodes, its node mask or None when it is just those nodes, candidate
+    indices cheapest first) per domain worth searching at `level`, most free room first, at most
+    `MAX_DOMAINS`.
 
     A domain is worth searching when its nodes could hold the gang with every candidate there gone:
     per node, the replicas that fit in its free device-slots plus the slots its candidates hold
@@ -334,16 +338,15 @@ def _candidate_domains(
     by = np.lexsort((kept_job, kept_pos))
     kept_pos, kept_job = kept_pos[by], kept_job[by]
     bounds = np.searchsorted(kept_pos, np.arange(order.size + 1))
-    out: list[tuple[int, NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]] = []
+    out: list[tuple[int, NDArray[np.int64], NDArray[np.bool_] | None, NDArray[np.int64]]] = []
     start = state.domain_start[level]
     members = state.domain_order[level]
     for k, d in enumerate(order):
         nodes = members[start[d] : start[d + 1]].astype(np.int64)
         nodes = nodes[mask[nodes]]
-        domain_mask = np.zeros(state.n_nodes, dtype=np.bool_)
-        domain_mask[nodes] = True
-        local = np.unique(kept_job[bounds[k] : bounds[k + 1]])  # sorted indices = cheapest first
-        out.append((int(d), nodes, domain_mask, local))
+        jobs = kept_job[bounds[k] : bounds[k + 1]]  # sorted: cheapest first, a gang's rows adjacent
+        local = jobs[np.concatenate(([True], jobs[1:] != jobs[:-1]))] if jobs.size else jobs
+        out.append((int(d), nodes, None, local))
     return out
 
 
@@ -483,9 +486,9 @@ def _search_domain(
                     taken, stale = trial, True
                     continue
             else:
-                result = place() if fit.may_fit() else None
-                if isinstance(result, GangPlacement) and (accept is None or accept(trial, request, result)):
-                    taken, placement, stale = trial, result, False
+                trial_result = place() if fit.may_fit() else None
+                if isinstance(trial_result, GangPlacement) and (accept is None or accept(trial, request, trial_result)):
+                    taken, placement, stale = trial, trial_result, False
                     continue
             stmt.rollback(trial_mark)
             fit.update(victim)

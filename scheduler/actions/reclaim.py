@@ -159,11 +159,11 @@ def run(ctx: CycleContext) -> None:
         else:
             # Per level of the reclaimer's path: is it in quota with the job? Then a victim's level
             # must be above its deserved share, else above its fair share.
-            code, q_pos, v_id, has = rows_of(job.queue)
+            row_code, q_pos, v_id, has = rows_of(job.queue)
             above_deserved, above_share = over_flags(model, share, deserved, allocated)
             in_quota = np.array(cache_key[2], dtype=np.bool_)
             holds = np.where(in_quota[q_pos], above_deserved[v_id], above_share[v_id])
-            qualifies = has & (np.bincount(code[~holds], minlength=n_codes) == 0)
+            qualifies = has & (np.bincount(row_code[~holds], minlength=n_codes) == 0)
             chosen = pool.alive & qualifies[pool.queue_code]
             eligible = chosen if chosen.any() else None
             victims_cache[cache_key] = (pool.epoch, eligible)
