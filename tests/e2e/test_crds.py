@@ -199,6 +199,8 @@ INVALID_JOBS = [
     ("neither gpus nor gpuFraction", {"gpus": None}, "spec.gpus", "set spec.gpus"),
     ("gpuFraction 1.5", {"gpus": None, "gpuFraction": 1.5}, "spec.gpuFraction", "less than 1"),
     ("gpuFraction 0", {"gpus": None, "gpuFraction": 0}, "spec.gpuFraction", "greater than 0"),
+    ("gpuFraction below a thousandth", {"gpus": None, "gpuFraction": 0.0004}, "spec.gpuFraction", "at least 0.001"),
+    ("replicas 2^31 - 1", {"replicas": 2**31 - 1}, "spec.replicas", "less than or equal to 100000"),
     ("replicas 0", {"replicas": 0}, "spec.replicas", "greater than or equal to 1"),
     ("negative gpus", {"gpus": -1}, "spec.gpus", "greater than or equal to 0"),
     ("negative backoffLimit", {"backoffLimit": -2}, "spec.backoffLimit", "greater than or equal to 0"),
@@ -215,6 +217,15 @@ INVALID_JOBS = [
     ("missing template", {"template": None}, "spec.template", "Required value"),
     ("unknown field", {"gpu": 1}, "spec.gpu", "unknown field"),
 ]
+
+
+def test_a_trainingjob_name_longer_than_a_label_value_is_rejected(api: Cluster) -> None:
+    """The name labels every pod (leitstand.dev/job), so 64 characters would fail later, at pod creation."""
+    proc = apply(api, job("n" * 64), user="tenant-a")
+    assert proc.returncode != 0
+    assert "metadata.name may have at most 63 characters" in proc.stderr, proc.stderr
+    assert apply(api, job("n" * 63), user="tenant-a").returncode == 0
+    api.kubectl("delete", "trainingjob", "-n", "tenant-a", "n" * 63, "--wait=false")
 
 
 @pytest.mark.parametrize(("case", "changes", "field", "phrase"), INVALID_JOBS, ids=[c[0] for c in INVALID_JOBS])

@@ -139,6 +139,10 @@ def test_trainingjob_spec_fields_defaults_and_enums() -> None:
     fraction = props["gpuFraction"]
     assert (fraction["minimum"], fraction["maximum"]) == (0, 1)
     assert fraction["exclusiveMinimum"] is True and fraction["exclusiveMaximum"] is True
+    assert fraction["x-kubernetes-validations"][0]["rule"] == "self >= 0.001"  # GPUs are counted in thousandths
+    assert props["replicas"]["maximum"] == 100_000  # the core's MAX_GANG_REPLICAS
+    assert any("size(self.metadata.name) <= 63" in r["rule"]
+               for r in schema("TrainingJob")["x-kubernetes-validations"])
     levels = ["spine", "rack", "nvlink-domain", "node"]
     assert props["topology"]["properties"]["required"]["enum"] == levels
     assert props["topology"]["properties"]["preferred"]["enum"] == levels
