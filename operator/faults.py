@@ -620,19 +620,23 @@ def run_failover(
     seed: int = 11,
     nodes: int = 16,
     seconds: tuple[int, int] = (10, 30),
+    lease_seconds: int = 15,
     timeout_seconds: float = 900.0,
     report: Report = print,
 ) -> FaultResult:
     """Two replicas of `leitstand run` with the Lease; `kills` times the leader gets SIGKILL while the
     burst runs (the next kill once the killed one is back as a ready follower). Per kill: how long until
     the Lease names the other replica and until that replica binds its first pod (from the pods on the
-    API server); the follower's /readyz and reads are checked before every kill."""
+    API server); the follower's /readyz and reads are checked before every kill. `lease_seconds` other
+    than the default 15 scales the renew deadline (2/3 of it) and the retry period (1/7.5) alike."""
     harness = Harness("failover", nodes, report)
     identities = ("leitstand-a", "leitstand-b")
     faults: list[dict[str, Any]] = []
     problems: list[str] = []
+    lease = (f"lease_seconds: {lease_seconds}\nrenew_deadline_seconds: {lease_seconds * 2 / 3:.2f}\n"
+             f"retry_seconds: {lease_seconds / 7.5:.2f}\n")
     try:
-        configs = {i: harness.operator_config(i) for i in identities}
+        configs = {i: harness.operator_config(i, lease) for i in identities}
         for identity in identities:
             harness.start_operator(identity, configs[identity])
         token = _token(harness.run, "admin")
