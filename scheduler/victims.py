@@ -28,7 +28,7 @@ What it must not do: decide whether eviction is allowed at all (the action passe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -105,6 +105,8 @@ class VictimPool:
         index = state.node_index
         counts = np.fromiter((len(v.placements) for v in self.ordered), dtype=np.int64, count=len(self.ordered))
         self.row_job = np.repeat(np.arange(len(self.ordered), dtype=np.int64), counts)
+        self.row_count = counts
+        self.row_start = np.cumsum(counts) - counts
         self.row_node = np.fromiter(
             (index[p.node] for v in self.ordered for p in v.placements), dtype=np.int64, count=int(counts.sum())
         )
@@ -128,6 +130,18 @@ class VictimPool:
         i = self.rank.get(job_id)
         if i is not None:
             self.alive[i] = False
+
+    def rows_of(self, chosen: NDArray[np.bool_]) -> NDArray[np.int64]:
+        """Indices of the rows (replicas) of the chosen candidates, in row order. A few chosen jobs
+        (preemption inside one queue) cost O(their replicas), not a pass over every row."""
+        jobs = np.flatnonzero(chosen)
+        if jobs.size * 8 >= len(self.ordered):
+            return np.flatnonzero(chosen[self.row_job])
+        counts = self.row_count[jobs]
+        total = int(counts.sum())
+        offsets = np.repeat(self.row_start[jobs] - (np.cumsum(counts) - counts), counts)
+        rows: NDArray[np.int64] = offsets + np.arange(total, dtype=np.int64)
+        return rows
 
     def labelled(self, state: ClusterState, level: int) -> NDArray[np.bool_]:
         """Nodes that carry a label at `level` (static; computed once per level)."""
@@ -208,7 +222,7 @@ def choose_victims(
                 stmt,
                 domain_request,
                 nodes,
-                [pool.ordered[i] for i in local],
+                _Lazy(pool.ordered, local),
                 policy,
                 max_victims,
                 for_job,
@@ -302,7 +316,8 @@ def _candidate_domains(
     """
     state = stmt.state
     mask = request.node_mask if level == NONE else request.node_mask & pool.labelled(state, level)
-    rows = np.flatnonzero(chosen[pool.row_job] & mask[pool.row_node])
+    rows = pool.rows_of(chosen)
+    rows = rows[mask[pool.row_node[rows]]]
     if not rows.size:
         return []
     row_job = pool.row_job[rows]
@@ -412,6 +427,19 @@ class _Fit:
         return self.trivial or self.total >= self.request.replicas
 
 
+class _Lazy:
+    """The candidates of a domain as running jobs, fetched only as far as the greedy pass goes (a
+    gang searched anywhere may have thousands of candidates and stop after a few)."""
+
+    def __init__(self, ordered: Sequence[RunningJob], indices: NDArray[np.int64]) -> None:
+        self.ordered, self.indices = ordered, indices
+
+    def __iter__(self) -> Iterator[RunningJob]:
+        ordered = self.ordered
+        for i in self.indices.tolist():
+            yield ordered[i]
+
+
 def _touches(state: ClusterState, running: RunningJob, placement: GangPlacement) -> bool:
     """Does `running` hold anything on a node the placement uses?"""
     used = set(placement.nodes.tolist())
@@ -422,7 +450,7 @@ def _search_domain(
     stmt: Statement,
     request: GangRequest,
     nodes: NDArray[np.int64],
-    local: Sequence[RunningJob],
+    local: Iterable[RunningJob],
     policy: PolicyContext,
     max_victims: int,
     for_job: JobId,
