@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -157,7 +158,7 @@ def rule_violations(kind: str) -> list[Violation]:
             Violation(("spec", "gpuFraction"), 0.0004, "a fraction below a thousandth", "spec.gpuFraction"),
         ]
     return [
-        Violation(("spec", "gpu", "limit"), 0.5, "limit below quota", "spec.gpu"),
+        Violation(("spec", "gpu"), {"quota": 2, "limit": 0.5}, "limit below quota", "spec.gpu"),
         Violation(("spec", "parent"), "@self", "its own parent", "spec.parent"),
         Violation(("metadata", "name"), "Upper_Case", "a name Kubernetes refuses", "metadata.name"),
     ]
@@ -311,12 +312,14 @@ class HostileResult:
 
 def _run_valid(tenant: KubeApi, admin: KubeApi, jobs: list[dict[str, Any]], timeout: float,
                during: Callable[[], None] | None = None) -> tuple[float, int]:
-    """Submit the jobs, optionally do `during` right after, wait until all end; (seconds, succeeded)."""
+    """Submit the jobs while `during` runs in a thread (if given), wait until all of them end; (seconds
+    from the first submission to the last job ended, succeeded). `during` is waited for too."""
+    flood = threading.Thread(target=during, daemon=True) if during is not None else None
+    if flood is not None:
+        flood.start()
     t0 = time.monotonic()
     for job in jobs:
         tenant.create(_path(job), job, exist_ok=False)
-    if during is not None:
-        during()
     label = jobs[0]["metadata"]["labels"][LABEL]
     phases: dict[str, str] = {}
     while time.monotonic() - t0 < timeout:
@@ -325,7 +328,10 @@ def _run_valid(tenant: KubeApi, admin: KubeApi, jobs: list[dict[str, Any]], time
         if len(phases) == len(jobs) and all(p in ("Succeeded", "Failed") for p in phases.values()):
             break
         time.sleep(0.5)
-    return time.monotonic() - t0, sum(1 for p in phases.values() if p == "Succeeded")
+    seconds = time.monotonic() - t0
+    if flood is not None:
+        flood.join()
+    return seconds, sum(1 for p in phases.values() if p == "Succeeded")
 
 
 def run_hostile(*, malformed_count: int = 1000, hostile_count: int = 1000, valid: int = 100, seed: int = 11,
