@@ -33,6 +33,7 @@ CYCLE_SCHEDULERS = ("leitstand", "leitstand-noconsolidation")
 OPENB_NODES = "openb_node_list_gpu_node.csv"
 PHILLY_JOBS = "adaptdl_philly_jobs.csv"
 PHILLY_MACHINES = "revised_machine_list.csv"
+MAX_OPENB_WINDOW = 86_400.0
 
 
 def _bad(option: str, message: str) -> NoReturn:
@@ -94,7 +95,19 @@ def _check_options(
         _bad("--horizon", f"{horizon:g} s; give a positive virtual time in seconds, or leave it out")
     if warmup is not None and not (math.isfinite(warmup) and warmup >= 0):
         _bad("--warmup", f"{warmup:g} s; the warm-up must be ≥ 0 seconds (0 = measure from the first arrival)")
-    if trace == "openb" and warmup is not None and warmup >= window:
+    if trace == "openb" and window > MAX_OPENB_WINDOW:
+        _bad(
+            "--window",
+            f"{window:g} s is longer than the {MAX_OPENB_WINDOW:,.0f} s the openb stream supports (it draws "
+            "arrivals for ≥ 100 per second of window up front); give a shorter window",
+        )
+    if trace == "openb" and (600.0 if warmup is None else warmup) >= window:
+        if warmup is None:
+            _bad(
+                "--window",
+                f"{window:g} s is not longer than the default 600 s warm-up: nothing would be measured; "
+                "give a longer window, or a shorter --warmup",
+            )
         _bad(
             "--warmup",
             f"{warmup:g} s is not shorter than the arrival window (--window {window:g} s): nothing would be "

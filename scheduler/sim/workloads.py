@@ -121,8 +121,8 @@ def openb_workload(
     if capacity <= 0 or not trace_milli.any():
         where = nodes_path if capacity <= 0 else pods_path
         raise ValueError(f"{where}: no GPU {'node' if capacity <= 0 else 'task'}; the replay measures GPU allocation")
-    if load <= 0 or window_seconds <= 0:
-        raise ValueError(f"load ({load}) and window ({window_seconds} s) must be > 0")
+    if load <= 0 or not 0 < window_seconds <= 86_400:
+        raise ValueError(f"load ({load}) must be > 0 and the window ({window_seconds} s) in (0, 86,400] s")
 
     rng = np.random.default_rng(seed)
     # Unit-rate Poisson arrival epochs; at rate r the k-th task arrives at epoch_k / r.

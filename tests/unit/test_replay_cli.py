@@ -65,6 +65,8 @@ SMALL = ("--load", "1.0", "--window", "300", "--warmup", "60", "--schedulers", "
         (("--warmup", "-5"), ["--warmup", "must be ≥ 0"]),
         (("--warmup", "1800"), ["--warmup", "not shorter than the arrival window"]),
         (("--window", "0"), ["--window", "positive"]),
+        (("--window", "1e7"), ["--window", "longer than the 86,400 s"]),
+        (("--window", "500"), ["--window", "default 600 s warm-up"]),
         (("--interval", "-1"), ["--interval", "≥ 0"]),
         (("--horizon", "0"), ["--horizon", "positive"]),
         (("--schedulers", "leitstand,worstfit"), ["--schedulers", "'worstfit'", "greedy-<policy>"]),
