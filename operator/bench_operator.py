@@ -1085,7 +1085,9 @@ async def _timed(ctx: Context, kind: str, items: Sequence[Any], work: Callable[[
 
 async def api_costs(ctx: Context, n: int) -> list[ApiCost]:
     """With no operator running: n TrainingJob creates (admin, as tenants submit), n status merge-patches
-    of the operator's shape and n Events (as leitstand-operator), each timed alone with /proc CPU."""
+    of the operator's shape (the first, Admitted, and a second, Running) and n Events (as
+    leitstand-operator), each timed alone with /proc CPU; then the first status patch again on fresh
+    objects with the spec's `self == oldSelf` CEL rule removed from the CRD (restored afterwards)."""
     from leitstand.operator.service.status import event_body, rfc3339
 
     await clean(ctx.admin)
@@ -1124,12 +1126,50 @@ async def api_costs(ctx: Context, n: int) -> list[ApiCost]:
         if status != 201:
             errors[f"event {status}"] += 1
 
+    async def patch_running(name: str) -> None:
+        now = rfc3339()
+        message = "1 replicas running"
+        patch = {"status": {"phase": "Running", "reason": "Running", "message": message, "startedAt": now,
+                            "conditions": [{"type": "Running", "status": "True", "reason": "Running",
+                                            "message": message, "lastTransitionTime": now}]}}
+        status, _ = await ctx.op_client.request("PATCH", f"{base}/{name}/status", patch,
+                                                content_type="application/merge-patch+json")
+        if status != 200:
+            errors[f"status {status}"] += 1
+
     costs = [await _timed(ctx, "TrainingJob create (admin)", names, create)]
     costs.append(await _timed(ctx, "TrainingJob status merge-patch", names, patch_status))
+    costs.append(await _timed(ctx, "TrainingJob status merge-patch, 2nd (Running)", names, patch_running))
     costs.append(await _timed(ctx, "Event create", names, event))
+    await clean(ctx.admin)
+    # Does a status write pay for the spec's CEL transition rule (`self == oldSelf` over the embedded pod
+    # template)? The same status patches with that one rule removed from the CRD (restored afterwards).
+    crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/trainingjobs.leitstand.dev"
+    crd = await ctx.admin.get(crd_path)
+    original = json.loads(json.dumps(crd))
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    rules = spec_schema.get("x-kubernetes-validations") or []
+    spec_schema["x-kubernetes-validations"] = [r for r in rules if "oldSelf" not in r.get("rule", "")]
+    if len(spec_schema["x-kubernetes-validations"]) < len(rules):
+        status, body = await ctx.admin.request("PUT", crd_path, crd)
+        try:
+            if status == 200:
+                await asyncio.sleep(3.0)  # the API server rebuilds the CRD's handler
+                await _pool(names, ctx.opts.concurrency, create)
+                costs.append(await _timed(ctx, "TrainingJob status merge-patch, no `self == oldSelf` rule",
+                                          names, patch_status))
+            else:
+                errors[f"crd {status}"] += 1
+        finally:
+            await clean(ctx.admin)
+            current = await ctx.admin.get(crd_path)
+            original["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            restored, body = await ctx.admin.request("PUT", crd_path, original)
+            if restored != 200:
+                raise RuntimeError(f"restoring CRD trainingjobs.leitstand.dev: HTTP {restored} {body}")
+            await asyncio.sleep(3.0)
     if errors:
         ctx.progress(f"  API cost probe: errors {dict(errors)}")
-    await clean(ctx.admin)
     await ctx.admin.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/events", None)
     return costs
 
