@@ -692,6 +692,7 @@ def run_restarts(
     nodes: int = 16,
     seconds: tuple[int, int] = (5, 15),
     kill: bool = False,
+    gap_seconds: tuple[float, float] = (5.0, 12.0),
     timeout_seconds: float = 900.0,
     report: Report = print,
 ) -> FaultResult:
@@ -733,7 +734,7 @@ def run_restarts(
                                "down_seconds": round(restarted.down_seconds, 1), "first_bind_after_seconds": bind_s})
                 report(f"{harness.name}: {component} down {restarted.down_seconds:.1f} s; first new pod bound "
                        f"{bind_s} s after it answered again")
-                next_restart = harness.now() + rng.uniform(5.0, 12.0)
+                next_restart = harness.now() + rng.uniform(*gap_seconds)
             if done and len(faults) >= restarts:
                 break
             time.sleep(0.5)
