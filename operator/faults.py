@@ -723,12 +723,13 @@ def run_restarts(
             done = harness.poll_phases()
             if len(faults) < restarts and harness.now() >= next_restart:
                 component = components[len(faults) % len(components)]
-                before = harness.latest_bound()
                 at = harness.now()
                 report(f"{harness.name}: restarting {component} at {at:.1f} s")
                 restarted = controlplane.restart(component, kill=kill)
                 back = harness.now()
                 harness.watch_operators()
+                # Pods bound by then may be binds sent before the restart: count only later ones.
+                before = _wait_for(functools.partial(_bound_now, harness.admin), 30) or set()
                 bind_s = harness.first_new_bind(before, back, 120)
                 faults.append({"at": round(at, 1), "component": component, "signal": "KILL" if kill else "TERM",
                                "down_seconds": round(restarted.down_seconds, 1), "first_bind_after_seconds": bind_s})
