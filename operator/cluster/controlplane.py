@@ -415,7 +415,7 @@ def _bring_up(
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--cidr=10.128.0.0/12",
             "--node-ip=10.255.0.1",
-            "--node-lease-duration-seconds=0",
+            "--node-lease-duration-seconds=120",
             f"--server-address=127.0.0.1:{ports['kwok']}",
         ],
     )

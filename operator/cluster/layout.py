@@ -22,7 +22,7 @@ K8S_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "
 
 UPSTREAM_STAGES = (
     "node/fast/node-initialize.yaml",
-    "node/heartbeat/node-heartbeat.yaml",
+    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
     "pod/fast/pod-ready.yaml",
     "pod/fast/pod-delete.yaml",
 )
