@@ -167,7 +167,7 @@ class UsageMeter:
             raise ValueError(f"by must be queue or namespace, not {by!r}")
         sums: dict[str, float] = defaultdict(float)
         for minute, bucket in self._buckets.items():
-            lo, hi = minute * BUCKET_SECONDS, (minute + 1) * BUCKET_SECONDS
+            lo, hi = float(minute * BUCKET_SECONDS), float((minute + 1) * BUCKET_SECONDS)
             if self._last is not None and lo <= self._last < hi:
                 hi = self._last  # the current minute holds only what was counted so far
             overlap = max(0.0, min(hi, end) - max(lo, start))

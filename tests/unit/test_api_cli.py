@@ -57,7 +57,8 @@ def test_queues_prints_the_tree_and_hides_what_the_caller_may_not_see(served: li
     org = next(line for line in lines if " org " in f" {line} ")
     assert "32" in org and "hidden" in org  # org admits tenant-b too: no usage for tenant-a
     tenant_a = next(line for line in lines if "  tenant-a" in line)
-    assert "1.33" in tenant_a and "1 / 8 GPUs" in tenant_a  # 8 GPUs × 600 s; one job waits for 8
+    # 8 GPUs × 790 s: 600 s counted, 190 s before (its pod started at NOW - 190, usage.resume)
+    assert "1.76" in tenant_a and "1 / 8 GPUs" in tenant_a  # one job waits for 8
     assert served[0][0] == "http://127.0.0.1:8080/v1/queues?window=3600"
     assert served[0][1]["Authorization"] == "Bearer token-a"
 
@@ -112,7 +113,9 @@ def test_why_reports_refusals_and_bad_arguments(served: list[Any]) -> None:
 
 def test_usage_as_table_csv_and_json(served: list[Any]) -> None:
     table = run("usage", "--token", "admin-token", "--by", "namespace")
-    assert table.exit_code == 0 and "tenant-a" in table.output and "1.333" in table.output
+    # 8 GPUs × 790 s (190 s rebuilt from the pod), less 67 GPU-s the minute resolution cuts at the start of
+    # the default window (it opens 10 s before the end of the pod's first minute, which holds 80 GPU-s)
+    assert table.exit_code == 0 and "tenant-a" in table.output and "1.737" in table.output
     csv = run("usage", "--token", "admin-token", "--csv")
     assert csv.output.splitlines()[0] == "queue,gpu_hours,gpu_seconds"
     assert served[-1][1]["Accept"] == "text/csv"
