@@ -146,3 +146,29 @@ def test_a_campaign_result_with_a_duplicate_or_a_problem_is_not_ok() -> None:
     assert FaultResult(**base).ok
     assert not FaultResult(**{**base, "duplicates": ["t/g replica 0: a, b"]}).ok
     assert not FaultResult(**base, extra={"problems": ["no NodeLost Event"]}).ok
+
+
+def test_restart_starts_a_component_again_with_its_recorded_command_line_in_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    monkeypatch.setenv("LEITSTAND_RUN", str(run))
+    state = controlplane.State(str(run), "https://127.0.0.1:1", {})
+    state.save()
+    first = controlplane._spawn(state, "kwok", ["sleep", "60"])
+    last = controlplane._spawn(state, "kube-controller-manager", ["sleep", "60"])
+    try:
+        restarted = controlplane.restart("kwok", grace_seconds=2)
+        saved = controlplane.State.load(run)
+        assert saved is not None
+        assert [p.name for p in saved.processes] == ["kwok", "kube-controller-manager"]  # order kept for `down`
+        again = saved.processes[0]
+        assert (restarted.old_pid, restarted.new_pid) == (first.pid, again.pid) and again.pid != first.pid
+        assert again.args == ["sleep", "60"] and controlplane.is_running(again)
+        assert not controlplane.is_running(first)
+        killed = controlplane.restart("kwok", kill=True)
+        assert killed.old_pid == again.pid and not controlplane.is_running(again)
+    finally:
+        for record in [*(controlplane.State.load(run) or state).processes, first, last]:
+            controlplane.stop_process(record, grace_seconds=2)
