@@ -69,6 +69,27 @@ def victim_cost(running: RunningJob) -> tuple[int, float, int, str]:
     return (running.job.priority, -running.started_at, running.job.gpu_milli_total, running.job.id)
 
 
+def move_cost(running: RunningJob) -> tuple[int, float, int, str]:
+    """Sort key of consolidation moves, cheapest first: fewest GPUs, youngest, lowest priority, id."""
+    return (running.job.gpu_milli_total, -running.started_at, running.job.priority, running.job.id)
+
+
+def _sorted(
+    candidates: Sequence[RunningJob], key: Callable[[RunningJob], tuple[int, float, int, str]]
+) -> list[RunningJob]:
+    """`sorted(candidates, key=key)`; for the two keys above as one `lexsort` over arrays (the same
+    order: ids are unique, numpy compares str by code point as Python does)."""
+    if key is not victim_cost and key is not move_cost:
+        return sorted(candidates, key=key)
+    n = len(candidates)
+    priority = np.fromiter((v.job.priority for v in candidates), dtype=np.int64, count=n)
+    started = np.fromiter((-v.started_at for v in candidates), dtype=np.float64, count=n)
+    milli = np.fromiter((v.job.gpu_milli_total for v in candidates), dtype=np.int64, count=n)
+    ids = np.array([v.job.id for v in candidates], dtype=str)
+    fields = (ids, milli, started, priority) if key is victim_cost else (ids, priority, started, milli)
+    return [candidates[i] for i in np.lexsort(fields).tolist()]
+
+
 def _set_cost(victims: Sequence[RunningJob], preferred: bool) -> tuple[int, bool, int, int, float]:
     return (
         max(v.job.priority for v in victims),
@@ -100,7 +121,7 @@ class VictimPool:
         key: Callable[[RunningJob], tuple[int, float, int, str]] = victim_cost,
     ) -> None:
         state = stmt.state
-        self.ordered: list[RunningJob] = sorted(candidates, key=key)
+        self.ordered: list[RunningJob] = _sorted(candidates, key)
         self.rank = {v.job.id: i for i, v in enumerate(self.ordered)}
         index = state.node_index
         counts = np.fromiter((len(v.placements) for v in self.ordered), dtype=np.int64, count=len(self.ordered))

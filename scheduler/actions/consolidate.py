@@ -17,16 +17,12 @@ from collections.abc import Sequence
 from leitstand.scheduler.actions.context import POLICY_BLOCKS, CycleContext, ShapeKey
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
-from leitstand.scheduler.victims import VictimPool, choose_victims
+from leitstand.scheduler.victims import VictimPool, choose_victims, move_cost
 
 __all__ = ["run"]
 
 MAX_ATTEMPTS = 32
 """Waiting gangs tried per cycle; consolidation is a search, bounded so a deep backlog stays cheap."""
-
-
-def _move_cost(running: RunningJob) -> tuple[int, float, int, str]:
-    return (running.job.gpu_milli_total, -running.started_at, running.job.priority, running.job.id)
 
 
 def run(ctx: CycleContext) -> None:
@@ -55,7 +51,7 @@ def run(ctx: CycleContext) -> None:
             movable = VictimPool(
                 stmt,
                 [held for held in stmt.running.values() if held.job.is_preemptible and ctx.is_victim_age(held)],
-                key=_move_cost,
+                key=move_cost,
             )
             if not len(movable):
                 return

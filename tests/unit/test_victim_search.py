@@ -16,7 +16,7 @@ from leitstand.scheduler.placement import GangRequest
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import QueueAccounting, Statement
-from leitstand.scheduler.victims import VictimChoice, VictimPool, choose_victims
+from leitstand.scheduler.victims import VictimChoice, VictimPool, choose_victims, move_cost, victim_cost
 
 
 def _borrowed_cluster(waiting: int) -> tuple[Snapshot, list[str]]:
@@ -145,3 +145,19 @@ def test_restore_is_undone_by_rollback() -> None:
     stmt.rollback(mark)
     assert np.array_equal(state.gpu_free_milli, free)
     assert stmt.bindings() == () and stmt.evictions() == ()
+
+
+def test_pool_order_is_the_cost_order_for_both_keys() -> None:
+    stmt, _, _ = _rack_state()
+    rng = np.random.default_rng(5)
+    candidates = [
+        make_running(
+            make_job(f"j{i:03d}", "b", int(rng.choice([1, 2, 4])), priority=int(rng.choice([10, 50]))),
+            [("n0", [0])],
+            started_at=float(rng.choice([0.0, 5.0, 7.5])),
+        )
+        for i in range(60)
+    ]
+    for key in (victim_cost, move_cost):
+        pool = VictimPool(stmt, candidates, key=key)
+        assert [v.job.id for v in pool.ordered] == [v.job.id for v in sorted(candidates, key=key)]
