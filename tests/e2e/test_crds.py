@@ -242,6 +242,10 @@ INVALID_QUEUES = [
     ("negative quota", {"gpu": {"quota": -1}}, "spec.gpu.quota", "greater than or equal to 0"),
     ("negative weight", {"gpu": {"overQuotaWeight": -1}}, "spec.gpu.overQuotaWeight", "greater than or equal to 0"),
     ("parent is itself", {"parent": "SELF"}, "spec.parent", "not the queue itself"),
+    ("model limit below its quota", {"gpu": {"quota": 8, "models": {"NVIDIA-B200": {"quota": 8, "limit": 4}}}},
+     "spec.gpu.models[NVIDIA-B200].limit", "at least its quota"),
+    ("negative model quota", {"gpu": {"models": {"NVIDIA-B200": {"quota": -1}}}}, "spec.gpu.models.NVIDIA-B200.quota",
+     "greater than or equal to 0"),
 ]
 
 

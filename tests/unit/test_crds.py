@@ -190,8 +190,12 @@ def test_queue_spec_and_status_fields() -> None:
     assert set(spec) == {"parent", "priority", "gpu", "nodePool", "namespaces"}
     assert spec["priority"]["default"] == 100
     gpu = spec["gpu"]["properties"]
-    assert set(gpu) == {"quota", "limit", "overQuotaWeight"}
+    assert set(gpu) == {"quota", "limit", "overQuotaWeight", "models"}
+    models = gpu.pop("models")
     assert all(gpu[k]["type"] == "number" and gpu[k]["minimum"] == 0 for k in gpu)
+    entry = models["additionalProperties"]  # per GPU model: the same three amounts (parse_queue reads them)
+    assert set(entry["properties"]) == {"quota", "limit", "overQuotaWeight"}
+    assert "limit must be at least its quota" in entry["x-kubernetes-validations"][0]["message"]
     assert gpu["overQuotaWeight"]["default"] == 1
     assert "NO cap" in gpu["limit"]["description"]
     assert "any namespace" in spec["namespaces"]["description"]
