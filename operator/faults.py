@@ -9,8 +9,16 @@ the GPUs pods request never exceed the node's, and no GPU index carries more tha
 pods, whole or shared) and how long any gang stays partly bound; at `kills` random moments the
 operator gets SIGKILL and is started again at once. At the end every job must have Succeeded.
 
-Called by the CLI (`leitstand bench crash`) for the numbers in the closing notes, and by the e2e tier
-with a small burst. Everything it judges comes from the API server, never from the operator.
+The same judge serves three more campaigns (below `run_campaign`, with a shared `Harness`): two
+replicas with `kill -9` of the Lease holder (`run_failover`), kube-apiserver or etcd restarted
+mid-burst (`run_restarts`, through `controlplane.restart`), and nodes made NotReady (held so by the
+KWOK stages in deploy/kwok/sim-node-not-ready.yaml) or deleted while gangs run (`run_node_faults`);
+docs/faults.md describes them and their measured results.
+
+Called by the CLI (`leitstand bench crash | failover | restart | nodes`) for the numbers in the notes,
+and by the e2e tier with small bursts. Everything it judges comes from the API server, never from the
+operator. It must not kill anything but the processes it started (by PID) and the component it was
+asked to restart.
 """
 
 from __future__ import annotations
