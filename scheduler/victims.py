@@ -373,17 +373,26 @@ def _candidate_domains(
     kept_pos, kept_job = where[keep], row_job[keep]
     by = np.lexsort((kept_job, kept_pos))
     kept_pos, kept_job = kept_pos[by], kept_job[by]
-    bounds = np.searchsorted(kept_pos, np.arange(order.size + 1))
-    out: list[tuple[int, NDArray[np.int64], NDArray[np.bool_] | None, NDArray[np.int64]]] = []
+    first = np.ones(kept_job.size, dtype=np.bool_)  # a gang's rows in one domain are adjacent: keep one
+    first[1:] = (kept_job[1:] != kept_job[:-1]) | (kept_pos[1:] != kept_pos[:-1])
+    kept_pos, kept_job = kept_pos[first], kept_job[first]
+    bounds = np.searchsorted(kept_pos, np.arange(order.size + 1)).tolist()
+    return list(_domains(state, level, mask, order.tolist(), kept_job, bounds))
+
+
+def _domains(
+    state: ClusterState,
+    level: int,
+    mask: NDArray[np.bool_],
+    order: list[int],
+    kept_job: NDArray[np.int64],
+    bounds: list[int],
+) -> Iterator[tuple[int, NDArray[np.int64], NDArray[np.bool_] | None, NDArray[np.int64]]]:
     start = state.domain_start[level]
     members = state.domain_order[level]
     for k, d in enumerate(order):
-        nodes = members[start[d] : start[d + 1]].astype(np.int64)
-        nodes = nodes[mask[nodes]]
-        jobs = kept_job[bounds[k] : bounds[k + 1]]  # sorted: cheapest first, a gang's rows adjacent
-        local = jobs[np.concatenate(([True], jobs[1:] != jobs[:-1]))] if jobs.size else jobs
-        out.append((int(d), nodes, None, local))
-    return out
+        nodes = members[int(start[d]) : int(start[d + 1])].astype(np.int64)
+        yield d, nodes[mask[nodes]], None, kept_job[bounds[k] : bounds[k + 1]]
 
 
 def _units_per_gpu(request: GangRequest) -> int:
