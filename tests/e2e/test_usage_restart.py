@@ -134,6 +134,10 @@ def test_gpu_hours_per_queue_agree_before_and_after_kill_9(usage_world: tuple[Cl
         status = queue_status(cluster)
         truth_then, _ = pods_truth(cluster, timestamp(status["usageUpdatedAt"]))
         assert float(status["usageGPUSeconds"]) == pytest.approx(truth_then, abs=TOLERANCE_GPU_SECONDS)
+        print(f"\n{QUEUE} GPU-seconds (reported | from the pods): before kill -9 {before:.1f} | {truth_before:.1f}; "
+              f"last status write {float(written['usageGPUSeconds']):.1f} at {written['usageUpdatedAt']}; "
+              f"after restart {after:.1f} | {truth_after:.1f}; /v1/usage window {window[QUEUE]:.1f}; "
+              f"next Queue status write {float(status['usageGPUSeconds']):.1f} | {truth_then:.1f}")
     finally:
         if second is not None:
             stop(second, "the restarted leitstand run")
