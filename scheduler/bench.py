@@ -521,7 +521,7 @@ def make_contended_snapshot(n_gpus: int = 100_000, pending: int = 5000, seed: in
 
 
 def run_contended_cycle_bench(
-    n_gpus: int = 100_000, pending: int = 5000, policy: str = "leitstand", seed: int = 7, repeats: int = 3
+    n_gpus: int = 100_000, pending: int = 5000, policy: str = "leitstand", seed: int = 7, repeats: int = 5
 ) -> dict[str, Any]:
     """Time `run_cycle` on `make_contended_snapshot`: seconds per phase and what each phase did.
 
