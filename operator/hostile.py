@@ -430,18 +430,26 @@ def run_hostile(*, malformed_count: int = 1000, hostile_count: int = 1000, valid
         result.operator_rss_mib = round(operator.rss_mib(), 1)
     finally:
         result.seconds = round(time.monotonic() - t_start, 1)
-        for path in (f"{GROUP_PATH}/namespaces/{NAMESPACE}/trainingjobs?labelSelector={LABEL}",
-                     f"{GROUP_PATH}/queues?labelSelector={LABEL}%3Dhostile"):
-            admin.request("DELETE", path)
-        if operator is not None:
-            operator.stop()
-            kept = run.parent / f"{run.name}-leitstand-run-hostile.log"
-            kept.write_text(operator.log_text())
-            report(f"hostile: operator log kept in {kept}")
-        admin.close_all()
-        tenant.close_all()
-        if started_cluster:
-            controlplane.down(report=report)
+        try:
+            if operator is not None:
+                operator.stop()
+                kept = run.parent / f"{run.name}-leitstand-run-hostile.log"
+                kept.write_text(operator.log_text())
+                report(f"hostile: operator log kept in {kept}")
+            if not started_cluster:  # a cluster we leave running gets its objects back; ours goes away whole
+                cleaner = KubeApi(admin.server, admin.token, admin.ca_file, timeout_seconds=300)
+                for path in (f"{GROUP_PATH}/namespaces/{NAMESPACE}/trainingjobs?labelSelector={LABEL}",
+                             f"{GROUP_PATH}/queues?labelSelector={LABEL}%3Dhostile"):
+                    try:
+                        cleaner.request("DELETE", path)
+                    except (OSError, TimeoutError) as exc:
+                        report(f"hostile: could not delete {path}: {exc}")
+                cleaner.close_all()
+        finally:
+            admin.close_all()
+            tenant.close_all()
+            if started_cluster:
+                controlplane.down(report=report)
     return result
 
 
