@@ -85,6 +85,28 @@ def bench_hostile(
     raise typer.Exit(hostile_bench(malformed, hostile, valid, seed, nodes, as_json))
 
 
+@bench_app.command("factory")
+def bench_factory(
+    minutes: Annotated[float, typer.Option(help="Trace minutes of arrivals (the hour), run to the end.")] = 60.0,
+    speed: Annotated[float, typer.Option(help="Time compression: durations and gaps divided by this.")] = 20.0,
+    nodes: Annotated[int, typer.Option(min=2, help="8-GPU nodes if a cluster must be started.")] = 1250,
+    research_nodes: Annotated[int, typer.Option(min=1, help="Nodes of the research consortium's pool.")] = 130,
+    industry: Annotated[int, typer.Option(min=1, help="Industry tenants.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seeds the tenants' loads and the workload.")] = 1,
+    interval: Annotated[float, typer.Option(help="Seconds between samples of the queues.")] = 5.0,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 1800.0,
+    traces: Annotated[Path | None, typer.Option(help="Traces root (acme/, alibaba-gpu-2023/).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write factory-allocation.png into this folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """An AI factory's shape (docs/factory.md): tenants' hour of jobs run to the end; shares, waits, CPU."""
+    from leitstand.operator.bench_factory import Options, factory_bench
+
+    raise typer.Exit(factory_bench(Options(nodes=nodes, research_nodes=research_nodes, industry=industry,
+                                           minutes=minutes, speed=speed, seed=seed, interval=interval,
+                                           timeout=timeout, traces=traces, plot=plot), as_json))
+
+
 @app.command("run")
 def run_service(
     kubeconfig: Annotated[

@@ -1,0 +1,841 @@
+"""`leitstand bench factory`: an AI factory's shape on the local cluster, an hour of jobs run to the end.
+
+The shape (docs/factory.md): ~1,250 DGX-like 8-GPU nodes in racks, 130 of them a node pool reserved
+for a research consortium; tenants as Queues — the consortium (`research-pool` on its reserved pool,
+`research` with a small quota on the shared nodes), an SME department (`sme`, ~20 % of the shared
+GPUs, split into two projects) and a dozen industry tenants (`industry-01..12`), each leaf with its own
+namespace. The workload, synthesised and seeded at ~100 % offered load:
+
+* research: the LLM-cluster mix of Shanghai AI Lab's Kalos cluster (the Acme tables in
+  `<traces>/acme`): job sizes from `gpu_num_histogram.csv` (pretraining gangs of 96-1,024 GPUs beside
+  many 1-GPU evaluation jobs), durations from the per-type CDFs of `job_type_duration_queue_cdf.csv`;
+  gangs of >= 96 GPUs go to the reserved pool, smaller jobs to the shared quota;
+* industry and SME: the tasks of openb (`alibaba-gpu-2023/openb_pod_list_default.csv`: GPUs or a GPU
+  fraction per task, duration = deletion - creation time).
+
+Arrivals are Poisson per tenant over `minutes` of trace time; durations are capped at that hour so it
+runs to its end. Time is compressed by `speed` (durations and inter-arrival times divided by it) and
+jobs end through KWOK's `leitstand.dev/sim-duration` annotation. The TrainingJobs are created by the
+cluster admin into the tenants' namespaces (the queues admit only those namespaces). `leitstand run`
+runs as `leitstand-operator`; every `interval` seconds the bench reads the Queues' status (allocated,
+fairShare) and the processes' CPU and memory from /proc, until every job has ended; then it reads every
+TrainingJob's status once for the waits.
+
+Pure parts (workload synthesis, summaries) are unit-tested in tests/unit/test_bench_factory.py.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+Report = Callable[[str], None]
+GROUP_PATH = "/apis/leitstand.dev/v1alpha1"
+LABEL = "leitstand.dev/campaign"
+CAMPAIGN = "factory"
+NODE_GPUS = 8
+POOL = "research"
+SHARED_POOL = "dgx"
+TERMINAL = ("Succeeded", "Failed")
+PRETRAIN_MIN_GPUS = 96
+CONFIG = """\
+scheduler: {min_runtime_seconds: 3}
+cycle_min_interval_seconds: 0.1
+"""
+
+
+class FactoryError(ValueError):
+    """A bad option or input file; the message names it and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The shape: nodes and queues
+
+
+@dataclass(frozen=True)
+class Tenant:
+    queue: str
+    namespace: str
+    quota: int
+    """Deserved GPUs (on the reserved pool for research-pool, else on the shared nodes)."""
+    group: str
+    """research, sme or industry."""
+    parent: str | None = None
+    node_pool: str | None = None
+    load: float = 0.0
+    """Offered GPU-seconds per second of trace time (filled by `plan_tenants`)."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    nodes: int = 1250
+    research_nodes: int = 130
+    industry: int = 12
+    sme_fraction: float = 0.20
+    research_shared_fraction: float = 0.05
+    nodes_per_rack: int = 8
+    racks_per_spine: int = 16
+
+    @property
+    def shared_gpus(self) -> int:
+        return (self.nodes - self.research_nodes) * NODE_GPUS
+
+    @property
+    def pool_gpus(self) -> int:
+        return self.research_nodes * NODE_GPUS
+
+    @property
+    def total_gpus(self) -> int:
+        return self.nodes * NODE_GPUS
+
+
+def check_shape(shape: Shape) -> None:
+    if shape.research_nodes < 1 or shape.research_nodes >= shape.nodes:
+        raise FactoryError(f"--research-nodes must be between 1 and --nodes - 1 (got {shape.research_nodes} of "
+                           f"{shape.nodes})")
+    if shape.industry < 1:
+        raise FactoryError("--industry must be >= 1")
+    if not 0 < shape.sme_fraction + shape.research_shared_fraction < 1:
+        raise FactoryError("the SME and research shares of the shared GPUs must add up to less than 1")
+
+
+def plan_tenants(shape: Shape, seed: int) -> list[Tenant]:
+    """The queues and their offered loads. Quotas: research-pool = its pool; research a small share of
+    the shared GPUs; sme ~20 % (60/40 between two projects); the rest evenly over the industry tenants.
+    Offered loads add up to every GPU of the cluster: research-pool its pool, SME 1.2 x its quota (so the
+    department contends), industry tenants a seeded 0.5-1.5 x their quota, scaled to fill the rest."""
+    check_shape(shape)
+    rng = random.Random(seed)
+    shared = shape.shared_gpus
+    research_q = int(shared * shape.research_shared_fraction)
+    sme_q = int(shared * shape.sme_fraction)
+    sme_a = round(sme_q * 0.6)
+    industry_q = (shared - research_q - sme_q) // shape.industry
+    tenants = [
+        Tenant("research-pool", "research", shape.pool_gpus, "research", node_pool=POOL, load=float(shape.pool_gpus)),
+        Tenant("research", "research", research_q, "research"),
+        Tenant("sme", "", sme_q, "sme"),
+        Tenant("sme-vision", "sme-vision", sme_a, "sme", parent="sme", load=1.2 * sme_a),
+        Tenant("sme-robotics", "sme-robotics", sme_q - sme_a, "sme", parent="sme", load=1.2 * (sme_q - sme_a)),
+    ]
+    factors = [rng.uniform(0.5, 1.5) for _ in range(shape.industry)]
+    # research's small jobs are part of the Kalos mix (~5 % of its GPU time); their load is set there.
+    rest = shared - shape.pool_gpus * 0.05 - 1.2 * sme_q
+    scale = rest / (industry_q * sum(factors))
+    for i, factor in enumerate(factors, 1):
+        name = f"industry-{i:02d}"
+        tenants.append(Tenant(name, name, industry_q, "industry", load=industry_q * factor * scale))
+    return tenants
+
+
+def queue_manifests(tenants: Sequence[Tenant]) -> list[dict[str, Any]]:
+    out = []
+    for t in tenants:
+        spec: dict[str, Any] = {"gpu": {"quota": t.quota}}
+        if t.parent:
+            spec["parent"] = t.parent
+        if t.node_pool:
+            spec["nodePool"] = t.node_pool
+        if t.namespace:
+            spec["namespaces"] = [t.namespace]
+        out.append({"apiVersion": "leitstand.dev/v1alpha1", "kind": "Queue",
+                    "metadata": {"name": t.queue, "labels": {LABEL: CAMPAIGN}}, "spec": spec})
+    return out
+
+
+def leaves(tenants: Sequence[Tenant]) -> list[Tenant]:
+    return [t for t in tenants if t.namespace]
+
+
+# --------------------------------------------------------------------------------------------------
+# The traces
+
+
+@dataclass(frozen=True)
+class Cdf:
+    """A piecewise CDF over log2 buckets: `points` are (seconds, fraction <= seconds), increasing."""
+
+    points: tuple[tuple[float, float], ...]
+
+    def sample(self, rng: random.Random) -> float:
+        u = rng.random()
+        fracs = [p[1] for p in self.points]
+        i = bisect.bisect_left(fracs, u)
+        if i == 0:
+            return self.points[0][0]
+        if i >= len(self.points):
+            return self.points[-1][0]
+        (x0, f0), (x1, f1) = self.points[i - 1], self.points[i]
+        w = (u - f0) / (f1 - f0) if f1 > f0 else 1.0
+        return float(2 ** (math.log2(x0) + w * (math.log2(x1) - math.log2(x0))))
+
+
+@dataclass(frozen=True)
+class KalosMix:
+    sizes: tuple[tuple[int, int, float], ...]
+    """(gpu_num_min, gpu_num_max, jobs) per histogram row."""
+    durations: Mapping[str, Cdf]
+    """Per job type (Eval, Pretrain, Debug, Other)."""
+
+
+def load_kalos(acme: Path) -> KalosMix:
+    hist, cdfs = acme / "gpu_num_histogram.csv", acme / "job_type_duration_queue_cdf.csv"
+    for path in (hist, cdfs):
+        if not path.is_file():
+            raise FactoryError(f"{path} is missing: the Acme tables (Kalos) must be in <traces>/acme "
+                               "(set --traces or $LEITSTAND_TRACES)")
+    sizes = []
+    with hist.open() as f:
+        for row in csv.DictReader(f):
+            if row["cluster"] == "Kalos":
+                sizes.append((int(row["gpu_num_min"]), int(row["gpu_num_max"]), float(row["jobs"])))
+    points: dict[str, list[tuple[float, float]]] = {}
+    with cdfs.open() as f:
+        for row in csv.DictReader(f):
+            if row["cluster"] == "Kalos" and row["metric"] == "duration":
+                points.setdefault(row["type"], []).append((float(row["le_seconds"]), float(row["cdf_percent"]) / 100))
+    if not sizes or not {"Eval", "Pretrain", "Debug"} <= set(points):
+        raise FactoryError(f"{acme}: no Kalos rows (sizes or Eval/Pretrain/Debug durations) in the Acme tables")
+    return KalosMix(tuple(sizes), {k: Cdf(tuple(sorted(v))) for k, v in points.items()})
+
+
+@dataclass(frozen=True)
+class OpenbTask:
+    gpus: float
+    """Whole GPUs (1, 2, 4, 8) or a fraction of one (gpu_milli / 1000)."""
+    seconds: float
+
+
+def load_openb(path: Path) -> list[OpenbTask]:
+    from leitstand.scheduler.sim.openb import POD_COLUMNS, read_rows
+
+    if not path.is_file():
+        raise FactoryError(f"{path} is missing: openb's pod list must be in <traces>/alibaba-gpu-2023 "
+                           "(run `leitstand traces fetch`, or set --traces)")
+    tasks = []
+    for row in read_rows(path, (*POD_COLUMNS, "creation_time", "deletion_time"), what="an openb pod list"):
+        num = row.integer("num_gpu", default=0)
+        if num <= 0:
+            continue
+        milli = min(max(row.integer("gpu_milli", default=1000, minimum=None), 1), 1000)
+        seconds = row.integer("deletion_time") - row.integer("creation_time")
+        if seconds <= 0:
+            continue
+        tasks.append(OpenbTask(float(num) if num > 1 or milli >= 1000 else milli / 1000, float(seconds)))
+    if not tasks:
+        raise FactoryError(f"{path}: no GPU task with a positive duration")
+    return tasks
+
+
+# --------------------------------------------------------------------------------------------------
+# The workload
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    queue: str
+    namespace: str
+    kind: str
+    """Eval, Pretrain, Debug (research) or openb."""
+    replicas: int
+    gpus: float
+    """GPUs per replica (a fraction below 1 for shared-GPU tasks)."""
+    arrival: float
+    """Trace seconds from the start of the hour."""
+    seconds: float
+    """Trace seconds of running."""
+
+    @property
+    def total_gpus(self) -> float:
+        return self.replicas * self.gpus
+
+
+def kalos_job(mix: KalosMix, rng: random.Random, cap: float) -> tuple[str, int, float, float]:
+    """(kind, replicas, GPUs per replica, seconds) of one Kalos job."""
+    row = rng.choices(mix.sizes, weights=[s[2] for s in mix.sizes])[0]
+    size = rng.randint(row[0], row[1])
+    if size >= PRETRAIN_MIN_GPUS:
+        kind = "Pretrain"
+    elif size <= 2:
+        kind = "Eval"
+    else:
+        kind = "Debug"
+    seconds = min(mix.durations[kind].sample(rng), cap)
+    if size >= NODE_GPUS:
+        return kind, math.ceil(size / NODE_GPUS), float(NODE_GPUS), seconds
+    return kind, 1, float(size), seconds
+
+
+def arrivals(rng: random.Random, draw: Callable[[], tuple[Any, float]], load: float, hour: float
+             ) -> list[tuple[Any, float]]:
+    """Draw jobs (item, GPU-seconds) until they offer `load` x `hour` GPU-seconds (the last one is kept
+    when that brings the total closer), then give each a uniform random arrival in the hour: a Poisson
+    stream conditioned on its count, whose offered load does not hang on a few big jobs' luck."""
+    target = load * hour
+    out: list[Any] = []
+    total = 0.0
+    while total < target:
+        item, gpu_seconds = draw()
+        if out and total + gpu_seconds - target > target - total:
+            break
+        out.append(item)
+        total += gpu_seconds
+    return sorted(((item, rng.uniform(0, hour)) for item in out), key=lambda x: x[1])
+
+
+def synthesize(tenants: Sequence[Tenant], mix: KalosMix, tasks: Sequence[OpenbTask], hour: float,
+               seed: int) -> list[Job]:
+    """Every tenant's jobs over `hour` trace seconds, seeded; sorted by arrival. The research stream is
+    the Kalos mix: gangs of >= 96 GPUs fill the reserved pool's load, the smaller kinds go to the shared
+    quota in the proportion of GPU time the mix gives them."""
+    rng = random.Random(seed)
+    out: list[Job] = []
+    pool = next(t for t in tenants if t.node_pool)
+    small = next(t for t in tenants if t.group == "research" and not t.node_pool)
+    draws = [kalos_job(mix, rng, hour) for _ in range(20000)]
+    big = [d for d in draws if d[0] == "Pretrain"]
+    rest = [d for d in draws if d[0] != "Pretrain"]
+    big_time = sum(r * g * s for _, r, g, s in big)
+    small_time = sum(r * g * s for _, r, g, s in rest)
+    small_load = pool.load * small_time / big_time
+
+    def pick(choices: Sequence[tuple[str, int, float, float]]) -> Callable[[], tuple[Any, float]]:
+        def one() -> tuple[Any, float]:
+            d = choices[rng.randrange(len(choices))]
+            return d, d[1] * d[2] * d[3]
+        return one
+
+    for target, load, choices in ((pool, pool.load, big), (small, small_load, rest)):
+        for i, (draw, t) in enumerate(arrivals(rng, pick(choices), load, hour)):
+            kind, replicas, gpus, seconds = draw
+            # A gang larger than the reserved pool (a small test cluster) is cut to the pool's size.
+            replicas = min(replicas, max(1, pool.quota // NODE_GPUS)) if target is pool else replicas
+            out.append(Job(f"{target.queue}-{i:05d}-{kind.lower()}", target.queue, target.namespace, kind,
+                           replicas, gpus, t, seconds))
+    for tenant in tenants:
+        if tenant.group == "research" or not tenant.namespace:
+            continue
+
+        def task() -> tuple[Any, float]:
+            one = tasks[rng.randrange(len(tasks))]
+            return one, one.gpus * min(one.seconds, hour)
+
+        for i, (item, t) in enumerate(arrivals(rng, task, tenant.load, hour)):
+            out.append(Job(f"{tenant.queue}-{i:05d}", tenant.queue, tenant.namespace, "openb", 1, item.gpus, t,
+                           min(item.seconds, hour)))
+    out.sort(key=lambda j: j.arrival)
+    return out
+
+
+def offered(jobs: Sequence[Job], hour: float) -> dict[str, dict[str, float]]:
+    """Per queue: jobs and the offered load as GPUs (GPU-seconds / hour)."""
+    out: dict[str, dict[str, float]] = {}
+    for job in jobs:
+        row = out.setdefault(job.queue, {"jobs": 0, "gpus": 0.0})
+        row["jobs"] += 1
+        row["gpus"] += job.total_gpus * job.seconds / hour
+    return {k: {"jobs": v["jobs"], "gpus": round(v["gpus"], 1)} for k, v in sorted(out.items())}
+
+
+def mix_summary(jobs: Sequence[Job]) -> dict[str, dict[str, float]]:
+    """The research jobs per kind: count, share of jobs, share of GPU time, GPUs min-max."""
+    research = [j for j in jobs if j.kind != "openb"]
+    total_gt = sum(j.total_gpus * j.seconds for j in research) or 1.0
+    out: dict[str, dict[str, float]] = {}
+    for kind in ("Pretrain", "Debug", "Eval"):
+        sel = [j for j in research if j.kind == kind]
+        if sel:
+            out[kind] = {"jobs": len(sel), "jobs_pct": round(100 * len(sel) / len(research), 1),
+                         "gpu_time_pct": round(100 * sum(j.total_gpus * j.seconds for j in sel) / total_gt, 1),
+                         "gpus_min": min(j.total_gpus for j in sel), "gpus_max": max(j.total_gpus for j in sel)}
+    return out
+
+
+def compressed_seconds(seconds: float, speed: float) -> int:
+    return max(1, round(seconds / speed))
+
+
+def manifest(job: Job, speed: float) -> dict[str, Any]:
+    gpu: dict[str, Any] = {"gpus": int(job.gpus)} if job.gpus >= 1 else {"gpuFraction": round(job.gpus, 3)}
+    return {
+        "apiVersion": "leitstand.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": job.name, "namespace": job.namespace, "labels": {LABEL: CAMPAIGN}},
+        "spec": {"queue": job.queue, "replicas": job.replicas, **gpu,
+                 "template": {"metadata": {"annotations": {
+                     "leitstand.dev/sim-duration": f"{compressed_seconds(job.seconds, speed)}s"}},
+                     "spec": {"containers": [{"name": "main", "image": "registry.example/train:1"}]}}},
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Summaries (pure)
+
+
+@dataclass
+class QueueSample:
+    t: float
+    allocated: dict[str, float]
+    fair: dict[str, float]
+    pending: dict[str, int]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def _ts(text: str | None) -> float | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def waits(items: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Per queue: seconds from creation to (last) admission of every admitted TrainingJob."""
+    out: dict[str, list[float]] = {}
+    for item in items:
+        created = _ts(item["metadata"].get("creationTimestamp"))
+        admitted = _ts((item.get("status") or {}).get("admittedAt"))
+        if created is not None and admitted is not None:
+            out.setdefault(item["spec"]["queue"], []).append(max(0.0, admitted - created))
+    return out
+
+
+def share_summary(samples: Sequence[QueueSample], queues: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per queue over the samples: mean allocated, mean fair share, mean |allocated - fairShare| (GPUs)."""
+    out = {}
+    for q in queues:
+        rows = [(s.allocated.get(q, 0.0), s.fair.get(q, 0.0)) for s in samples if q in s.allocated]
+        if not rows:
+            continue
+        out[q] = {"allocated_mean": round(sum(a for a, _ in rows) / len(rows), 1),
+                  "fair_mean": round(sum(f for _, f in rows) / len(rows), 1),
+                  "gap_mean": round(sum(abs(a - f) for a, f in rows) / len(rows), 1)}
+    return out
+
+
+def contention(samples: Sequence[QueueSample], top: Sequence[str], shared: Sequence[str], shared_gpus: float,
+               sme: str = "sme", threshold: float = 0.9) -> dict[str, Any]:
+    """The SME department while the shared nodes are contended: samples with >= `threshold` of the shared
+    GPUs allocated and jobs pending there; SME's mean allocated, fair share and share of shared GPUs."""
+    rows = []
+    for s in samples:
+        used = sum(s.allocated.get(q, 0.0) for q in shared)
+        if used >= threshold * shared_gpus and sum(s.pending.get(q, 0) for q in shared) > 0:
+            rows.append((s.allocated.get(sme, 0.0), s.fair.get(sme, 0.0), s.pending.get(sme, 0)))
+    if not rows:
+        return {"samples": 0}
+    return {"samples": len(rows),
+            "allocated_mean": round(sum(r[0] for r in rows) / len(rows), 1),
+            "fair_mean": round(sum(r[1] for r in rows) / len(rows), 1),
+            "share_of_shared_pct": round(100 * sum(r[0] for r in rows) / len(rows) / shared_gpus, 1),
+            "samples_sme_pending": sum(1 for r in rows if r[2] > 0)}
+
+
+def gpu(text: Any) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class Options:
+    nodes: int = 1250
+    research_nodes: int = 130
+    industry: int = 12
+    minutes: float = 60.0
+    speed: float = 20.0
+    seed: int = 1
+    interval: float = 5.0
+    timeout: float = 1800.0
+    traces: Path | None = None
+    plot: Path | None = None
+    nodes_per_rack: int = 8
+    racks_per_spine: int = 16
+
+
+@dataclass
+class Sampled:
+    queues: list[QueueSample] = field(default_factory=list)
+    cpu: list[tuple[float, float, float, dict[str, float]]] = field(default_factory=list)
+    """(t, operator CPU s, operator RSS MiB, control-plane CPU s per process)."""
+    errors: int = 0
+
+
+def _install(run: Path, tenants: Sequence[Tenant]) -> None:
+    import subprocess
+
+    from leitstand.operator.cluster.layout import cache_paths, repo_root
+
+    deploy = repo_root() / "deploy"
+    kubectl = [str(cache_paths().binary("kubectl")), f"--kubeconfig={run / 'admin.kubeconfig'}"]
+    namespaces = sorted({t.namespace for t in tenants if t.namespace})
+    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in namespaces]
+    extra = run / "factory-queues.yaml"
+    extra.write_text(yaml_dump([*docs, *queue_manifests(tenants)]))
+    for args in (
+        ["apply", "-f", str(deploy / "namespace.yaml"), "-f", str(deploy / "crds"),
+         "-f", str(deploy / "priorityclasses.yaml")],
+        ["wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.leitstand.dev",
+         "crd/queues.leitstand.dev"],
+        ["apply", "-f", str(extra)],
+    ):
+        proc = subprocess.run([*kubectl, *args], capture_output=True, text=True, timeout=120, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
+
+
+def yaml_dump(docs: Sequence[Mapping[str, Any]]) -> str:
+    import yaml
+
+    return yaml.safe_dump_all(list(docs), sort_keys=False)
+
+
+def run(opts: Options, progress: Report) -> dict[str, Any]:
+    from leitstand.operator.cluster import controlplane
+    from leitstand.operator.cluster.layout import run_dir
+    from leitstand.operator.cluster.nodes import ClusterSpec, NodePool, Topology
+    from leitstand.operator.faults import api_as
+    from leitstand.operator.service.launcher import process_cpu_seconds, start_operator
+    from leitstand.operator.traces import OPENB_DIR, resolve_root
+
+    if opts.speed <= 0 or opts.minutes <= 0 or opts.interval <= 0:
+        raise FactoryError("--speed, --minutes and --interval must be > 0")
+    shape = Shape(opts.nodes, opts.research_nodes, opts.industry, nodes_per_rack=opts.nodes_per_rack,
+                  racks_per_spine=opts.racks_per_spine)
+    tenants = plan_tenants(shape, opts.seed)
+    root = resolve_root(opts.traces)
+    mix = load_kalos(root / "acme")
+    tasks = load_openb(root / OPENB_DIR / "openb_pod_list_default.csv")
+    hour = opts.minutes * 60
+    jobs = synthesize(tenants, mix, tasks, hour, opts.seed)
+    progress(f"{len(jobs)} TrainingJobs over {opts.minutes:g} trace minutes, compressed {opts.speed:g}x "
+             f"into {hour / opts.speed:.0f} s of arrivals")
+    run_folder = run_dir()
+    started = False
+    if not controlplane.status().get("running"):
+        spec = ClusterSpec(pools=(NodePool(name=SHARED_POOL, count=shape.nodes - shape.research_nodes),
+                                  NodePool(name=POOL, count=shape.research_nodes)),
+                           topology=Topology(nodes_per_rack=opts.nodes_per_rack, racks_per_spine=opts.racks_per_spine))
+        progress(f"starting a cluster of {shape.nodes} nodes in {run_folder}")
+        t_up = time.monotonic()
+        controlplane.up(spec, report=progress)
+        progress(f"cluster up in {time.monotonic() - t_up:.1f} s")
+        started = True
+    else:
+        progress(f"using the cluster running from {run_folder} (it must have the pools {SHARED_POOL} and {POOL})")
+    operator = None
+    sampled = Sampled()
+    stop = threading.Event()
+    try:
+        admin = api_as(run_folder, "admin")
+        _install(run_folder, tenants)
+        state = controlplane.State.load(run_folder)
+        assert state is not None
+        pids = {p.name: p.pid for p in state.processes}
+        port = controlplane.free_ports(["api"])["api"]
+        config = run_folder / "factory-operator.yaml"
+        config.write_text(CONFIG + f"api: {{port: {port}}}\n")
+        log = run_folder / "logs" / "leitstand-run-factory.log"
+        cp0 = {n: process_cpu_seconds(p) for n, p in pids.items()}
+        operator = start_operator(run_folder / "leitstand-operator.kubeconfig", log, identity="factory", config=config)
+        if not operator.wait_for_log("leading as", timeout_seconds=120):
+            raise RuntimeError("leitstand run did not start leading in 120 s; log tail:\n"
+                               + operator.log_text()[-2000:])
+        t0 = time.monotonic()
+        queue_names = [t.queue for t in tenants]
+
+        def sample() -> None:
+            api = api_as(run_folder, "admin")
+            api.timeout_seconds = 20.0
+            while not stop.is_set():
+                now = time.monotonic() - t0
+                try:
+                    items = api.get(f"{GROUP_PATH}/queues")["items"]
+                except Exception:  # a failed sample is counted, the run goes on
+                    sampled.errors += 1
+                    api.close()
+                else:
+                    st = {i["metadata"]["name"]: (i.get("status") or {}) for i in items}
+                    sampled.queues.append(QueueSample(
+                        now, {q: gpu(st.get(q, {}).get("allocated")) for q in queue_names},
+                        {q: gpu(st.get(q, {}).get("fairShare")) for q in queue_names},
+                        {q: int(st.get(q, {}).get("pendingJobs") or 0) for q in queue_names}))
+                assert operator is not None
+                sampled.cpu.append((now, operator.cpu_seconds(), operator.rss_mib(),
+                                    {n: process_cpu_seconds(p) - cp0[n] for n, p in pids.items()}))
+                stop.wait(opts.interval)
+            api.close_all()
+
+        sampler = threading.Thread(target=sample, daemon=True, name="factory-sampler")
+        sampler.start()
+        submit_errors: list[str] = []
+        creator = api_as(run_folder, "admin")
+
+        def create(job: Job) -> None:
+            try:
+                creator.create(f"{GROUP_PATH}/namespaces/{job.namespace}/trainingjobs", manifest(job, opts.speed),
+                               exist_ok=False)
+            except Exception as exc:  # reported at the end
+                submit_errors.append(f"{job.name}: {exc}"[:300])
+
+        late = 0.0
+        with ThreadPoolExecutor(4) as pool:
+            for job in jobs:
+                due = t0 + job.arrival / opts.speed
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                else:
+                    late = max(late, -delay)
+                pool.submit(create, job)
+        creator.close_all()
+        submitted_at = time.monotonic() - t0
+        progress(f"submitted {len(jobs)} jobs by {submitted_at:.0f} s (latest {late:.1f} s behind its arrival); "
+                 f"{len(submit_errors)} refused")
+        # Until every job has ended: the queues show nothing allocated and nothing pending, twice running
+        # (they are written every few cycles), then one list of every job confirms it.
+        deadline = t0 + opts.timeout
+        items: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            time.sleep(opts.interval)
+            if not operator.alive():
+                raise RuntimeError(f"leitstand run exited with {operator.proc.returncode}; log tail:\n"
+                                   f"{operator.log_text()[-3000:]}")
+            recent = sampled.queues[-2:]
+            if len(recent) == 2 and all(not any(s.allocated.values()) and not any(s.pending.values()) for s in recent):
+                items = list_jobs(admin)
+                if all((i.get("status") or {}).get("phase") in TERMINAL for i in items):
+                    break
+            elif sampled.queues:
+                last = sampled.queues[-1]
+                top = [t.queue for t in tenants if not t.parent]
+                progress(f"{time.monotonic() - t0:.0f} s: allocated {sum(last.allocated[q] for q in top):.0f} GPUs, "
+                         f"pending {sum(last.pending[q] for q in top)} jobs")
+        else:
+            items = list_jobs(admin)
+        wall = time.monotonic() - t0
+        stop.set()
+        sampler.join(30)
+        cpu_op = operator.cpu_seconds()
+        log_text = operator.log_text()
+        admin.close_all()
+        report = summarize(opts, shape, tenants, jobs, items, sampled, wall, submitted_at, late, submit_errors,
+                           cpu_op, log_text)
+        if opts.plot is not None:
+            report["plot"] = str(plot(opts.plot, sampled, tenants, shape))
+        return report
+    finally:
+        stop.set()
+        if operator is not None:
+            operator.stop()
+            kept = run_folder.parent / f"{run_folder.name}-factory-operator.log"
+            kept.write_text(operator.log_text())
+            progress(f"operator log kept in {kept}")
+        if started:
+            controlplane.down(report=progress)
+
+
+def list_jobs(api: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cont = ""
+    while True:
+        page = api.get(f"{GROUP_PATH}/trainingjobs?labelSelector={LABEL.replace('/', '%2F')}%3D{CAMPAIGN}&limit=2000"
+                       + (f"&continue={cont}" if cont else ""))
+        items.extend(page["items"])
+        cont = (page.get("metadata") or {}).get("continue") or ""
+        if not cont:
+            return items
+
+
+def summarize(opts: Options, shape: Shape, tenants: Sequence[Tenant], jobs: Sequence[Job],
+              items: Sequence[Mapping[str, Any]], sampled: Sampled, wall: float, submitted_at: float, late: float,
+              submit_errors: Sequence[str], cpu_op: float, log_text: str) -> dict[str, Any]:
+    hour = opts.minutes * 60
+    phases: dict[str, int] = {}
+    for i in items:
+        phase = (i.get("status") or {}).get("phase") or "none"
+        phases[phase] = phases.get(phase, 0) + 1
+    wait = waits(items)
+    top = [t.queue for t in tenants if not t.parent]
+    shared_top = [q for q in top if q != "research-pool"]
+    per_tenant = {}
+    shares = share_summary(sampled.queues, [t.queue for t in tenants])
+    offer = offered(jobs, hour)
+    for t in tenants:
+        w = wait.get(t.queue, [])
+        p50, p99 = percentile(w, 0.5), percentile(w, 0.99)
+        per_tenant[t.queue] = {
+            "quota": t.quota, "offered_gpus": offer.get(t.queue, {}).get("gpus", 0.0),
+            "jobs": int(offer.get(t.queue, {}).get("jobs", 0)), "admitted": len(w),
+            "wait_p50_s": None if p50 is None else round(p50, 1), "wait_p99_s": None if p99 is None else round(p99, 1),
+            **shares.get(t.queue, {})}
+    timeline = [{"t": round(s.t, 1), "allocated": round(sum(s.allocated.get(q, 0.0) for q in top), 1),
+                 "pool": s.allocated.get("research-pool", 0.0),
+                 "shared": round(sum(s.allocated.get(q, 0.0) for q in shared_top), 1)} for s in sampled.queues]
+    busy = [r["allocated"] / shape.total_gpus for r in timeline if r["t"] <= hour / opts.speed]
+    last_cpu = sampled.cpu[-1] if sampled.cpu else (0.0, 0.0, 0.0, {})
+    failed_cycles = log_text.count("Traceback")
+    sme_quota = next(t.quota for t in tenants if t.queue == "sme")
+    return {
+        "shape": asdict(shape) | {"gpus": shape.total_gpus, "shared_gpus": shape.shared_gpus,
+                                  "pool_gpus": shape.pool_gpus},
+        "time": {"trace_minutes": opts.minutes, "speed": opts.speed,
+                 "arrival_window_s": round(hour / opts.speed, 1), "durations_capped_at_trace_s": hour,
+                 "wall_s": round(wall, 1), "submitted_by_s": round(submitted_at, 1),
+                 "submit_late_max_s": round(late, 1), "sample_interval_s": opts.interval,
+                 "samples": len(sampled.queues), "sample_errors": sampled.errors},
+        "workload": {"jobs": len(jobs), "offered_gpus": round(sum(v["gpus"] for v in offer.values()), 1),
+                     "offered_load_pct": round(100 * sum(v["gpus"] for v in offer.values()) / shape.total_gpus, 1),
+                     "research_mix": mix_summary(jobs), "submit_errors": list(submit_errors)[:10],
+                     "submit_error_count": len(submit_errors)},
+        "outcome": {"phases": phases, "listed": len(items)},
+        "allocation": {
+            "mean_pct_during_arrivals": round(100 * sum(busy) / len(busy), 1) if busy else None,
+            "peak_pct": round(100 * max((r["allocated"] for r in timeline), default=0) / shape.total_gpus, 1),
+            "timeline": timeline},
+        "tenants": per_tenant,
+        "sme_under_contention": contention(sampled.queues, top, shared_top, shape.shared_gpus) | {
+            "quota": sme_quota, "quota_pct_of_shared": round(100 * sme_quota / shape.shared_gpus, 1)},
+        "processes": {"operator_cpu_s": round(cpu_op, 1),
+                      "operator_peak_rss_mib": round(max((c[2] for c in sampled.cpu), default=0.0), 1),
+                      "operator_cores_mean": round(cpu_op / wall, 2) if wall else None,
+                      "control_plane_cpu_s": {k: round(v, 1) for k, v in last_cpu[3].items()},
+                      "operator_log_tracebacks": failed_cycles},
+        "samples": [{"t": round(s.t, 1), "allocated": s.allocated, "fair": s.fair, "pending": s.pending}
+                    for s in sampled.queues],
+    }
+
+
+def plot(folder: Path, sampled: Sampled, tenants: Sequence[Tenant], shape: Shape) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shown = [t for t in tenants if t.queue != "sme"]
+    cols = 4
+    rows = 1 + math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.4 * rows), squeeze=False)
+    ts = [s.t for s in sampled.queues]
+    top = [t.queue for t in tenants if not t.parent]
+    ax = axes[0][0]
+    for a in axes[0][1:]:
+        a.axis("off")
+    ax.plot(ts, [100 * sum(s.allocated.get(q, 0) for q in top) / shape.total_gpus for s in sampled.queues])
+    ax.set_title("cluster: allocated / all GPUs (%)", fontsize=9)
+    ax.set_ylim(0, 105)
+    for i, t in enumerate(shown):
+        ax = axes[1 + i // cols][i % cols]
+        ax.plot(ts, [s.allocated.get(t.queue, 0) for s in sampled.queues], label="allocated")
+        ax.plot(ts, [s.fair.get(t.queue, 0) for s in sampled.queues], "--", label="fairShare")
+        ax.axhline(t.quota, color="grey", lw=0.6, ls=":", label="quota")
+        ax.set_title(f"{t.queue} (GPUs)", fontsize=9)
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.legend(fontsize=7)
+    for j in range(len(shown), (rows - 1) * cols):
+        axes[1 + j // cols][j % cols].axis("off")
+    fig.supxlabel("seconds since the first arrival (wall clock, compressed)", fontsize=9)
+    fig.tight_layout()
+    path = folder / "factory-allocation.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def render(report: Mapping[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    s, tm, w = report["shape"], report["time"], report["workload"]
+    console.print(f"[bold]AI factory[/]: {s['nodes']} nodes x {NODE_GPUS} GPUs = {s['gpus']} GPUs "
+                  f"({s['research_nodes']} nodes / {s['pool_gpus']} GPUs reserved for research; "
+                  f"racks of {s['nodes_per_rack']}, {s['racks_per_spine']} racks per spine)")
+    console.print(f"{tm['trace_minutes']:g} trace minutes of arrivals compressed {tm['speed']:g}x into "
+                  f"{tm['arrival_window_s']:g} s (durations and gaps / {tm['speed']:g}, durations capped at "
+                  f"{tm['durations_capped_at_trace_s']:g} trace s); {w['jobs']} TrainingJobs offering "
+                  f"{w['offered_gpus']:g} GPUs = {w['offered_load_pct']:g} % of the cluster; wall {tm['wall_s']:g} s; "
+                  f"submitted by {tm['submitted_by_s']:g} s (at most {tm['submit_late_max_s']:g} s late); "
+                  f"{w['submit_error_count']} refused")
+    mix = Table(title="research jobs (Kalos mix)")
+    for col in ("kind", "jobs", "% jobs", "% GPU time", "GPUs"):
+        mix.add_column(col, justify="right")
+    for kind, row in w["research_mix"].items():
+        mix.add_row(kind, str(row["jobs"]), f"{row['jobs_pct']:g}", f"{row['gpu_time_pct']:g}",
+                    f"{row['gpus_min']:g}-{row['gpus_max']:g}")
+    console.print(mix)
+    a = report["allocation"]
+    console.print(f"allocation: mean {a['mean_pct_during_arrivals']} % of all GPUs during the arrivals, peak "
+                  f"{a['peak_pct']} %; outcome {report['outcome']['phases']}")
+    t = Table(title=f"tenants (waits in wall seconds; x{tm['speed']:g} for trace seconds; GPUs averaged over "
+                    f"{tm['samples']} samples)")
+    for col in ("queue", "quota", "offered", "jobs", "admitted", "wait p50", "wait p99", "alloc mean",
+                "fair mean", "|alloc-fair| mean"):
+        t.add_column(col, justify="right")
+    for q, row in report["tenants"].items():
+        t.add_row(q, str(row["quota"]), f"{row['offered_gpus']:g}", str(row["jobs"]), str(row["admitted"]),
+                  _f(row["wait_p50_s"]), _f(row["wait_p99_s"]), _f(row.get("allocated_mean")),
+                  _f(row.get("fair_mean")), _f(row.get("gap_mean")))
+    console.print(t)
+    c = report["sme_under_contention"]
+    if c.get("samples"):
+        console.print(f"SME under contention ({c['samples']} samples with >= 90 % of the shared GPUs allocated and "
+                      f"jobs pending; SME pending in {c['samples_sme_pending']}): allocated {c['allocated_mean']} GPUs "
+                      f"= {c['share_of_shared_pct']} % of the shared GPUs, fair share {c['fair_mean']}, quota "
+                      f"{c['quota']} ({c['quota_pct_of_shared']} %)")
+    else:
+        console.print("SME under contention: no sample had >= 90 % of the shared GPUs allocated with jobs pending")
+    p = report["processes"]
+    cp = ", ".join(f"{k} {v:g}" for k, v in p["control_plane_cpu_s"].items())
+    console.print(f"leitstand run: {p['operator_cpu_s']:g} CPU s ({p['operator_cores_mean']} cores on average), "
+                  f"peak RSS {p['operator_peak_rss_mib']:g} MiB, {p['operator_log_tracebacks']} tracebacks in its log; "
+                  f"control plane CPU s: {cp}")
+    if report.get("plot"):
+        console.print(f"plot: {report['plot']}")
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def factory_bench(opts: Options, as_json: bool) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=as_json, width=None if Console().is_terminal else 170)
+    try:
+        report = run(opts, lambda m: console.print(f"[dim]{m}[/]"))
+    except FactoryError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    if as_json:
+        print(json.dumps(report))
+    else:
+        render(report, console)
+    ok = report["outcome"]["phases"].get("Succeeded", 0) == report["workload"]["jobs"]
+    return 0 if ok else 1
