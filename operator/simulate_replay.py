@@ -204,7 +204,7 @@ def replay(
     except trace_files.TracesMissing as err:
         _input_error(str(err))
 
-    out: dict[str, Any] = {"trace": trace, "interval_seconds": interval, "traces": str(root), "runs": []}
+    out: dict[str, Any] = {"trace": trace, "interval_seconds": interval, "runs": []}
     results_by_load: list[tuple[Any, list[Any], Any]] = []
     stop_at: float | None
     for level in loads:
