@@ -193,6 +193,18 @@ class SchedulerConfig:
     """Run the consolidate action: move preemptible jobs elsewhere to make room for a waiting gang."""
     max_consolidation_moves: int = 4
     """At most this many running jobs are moved (evicted and re-placed) for one waiting gang."""
+    reserve_after_seconds: float | None = None
+    """Reservations for starving gangs (`actions/reserve.py`, docs/cycle.md): a pending gang of at
+    least `reserve_min_gpus` GPUs that has waited this long (`Snapshot.now - Job.created_at`) gets
+    one topology domain held for it; only preemptible jobs may backfill held nodes, and they are
+    evicted when the gang can start there. None (the default) turns reservations off: holding
+    capacity idles GPUs, so the operator opts in with a wait it is willing to guarantee."""
+    reserve_min_gpus: int = 2
+    """Only gangs asking at least this many GPUs in total get a reservation (a 1-GPU job is never
+    starved by fragmentation: it takes the next GPU that frees up in its turn)."""
+    max_reserved_gangs: int = 2
+    """At most this many gangs hold capacity per cycle (oldest by priority, then age): each hold
+    idles GPUs, so the number is bounded."""
 
 
 @dataclass(frozen=True, slots=True)

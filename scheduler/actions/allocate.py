@@ -9,10 +9,15 @@ per-GPU-model quotas, a job that names no single model is tried per model option
 (`CycleContext.model_choices`); the first that fits is the model it is charged to.
 
 Every job that stays pending gets a reason here; later actions may overwrite it with a better one.
+It first runs `reserve` (holds for starving gangs; part of the allocate phase); gangs that capacity
+is held for are skipped and keep `Reserved`; a
+non-preemptible job that fails only because held nodes are left out of its request waits with
+`HeldForGang`.
 """
 
 from __future__ import annotations
 
+from leitstand.scheduler.actions import reserve
 from leitstand.scheduler.actions.context import Code, CycleContext, ShapeKey
 from leitstand.scheduler.model import Job, PendingReason
 from leitstand.scheduler.placement import GangPlacement, GangRequest, Unplaceable, place_gang
@@ -21,6 +26,7 @@ __all__ = ["run"]
 
 
 def run(ctx: CycleContext) -> None:
+    reserve.run(ctx)  # holds for starving gangs first (returns at once unless reserve_after_seconds is set)
     failed: dict[ShapeKey, Unplaceable] = {}
     acc = ctx.stmt.accounting
     budget = ctx.config.max_jobs_per_cycle
@@ -30,6 +36,8 @@ def run(ctx: CycleContext) -> None:
             ctx.wait(job, Code.CYCLE_BUDGET, "not considered this cycle (max_jobs_per_cycle reached); next cycle")
             continue
         budget -= 1
+        if job.id in ctx.holders:
+            continue  # capacity is held for it (`reserve`): it keeps its `Reserved` reason
         block = ctx.admission_block(job)
         if block is not None:
             ctx.reasons[job.id] = block
@@ -59,12 +67,17 @@ def _place(
             ctx.reasons[job.id] = request
             continue
         shape = ctx.shape_key(view, request)
+        if job.id in ctx.unheld:  # its mask leaves out held nodes: not the shape of preemptible peers
+            shape = (*shape, "unheld")
         known = failed.get(shape)
         if known is not None:
             ctx.wait(job, known.code, known.message)
             continue
         result = place_gang(ctx.stmt.state, request, ctx.policy)
         if isinstance(result, Unplaceable):
+            if job.id in ctx.unheld:  # non-preemptible, kept off nodes held for a starving gang
+                why = reserve.held_reason(ctx, job, PendingReason(job.id, result.code, result.message))
+                result = Unplaceable(why.code, why.message)
             failed[shape] = result
             ctx.wait(job, result.code, result.message)
             continue

@@ -93,6 +93,12 @@ class CycleContext:
     `_budget_cut`, ...), handed to the caller of `run_cycle` on request."""
     search_budget: int = field(default_factory=lambda: VICTIM_SEARCHES_PER_ACTION)
     """Victim searches per action in this cycle (the module constant, read when the cycle opens)."""
+    held_nodes: NDArray[np.bool_] | None = None
+    """Nodes held for starving gangs this cycle (`actions/reserve.py`); None when nothing is held.
+    Requests of non-preemptible jobs other than `holders` leave them out (kept in `unheld`)."""
+    holders: frozenset[JobId] = frozenset()
+    unheld: dict[JobId, GangRequest] = field(default_factory=dict)
+    """The request a non-preemptible job would have without the hold (for its pending reason)."""
     _requests: dict[JobId, GangRequest | PendingReason] = field(default_factory=dict)
     _victim_pool: VictimPool | None = None
     _model_requests: dict[tuple[JobId, str], GangRequest | PendingReason] = field(default_factory=dict)
@@ -293,9 +299,21 @@ class CycleContext:
                 f"node pool {job.node_pool} is reserved for other queues; queue {job.queue} may not use it",
             )
         try:
-            return GangRequest.for_job(self.stmt.state, job, excluded_pools=excluded)
+            request = GangRequest.for_job(self.stmt.state, job, excluded_pools=excluded)
         except ValueError as err:
             return PendingReason(job.id, Code.INVALID_REQUEST, str(err))
+        if self.held_nodes is not None and not job.is_preemptible and job.id not in self.holders:
+            self.unheld[job.id] = request
+            request = replace(request, node_mask=request.node_mask & ~self.held_nodes)
+        return request
+
+    def hold(self, nodes: NDArray[np.bool_], holders: frozenset[JobId]) -> None:
+        """Hold `nodes` for the gangs `holders` (`actions/reserve.py`): from now on the requests of
+        other non-preemptible jobs leave them out (requests cached before are dropped and rebuilt)."""
+        self.held_nodes = nodes
+        self.holders = holders
+        self._requests = {j: r for j, r in self._requests.items() if j in holders}
+        self._model_requests = {k: r for k, r in self._model_requests.items() if k[0] in holders}
 
     def running_request(self, running: RunningJob) -> GangRequest | PendingReason:
         """The request of a running job, for re-placing it elsewhere (consolidation)."""
