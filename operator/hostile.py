@@ -291,6 +291,9 @@ class HostileResult:
     valid_beside_seconds: float = 0.0
     valid_succeeded: int = 0
     valid: int = 0
+    flood_sent_at: float = 0.0
+    statuses_complete_seconds: float | None = None
+    """From the last hostile object sent until every one has a status (None: not within settle_seconds)."""
     operator_restarts: int = 0
     failed_cycles: int = 0
     operator_cpu_seconds: float = 0.0
@@ -300,10 +303,12 @@ class HostileResult:
     @property
     def ok(self) -> bool:
         return (not self.accepted_malformed and not self.unnamed and not self.hostile_without_reason
+                and self.statuses_complete_seconds is not None
                 and self.valid_succeeded == 2 * self.valid and self.operator_restarts == 0 and self.failed_cycles == 0)
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
+        out.pop("flood_sent_at")
         out["hostile_refused"] = dict(self.hostile_refused)
         out["hostile_outcomes"] = dict(sorted(self.hostile_outcomes.items()))
         out["ok"] = self.ok
@@ -335,7 +340,7 @@ def _run_valid(tenant: KubeApi, admin: KubeApi, jobs: list[dict[str, Any]], time
 
 
 def run_hostile(*, malformed_count: int = 1000, hostile_count: int = 1000, valid: int = 100, seed: int = 11,
-                nodes: int = 16, settle_seconds: float = 20.0, timeout_seconds: float = 600.0,
+                nodes: int = 16, settle_seconds: float = 180.0, timeout_seconds: float = 600.0,
                 report: Report = print) -> HostileResult:
     run = run_dir()
     started_cluster = False
@@ -394,16 +399,26 @@ def run_hostile(*, malformed_count: int = 1000, hostile_count: int = 1000, valid
                     result.hostile_refused[f"{what}: HTTP {status}"] += 1
             report(f"hostile: {len(worst)} hostile-but-valid objects sent in {time.monotonic() - t:.1f} s "
                    f"({result.hostile_accepted} accepted)")
+            result.flood_sent_at = time.monotonic()
 
         result.valid_beside_seconds, beside_ok = _run_valid(tenant, admin, valid_jobs(valid, "beside"),
                                                             timeout_seconds, during=flood)
         result.valid_succeeded = alone_ok + beside_ok
         report(f"hostile: {valid} valid jobs beside the flood: {result.valid_beside_seconds:.1f} s, "
                f"{beside_ok} Succeeded")
-        time.sleep(settle_seconds)  # statuses of the hostile objects are written apart from the cycle
+        # Statuses are written apart from the cycle, after binds: wait (at most settle_seconds) until every
+        # hostile object has one, and say how long that took after the flood was sent.
         sent = {obj["metadata"]["name"]: what for obj, what in worst}
-        items = admin.get(f"{GROUP_PATH}/namespaces/{NAMESPACE}/trainingjobs?labelSelector={LABEL}%3Dhostile")["items"]
-        items += admin.get(f"{GROUP_PATH}/queues?labelSelector={LABEL}%3Dhostile")["items"]
+        deadline = time.monotonic() + settle_seconds
+        while True:
+            items = admin.get(f"{GROUP_PATH}/namespaces/{NAMESPACE}/trainingjobs?labelSelector={LABEL}%3Dhostile")[
+                "items"]
+            items += admin.get(f"{GROUP_PATH}/queues?labelSelector={LABEL}%3Dhostile")["items"]
+            missing = sum(1 for i in items if i["metadata"]["name"] in sent and not (i.get("status") or {}))
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        result.statuses_complete_seconds = round(time.monotonic() - result.flood_sent_at, 1) if not missing else None
         for item in items:
             name = item["metadata"]["name"]
             if name not in sent:
@@ -469,6 +484,9 @@ def render(result: HostileResult, report: Report = print) -> None:
         report(f"  {outcome:<60} {n:5d}")
     for line in result.hostile_without_reason[:20]:
         report(f"  NO REASON: {line}")
+    done = result.statuses_complete_seconds
+    report("  every hostile object had a status " + (f"{done:.1f} s after the last was sent" if done is not None
+                                                      else "NOT within the settle time"))
     ratio = result.valid_beside_seconds / result.valid_alone_seconds if result.valid_alone_seconds else float("nan")
     report(f"valid one-GPU jobs: {result.valid} alone in {result.valid_alone_seconds:.1f} s, {result.valid} beside the "
            f"flood in {result.valid_beside_seconds:.1f} s ({ratio:.2f}x); {result.valid_succeeded}/{2 * result.valid} "
