@@ -38,7 +38,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from leitstand.operator.service.launcher import OperatorProcess
 
 Report = Callable[[str], None]
 GROUP_PATH = "/apis/leitstand.dev/v1alpha1"
@@ -49,10 +52,17 @@ POOL = "research"
 SHARED_POOL = "dgx"
 TERMINAL = ("Succeeded", "Failed")
 PRETRAIN_MIN_GPUS = 96
+CREATE_THREADS = 32
+# The Lease is longer than the service's default (15 s, renew deadline 10 s): on the shared 2-core VM a
+# renew took longer than 10 s under this load, and the operator stepped down (docs/factory.md).
 CONFIG = """\
 scheduler: {min_runtime_seconds: 3}
 cycle_min_interval_seconds: 0.1
+lease_seconds: 60
+renew_deadline_seconds: 45
 """
+EXITING = "exiting so a fresh start"
+HANG_SECONDS = 20.0
 
 
 class FactoryError(ValueError):
@@ -559,10 +569,13 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
         config.write_text(CONFIG + f"api: {{port: {port}}}\n")
         log = run_folder / "logs" / "leitstand-run-factory.log"
         cp0 = {n: process_cpu_seconds(p) for n, p in pids.items()}
-        operator = start_operator(run_folder / "leitstand-operator.kubeconfig", log, identity="factory", config=config)
-        if not operator.wait_for_log("leading as", timeout_seconds=120):
+        t0 = time.monotonic()
+        operator = Supervisor(lambda: start_operator(run_folder / "leitstand-operator.kubeconfig", log,
+                                                     identity="factory", config=config),
+                              progress, lambda: time.monotonic() - t0)
+        if not operator.process.wait_for_log("leading as", timeout_seconds=120):
             raise RuntimeError("leitstand run did not start leading in 120 s; log tail:\n"
-                               + operator.log_text()[-2000:])
+                               + operator.process.log_text()[-2000:])
         t0 = time.monotonic()
         queue_names = [t.queue for t in tenants]
 
@@ -583,7 +596,8 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
                         {q: gpu(st.get(q, {}).get("fairShare")) for q in queue_names},
                         {q: int(st.get(q, {}).get("pendingJobs") or 0) for q in queue_names}))
                 assert operator is not None
-                sampled.cpu.append((now, operator.cpu_seconds(), operator.rss_mib(),
+                operator.check()
+                sampled.cpu.append((now, operator.cpu_seconds(), operator.process.rss_mib(),
                                     {n: process_cpu_seconds(p) - cp0[n] for n, p in pids.items()}))
                 stop.wait(opts.interval)
             api.close_all()
@@ -591,25 +605,31 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
         sampler = threading.Thread(target=sample, daemon=True, name="factory-sampler")
         sampler.start()
         submit_errors: list[str] = []
+        late = 0.0
         creator = api_as(run_folder, "admin")
 
         def create(job: Job) -> None:
+            nonlocal late
+            late = max(late, time.monotonic() - (t0 + job.arrival / opts.speed))
             try:
                 creator.create(f"{GROUP_PATH}/namespaces/{job.namespace}/trainingjobs", manifest(job, opts.speed),
                                exist_ok=False)
             except Exception as exc:  # reported at the end
                 submit_errors.append(f"{job.name}: {exc}"[:300])
 
-        late = 0.0
-        with ThreadPoolExecutor(4) as pool:
+        # Creates are bound by the API server's latency, not this client's CPU: many in flight.
+        pool = ThreadPoolExecutor(CREATE_THREADS)
+        try:
             for job in jobs:
                 due = t0 + job.arrival / opts.speed
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                else:
-                    late = max(late, -delay)
                 pool.submit(create, job)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         creator.close_all()
         submitted_at = time.monotonic() - t0
         progress(f"submitted {len(jobs)} jobs by {submitted_at:.0f} s (latest {late:.1f} s behind its arrival); "
@@ -620,9 +640,6 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
         items: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             time.sleep(opts.interval)
-            if not operator.alive():
-                raise RuntimeError(f"leitstand run exited with {operator.proc.returncode}; log tail:\n"
-                                   f"{operator.log_text()[-3000:]}")
             recent = sampled.queues[-2:]
             if len(recent) == 2 and all(not any(s.allocated.values()) and not any(s.pending.values()) for s in recent):
                 items = list_jobs(admin)
@@ -639,22 +656,75 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
         stop.set()
         sampler.join(30)
         cpu_op = operator.cpu_seconds()
-        log_text = operator.log_text()
+        log_text = operator.process.log_text()
         admin.close_all()
         report = summarize(opts, shape, tenants, jobs, items, sampled, wall, submitted_at, late, submit_errors,
                            cpu_op, log_text)
+        report["processes"]["operator_restarts"] = operator.events
         if opts.plot is not None:
             report["plot"] = str(plot(opts.plot, sampled, tenants, shape))
         return report
     finally:
         stop.set()
         if operator is not None:
-            operator.stop()
+            operator.process.stop()
+            if operator.process.alive():
+                operator.process.kill()
             kept = run_folder.parent / f"{run_folder.name}-factory-operator.log"
-            kept.write_text(operator.log_text())
+            kept.write_text(operator.process.log_text())
             progress(f"operator log kept in {kept}")
         if started:
             controlplane.down(report=progress)
+
+
+class Supervisor:
+    """One `leitstand run`, kept going as its Deployment with a liveness probe would: started again when
+    it exits, and killed and started again when it logged that it is exiting but still runs
+    `HANG_SECONDS` later. Every such event is kept (time, what, the log line) for the report."""
+
+    def __init__(self, start: Callable[[], OperatorProcess], report: Report, now: Callable[[], float]) -> None:
+        self._start, self._report, self._now = start, report, now
+        self.process = start()
+        self.events: list[dict[str, Any]] = []
+        self._cpu_before = 0.0
+        self._cpu_last = 0.0
+        self._offset = 0
+        self._exiting: tuple[float, str] | None = None
+
+    def cpu_seconds(self) -> float:
+        return self._cpu_before + self._cpu_last
+
+    def _new_log(self) -> str:
+        try:
+            with self.process.log.open("rb") as f:
+                f.seek(self._offset)
+                chunk: bytes = f.read()
+        except OSError:
+            return ""
+        self._offset += len(chunk)
+        return chunk.decode(errors="replace")
+
+    def check(self) -> None:
+        cpu = self.process.cpu_seconds()
+        if cpu:
+            self._cpu_last = cpu
+        for line in self._new_log().splitlines():
+            if EXITING in line and self._exiting is None:
+                self._exiting = (self._now(), line.strip()[:300])
+        if not self.process.alive():
+            self._restart(f"exited with code {self.process.proc.returncode}")
+        elif self._exiting is not None and self._now() - self._exiting[0] > HANG_SECONDS:
+            self.process.kill()
+            self._restart(f"still running {HANG_SECONDS:g} s after it logged that it exits: killed")
+
+    def _restart(self, what: str) -> None:
+        line = self._exiting[1] if self._exiting else ""
+        self.events.append({"t": round(self._now(), 1), "what": what, "log": line})
+        self._report(f"{self._now():.0f} s: leitstand run {what}; starting it again ({line})")
+        self._cpu_before += self._cpu_last
+        self._cpu_last = 0.0
+        self._exiting = None
+        self.process = self._start()
 
 
 def list_jobs(api: Any) -> list[dict[str, Any]]:
