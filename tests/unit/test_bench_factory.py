@@ -177,3 +177,50 @@ def test_sme_under_contention_counts_only_full_shared_gpus_with_jobs_pending() -
     assert out == {"samples": 2, "allocated_mean": 15.0, "fair_mean": 20.0, "share_of_shared_pct": 15.0,
                    "samples_sme_pending": 1}
     assert bf.contention(samples()[2:], ["sme"], ["sme", "ind"], shared_gpus=100) == {"samples": 0}
+
+
+class FakeProcess:
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.running = True
+        self.killed = False
+        self.proc = type("Proc", (), {"returncode": None})()
+
+    def cpu_seconds(self) -> float:
+        return 2.0 if self.running else 0.0
+
+    def alive(self) -> bool:
+        return self.running
+
+    def kill(self) -> None:
+        self.killed, self.running = True, False
+
+
+def test_the_supervisor_restarts_an_exited_operator_and_kills_one_that_hangs_after_saying_it_exits(
+        tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    log.write_text("leading as factory\n")
+    started: list[FakeProcess] = []
+    clock = [0.0]
+
+    def start() -> FakeProcess:
+        started.append(FakeProcess(log))
+        return started[-1]
+
+    sup = bf.Supervisor(start, lambda _m: None, lambda: clock[0])
+    sup.check()
+    assert len(started) == 1 and sup.cpu_seconds() == 2.0
+    started[0].running = False
+    started[0].proc.returncode = 1
+    sup.check()
+    assert len(started) == 2 and sup.events[0]["what"] == "exited with code 1"
+    with log.open("a") as f:
+        f.write("ERROR leitstand.run: lost the lease x: exiting so a fresh start rebuilds from the API server\n")
+    sup.check()
+    clock[0] = bf.HANG_SECONDS + 1
+    sup.check()
+    assert started[1].killed and len(started) == 3
+    assert "killed" in sup.events[1]["what"] and "lost the lease" in sup.events[1]["log"]
+    assert sup.cpu_seconds() == 2.0 + 2.0  # the third one not read yet
+    sup.check()
+    assert sup.cpu_seconds() == 2.0 + 2.0 + 2.0
