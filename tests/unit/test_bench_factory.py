@@ -168,7 +168,8 @@ def samples() -> list[bf.QueueSample]:
 
 def test_share_summary_is_the_mean_absolute_gap_to_the_fair_share() -> None:
     out = bf.share_summary(samples(), ["sme", "ind"])
-    assert out["sme"] == {"allocated_mean": 11.7, "fair_mean": 15.0, "gap_mean": 3.3}
+    assert out["sme"] == {"allocated_mean": 11.7, "fair_mean": 15.0, "gap_mean": 3.3, "gap_waiting_mean": 5.0,
+                          "waiting_samples": 2}
     assert out["ind"]["gap_mean"] == pytest.approx(1.7)
 
 
