@@ -9,25 +9,32 @@ GPUs that has waited `reserve_after_seconds`; higher priority first, then older,
 which:
 - is admissible (limits, non-preemptible in quota: `CycleContext.admission_block`), could fit the
   empty cluster (`placement.never_fits`), and whose queue is not above its fair share at any level;
-- gets ONE domain: at the tightest topology level that has a domain able to hold the whole gang
-  (within its node mask, inside its required level if it has one; the whole allowed node set when
-  no labelled domain is large enough), the domain with the fewest replica slots still missing,
-  then the fewest GPUs held by jobs it must wait for, then the lowest id. "Missing" counts only
-  what the gang has to wait for: running jobs other than backfill (backfill = preemptible jobs
-  started at or after the reservation began, `created_at + reserve_after_seconds`; they are
-  evicted when the gang can start). No runtime estimates exist in the core, so "how soon it could
-  be whole" is measured by what is still in the way, not by when it ends;
-- starts at once when nothing but backfill is in the way: the backfill on the nodes the placement
-  uses is evicted (kind `PREEMPT`, reason naming the gang) and the gang is bound there;
-- else holds the domain: its pending reason becomes `Reserved` (domain, GPUs still busy), and every
+- gets ONE set of nodes: at the tightest topology level that has a domain able to hold the whole
+  gang (within its node mask, inside its required level if it has one; the whole allowed node set
+  when no labelled domain is large enough), per domain the nodes that will be whole soonest, taken
+  until they hold every replica; of those sets, the one with the fewest replica slots still
+  missing, then the fewest GPUs pinned, then the lowest domain id. "Pinned" is what the gang has to
+  wait for: GPUs of running jobs its start may not evict (`_evictable`: it may evict backfill, i.e.
+  preemptible jobs started at or after the reservation began at `created_at +
+  reserve_after_seconds`; and, once the reservation is `reserve_after_seconds` old, preemptible
+  jobs that were running before it began, of its own queue or of queues above their fair share).
+  No runtime estimates exist in the core, so "how soon it could be whole" is measured by what is
+  still in the way, not by when it ends;
+- starts at once when nothing pinned is in the way: the evictable jobs on the nodes the placement
+  uses are evicted (kind `PREEMPT`, the reason names the gang; the minimum runtime does not
+  protect them, they ran on held capacity at their own risk) and the gang is bound there;
+- else holds the nodes: its pending reason becomes `Reserved` (domain, GPUs still pinned), and every
   later action of the cycle builds the requests of non-preemptible jobs without the held nodes
-  (`CycleContext.held_nodes`), so only preemptible jobs backfill them. A non-preemptible job that
-  would have fitted on held nodes waits with `HeldForGang` (set by allocate).
+  (`CycleContext.hold`), so only preemptible jobs backfill them. A non-preemptible job that would
+  have fitted on held nodes waits with `HeldForGang` (set by allocate).
 
 The hold is recomputed every cycle from the snapshot (no state between cycles, like Slurm's
-backfill pass): the domain held keeps its lead because nothing new that the gang must wait for can
-start there, while other domains keep filling. Cost when on: one pass over the running jobs and a
-bincount per topology level per starving gang; off: one attribute read.
+backfill pass): the set held keeps its lead because nothing new that the gang must wait for can
+start there. Jobs started after the reservation began are evictable wherever they run, so the hold
+may move to another domain when that one is nearer to whole; the gang loses nothing by the move.
+
+Cost when on: one pass over the running jobs and one sort per topology level per starving gang;
+off: one attribute read.
 """
 
 from __future__ import annotations
@@ -89,7 +96,7 @@ def run(ctx: CycleContext) -> None:
             ctx.count("reserve_started")
             continue
         start = job.created_at + after
-        pinned = _pinned(ctx, start)
+        pinned = _pinned(ctx, job, start)
         choice = _choose_domain(ctx, request, request.node_mask & ~held, pinned)
         if choice is None:
             continue
@@ -98,7 +105,7 @@ def run(ctx: CycleContext) -> None:
             continue
         held |= nodes
         holders.append(job)
-        busy = int(pinned[nodes].sum())
+        busy = int(pinned[nodes].sum())  # on the held nodes
         ctx.wait(
             job,
             RESERVED,
@@ -137,18 +144,34 @@ def _above_fair_share(ctx: CycleContext, job: Job) -> bool:
     return any(acc.allocated_milli[q] > share[q] + _EPS for q in acc.paths[job.queue])
 
 
-def _backfill(held: RunningJob, start: float) -> bool:
-    """Started on capacity that may be held (at or after the reservation began) and evictable."""
-    return held.job.is_preemptible and held.started_at >= start
+def _evictable(ctx: CycleContext, gang: Job, held: RunningJob, start: float) -> bool:
+    """May the gang's start evict `held`? Preemptible jobs only: backfill (started at or after the
+    reservation began), and, once the reservation is `reserve_after_seconds` old, preemptible jobs
+    that were already running when it began, if they belong to the gang's queue or to a queue above
+    its fair share (they had that long as notice; in-quota work of other queues stays protected,
+    as in reclaim). Without that notice rule one long job would pin a held domain for as long as
+    it runs (the core knows no run times to plan around, unlike Slurm's time limits)."""
+    job = held.job
+    if not job.is_preemptible:
+        return False
+    if held.started_at >= start:
+        return True
+    after = ctx.config.reserve_after_seconds or 0.0
+    if ctx.snapshot.now < start + after:
+        return False
+    if job.queue == gang.queue:
+        return True
+    acc = ctx.stmt.accounting
+    return acc.knows(job.queue) and acc.allocated_milli[job.queue] > ctx.shares.share_milli[job.queue] + _EPS
 
 
-def _pinned(ctx: CycleContext, start: float) -> NDArray[np.int64]:
-    """Per node: GPUs used by running jobs the gang must wait for (everything except backfill)."""
+def _pinned(ctx: CycleContext, gang: Job, start: float) -> NDArray[np.int64]:
+    """Per node: GPUs used by running jobs the gang must wait for (those it may not evict)."""
     state = ctx.stmt.state
     used = np.zeros(state.gpu_free_milli.shape, dtype=np.bool_)
     index = state.node_index
     for held in ctx.stmt.running.values():
-        if _backfill(held, start):
+        if _evictable(ctx, gang, held, start):
             continue
         for p in held.placements:
             if p.gpu_indices:
@@ -159,36 +182,67 @@ def _pinned(ctx: CycleContext, start: float) -> NDArray[np.int64]:
 def _choose_domain(
     ctx: CycleContext, request: GangRequest, mask: NDArray[np.bool_], pinned: NDArray[np.int64]
 ) -> tuple[str, NDArray[np.bool_], int] | None:
-    """(description, node mask, replica slots still missing) of the domain to hold, or None."""
+    """(description, nodes to hold, replica slots still missing on them), or None.
+
+    Per domain of the tightest level that can hold the gang, the nodes that will be whole soonest
+    (fewest pinned GPUs, then lowest index) are taken until their capacity holds every replica; the
+    domain whose such set misses the fewest replica slots, then has the fewest pinned GPUs, then the
+    lowest id, is held (only that set of nodes, not the whole domain)."""
     state = ctx.stmt.state
     units = max(GPU_MILLI // max(request.gpu_milli, 1), 1)  # replicas' devices per GPU (slices share)
     count = state.gpu_count.astype(np.int64)
-    capacity = np.where(mask, count * units // request.gpus, 0)
-    ready = np.where(mask, np.maximum(count - pinned, 0) * units // request.gpus, 0)
+    capacity = count * units // request.gpus
+    ready = np.maximum(count - pinned, 0) * units // request.gpus
     levels = state.domain.shape[1]  # labelled levels, then the node level
     lowest = 0 if request.required_level == NONE else request.required_level
     for level in range(levels - 1, lowest - 1, -1):  # tightest first
         ids = state.domain[:, level]
-        valid = mask & (ids >= 0)
-        if not valid.any():
-            continue
-        n = int(state.domain_count[level])
-        cap = np.bincount(ids[valid], weights=capacity[valid], minlength=n)
-        fits = cap >= request.replicas
-        if not fits.any():
-            continue
-        rdy = np.bincount(ids[valid], weights=ready[valid], minlength=n)
-        busy = np.bincount(ids[valid], weights=pinned[valid], minlength=n)
-        missing = np.maximum(request.replicas - rdy, 0)
-        candidates = np.flatnonzero(fits)
-        best = int(candidates[np.lexsort((candidates, busy[candidates], missing[candidates]))[0]])
-        name = state.topology.levels[level] if level < levels - 1 else "node"
-        where = f"{name} {state.domain_names[level][best]}"
-        return where, valid & (ids == best), int(missing[best])
-    if request.required_level != NONE or int(capacity.sum()) < request.replicas:
+        chosen = _best_set(ids, mask & (ids >= 0), capacity, ready, pinned, request.replicas)
+        if chosen is not None:
+            best, nodes, missing = chosen
+            name = state.topology.levels[level] if level < levels - 1 else "node"
+            return f"{name} {state.domain_names[level][best]}", nodes, missing
+    if request.required_level != NONE:
         return None
-    missing = max(request.replicas - int(ready.sum()), 0)
-    return "the whole cluster (no single topology domain holds it)", mask.copy(), missing
+    chosen = _best_set(np.zeros_like(state.domain[:, 0]), mask, capacity, ready, pinned, request.replicas)
+    if chosen is None:
+        return None
+    return "the whole cluster (no single topology domain holds it)", chosen[1], chosen[2]
+
+
+def _best_set(
+    ids: NDArray[np.int32],
+    valid: NDArray[np.bool_],
+    capacity: NDArray[np.int64],
+    ready: NDArray[np.int64],
+    pinned: NDArray[np.int64],
+    replicas: int,
+) -> tuple[int, NDArray[np.bool_], int] | None:
+    """(domain id, node mask, missing slots) of the best domain's soonest-whole node set (above)."""
+    idx = np.flatnonzero(valid & (capacity > 0))
+    if idx.size == 0:
+        return None
+    order = idx[np.lexsort((idx, pinned[idx], ids[idx]))]
+    d = ids[order]
+    first = np.empty(d.size, dtype=np.bool_)
+    first[0] = True
+    first[1:] = d[1:] != d[:-1]
+    group = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+
+    def in_group(x: NDArray[np.int64]) -> NDArray[np.int64]:
+        total = np.cumsum(x)
+        return total - (total[starts] - x[starts])[group]
+
+    cap, rdy, pin = in_group(capacity[order]), in_group(ready[order]), in_group(pinned[order])
+    crossing = np.flatnonzero((cap >= replicas) & (cap - capacity[order] < replicas))
+    if crossing.size == 0:
+        return None
+    missing = np.maximum(replicas - rdy[crossing], 0)
+    pick = int(crossing[np.lexsort((d[crossing], pin[crossing], missing))[0]])
+    nodes = np.zeros(valid.shape, dtype=np.bool_)
+    nodes[order[starts[group[pick]] : pick + 1]] = True
+    return int(d[pick]), nodes, int(max(replicas - rdy[pick], 0))
 
 
 def _start(
@@ -203,7 +257,7 @@ def _start(
         held
         for held in stmt.running.values()
         if held.job.id not in ctx.bound
-        and _backfill(held, start)
+        and _evictable(ctx, job, held, start)
         and any(nodes[index[p.node]] for p in held.placements)
     ]
     backfill.sort(key=lambda h: h.job.id)
@@ -218,8 +272,8 @@ def _start(
     assert isinstance(result, GangPlacement)
     used = {state.node_names[int(i)] for i in result.nodes}
     reason = (
-        f"backfill on capacity held for gang {job.id} ({where}); the gang starts there now "
-        f"({gpus(job.gpu_milli_total)} GPUs)"
+        f"preemptible job on capacity held for gang {job.id} ({where}) since {start:.0f} s; the gang "
+        f"starts there now ({gpus(job.gpu_milli_total)} GPUs)"
     )
     evicted = 0
     for held in backfill:
