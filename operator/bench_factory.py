@@ -401,6 +401,13 @@ class QueueSample:
     pending: dict[str, int]
 
 
+def queue_sample(t: float, by_name: Mapping[str, Mapping[str, Any]], queues: Sequence[str]) -> QueueSample:
+    """One sample from Queue statuses or the operator's /v1/queues items (the same field names)."""
+    return QueueSample(t, {q: gpu(by_name.get(q, {}).get("allocated")) for q in queues},
+                       {q: gpu(by_name.get(q, {}).get("fairShare")) for q in queues},
+                       {q: int(by_name.get(q, {}).get("pendingJobs") or 0) for q in queues})
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
@@ -424,6 +431,38 @@ def waits(items: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
         admitted = _ts((item.get("status") or {}).get("admittedAt"))
         if created is not None and admitted is not None:
             out.setdefault(item["spec"]["queue"], []).append(max(0.0, admitted - created))
+    return out
+
+
+def job_intervals(items: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, float, float]]:
+    """(queue, GPUs, admitted, finished) in epoch seconds of every admitted TrainingJob, from its status
+    on the API server (finished = +inf while it runs). A job preempted and admitted again counts from its
+    last admission (status.admittedAt is the latest), so such a job's earlier run is missed."""
+    out = []
+    for item in items:
+        spec, status = item["spec"], item.get("status") or {}
+        start = _ts(status.get("admittedAt"))
+        if start is None:
+            continue
+        end = _ts(status.get("finishedAt"))
+        gpus = float(spec.get("replicas", 1)) * float(spec.get("gpus") or spec.get("gpuFraction") or 0)
+        out.append((spec["queue"], gpus, start, math.inf if end is None else end))
+    return out
+
+
+def allocation_from_jobs(intervals: Sequence[tuple[str, float, float, float]], times: Sequence[float],
+                         parents: Mapping[str, str]) -> list[dict[str, float]]:
+    """GPUs held per queue at each epoch time (a job holds from admission to its end); an inner queue
+    holds its children's GPUs. The API server's record, independent of the Queues' status."""
+    out = []
+    for t in times:
+        held: dict[str, float] = {}
+        for queue, gpus, start, end in intervals:
+            if start <= t < end:
+                held[queue] = held.get(queue, 0.0) + gpus
+                if queue in parents:
+                    held[parents[queue]] = held.get(parents[queue], 0.0) + gpus
+        out.append({q: round(v, 3) for q, v in held.items()})
     return out
 
 
@@ -494,6 +533,11 @@ class Options:
 @dataclass
 class Sampled:
     queues: list[QueueSample] = field(default_factory=list)
+    """What the operator holds, from its read API (/v1/queues), sample by sample."""
+    status: list[QueueSample] = field(default_factory=list)
+    """What the Queue objects' status on the API server says at the same moments."""
+    status_age: list[float] = field(default_factory=list)
+    """Seconds since the oldest leaf Queue's status.lastUpdated, per sample."""
     cpu: list[tuple[float, float, float, dict[str, float]]] = field(default_factory=list)
     """(t, operator CPU s, operator RSS MiB, control-plane CPU s per process)."""
     errors: int = 0
@@ -532,7 +576,7 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
     from leitstand.operator.cluster import controlplane
     from leitstand.operator.cluster.layout import run_dir
     from leitstand.operator.cluster.nodes import ClusterSpec, NodePool, Topology
-    from leitstand.operator.faults import api_as
+    from leitstand.operator.faults import _token, api_as, read_api
     from leitstand.operator.service.launcher import process_cpu_seconds, start_operator
     from leitstand.operator.traces import OPENB_DIR, resolve_root
 
@@ -582,8 +626,10 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
         if not operator.process.wait_for_log("leading as", timeout_seconds=120):
             raise RuntimeError("leitstand run did not start leading in 120 s; log tail:\n"
                                + operator.process.log_text()[-2000:])
-        t0 = time.monotonic()
+        t0, t0_epoch = time.monotonic(), time.time()
         queue_names = [t.queue for t in tenants]
+
+        viewer = _token(run_folder, "tenant-a")
 
         def sample() -> None:
             api = api_as(run_folder, "admin")
@@ -597,10 +643,16 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
                     api.close()
                 else:
                     st = {i["metadata"]["name"]: (i.get("status") or {}) for i in items}
-                    sampled.queues.append(QueueSample(
-                        now, {q: gpu(st.get(q, {}).get("allocated")) for q in queue_names},
-                        {q: gpu(st.get(q, {}).get("fairShare")) for q in queue_names},
-                        {q: int(st.get(q, {}).get("pendingJobs") or 0) for q in queue_names}))
+                    sampled.status.append(queue_sample(now, st, queue_names))
+                    updated = [_ts(st.get(t.queue, {}).get("lastUpdated")) for t in leaves(tenants)]
+                    if all(u is not None for u in updated):
+                        sampled.status_age.append(time.time() - min(u for u in updated if u is not None))
+                # The operator's own view (a tenant's token: every queue's numbers, no job lists).
+                code, _, body = read_api(port, "/v1/queues", viewer)
+                if code == 200 and body:
+                    sampled.queues.append(queue_sample(now, {i["name"]: i for i in body["items"]}, queue_names))
+                else:
+                    sampled.errors += 1
                 assert operator is not None
                 operator.check()
                 sampled.cpu.append((now, operator.cpu_seconds(), operator.process.rss_mib(),
@@ -665,7 +717,7 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
         log_text = operator.process.log_text()
         admin.close_all()
         report = summarize(opts, shape, tenants, jobs, items, sampled, wall, submitted_at, late, submit_errors,
-                           cpu_op, log_text)
+                           cpu_op, log_text, t0_epoch)
         report["processes"]["operator_restarts"] = operator.events
         if opts.plot is not None:
             report["plot"] = str(plot(opts.plot, sampled, tenants, shape))
@@ -747,7 +799,7 @@ def list_jobs(api: Any) -> list[dict[str, Any]]:
 
 def summarize(opts: Options, shape: Shape, tenants: Sequence[Tenant], jobs: Sequence[Job],
               items: Sequence[Mapping[str, Any]], sampled: Sampled, wall: float, submitted_at: float, late: float,
-              submit_errors: Sequence[str], cpu_op: float, log_text: str) -> dict[str, Any]:
+              submit_errors: Sequence[str], cpu_op: float, log_text: str, t0_epoch: float) -> dict[str, Any]:
     hour = opts.minutes * 60
     phases: dict[str, int] = {}
     for i in items:
@@ -771,6 +823,13 @@ def summarize(opts: Options, shape: Shape, tenants: Sequence[Tenant], jobs: Sequ
                  "pool": s.allocated.get("research-pool", 0.0),
                  "shared": round(sum(s.allocated.get(q, 0.0) for q in shared_top), 1)} for s in sampled.queues]
     busy = [r["allocated"] / shape.total_gpus for r in timeline if r["t"] <= hour / opts.speed]
+    held = allocation_from_jobs(job_intervals(items), [t0_epoch + s.t for s in sampled.queues],
+                                {t.queue: t.parent for t in tenants if t.parent})
+    for row, h in zip(timeline, held, strict=True):
+        row["allocated_jobs"] = round(sum(h.get(q, 0.0) for q in top), 1)
+    for t in tenants:
+        if held:
+            per_tenant[t.queue]["allocated_jobs_mean"] = round(sum(h.get(t.queue, 0.0) for h in held) / len(held), 1)
     last_cpu = sampled.cpu[-1] if sampled.cpu else (0.0, 0.0, 0.0, {})
     failed_cycles = log_text.count("Traceback")
     sme_quota = next(t.quota for t in tenants if t.queue == "sme")
@@ -789,6 +848,8 @@ def summarize(opts: Options, shape: Shape, tenants: Sequence[Tenant], jobs: Sequ
         "outcome": {"phases": phases, "listed": len(items)},
         "allocation": {
             "mean_pct_during_arrivals": round(100 * sum(busy) / len(busy), 1) if busy else None,
+            "mean_pct_from_jobs_during_arrivals": _mean_pct([r.get("allocated_jobs", 0.0) for r in timeline
+                                                             if r["t"] <= hour / opts.speed], shape.total_gpus),
             "peak_pct": round(100 * max((r["allocated"] for r in timeline), default=0) / shape.total_gpus, 1),
             "timeline": timeline},
         "tenants": per_tenant,
@@ -799,9 +860,26 @@ def summarize(opts: Options, shape: Shape, tenants: Sequence[Tenant], jobs: Sequ
                       "operator_cores_mean": round(cpu_op / wall, 2) if wall else None,
                       "control_plane_cpu_s": {k: round(v, 1) for k, v in last_cpu[3].items()},
                       "operator_log_tracebacks": failed_cycles},
+        "queue_status": status_lag(sampled, top),
         "samples": [{"t": round(s.t, 1), "allocated": s.allocated, "fair": s.fair, "pending": s.pending}
                     for s in sampled.queues],
+        "status_samples": [{"t": round(s.t, 1), "allocated": s.allocated, "fair": s.fair, "pending": s.pending}
+                           for s in sampled.status],
     }
+
+
+def status_lag(sampled: Sampled, top: Sequence[str]) -> dict[str, Any]:
+    """How far the Queue objects' status trails the operator: the age of the oldest leaf's
+    status.lastUpdated, and |allocated (status) - allocated (operator)| summed over the top queues."""
+    live = {s.t: s for s in sampled.queues}
+    gaps = [abs(sum(s.allocated.get(q, 0.0) for q in top) - sum(live[s.t].allocated.get(q, 0.0) for q in top))
+            for s in sampled.status if s.t in live]
+    ages = sampled.status_age
+    return {"samples": len(sampled.status),
+            "age_p50_s": None if not ages else round(percentile(ages, 0.5) or 0.0, 1),
+            "age_max_s": round(max(ages), 1) if ages else None,
+            "allocated_gap_mean_gpus": round(sum(gaps) / len(gaps), 1) if gaps else None,
+            "allocated_gap_max_gpus": round(max(gaps), 1) if gaps else None}
 
 
 def plot(folder: Path, sampled: Sampled, tenants: Sequence[Tenant], shape: Shape) -> Path:
@@ -867,17 +945,19 @@ def render(report: Mapping[str, Any], console: Any) -> None:
                     f"{row['gpus_min']:g}-{row['gpus_max']:g}")
     console.print(mix)
     a = report["allocation"]
-    console.print(f"allocation: mean {a['mean_pct_during_arrivals']} % of all GPUs during the arrivals, peak "
+    console.print(f"allocation: mean {a['mean_pct_during_arrivals']} % of all GPUs during the arrivals (by the jobs' "
+                  f"admission and end on the API server: {a.get('mean_pct_from_jobs_during_arrivals')} %), peak "
                   f"{a['peak_pct']} %; outcome {report['outcome']['phases']}")
     t = Table(title=f"tenants (waits in wall seconds; x{tm['speed']:g} for trace seconds; GPUs averaged over "
                     f"{tm['samples']} samples)")
     for col in ("queue", "quota", "offered", "jobs", "admitted", "wait p50", "wait p99", "alloc mean",
-                "fair mean", "|alloc-fair| mean", "same, jobs waiting"):
+                "fair mean", "|alloc-fair| mean", "same, jobs waiting", "held (jobs) mean"):
         t.add_column(col, justify="right")
     for q, row in report["tenants"].items():
         t.add_row(q, str(row["quota"]), f"{row['offered_gpus']:g}", str(row["jobs"]), str(row["admitted"]),
                   _f(row["wait_p50_s"]), _f(row["wait_p99_s"]), _f(row.get("allocated_mean")),
-                  _f(row.get("fair_mean")), _f(row.get("gap_mean")), _f(row.get("gap_waiting_mean")))
+                  _f(row.get("fair_mean")), _f(row.get("gap_mean")), _f(row.get("gap_waiting_mean")),
+                  _f(row.get("allocated_jobs_mean")))
     console.print(t)
     c = report["sme_under_contention"]
     if c.get("samples"):
@@ -892,8 +972,17 @@ def render(report: Mapping[str, Any], console: Any) -> None:
     console.print(f"leitstand run: {p['operator_cpu_s']:g} CPU s ({p['operator_cores_mean']} cores on average), "
                   f"peak RSS {p['operator_peak_rss_mib']:g} MiB, {p['operator_log_tracebacks']} tracebacks in its log; "
                   f"control plane CPU s: {cp}")
+    qs = report.get("queue_status") or {}
+    if qs.get("samples"):
+        console.print(f"Queue objects' status vs the operator's view (/v1/queues): status.lastUpdated age p50 "
+                      f"{qs['age_p50_s']} s, max {qs['age_max_s']} s; allocated GPUs (top queues) off by "
+                      f"{qs['allocated_gap_mean_gpus']} on average, at most {qs['allocated_gap_max_gpus']}")
     if report.get("plot"):
         console.print(f"plot: {report['plot']}")
+
+
+def _mean_pct(values: Sequence[float], total: float) -> float | None:
+    return round(100 * sum(values) / len(values) / total, 1) if values else None
 
 
 def _f(value: float | None) -> str:

@@ -225,3 +225,18 @@ def test_the_supervisor_restarts_an_exited_operator_and_kills_one_that_hangs_aft
     assert sup.cpu_seconds() == 2.0 + 2.0  # the third one not read yet
     sup.check()
     assert sup.cpu_seconds() == 2.0 + 2.0 + 2.0
+
+
+def test_allocation_is_rebuilt_from_the_jobs_admission_and_end_on_the_api_server() -> None:
+    items = [
+        {"spec": {"queue": "sme-a", "replicas": 2, "gpus": 8},
+         "status": {"admittedAt": "2026-12-06T00:00:10Z", "finishedAt": "2026-12-06T00:00:20Z"}},
+        {"spec": {"queue": "ind", "replicas": 1, "gpuFraction": 0.5}, "status": {"admittedAt": "2026-12-06T00:00:15Z"}},
+        {"spec": {"queue": "ind", "replicas": 1, "gpus": 1}, "status": {"phase": "Pending"}},
+    ]
+    intervals = bf.job_intervals(items)
+    assert len(intervals) == 2
+    base = bf._ts("2026-12-06T00:00:00Z")
+    assert base is not None
+    got = bf.allocation_from_jobs(intervals, [base + 5, base + 12, base + 16, base + 20], {"sme-a": "sme"})
+    assert got == [{}, {"sme-a": 16.0, "sme": 16.0}, {"sme-a": 16.0, "sme": 16.0, "ind": 0.5}, {"ind": 0.5}]
