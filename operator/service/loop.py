@@ -124,6 +124,8 @@ PENDING_REFRESH_SECONDS = 10.0
 """A waiting job's message carries numbers that change every cycle ("hold 3 of 4 replicas"); with the
 same reason code it is rewritten at most this often (a thousand waiting jobs would otherwise mean a
 thousand status writes per cycle). A new reason code is written at once."""
+STATUS_BATCH = 64
+"""Status writes per flush, most urgent first (`StatusBook.flush`): new statuses overtake refreshes."""
 USAGE_WRITE_SECONDS = 15.0
 """Queue status `usageGPUSeconds` is rewritten at most this often (it changes every cycle)."""
 ADMITTED_WRITE_HOLD_SECONDS = 5.0
@@ -342,7 +344,8 @@ class Scheduler:
             await self._flush_wanted.wait()
             self._flush_wanted.clear()
             try:
-                await self.book.flush()
+                if await self.book.flush(limit=STATUS_BATCH):
+                    self._flush_wanted.set()  # the rest after a look at what became more urgent
             except Exception as exc:  # the API server is away; statuses are rewritten next time
                 log.warning("status writes failed: %s", exc)
                 await asyncio.sleep(1.0)
