@@ -40,6 +40,10 @@ from leitstand.operator.simulate_replay import replay  # noqa: E402
 
 simulate_app.command("replay")(replay)
 
+from leitstand.operator.simulate_acme import acme  # noqa: E402
+
+simulate_app.command("acme")(acme)
+
 
 def dashboard(
     out: Annotated[
