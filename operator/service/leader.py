@@ -20,8 +20,11 @@ The timing argument (defaults: lease 15 s, renew deadline 10 s, retry 2 s):
   stops believing it leads at the latest at W + renew_deadline, which is
   `lease - renew_deadline` (5 s) before any candidate may take over. The margin absorbs clock
   rate differences (ppm), the candidate's read latency and the callbacks' reaction time.
-* A renew attempt is cut off at the deadline (`asyncio.wait_for`), so `on_stopped_leading` runs at
-  most about `retry_seconds` after `is_leader` became False. Code that writes on the leader's
+* A renew attempt is cut off after half the renew deadline (at least one retry period) and at the
+  deadline (`asyncio.wait_for`), so `on_stopped_leading` runs at most about `retry_seconds` after
+  `is_leader` became False, and a request the API server holds — measured: a renewal sent while etcd
+  restarted was held past the 10 s deadline although etcd answered again after 5 s — leaves time for
+  a second attempt on a new request. Code that writes on the leader's
   behalf (the binder) checks `is_leader` before each write.
 * A write that was sent but whose answer was lost only moves W later, which delays candidates and
   never the holder's step-down. Every write names the resourceVersion it read, so two replicas
@@ -91,6 +94,9 @@ class LeaderElector:
         self._lease_seconds = int(lease_seconds)
         self._renew_deadline = renew_deadline_seconds
         self._retry = retry_seconds
+        self._attempt_limit = max(retry_seconds, renew_deadline_seconds / 2)
+        """A renew attempt is cut off after this long, so that one request the API server holds (it
+        waits for etcd, say) cannot use up the whole renew deadline: the next attempt is a new request."""
         self._clock = clock
         self._collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
         self._path = f"{self._collection}/{name}"
@@ -257,7 +263,7 @@ class LeaderElector:
             if remaining <= 0:
                 break
             try:
-                sent = await asyncio.wait_for(self._attempt(), timeout=remaining)
+                sent = await asyncio.wait_for(self._attempt(), timeout=min(remaining, self._attempt_limit))
             except _ATTEMPT_ERRORS as exc:
                 log.warning("lease %s/%s: renew failed (%s)", self.namespace, self.name, exc)
                 sent = None

@@ -31,6 +31,9 @@ class FakeLeases:
     """Answer every request with 500 (an apiserver that cannot reach etcd)."""
     requests: list[tuple[str, str]] = field(default_factory=list)
     """(method, holderIdentity written or "") per request."""
+    hold_next_put_seconds: float = 0.0
+    """Hold the next PUT this long before answering (an apiserver waiting for etcd)."""
+    held: int = 0
 
     def status(self, code: int, reason: str) -> web.Response:
         return web.json_response({"kind": "Status", "code": code, "reason": reason, "message": reason}, status=code)
@@ -40,6 +43,11 @@ class FakeLeases:
         self.requests.append((request.method, ((body or {}).get("spec") or {}).get("holderIdentity", "")))
         if self.failing:
             return self.status(500, "InternalError")
+        if request.method == "PUT" and self.hold_next_put_seconds:
+            seconds, self.hold_next_put_seconds = self.hold_next_put_seconds, 0.0
+            self.held += 1
+            await asyncio.sleep(seconds)
+            return self.status(504, "Timeout")
         if request.method == "GET":
             return web.json_response(self.lease) if self.lease else self.status(404, "NotFound")
         if request.method == "POST":
@@ -332,3 +340,28 @@ def test_timing_parameters_are_checked(kw: dict[str, Any], match: str) -> None:
     client = KubeClient(Credentials(server="http://127.0.0.1:1"))
     with pytest.raises(ValueError, match=match):
         LeaderElector(client, NS, NAME, "a", **kw)
+
+
+def test_a_renewal_the_server_holds_is_cut_off_and_sent_again_before_the_deadline() -> None:
+    """An API server waiting for a restarting etcd holds a request; a second renewal on a new request
+    succeeds once it answers again. Real clock: renew deadline 4 s, the held PUT would take 8 s; the
+    attempt is cut off after 2 s and sent again 0.2 s later."""
+    fake = FakeLeases()
+
+    async def main() -> None:
+        async with lease_api(fake) as client:
+            elector = LeaderElector(client, NS, NAME, "a", lease_seconds=6, renew_deadline_seconds=4.0,
+                                    retry_seconds=0.2)
+            a = Replica(elector)
+            a.start()
+            await until(lambda: elector.is_leader)
+            fake.hold_next_put_seconds = 8.0
+            await until(lambda: fake.held == 1)
+            held_at = asyncio.get_running_loop().time()
+            puts = sum(1 for m, _ in fake.requests if m == "PUT")
+            await until(lambda: sum(1 for m, _ in fake.requests if m == "PUT") > puts, 6.0)  # sent again
+            await asyncio.sleep(max(0.0, held_at + 4.5 - asyncio.get_running_loop().time()))
+            assert elector.is_leader and a.stopped == 0  # past the deadline counted from the held renewal
+            await a.crash()
+
+    asyncio.run(main())
