@@ -176,7 +176,8 @@ def _pinned(ctx: CycleContext, gang: Job, start: float) -> NDArray[np.int64]:
         for p in held.placements:
             if p.gpu_indices:
                 used[index[p.node], list(p.gpu_indices)] = True
-    return used.sum(axis=1).astype(np.int64)
+    counts: NDArray[np.int64] = used.sum(axis=1).astype(np.int64)
+    return counts
 
 
 def _choose_domain(
@@ -231,8 +232,9 @@ def _best_set(
     starts = np.flatnonzero(first)
 
     def in_group(x: NDArray[np.int64]) -> NDArray[np.int64]:
-        total = np.cumsum(x)
-        return total - (total[starts] - x[starts])[group]
+        total: NDArray[np.int64] = np.cumsum(x)
+        within: NDArray[np.int64] = total - (total[starts] - x[starts])[group]
+        return within
 
     cap, rdy, pin = in_group(capacity[order]), in_group(ready[order]), in_group(pinned[order])
     crossing = np.flatnonzero((cap >= replicas) & (cap - capacity[order] < replicas))
