@@ -156,6 +156,7 @@ def rule_violations(kind: str) -> list[Violation]:
             Violation(("metadata", "name"), "n" * 254, "a name longer than 253", "metadata.name"),
             Violation(("metadata", "name"), "n" * 64, "a name longer than a pod label holds", "metadata.name"),
             Violation(("spec", "gpuFraction"), 0.0004, "a fraction below a thousandth", "spec.gpuFraction"),
+            Violation(("spec", "gpuFraction"), 0.9999, "a fraction that rounds to a whole GPU", "spec.gpuFraction"),
         ]
     return [
         Violation(("spec", "gpu"), {"quota": 2, "limit": 0.5}, "limit below quota", "spec.gpu"),
@@ -230,7 +231,7 @@ def hostile(count: int, seed: int) -> list[tuple[dict[str, Any], str]]:
             spec["priorityClassName"] = "does-not-exist"
         elif what == "tiny-fraction":
             del spec["gpus"]
-            spec["gpuFraction"] = rng.choice((0.001, 0.999999))
+            spec["gpuFraction"] = rng.choice((0.001, 0.999))
         elif what == "long-name":
             obj["metadata"]["name"] = (f"hj-{i:05d}-" + "l" * 63)[:63]
         elif what == "unicode":

@@ -200,6 +200,7 @@ INVALID_JOBS = [
     ("gpuFraction 1.5", {"gpus": None, "gpuFraction": 1.5}, "spec.gpuFraction", "less than 1"),
     ("gpuFraction 0", {"gpus": None, "gpuFraction": 0}, "spec.gpuFraction", "greater than 0"),
     ("gpuFraction below a thousandth", {"gpus": None, "gpuFraction": 0.0004}, "spec.gpuFraction", "at least 0.001"),
+    ("gpuFraction rounding to a whole GPU", {"gpus": None, "gpuFraction": 0.9999}, "spec.gpuFraction", "at most 0.999"),
     ("replicas 2^31 - 1", {"replicas": 2**31 - 1}, "spec.replicas", "less than or equal to 100000"),
     ("replicas 0", {"replicas": 0}, "spec.replicas", "greater than or equal to 1"),
     ("negative gpus", {"gpus": -1}, "spec.gpus", "greater than or equal to 0"),
