@@ -136,8 +136,8 @@ def parse_trainingjob(body: Mapping[str, Any], levels: tuple[str, ...]) -> Train
         fraction = _number(spec["gpuFraction"], "spec.gpuFraction")
         milli = round(fraction * GPU_MILLI)
         if not 0 < milli < GPU_MILLI:
-            raise SpecError("spec.gpuFraction", f"{fraction} is {milli} thousandths of a GPU (GPUs are counted in "
-                                                f"thousandths): ask for 0.001 to 0.999, or set spec.gpus for whole GPUs")
+            raise SpecError("spec.gpuFraction", f"{fraction} is {milli} thousandths of a GPU (GPUs are counted "
+                                                f"in thousandths): ask for 0.001 to 0.999, or set spec.gpus")
         gpus, gpu_milli = 1, milli
     else:
         gpus, gpu_milli = _int(spec.get("gpus", 0), "spec.gpus"), GPU_MILLI
