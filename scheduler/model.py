@@ -206,6 +206,15 @@ class SchedulerConfig:
     """At most this many gangs hold capacity per cycle (oldest by priority, then age): each hold
     idles GPUs, so the number is bounded."""
 
+    def __post_init__(self) -> None:
+        after = self.reserve_after_seconds
+        if after is not None and not (0 <= after < float("inf")):
+            raise ValueError(f"reserve_after_seconds must be a number of seconds >= 0 or None (off), got {after}")
+        if self.reserve_min_gpus < 1:
+            raise ValueError(f"reserve_min_gpus must be at least 1, got {self.reserve_min_gpus}")
+        if self.max_reserved_gangs < 0:
+            raise ValueError(f"max_reserved_gangs must be >= 0 (0 turns holds off), got {self.max_reserved_gangs}")
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:

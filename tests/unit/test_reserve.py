@@ -163,3 +163,17 @@ def test_acme_duration_cdf_samples_stay_within_the_table() -> None:
     samples = cdf.sample(np.random.default_rng(0), 10_000)
     assert samples.min() >= 8.0 and samples.max() <= 32.0
     assert abs(float(np.median(samples)) - 16.0) < 1.0
+
+
+@pytest.mark.parametrize(
+    ("knobs", "field"),
+    [
+        ({"reserve_after_seconds": -1.0}, "reserve_after_seconds"),
+        ({"reserve_after_seconds": float("nan")}, "reserve_after_seconds"),
+        ({"reserve_min_gpus": 0}, "reserve_min_gpus"),
+        ({"max_reserved_gangs": -1}, "max_reserved_gangs"),
+    ],
+)
+def test_bad_reservation_knobs_name_the_field(knobs: dict[str, float], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        SchedulerConfig(**knobs)  # type: ignore[arg-type]
