@@ -91,6 +91,16 @@ class CampaignResult:
         return not self.failed and not self.unfinished and not self.overbooked and self.succeeded == self.jobs
 
 
+def ensure_cluster(nodes: int, report: Report) -> bool:
+    """Start a cluster of `nodes` 8-GPU nodes (racks of 4) in the run folder unless one runs there;
+    True when this call started it (so the caller stops it again)."""
+    if controlplane.status().get("running"):
+        return False
+    spec = ClusterSpec(pools=(NodePool(count=nodes),), topology=Topology(nodes_per_rack=4, racks_per_spine=2))
+    controlplane.up(spec, report=report)
+    return True
+
+
 def _token(run: Path, user: str) -> str:
     return next(line.split(",")[0] for line in (run / "tokens.csv").read_text().splitlines()
                 if line.split(",")[1] == user)
@@ -186,11 +196,7 @@ def run_campaign(
     report: Report = print,
 ) -> CampaignResult:
     run = run_dir()
-    started_cluster = False
-    if not controlplane.status().get("running"):
-        spec = ClusterSpec(pools=(NodePool(count=nodes),), topology=Topology(nodes_per_rack=4, racks_per_spine=2))
-        controlplane.up(spec, report=report)
-        started_cluster = True
+    started_cluster = ensure_cluster(nodes, report)
     operator: OperatorProcess | None = None
     stop = threading.Event()
     samples: list[Sample] = []
@@ -434,11 +440,7 @@ class Harness:
         self.name = name
         self.report = report
         self.run: Path = run_dir()
-        self.started_cluster = False
-        if not controlplane.status().get("running"):
-            spec = ClusterSpec(pools=(NodePool(count=nodes),), topology=Topology(nodes_per_rack=4, racks_per_spine=2))
-            controlplane.up(spec, report=report)
-            self.started_cluster = True
+        self.started_cluster = ensure_cluster(nodes, report)
         self.admin = api_as(self.run, "admin")
         _install(self.run, self.admin)
         self.capacity = {n["metadata"]["name"]: int(n["status"]["allocatable"].get("nvidia.com/gpu", 0))

@@ -37,8 +37,7 @@ import yaml
 from leitstand.operator.cluster import controlplane
 from leitstand.operator.cluster.kubeapi import KubeApi
 from leitstand.operator.cluster.layout import repo_root, run_dir
-from leitstand.operator.cluster.nodes import ClusterSpec, NodePool, Topology
-from leitstand.operator.faults import GROUP_PATH, _install, api_as
+from leitstand.operator.faults import GROUP_PATH, _install, api_as, ensure_cluster
 from leitstand.operator.service.launcher import OperatorProcess, start_operator
 
 Report = Callable[[str], None]
@@ -344,11 +343,7 @@ def run_hostile(*, malformed_count: int = 1000, hostile_count: int = 1000, valid
                 nodes: int = 16, settle_seconds: float = 180.0, timeout_seconds: float = 600.0,
                 report: Report = print) -> HostileResult:
     run = run_dir()
-    started_cluster = False
-    if not controlplane.status().get("running"):
-        spec = ClusterSpec(pools=(NodePool(count=nodes),), topology=Topology(nodes_per_rack=4, racks_per_spine=2))
-        controlplane.up(spec, report=report)
-        started_cluster = True
+    started_cluster = ensure_cluster(nodes, report)
     result = HostileResult(malformed=malformed_count, hostile=hostile_count, valid=valid)
     operator: OperatorProcess | None = None
     admin = api_as(run, "admin")
