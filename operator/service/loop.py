@@ -124,6 +124,8 @@ PENDING_REFRESH_SECONDS = 10.0
 """A waiting job's message carries numbers that change every cycle ("hold 3 of 4 replicas"); with the
 same reason code it is rewritten at most this often (a thousand waiting jobs would otherwise mean a
 thousand status writes per cycle). A new reason code is written at once."""
+REMOVAL_RETRY_SECONDS = 5.0
+"""How long pods given up for removal may stay (not terminating) before they are deleted again."""
 STATUS_BATCH = 64
 """Status writes per flush, most urgent first (`StatusBook.flush`): new statuses overtake refreshes."""
 USAGE_WRITE_SECONDS = 15.0
@@ -167,6 +169,8 @@ class Tracked:
     """The pods of the placement being bound (names differ per attempt: `jobs.new_attempt`), until
     the informer shows them all bound."""
     bound_at: float = 0.0
+    removal_retry_at: float = 0.0
+    """Pods given up for removal but still there are deleted again from then on (`_retry_removal`)."""
     constraints: Any = None
     """`eligibility.constraints_key` of the pod template, computed once (the spec is immutable)."""
 
@@ -584,6 +588,8 @@ class Scheduler:
             if not busy:  # bound: the watch confirms it (a pod event), or `_in_flight` gives up on it
                 self._follow_at(tracked.bound_at + IN_FLIGHT_GIVE_UP_SECONDS, key)
             return
+        if not busy and not live and own:
+            self._retry_removal(key, tracked, own, now)
         if busy or (not live and own):
             return  # pods still being removed; the job is requeued once they are gone
         if not live:
@@ -758,8 +764,23 @@ class Scheduler:
         tracked = self.jobs.get(key)
         if tracked is not None:
             tracked.task, tracked.removing = task, True
+            tracked.removal_retry_at = self.clock() + REMOVAL_RETRY_SECONDS
         self._dirty.add(key)
         task.add_done_callback(functools.partial(self._done, key))
+
+    def _retry_removal(self, key: str, tracked: Tracked, own: Mapping[str, PodRecord], now: float) -> None:
+        """Pods given up for removal that still exist and are not terminating: the removal failed (the
+        API server was away, or refused while it came back) — send it again, at most every
+        REMOVAL_RETRY_SECONDS, rather than wait forever for pods nobody deletes."""
+        stuck = [p for p in own.values() if not p.deleting]
+        if not stuck:
+            return
+        if now < tracked.removal_retry_at:
+            self._follow_at(tracked.removal_retry_at, key)
+            return
+        log.warning("removal of %s incomplete: %d pod(s) still there; deleting them again", key, len(stuck))
+        self._remove_pods(key, stuck, evict=False)
+        self._follow_at(tracked.removal_retry_at, key)
 
     def _done(self, key: str, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

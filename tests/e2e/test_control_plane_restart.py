@@ -29,6 +29,8 @@ def test_scheduling_resumes_after_kube_apiserver_and_etcd_restarts_and_loses_no_
     assert result.overbooked == [] and result.duplicates == [], (result.overbooked, result.duplicates)
     assert result.unfinished == [] and result.failed == [], (result.unfinished, result.failed)
     assert result.succeeded == 24
-    assert result.sample_errors > 0  # the sampler really saw the API away ...
-    assert result.samples > 20  # ... and looked many times
+    # each component was really down (its process gone, then started again); the sampler may or may not
+    # catch an etcd restart of 0.4 s between two of its looks, so its errors are not the proof
+    assert all(restart["down_seconds"] > 0 for restart in result.faults), result.faults
+    assert result.samples > 20  # the sampler looked many times
     assert not (tmp_path / "run" / "state.json").exists()

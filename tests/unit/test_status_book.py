@@ -47,3 +47,50 @@ def test_new_statuses_first_then_changes_then_refreshes_in_batches() -> None:
         assert len(api.patched) == 9  # nothing written twice
 
     asyncio.run(main())
+
+
+def test_a_gang_whose_pods_could_not_be_removed_has_them_deleted_again() -> None:
+    """A replica fails, the gang is to restart, but the API server refuses the deletions (as a restarted
+    kube-apiserver does for a few seconds): the pods stay, not terminating. The job must not wait for
+    them forever — the loop deletes them again after REMOVAL_RETRY_SECONDS, and not before."""
+    from test_api import replica_pod_json, tj_json
+    from test_service_followup import run, world
+
+    from leitstand.operator.service.loop import REMOVAL_RETRY_SECONDS, tj_path
+    from leitstand.operator.service.records import pod_record
+
+    class Refusing:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, str]] = []
+
+        async def request(self, method: str, path: str, body: Any = None, *, params: Any = None,
+                          content_type: str = "application/json") -> tuple[int, Any]:
+            self.calls.append((method, path))
+            if method == "DELETE" or path.endswith("/eviction"):
+                return 403, {"message": "forbidden: the authorizer is not ready"}
+            return (200 if method == "PATCH" else 201), {}
+
+    api = Refusing()
+    scheduler, cache, clock = world(api)  # type: ignore[arg-type]
+    scheduler.on_trainingjob("ADDED", tj_json("team", "flaky", "team", backoffLimit=2))
+    raw = replica_pod_json("team", "flaky", 0, "b200-0000", list(range(8)), "team", "uid-team-flaky")
+    raw["status"]["phase"] = "Failed"
+    raw["status"]["containerStatuses"] = [{"name": "main", "state": {"terminated": {
+        "exitCode": 1, "reason": "Error", "finishedAt": "2027-01-15T08:00:00Z"}}}]
+    failed = pod_record(raw)
+    assert failed is not None
+    cache.on_pod("ADDED", failed.key, None, failed)
+    deletes: list[int] = []
+
+    def step(seconds: float) -> None:
+        def body() -> None:
+            clock[0] += seconds
+            scheduler.cycle()
+        run(body)  # the cycle, then the binder's requests it started
+        deletes.append(sum(1 for method, _ in api.calls if method == "DELETE"))
+
+    step(0.0)  # the failure: restart the gang, delete its pod (refused)
+    step(1.0)  # the refused pod is still there: too early to try again
+    step(REMOVAL_RETRY_SECONDS)
+    assert deletes == [1, 1, 2], deletes
+    assert scheduler.book.desired[tj_path("team", "flaky")]["phase"] == "Pending"
