@@ -714,9 +714,7 @@ class Ctx:
 
 async def measure_path(ctx: Ctx, path: str, scheduler: str, jobs: Sequence[Job],
                        submit: Callable[[Submission], Coroutine[Any, Any, None]]) -> PathResult:
-    from leitstand.operator.bench_operator import clean
-
-    await clean(ctx.admin)
+    await clean_namespace(ctx.admin, NAMESPACE)
     pods_total = sum(job.replicas for job in jobs)
     result = PathResult(path, scheduler, pods_total, load_average=round(os.getloadavg()[0], 2))
     watch = NodeWatch(ctx.admin)
@@ -757,10 +755,10 @@ async def measure_path(ctx: Ctx, path: str, scheduler: str, jobs: Sequence[Job],
     result.cpu_seconds = CpuSampler.delta(cpu0, cpu1)[0]
     result.client_errors = dict(sub.errors)
     await watch.stop()
-    await clean(ctx.admin)
     ctx.progress(f"  {path}: {result.pods_bound}/{pods_total} pods bound, last after {result.first_to_last_bind:.2f} s "
                  f"= {result.pods_per_second:.1f} pods/s; {result.partial_gangs} gangs partly placed, "
                  f"{result.stranded_gpus} GPUs stranded")
+    await clean_namespace(ctx.admin, NAMESPACE)
     return result
 
 
