@@ -169,6 +169,8 @@ class Tracked:
     """The pods of the placement being bound (names differ per attempt: `jobs.new_attempt`), until
     the informer shows them all bound."""
     bound_at: float = 0.0
+    bind_ok: bool = False
+    """The binder created and bound every pod of the current placement (the API server said so)."""
     removal_retry_at: float = 0.0
     """Pods given up for removal but still there are deleted again from then on (`_retry_removal`)."""
     constraints: Any = None
@@ -658,7 +660,12 @@ class Scheduler:
         if busy:
             return True
         observed = [self.cache.pods.get(k) for k in tracked.pod_keys]
-        if all(p is not None and p.node for p in observed) or now - tracked.bound_at > IN_FLIGHT_GIVE_UP_SECONDS:
+        # Give up waiting for the watch only when the binder did not confirm every bind: a confirmed gang
+        # is bound on the API server however late a loaded watch shows it (rolling it back as an
+        # incomplete gang deleted hundreds of bound pods in a 500-node fill, docs/bench-e2e.md).
+        if all(p is not None and p.node for p in observed) or (
+            now - tracked.bound_at > IN_FLIGHT_GIVE_UP_SECONDS and not tracked.bind_ok
+        ):
             tracked.pod_keys = ()  # seen (or given up on: the informer relists if it missed them)
             return False
         return any(k in self.cache.assumed for k in tracked.pod_keys)
@@ -936,7 +943,7 @@ class Scheduler:
         task = asyncio.get_running_loop().create_task(self.binder.bind_gang(writes, ready))
         self._dirty.add(key)
         tracked.task, tracked.removing, tracked.pod_keys = task, False, tuple(w.key for w in writes)
-        tracked.bound_at = self.clock()
+        tracked.bound_at, tracked.bind_ok = self.clock(), False
 
         def done(t: asyncio.Task[None]) -> None:
             if t.cancelled() or t.exception() is not None:
@@ -951,6 +958,8 @@ class Scheduler:
                 set_condition(status, "Admitted", False, "BindFailed", error)
                 self.book.touch(path)
                 log.warning("bind %s failed: %s", key, error)
+            else:
+                tracked.bind_ok = True
             self._dirty.add(key)
             self.wake.set()
 

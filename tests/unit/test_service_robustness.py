@@ -1,7 +1,11 @@
-"""The status book's order of writes: a job the API server has no status of yet is written before a
-change of phase or reason, and those before message refreshes, in batches, so a wave of refreshes of
-waiting jobs never keeps a new job statusless (found by `leitstand bench hostile`: with binds holding
-writes to two in flight, 900 new TrainingJobs waited minutes behind refreshes)."""
+"""The operator under a slow or refusing API server, without a cluster (each case found by a campaign):
+status writes most urgent first in batches, pods whose removal was refused deleted again, and a
+confirmed bind never rolled back because the watch is late.
+
+The status book's order: a job the API server has no status of yet is written before a change of phase
+or reason, and those before message refreshes, in batches, so a wave of refreshes of waiting jobs never
+keeps a new job statusless (found by `leitstand bench hostile`: with binds holding writes to two in
+flight, 900 new TrainingJobs waited minutes behind refreshes)."""
 
 from __future__ import annotations
 
@@ -94,3 +98,32 @@ def test_a_gang_whose_pods_could_not_be_removed_has_them_deleted_again() -> None
     step(REMOVAL_RETRY_SECONDS)
     assert deletes == [1, 1, 2], deletes
     assert scheduler.book.desired[tj_path("team", "flaky")]["phase"] == "Pending"
+
+
+def test_a_confirmed_bind_is_not_rolled_back_when_the_watch_is_late() -> None:
+    """The binder created and bound the pod (the API server answered 201 to both) but the watch shows
+    nothing for over a minute (a loaded API server): the job stays bound — no delete, no second
+    placement. (A 500-node fill on the loaded machine rolled back hundreds of bound gangs this way.)"""
+    from test_api import tj_json
+    from test_service_followup import FakeApiServer, run, world
+
+    from leitstand.operator.service.loop import IN_FLIGHT_GIVE_UP_SECONDS
+
+    api = FakeApiServer()
+    scheduler, _cache, clock = world(api)
+    scheduler.on_trainingjob("ADDED", tj_json("team", "quiet", "team"))
+
+    def step(seconds: float) -> None:
+        def body() -> None:
+            clock[0] += seconds
+            scheduler.cycle()
+        run(body)
+
+    step(0.0)
+    creates = [path for method, path, _ in api.calls if method == "POST" and path.endswith("/pods")]
+    binds = [path for method, path, _ in api.calls if method == "POST" and path.endswith("/binding")]
+    assert len(creates) == 1 and len(binds) == 1
+    step(IN_FLIGHT_GIVE_UP_SECONDS + 1)
+    step(1.0)
+    assert [path for method, path, _ in api.calls if method == "POST" and path.endswith("/pods")] == creates
+    assert not [c for c in api.calls if c[0] == "DELETE"], api.calls
