@@ -58,6 +58,7 @@ from leitstand.operator.service.jobs import (
     replica_pod,
     replica_pod_name,
 )
+from leitstand.operator.service.kubeclient import TransportError
 from leitstand.operator.service.records import (
     ASSIGNED_GPUS,
     GPU_RESOURCE,
@@ -124,6 +125,8 @@ PENDING_REFRESH_SECONDS = 10.0
 """A waiting job's message carries numbers that change every cycle ("hold 3 of 4 replicas"); with the
 same reason code it is rewritten at most this often (a thousand waiting jobs would otherwise mean a
 thousand status writes per cycle). A new reason code is written at once."""
+UNCERTAIN_SECONDS = 30.0
+"""How long the GPUs of pods whose create or bind got no answer stay promised if no pod shows up."""
 REMOVAL_RETRY_SECONDS = 5.0
 """How long pods given up for removal may stay (not terminating) before they are deleted again."""
 STATUS_BATCH = 64
@@ -169,6 +172,10 @@ class Tracked:
     """The pods of the placement being bound (names differ per attempt: `jobs.new_attempt`), until
     the informer shows them all bound."""
     bound_at: float = 0.0
+    uncertain: dict[str, float] = field(default_factory=dict)
+    """Pods of a failed attempt whose create or bind got no answer (the connection dropped): they may
+    exist and be bound, so their GPUs stay promised until the informer shows them or UNCERTAIN_SECONDS
+    pass (`_settle_uncertain`)."""
     bind_ok: bool = False
     """The binder created and bound every pod of the current placement (the API server said so)."""
     removal_retry_at: float = 0.0
@@ -552,6 +559,8 @@ class Scheduler:
         status.setdefault("restarts", 0)
         status.setdefault("preemptions", 0)
         status["gpus"] = gpus_text(spec.total_milli)
+        if tracked.uncertain:
+            self._settle_uncertain(tracked, now)
         pods = self.cache.job_pods(key)
         stale = [p for p in pods.values() if p.owner_uid != spec.uid and not p.deleting]
         if stale:  # pods of an earlier TrainingJob with the same name
@@ -595,8 +604,8 @@ class Scheduler:
         if busy or (not live and own):
             return  # pods still being removed; the job is requeued once they are gone
         if not live:
-            if tracked.retry_after > now:
-                self._follow_at(tracked.retry_after, key)
+            if tracked.retry_after > now or tracked.uncertain:  # uncertain: an earlier attempt may exist
+                self._follow_at(max(tracked.retry_after, min(tracked.uncertain.values(), default=0.0)), key)
                 waiting[JobId(key)] = (
                     status.get("reason", "BindFailed"), status.get("message", "retrying after a failed bind")
                 )
@@ -775,6 +784,15 @@ class Scheduler:
         self._dirty.add(key)
         task.add_done_callback(functools.partial(self._done, key))
 
+    def _settle_uncertain(self, tracked: Tracked, now: float) -> None:
+        """Pods of an unanswered attempt: once the informer has one, its record charges what it holds
+        (bound, or planned and unbound) and the promise goes; one never seen is forgotten after
+        UNCERTAIN_SECONDS (the watch resumes within seconds of the API server's return)."""
+        for pod_key, until in list(tracked.uncertain.items()):
+            if pod_key in self.cache.pods or now >= until:
+                del tracked.uncertain[pod_key]
+                self.cache.forget(pod_key)
+
     def _retry_removal(self, key: str, tracked: Tracked, own: Mapping[str, PodRecord], now: float) -> None:
         """Pods given up for removal that still exist and are not terminating: the removal failed (the
         API server was away, or refused while it came back) — send it again, at most every
@@ -948,8 +966,16 @@ class Scheduler:
         def done(t: asyncio.Task[None]) -> None:
             if t.cancelled() or t.exception() is not None:
                 error = "cancelled" if t.cancelled() else str(t.exception())
-                for write in writes:
-                    self.cache.forget(write.key)
+                if not t.cancelled() and isinstance(t.exception(), TransportError):
+                    # No answer: the API server may have created and bound them before the connection
+                    # dropped (a kube-apiserver killed mid-request). Keep their GPUs promised until
+                    # the informer shows what happened; forgetting them double-booked a GPU.
+                    until = self.clock() + UNCERTAIN_SECONDS
+                    tracked.uncertain.update({w.key: until for w in writes})
+                    self._follow_at(until, key)
+                else:
+                    for write in writes:
+                        self.cache.forget(write.key)
                 tracked.pod_keys = ()
                 tracked.retry_after = self.clock() + self.config.bind_retry_seconds
                 status.pop("admittedAt", None)

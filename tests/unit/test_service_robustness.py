@@ -127,3 +127,44 @@ def test_a_confirmed_bind_is_not_rolled_back_when_the_watch_is_late() -> None:
     step(1.0)
     assert [path for method, path, _ in api.calls if method == "POST" and path.endswith("/pods")] == creates
     assert not [c for c in api.calls if c[0] == "DELETE"], api.calls
+
+
+def test_gpus_of_an_unanswered_bind_stay_promised_until_the_pod_shows_or_time_passes() -> None:
+    """kube-apiserver killed while a bind was in flight: no answer, so the pod may be bound. Its GPUs
+    must not be offered to another job until the informer shows the pod (or UNCERTAIN_SECONDS pass);
+    forgetting them at once let a second pod onto the same GPU (`leitstand bench restart --kill`)."""
+    from test_api import tj_json
+    from test_service_followup import FakeApiServer, run, world
+
+    from leitstand.operator.service.kubeclient import TransportError
+    from leitstand.operator.service.loop import UNCERTAIN_SECONDS
+
+    class DroppingBinds(FakeApiServer):
+        async def request(self, method: str, path: str, body: Any = None, *, params: Any = None,
+                          content_type: str = "application/json") -> tuple[int, Any]:
+            if path.endswith("/binding"):
+                self.calls.append((method, path, body))
+                raise TransportError(method, path, 1, ConnectionResetError("connection reset by peer"))
+            return await super().request(method, path, body, params=params, content_type=content_type)
+
+    api = DroppingBinds()
+    scheduler, cache, clock = world(api)
+    scheduler.on_trainingjob("ADDED", tj_json("team", "first", "team"))
+
+    def step(seconds: float) -> None:
+        def body() -> None:
+            clock[0] += seconds
+            scheduler.cycle()
+        run(body)
+
+    step(0.0)
+    promised = dict(cache.assumed)
+    assert len(promised) == 1  # the first job's pod: create answered, bind not
+    scheduler.on_trainingjob("ADDED", tj_json("team", "second", "team"))
+    scheduler.on_trainingjob("ADDED", tj_json("team", "third", "team", gpus=8))
+    step(1.0)
+    assert set(promised) <= set(cache.assumed)  # still promised: two nodes, one of them maybe taken
+    nodes = [c.node for c in cache.assumed.values()]
+    assert len(nodes) == len(set(nodes)), cache.assumed  # nothing placed onto the uncertain node
+    step(UNCERTAIN_SECONDS + 1)
+    assert not set(promised) & set(cache.assumed)  # never seen: forgotten after the bound
