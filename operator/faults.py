@@ -101,6 +101,13 @@ def ensure_cluster(nodes: int, report: Report) -> bool:
     return True
 
 
+def lead_or_raise(operator: OperatorProcess, timeout_seconds: float, log: Path | None = None) -> None:
+    """Wait until `operator` logs that it leads; else raise with the tail of its log."""
+    if not operator.wait_for_log("leading as", timeout_seconds):
+        where = f"; log {log}" if log is not None else ""
+        raise RuntimeError(f"leitstand run did not lead{where}:\n{operator.log_text()[-2000:]}")
+
+
 def _token(run: Path, user: str) -> str:
     return next(line.split(",")[0] for line in (run / "tokens.csv").read_text().splitlines()
                 if line.split(",")[1] == user)
@@ -207,8 +214,7 @@ def run_campaign(
         config.write_text(CONFIG)
         log = run / "logs" / "leitstand-run-crash.log"
         operator = start_operator(run / "leitstand-operator.kubeconfig", log, config=config)
-        if not operator.wait_for_log("leading as", 120):
-            raise RuntimeError(f"leitstand run did not lead; log {log}:\n{operator.log_text()[-2000:]}")
+        lead_or_raise(operator, 120, log)
         capacity = {n["metadata"]["name"]: int(n["status"]["allocatable"].get("nvidia.com/gpu", 0))
                     for n in admin.get("/api/v1/nodes")["items"]}
         sampler_api = api_as(run, "admin")
@@ -722,8 +728,7 @@ def run_restarts(
     try:
         configs = {"leitstand-0": harness.operator_config("leitstand-0")}
         operator = harness.start_operator("leitstand-0", configs["leitstand-0"])
-        if not operator.wait_for_log("leading as", 180):
-            raise RuntimeError(f"leitstand run did not lead:\n{operator.log_text()[-2000:]}")
+        lead_or_raise(operator, 180)
         harness.start_sampler()
         harness.submit(burst(jobs, seed, seconds, campaign=harness.name))
         rng = random.Random(seed + 1)
@@ -869,8 +874,7 @@ def run_node_faults(
     try:
         config = harness.operator_config("leitstand-0", f"node_lost_grace_seconds: {grace_seconds}\n")
         operator = harness.start_operator("leitstand-0", config)
-        if not operator.wait_for_log("leading as", 180):
-            raise RuntimeError(f"leitstand run did not lead:\n{operator.log_text()[-2000:]}")
+        lead_or_raise(operator, 180)
         harness.start_sampler()
         harness.submit(burst(jobs, seed, seconds, campaign="nodes"))
         affected: dict[str, set[str]] = {}

@@ -37,7 +37,7 @@ import yaml
 from leitstand.operator.cluster import controlplane
 from leitstand.operator.cluster.kubeapi import KubeApi
 from leitstand.operator.cluster.layout import repo_root, run_dir
-from leitstand.operator.faults import GROUP_PATH, _install, api_as, ensure_cluster
+from leitstand.operator.faults import GROUP_PATH, _install, api_as, ensure_cluster, lead_or_raise
 from leitstand.operator.service.launcher import OperatorProcess, start_operator
 
 Report = Callable[[str], None]
@@ -358,8 +358,7 @@ def run_hostile(*, malformed_count: int = 1000, hostile_count: int = 1000, valid
         config.write_text(CONFIG)
         log = run / "logs" / "leitstand-run-hostile.log"
         operator = start_operator(run / "leitstand-operator.kubeconfig", log, config=config)
-        if not operator.wait_for_log("leading as", 120):
-            raise RuntimeError(f"leitstand run did not lead; log {log}:\n{operator.log_text()[-2000:]}")
+        lead_or_raise(operator, 120, log)
         pid = operator.pid
 
         result.valid_alone_seconds, alone_ok = _run_valid(tenant, admin, valid_jobs(valid, "alone"), timeout_seconds)

@@ -12,7 +12,27 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from test_api import replica_pod_json, tj_json
+from test_service_followup import FakeApiServer, run, world
+
+from leitstand.operator.service.kubeclient import TransportError
+from leitstand.operator.service.loop import (
+    IN_FLIGHT_GIVE_UP_SECONDS,
+    REMOVAL_RETRY_SECONDS,
+    UNCERTAIN_SECONDS,
+    Scheduler,
+    tj_path,
+)
+from leitstand.operator.service.records import pod_record
 from leitstand.operator.service.status import StatusBook
+
+
+def cycle_after(scheduler: Scheduler, clock: list[float], seconds: float) -> None:
+    """Advance the clock, run one cycle, then let the binder's requests it started finish."""
+    def body() -> None:
+        clock[0] += seconds
+        scheduler.cycle()
+    run(body)
 
 
 class RecordingApiServer:
@@ -57,11 +77,6 @@ def test_a_gang_whose_pods_could_not_be_removed_has_them_deleted_again() -> None
     """A replica fails, the gang is to restart, but the API server refuses the deletions (as a restarted
     kube-apiserver does for a few seconds): the pods stay, not terminating. The job must not wait for
     them forever — the loop deletes them again after REMOVAL_RETRY_SECONDS, and not before."""
-    from test_api import replica_pod_json, tj_json
-    from test_service_followup import run, world
-
-    from leitstand.operator.service.loop import REMOVAL_RETRY_SECONDS, tj_path
-    from leitstand.operator.service.records import pod_record
 
     class Refusing:
         def __init__(self) -> None:
@@ -87,10 +102,7 @@ def test_a_gang_whose_pods_could_not_be_removed_has_them_deleted_again() -> None
     deletes: list[int] = []
 
     def step(seconds: float) -> None:
-        def body() -> None:
-            clock[0] += seconds
-            scheduler.cycle()
-        run(body)  # the cycle, then the binder's requests it started
+        cycle_after(scheduler, clock, seconds)
         deletes.append(sum(1 for method, _ in api.calls if method == "DELETE"))
 
     step(0.0)  # the failure: restart the gang, delete its pod (refused)
@@ -104,20 +116,14 @@ def test_a_confirmed_bind_is_not_rolled_back_when_the_watch_is_late() -> None:
     """The binder created and bound the pod (the API server answered 201 to both) but the watch shows
     nothing for over a minute (a loaded API server): the job stays bound — no delete, no second
     placement. (A 500-node fill on the loaded machine rolled back hundreds of bound gangs this way.)"""
-    from test_api import tj_json
-    from test_service_followup import FakeApiServer, run, world
 
-    from leitstand.operator.service.loop import IN_FLIGHT_GIVE_UP_SECONDS
 
     api = FakeApiServer()
     scheduler, _cache, clock = world(api)
     scheduler.on_trainingjob("ADDED", tj_json("team", "quiet", "team"))
 
     def step(seconds: float) -> None:
-        def body() -> None:
-            clock[0] += seconds
-            scheduler.cycle()
-        run(body)
+        cycle_after(scheduler, clock, seconds)
 
     step(0.0)
     creates = [path for method, path, _ in api.calls if method == "POST" and path.endswith("/pods")]
@@ -133,11 +139,6 @@ def test_gpus_of_an_unanswered_bind_stay_promised_until_the_pod_shows_or_time_pa
     """kube-apiserver killed while a bind was in flight: no answer, so the pod may be bound. Its GPUs
     must not be offered to another job until the informer shows the pod (or UNCERTAIN_SECONDS pass);
     forgetting them at once let a second pod onto the same GPU (`leitstand bench restart --kill`)."""
-    from test_api import tj_json
-    from test_service_followup import FakeApiServer, run, world
-
-    from leitstand.operator.service.kubeclient import TransportError
-    from leitstand.operator.service.loop import UNCERTAIN_SECONDS
 
     class DroppingBinds(FakeApiServer):
         async def request(self, method: str, path: str, body: Any = None, *, params: Any = None,
@@ -152,10 +153,7 @@ def test_gpus_of_an_unanswered_bind_stay_promised_until_the_pod_shows_or_time_pa
     scheduler.on_trainingjob("ADDED", tj_json("team", "first", "team"))
 
     def step(seconds: float) -> None:
-        def body() -> None:
-            clock[0] += seconds
-            scheduler.cycle()
-        run(body)
+        cycle_after(scheduler, clock, seconds)
 
     step(0.0)
     promised = dict(cache.assumed)
