@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +128,8 @@ thousand status writes per cycle). A new reason code is written at once."""
 UNCERTAIN_SECONDS = 30.0
 """How long the GPUs of pods whose create or bind got no answer stay promised if no pod shows up."""
 REMOVAL_RETRY_SECONDS = 5.0
-"""How long pods given up for removal may stay (not terminating) before they are deleted again."""
+"""How long a pod Leitstand removes may stay (not terminating) after its removal was sent and answered
+before it is deleted again (`Scheduler._resend_removals`)."""
 STATUS_BATCH = 64
 """Status writes per flush, most urgent first (`StatusBook.flush`): new statuses overtake refreshes."""
 USAGE_WRITE_SECONDS = 15.0
@@ -178,10 +179,18 @@ class Tracked:
     pass (`_settle_uncertain`)."""
     bind_ok: bool = False
     """The binder created and bound every pod of the current placement (the API server said so)."""
-    removal_retry_at: float = 0.0
-    """Pods given up for removal but still there are deleted again from then on (`_retry_removal`)."""
     constraints: Any = None
     """`eligibility.constraints_key` of the pod template, computed once (the spec is immutable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """One pod's removal: the binder's task that sends it, when it may be sent again, and the key
+    (TrainingJob or plain pod) to follow again when it ends."""
+
+    task: asyncio.Task[None]
+    retry_at: float
+    owner: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +234,9 @@ class Scheduler:
         self.priority_classes: dict[str, PriorityClassInfo] = {}
         self.plain_tasks: dict[str, asyncio.Task[None]] = {}
         self.plain_retry: dict[str, float] = {}
+        self.removals: dict[str, Removal] = {}
+        """Pods Leitstand is removing (evicted, moved, restarted, left over), by pod key, until the
+        informer shows them gone: a removal the API server refused is sent again (`_resend_removals`)."""
         self.plain_said: dict[str, tuple[str, str]] = {}
         """Plain pod key → the (code, message) its PodScheduled condition says."""
         self.reservation_tasks: set[asyncio.Task[Any]] = set()
@@ -378,6 +390,7 @@ class Scheduler:
         now = self.clock()
         # 1. Cache and queues.
         self.cache.refresh()
+        self._resend_removals(now)
         held = self.cache.apply_conflicts()
         if self.cache.generation != self._eligibility_generation:
             self.eligibility.set_nodes(self.cache.nodes.values())
@@ -599,8 +612,6 @@ class Scheduler:
             if not busy:  # bound: the watch confirms it (a pod event), or `_in_flight` gives up on it
                 self._follow_at(tracked.bound_at + IN_FLIGHT_GIVE_UP_SECONDS, key)
             return
-        if not busy and not live and own:
-            self._retry_removal(key, tracked, own, now)
         if busy or (not live and own):
             return  # pods still being removed; the job is requeued once they are gone
         if not live:
@@ -770,6 +781,14 @@ class Scheduler:
     def _remove_pods(self, key: str, pods: list[PodRecord], *, evict: bool) -> None:
         if not pods:
             return
+        task = self._start_removal(key, pods, evict=evict)
+        tracked = self.jobs.get(key)
+        if tracked is not None:
+            tracked.task, tracked.removing = task, True
+
+    def _start_removal(self, owner: str, pods: Sequence[PodRecord], *, evict: bool) -> asyncio.Task[None]:
+        """Evict or delete `pods` (their resources are promised elsewhere from now on) and remember
+        each until it is gone, so a removal the API server refused is sent again."""
         self.cache.release_evicted(p.key for p in pods)
         # On a node that is gone (or NotReady past the grace period) no kubelet confirms a graceful
         # deletion: such pods would stay Terminating, and their names would block the requeued gang.
@@ -777,12 +796,26 @@ class Scheduler:
         task = asyncio.get_running_loop().create_task(
             self.binder.remove_gang([(p.namespace, p.name) for p in pods], evict=evict, force=force)
         )
-        tracked = self.jobs.get(key)
-        if tracked is not None:
-            tracked.task, tracked.removing = task, True
-            tracked.removal_retry_at = self.clock() + REMOVAL_RETRY_SECONDS
-        self._dirty.add(key)
-        task.add_done_callback(functools.partial(self._done, key))
+        removal = Removal(task, self.clock() + REMOVAL_RETRY_SECONDS, owner)
+        for pod in pods:
+            self.removals[pod.key] = removal
+        self._dirty.add(owner)
+        task.add_done_callback(functools.partial(self._done, owner))
+        return task
+
+    def _resend_removals(self, now: float) -> None:
+        """A pod whose removal was answered REMOVAL_RETRY_SECONDS ago and is still there, not
+        terminating, was refused (an API server that just came back answers 403 until its authorizer
+        has synced): delete it again. Until it is gone its GPUs are neither free nor promised, and
+        every bind to its node waits (`_room_is_free`) — one forgotten pod held a node for minutes."""
+        for pod_key, removal in list(self.removals.items()):
+            pod = self.cache.pods.get(pod_key)
+            if pod is None:
+                del self.removals[pod_key]
+            elif not pod.deleting and removal.task.done() and now >= removal.retry_at:
+                log.warning("removal of pod %s (%s) incomplete: still there and not terminating; deleting it "
+                            "again", pod_key, removal.owner)
+                self._start_removal(removal.owner, [pod], evict=False)
 
     def _settle_uncertain(self, tracked: Tracked, now: float) -> None:
         """Pods of an unanswered attempt: once the informer has one, its record charges what it holds
@@ -792,20 +825,6 @@ class Scheduler:
             if pod_key in self.cache.pods or now >= until:
                 del tracked.uncertain[pod_key]
                 self.cache.forget(pod_key)
-
-    def _retry_removal(self, key: str, tracked: Tracked, own: Mapping[str, PodRecord], now: float) -> None:
-        """Pods given up for removal that still exist and are not terminating: the removal failed (the
-        API server was away, or refused while it came back) — send it again, at most every
-        REMOVAL_RETRY_SECONDS, rather than wait forever for pods nobody deletes."""
-        stuck = [p for p in own.values() if not p.deleting]
-        if not stuck:
-            return
-        if now < tracked.removal_retry_at:
-            self._follow_at(tracked.removal_retry_at, key)
-            return
-        log.warning("removal of %s incomplete: %d pod(s) still there; deleting them again", key, len(stuck))
-        self._remove_pods(key, stuck, evict=False)
-        self._follow_at(tracked.removal_retry_at, key)
 
     def _done(self, key: str, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -875,9 +894,7 @@ class Scheduler:
             ns, _, name = key.partition("/pod/")
             pod = self.cache.pods.get(f"{ns}/{name}")
             if pod is not None:
-                self.cache.release_evicted([pod.key])
-                task = asyncio.get_running_loop().create_task(self.binder.remove_gang([(ns, name)], evict=True))
-                task.add_done_callback(functools.partial(self._done, key))
+                self._start_removal(key, [pod], evict=True)
                 log.info("evict %s (%s for %s): %s", key, kind.value, eviction.for_job, eviction.reason)
                 by = self.jobs.get(str(eviction.for_job))
                 self.decisions.record(
@@ -903,12 +920,7 @@ class Scheduler:
                                    "reason": eviction.reason}})
         if kind is EvictionKind.CONSOLIDATE and eviction.job_id in moved:
             self._event(path, meta, reason, message, by=str(eviction.for_job))
-            self.cache.release_evicted(p.key for p in pods)
-            task = asyncio.get_running_loop().create_task(
-                self.binder.remove_gang([(p.namespace, p.name) for p in pods], evict=True)
-            )
-            self._dirty.add(key)
-            task.add_done_callback(functools.partial(self._done, key))
+            self._start_removal(key, pods, evict=True)
             return
         self._requeue(key, tracked, status, pods, reason, message, count_preemption=True, evict=True,
                       by=str(eviction.for_job))

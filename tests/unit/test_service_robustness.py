@@ -13,18 +13,20 @@ import asyncio
 from typing import Any
 
 from test_api import replica_pod_json, tj_json
-from test_service_followup import FakeApiServer, run, world
+from test_service_followup import FakeApiServer, add_running_pod, run, world
 
 from leitstand.operator.service.kubeclient import TransportError
 from leitstand.operator.service.loop import (
     IN_FLIGHT_GIVE_UP_SECONDS,
     REMOVAL_RETRY_SECONDS,
     UNCERTAIN_SECONDS,
+    CycleReport,
     Scheduler,
     tj_path,
 )
 from leitstand.operator.service.records import pod_record
 from leitstand.operator.service.status import StatusBook
+from leitstand.scheduler.model import Binding, Eviction, EvictionKind, JobId, NodeName, Plan, ReplicaPlacement
 
 
 def cycle_after(scheduler: Scheduler, clock: list[float], seconds: float) -> None:
@@ -73,21 +75,25 @@ def test_new_statuses_first_then_changes_then_refreshes_in_batches() -> None:
     asyncio.run(main())
 
 
+class Refusing:
+    """An API server that refuses every eviction and deletion (as a restarted kube-apiserver does for a
+    few seconds, its authorizer not synced yet) and accepts everything else."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def request(self, method: str, path: str, body: Any = None, *, params: Any = None,
+                      content_type: str = "application/json") -> tuple[int, Any]:
+        self.calls.append((method, path))
+        if method == "DELETE" or path.endswith("/eviction"):
+            return 403, {"message": "forbidden: the authorizer is not ready"}
+        return (200 if method == "PATCH" else 201), {}
+
+
 def test_a_gang_whose_pods_could_not_be_removed_has_them_deleted_again() -> None:
     """A replica fails, the gang is to restart, but the API server refuses the deletions (as a restarted
     kube-apiserver does for a few seconds): the pods stay, not terminating. The job must not wait for
     them forever — the loop deletes them again after REMOVAL_RETRY_SECONDS, and not before."""
-
-    class Refusing:
-        def __init__(self) -> None:
-            self.calls: list[tuple[str, str]] = []
-
-        async def request(self, method: str, path: str, body: Any = None, *, params: Any = None,
-                          content_type: str = "application/json") -> tuple[int, Any]:
-            self.calls.append((method, path))
-            if method == "DELETE" or path.endswith("/eviction"):
-                return 403, {"message": "forbidden: the authorizer is not ready"}
-            return (200 if method == "PATCH" else 201), {}
 
     api = Refusing()
     scheduler, cache, clock = world(api)  # type: ignore[arg-type]
@@ -110,6 +116,58 @@ def test_a_gang_whose_pods_could_not_be_removed_has_them_deleted_again() -> None
     step(REMOVAL_RETRY_SECONDS)
     assert deletes == [1, 1, 2], deletes
     assert scheduler.book.desired[tj_path("team", "flaky")]["phase"] == "Pending"
+
+
+def test_a_moved_job_whose_old_pod_could_not_be_removed_has_it_deleted_again_and_then_binds() -> None:
+    """A consolidation moves a running job to the other node, but the API server refuses the eviction
+    and the deletion of its old pod. The old pod is deleted again after REMOVAL_RETRY_SECONDS (not
+    before), and once it is gone the job's new pod is created and bound. (Found by the control-plane
+    restart scenario: a moved job's refused pod was never deleted again; the move waited for it and
+    every bind to its node waited behind it, for 300 s.)"""
+    api = Refusing()
+    scheduler, cache, clock = world(api)  # type: ignore[arg-type]
+    scheduler.on_trainingjob("ADDED", tj_json("team", "mover", "team"))
+    add_running_pod(cache, "mover", "b200-0000")
+    old = cache.pods[next(iter(cache.job_pods("team/mover")))]
+    job = JobId("team/mover")
+    move = Plan(bindings=(Binding(job, (ReplicaPlacement(NodeName("b200-0001"), tuple(range(8))),)),),
+                evictions=(Eviction(job, EvictionKind.CONSOLIDATE, JobId("team/big"), "moved to make room"),))
+
+    def count(method: str, suffix: str) -> int:
+        return sum(1 for m, path in api.calls if m == method and path.endswith(suffix))
+
+    async def main() -> list[int]:
+        deletes: list[int] = []
+
+        async def step(seconds: float) -> None:
+            clock[0] += seconds
+            scheduler.cycle()
+            await asyncio.sleep(0.05)  # the binder's requests
+            deletes.append(count("DELETE", old.name))
+
+        await step(0.0)  # following the job: running on b200-0000
+        scheduler._apply(move, {}, CycleReport())
+        await asyncio.sleep(0.05)
+        assert count("POST", "/eviction") == 1 and count("DELETE", old.name) == 1  # refused, then refused
+        await step(1.0)  # still there: too early to try again
+        await step(REMOVAL_RETRY_SECONDS)  # deleted again
+        assert count("POST", "/binding") == 0  # the move waits for its old pod
+        cache.on_pod("DELETED", old.key, old, None)  # the second deletion went through
+        scheduler.on_pod_change()
+        await step(1.0)
+        for _ in range(40):
+            if count("POST", "/binding"):
+                break
+            await asyncio.sleep(0.05)
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+        return deletes
+
+    deletes = asyncio.run(main())
+    assert deletes == [0, 1, 2, 2], deletes
+    assert count("POST", "/binding") == 1  # moved: the new pod is bound on b200-0001
+    assert not scheduler.removals  # nothing left to remove
 
 
 def test_a_confirmed_bind_is_not_rolled_back_when_the_watch_is_late() -> None:
