@@ -2,7 +2,7 @@
 
 What it holds: `run_cycle`, the only entry point of the decision core that the operator, the
 simulators and the benchmarks call. It reads as KAI's cycle — open the snapshot, run the actions
-(allocate, reclaim, preempt, consolidate; one module each in `actions/`), close — written as
+(allocate, reclaim, preempt, consolidate, grow; one module each in `actions/`), close — written as
 Kueue-style numbered steps, each timed into `Plan.phase_seconds` under a cycle id.
 
 What it must not do: log (the operator writes one INFO line per cycle from `phase_seconds`), read a
@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
-from leitstand.scheduler.actions import allocate, consolidate, preempt, reclaim
+from leitstand.scheduler.actions import allocate, consolidate, grow, preempt, reclaim
 from leitstand.scheduler.actions.context import Code, CycleContext
 from leitstand.scheduler.actions.shares import open_shares
 from leitstand.scheduler.fairshare import build_queue_tree
@@ -47,8 +47,10 @@ ACTIONS: tuple[tuple[str, Callable[[CycleContext], None]], ...] = (
     ("reclaim", reclaim.run),
     ("preempt", preempt.run),
     ("consolidate", consolidate.run),
+    ("grow", grow.run),
 )
-"""The actions of a cycle, in order (KAI's action list)."""
+"""The actions of a cycle, in order (KAI's action list, then growth of elastic gangs into what is
+left free)."""
 
 _cycle_ids = itertools.count(1)
 
@@ -101,9 +103,17 @@ def run_cycle(
     tree = build_queue_tree(snapshot.queues)
     accounting = QueueAccounting.empty(tree)
     stmt = Statement(state=work, accounting=accounting, now=snapshot.now)
+    growth: dict[QueueName, int] = {}  # per queue: milli-GPU running elastic jobs lack to reach full size
+    elastic = False
     for held in snapshot.running:
-        accounting.add(held.job, 1)
-        stmt.running[held.job.id] = held
+        job = held.job
+        accounting.add(job, 1, held.gpu_milli_total)
+        stmt.running[job.id] = held
+        if job.min_replicas is not None:
+            elastic = True
+            if len(held.placements) < job.replicas:
+                missing = (job.replicas - len(held.placements)) * job.gpu_milli_per_replica
+                growth[job.queue] = growth.get(job.queue, 0) + missing
     lap("snapshot")
 
     # 2. Sort the pending jobs into their leaf queues, in job order (once for every action); jobs of
@@ -131,10 +141,13 @@ def run_cycle(
     #    per GPU model when queues set model quotas); leaf demand = allocated + pending (`open_shares`).
     capacity = float(work.gpu_count[work.schedulable].sum()) * GPU_MILLI
     usage = _usage_share(snapshot, config, capacity)
-    shares = open_shares(tree, stmt, pending_by_queue, usage_share=usage)
+    shares = open_shares(tree, stmt, pending_by_queue, usage_share=usage, growth_milli=growth)
     lap("fair_share")
 
-    # 4. The actions, in order, on one statement: allocate, reclaim, preempt, consolidate.
+    # 4. The actions, in order, on one statement: allocate, reclaim, preempt, consolidate, grow.
+    #    Elastic gangs (`Job.min_replicas`): allocate starts them with as many replicas as fit; reclaim
+    #    and preempt shrink them toward their minimum before evicting anyone whole; grow adds replicas
+    #    to those below full size from what is still free at the end.
     reserved = {q: _reservation(tree.queues, q) for q in tree.order}
     ctx = CycleContext(
         snapshot=snapshot,
@@ -146,6 +159,7 @@ def run_cycle(
         pending_by_queue=pending_by_queue,
         reserved_pools=reserved,
         all_reserved=frozenset(p for p in reserved.values() if p is not None),
+        elastic=elastic or any(job.min_replicas is not None for job in snapshot.pending),
     )
     ctx.reasons.update(reasons)
     for name, action in ACTIONS:
@@ -168,6 +182,8 @@ def run_cycle(
     return Plan(
         bindings=bindings,
         evictions=stmt.evictions(),
+        shrinks=stmt.shrinks(),
+        grows=stmt.grows(),
         pending=pending,
         fair_share_milli=dict(shares.share_milli),
         model_fair_share_milli={m: dict(s.share_milli) for m, s in shares.by_model.items()},

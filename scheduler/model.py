@@ -101,6 +101,23 @@ class Job:
     preemptible: bool | None = None
     """None follows the Run:ai rule: priority < 100 means preemptible."""
     created_at: float = 0.0
+    min_replicas: int | None = None
+    """Elastic gang: None (the default) is rigid, all `replicas` or nothing. Else the gang starts with
+    any count in [min_replicas, replicas], grows toward `replicas` when free GPUs appear, and is shrunk
+    toward `min_replicas` by reclaim or preemption before it is evicted whole (docs/semantics.md)."""
+
+    def __post_init__(self) -> None:
+        low = self.min_replicas
+        if low is not None and not (isinstance(low, int) and 1 <= low <= self.replicas):
+            raise ValueError(
+                f"job {self.id}: min_replicas must be an integer from 1 to replicas ({self.replicas}), got {low!r}; "
+                "leave it unset for a rigid gang"
+            )
+
+    @property
+    def is_elastic(self) -> bool:
+        """May run with fewer than `replicas` (between `min_replicas` and `replicas`)."""
+        return self.min_replicas is not None and self.min_replicas < self.replicas
 
     @property
     def is_preemptible(self) -> bool:
@@ -126,11 +143,25 @@ class ReplicaPlacement:
 
 @dataclass(frozen=True, slots=True)
 class RunningJob:
-    """A job that holds resources, with where each replica sits."""
+    """A job that holds resources, with where each replica sits.
+
+    An elastic job (`Job.min_replicas` set) may hold fewer placements than `job.replicas`: it runs
+    below full size and is charged for the replicas it holds. Inside a cycle a `RunningJob` may also
+    stand for a part of a job (some of its replicas) that is evicted or restored as one piece.
+    """
 
     job: Job
     placements: tuple[ReplicaPlacement, ...]
     started_at: float = 0.0
+
+    @property
+    def gpu_milli_total(self) -> int:
+        """What these replicas count against the queue's quota, in milli-GPU: a rigid job is charged
+        its whole gang (as `Job.gpu_milli_total`), an elastic one the replicas it holds."""
+        job = self.job
+        if job.min_replicas is None:
+            return job.gpu_milli_total
+        return len(self.placements) * job.gpus * job.gpu_milli
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +285,29 @@ class Eviction:
 
 
 @dataclass(frozen=True, slots=True)
+class Shrink:
+    """Replicas taken from a running elastic job; the job keeps running with the rest (never fewer
+    than its `min_replicas`)."""
+
+    job_id: JobId
+    placements: tuple[ReplicaPlacement, ...]
+    """The replicas that stop (their pods are deleted); the job's other replicas keep running."""
+    kind: EvictionKind
+    """RECLAIM or PREEMPT, as for an eviction."""
+    for_job: JobId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Growth:
+    """New replicas for a running elastic job below full size, on GPUs that were free."""
+
+    job_id: JobId
+    placements: tuple[ReplicaPlacement, ...]
+    """Only the new replicas; the ones already running stay where they are."""
+
+
+@dataclass(frozen=True, slots=True)
 class PendingReason:
     """Why a job stays pending, in words a tenant can act on."""
 
@@ -265,10 +319,17 @@ class PendingReason:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The outcome of one cycle: what to bind, what to evict, why the rest waits."""
+    """The outcome of one cycle: what to bind, what to evict, why the rest waits.
+
+    `bindings` start pending jobs (an elastic job with as many placements as it starts with, at
+    least its minimum); `grows` add replicas to running elastic jobs, `shrinks` take replicas from
+    them, and `evictions` stop jobs whole. A job appears in at most one of `grows` and `shrinks`.
+    """
 
     bindings: tuple[Binding, ...] = ()
     evictions: tuple[Eviction, ...] = ()
+    shrinks: tuple[Shrink, ...] = ()
+    grows: tuple[Growth, ...] = ()
     pending: tuple[PendingReason, ...] = ()
     fair_share_milli: dict[QueueName, float] = field(default_factory=dict)
     model_fair_share_milli: dict[str, dict[QueueName, float]] = field(default_factory=dict)

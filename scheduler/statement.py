@@ -24,14 +24,21 @@ from leitstand.scheduler.model import (
     Binding,
     Eviction,
     EvictionKind,
+    Growth,
     Job,
     JobId,
     QueueName,
     ReplicaPlacement,
     RunningJob,
+    Shrink,
 )
 from leitstand.scheduler.placement import GangPlacement, GangRequest, apply_placement, replica_placements
 from leitstand.scheduler.state import ClusterState
+
+
+def _partial(op: _Evict) -> bool:
+    """Did this eviction stop only some replicas of the job (a shrink)?"""
+    return op.before is not None and len(op.before.placements) > len(op.running.placements)
 
 
 def gpus(milli: float) -> str:
@@ -66,12 +73,13 @@ class QueueAccounting:
     def knows(self, queue: QueueName) -> bool:
         return queue in self.paths
 
-    def add(self, job: Job, sign: int = 1) -> None:
-        """Charge (sign=1) or refund (sign=-1) a job to its queue and all its ancestors."""
+    def add(self, job: Job, sign: int = 1, milli: int | None = None) -> None:
+        """Charge (sign=1) or refund (sign=-1) a job to its queue and all its ancestors: `milli`, or
+        the whole gang (`Job.gpu_milli_total`) when None (`RunningJob.gpu_milli_total` for held replicas)."""
         path = self.paths.get(job.queue)
         if path is None:
             return
-        amount = sign * job.gpu_milli_total
+        amount = sign * (job.gpu_milli_total if milli is None else milli)
         for name in path:
             self.allocated_milli[name] += amount
             if not job.is_preemptible:
@@ -106,31 +114,54 @@ class QueueAccounting:
 @dataclass(frozen=True, slots=True)
 class _Bind:
     running: RunningJob
+    before: None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Restore:
     running: RunningJob
+    """The replicas put back (the whole job, or a part of an elastic one)."""
+    before: RunningJob | None
+    """What the job held before (None: nothing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Grow:
+    running: RunningJob
+    """Only the new replicas."""
+    before: RunningJob
 
 
 @dataclass(frozen=True, slots=True)
 class _Evict:
     running: RunningJob
+    """The replicas stopped: the whole job, or a part of an elastic one (a shrink)."""
     eviction: Eviction
+    before: RunningJob | None
+    """What the job held before; more than `running` for a shrink."""
+
+
+def _without(held: tuple[ReplicaPlacement, ...], gone: tuple[ReplicaPlacement, ...]) -> tuple[ReplicaPlacement, ...]:
+    """`held` minus one occurrence of each of `gone` (equal placements are interchangeable)."""
+    rest = list(held)
+    for p in gone:
+        rest.remove(p)
+    return tuple(rest)
 
 
 @dataclass(slots=True)
 class Statement:
-    """An undo log of binds and evictions over the cycle's working state.
+    """An undo log of binds, growths and evictions over the cycle's working state.
 
     Every operation takes effect immediately on `state` and `accounting`; `rollback(mark)` undoes
-    the operations after `checkpoint()` returned `mark`, newest first.
+    the operations after `checkpoint()` returned `mark`, newest first. An eviction or restore may
+    concern a part of an elastic job (some of its replicas): `running` then keeps the rest.
     """
 
     state: ClusterState
     accounting: QueueAccounting
     now: float = 0.0
-    _ops: list[_Bind | _Restore | _Evict] = field(default_factory=list)
+    _ops: list[_Bind | _Restore | _Grow | _Evict] = field(default_factory=list)
     running: dict[JobId, RunningJob] = field(default_factory=dict)
     """Jobs holding resources in the working state, keyed by id (snapshot's running + new binds)."""
 
@@ -140,41 +171,68 @@ class Statement:
     def rollback(self, mark: int) -> None:
         while len(self._ops) > mark:
             op = self._ops.pop()
-            if isinstance(op, _Bind | _Restore):
-                self.state.release_job(op.running)
-                self.accounting.add(op.running.job, -1)
-                del self.running[op.running.job.id]
+            piece = op.running
+            if isinstance(op, _Evict):
+                self.state.allocate_job(piece)
+                self.accounting.add(piece.job, 1, piece.gpu_milli_total)
             else:
-                self.state.allocate_job(op.running)
-                self.accounting.add(op.running.job, 1)
-                self.running[op.running.job.id] = op.running
+                self.state.release_job(piece)
+                self.accounting.add(piece.job, -1, piece.gpu_milli_total)
+            if op.before is not None:
+                self.running[piece.job.id] = op.before
+            elif isinstance(op, _Evict):  # evicted while not listed as running: put it back as it was
+                self.running[piece.job.id] = piece
+            else:
+                del self.running[piece.job.id]
 
     def bind(self, job: Job, request: GangRequest, placement: GangPlacement) -> RunningJob:
         """Start `job` where `placement` says (charged to the state and its queue)."""
         apply_placement(self.state, request, placement)
         running = RunningJob(job=job, placements=replica_placements(self.state, placement), started_at=self.now)
-        self.accounting.add(job, 1)
+        self.accounting.add(job, 1, running.gpu_milli_total)
         self.running[job.id] = running
         self._ops.append(_Bind(running))
         return running
 
+    def grow(self, held: RunningJob, request: GangRequest, placement: GangPlacement) -> RunningJob:
+        """Add the replicas `placement` says to the running elastic job `held`; returns the new ones."""
+        apply_placement(self.state, request, placement)
+        added = RunningJob(held.job, replica_placements(self.state, placement), held.started_at)
+        self.accounting.add(held.job, 1, added.gpu_milli_total)
+        self.running[held.job.id] = RunningJob(held.job, held.placements + added.placements, held.started_at)
+        self._ops.append(_Grow(added, held))
+        return added
+
     def evict(self, running: RunningJob, kind: EvictionKind, for_job: JobId, reason: str) -> None:
-        """Stop a running job and give its resources back to the state and its queue."""
+        """Stop a running job — or, for an elastic job, the replicas in `running` — and give the
+        resources back to the state and the queue."""
         self.state.release_job(running)
-        self.accounting.add(running.job, -1)
-        self.running.pop(running.job.id, None)
-        self._ops.append(_Evict(running, Eviction(running.job.id, kind, for_job, reason)))
+        self.accounting.add(running.job, -1, running.gpu_milli_total)
+        job_id = running.job.id
+        before = self.running.get(job_id)
+        if before is None or before is running or len(before.placements) <= len(running.placements):
+            self.running.pop(job_id, None)
+        else:  # a part of an elastic job: the rest keeps running
+            rest = _without(before.placements, running.placements)
+            self.running[job_id] = RunningJob(before.job, rest, before.started_at)
+        self._ops.append(_Evict(running, Eviction(job_id, kind, for_job, reason), before))
 
     def restore(self, running: RunningJob) -> None:
-        """What-if only: put an evicted job back where it was (undone by `rollback` like a bind).
+        """What-if only: put an evicted job (or evicted replicas) back where they were (undone by
+        `rollback` like a bind).
 
         The victim search un-evicts one victim at a time to see whether the gang still fits, instead
         of rolling back and evicting the whole set again; it rolls back everything before returning.
         """
         self.state.allocate_job(running)
-        self.accounting.add(running.job, 1)
-        self.running[running.job.id] = running
-        self._ops.append(_Restore(running))
+        self.accounting.add(running.job, 1, running.gpu_milli_total)
+        job_id = running.job.id
+        before = self.running.get(job_id)
+        if before is None:
+            self.running[job_id] = running
+        else:
+            self.running[job_id] = RunningJob(before.job, before.placements + running.placements, before.started_at)
+        self._ops.append(_Restore(running, before))
 
     def nodes_since(self, mark: int) -> set[int]:
         """Indices of the nodes whose resources the operations after `mark` changed."""
@@ -186,7 +244,29 @@ class Statement:
         return tuple(Binding(op.running.job.id, op.running.placements) for op in self._ops if isinstance(op, _Bind))
 
     def evictions(self) -> tuple[Eviction, ...]:
-        return tuple(op.eviction for op in self._ops if isinstance(op, _Evict))
+        """Jobs stopped whole (shrinks of elastic jobs are in `shrinks`)."""
+        return tuple(op.eviction for op in self._ops if isinstance(op, _Evict) and not _partial(op))
+
+    def shrinks(self) -> tuple[Shrink, ...]:
+        """Replicas taken from elastic jobs that keep running, one entry per job and waiting job."""
+        merged: dict[tuple[JobId, JobId], Shrink] = {}
+        for op in self._ops:
+            if isinstance(op, _Evict) and _partial(op):
+                e = op.eviction
+                key = (e.job_id, e.for_job)
+                known = merged.get(key)
+                placements = op.running.placements if known is None else known.placements + op.running.placements
+                merged[key] = Shrink(e.job_id, placements, e.kind, e.for_job, e.reason)
+        return tuple(merged.values())
+
+    def grows(self) -> tuple[Growth, ...]:
+        """New replicas of running elastic jobs, one entry per job."""
+        merged: dict[JobId, tuple[ReplicaPlacement, ...]] = {}
+        for op in self._ops:
+            if isinstance(op, _Grow):
+                job_id = op.running.job.id
+                merged[job_id] = merged.get(job_id, ()) + op.running.placements
+        return tuple(Growth(job_id, placements) for job_id, placements in merged.items())
 
     def placements_of(self, job_id: JobId) -> tuple[ReplicaPlacement, ...] | None:
         held = self.running.get(job_id)

@@ -95,7 +95,7 @@ def _set_cost(victims: Sequence[RunningJob], preferred: bool) -> tuple[int, bool
         max(v.job.priority for v in victims),
         not preferred,
         len(victims),
-        sum(v.job.gpu_milli_total for v in victims),
+        sum(v.gpu_milli_total for v in victims),
         -max(v.started_at for v in victims),
     )
 
@@ -138,6 +138,15 @@ class VictimPool:
         codes = [self.queue_index.setdefault(v.job.queue, len(self.queue_index)) for v in self.ordered]
         self.queue_code = np.array(codes, dtype=np.int64)
         self.priority = np.fromiter((v.job.priority for v in self.ordered), dtype=np.int64, count=len(self.ordered))
+        self.shrinkable = np.fromiter(
+            (v.job.min_replicas is not None and len(v.placements) > v.job.min_replicas for v in self.ordered),
+            dtype=np.bool_,
+            count=len(self.ordered),
+        )
+        """Elastic candidates holding more replicas than their minimum (shrink before evict)."""
+        self.shrunk = np.zeros(len(self.ordered), dtype=np.bool_)
+        """Candidates shrunk in this cycle: their entry here no longer matches what they hold, so
+        they are not evicted whole in the same cycle (they may be shrunk again)."""
         self.epoch = 0
         self.node_epoch = np.zeros(state.n_nodes, dtype=np.int64)
         """Per node: the epoch of the last committed move that changed it."""
@@ -151,6 +160,12 @@ class VictimPool:
         i = self.rank.get(job_id)
         if i is not None:
             self.alive[i] = False
+
+    def shrink(self, job_id: JobId) -> None:
+        """`job_id` gave up replicas (a shrink was committed)."""
+        i = self.rank.get(job_id)
+        if i is not None:
+            self.shrunk[i] = True
 
     def rows_of(self, chosen: NDArray[np.bool_]) -> NDArray[np.int64]:
         """Indices of the rows (replicas) of the chosen candidates, in row order. A few chosen jobs

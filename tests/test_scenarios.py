@@ -89,13 +89,17 @@ def check_plan(scenario: Scenario, plan: Plan) -> None:
     for b in plan.bindings:
         assert b.job_id in bindable, f"{name}: bound {b.job_id}, which is not pending"
         job = bindable[b.job_id]
-        assert len(b.placements) == job.replicas, f"{name}: {b.job_id}: {len(b.placements)} of {job.replicas} replicas"
+        low = job.replicas if job.min_replicas is None else job.min_replicas
+        assert low <= len(b.placements) <= job.replicas, (
+            f"{name}: {b.job_id}: {len(b.placements)} of {job.replicas} replicas (minimum {low})"
+        )
         for p in b.placements:
             assert p.node in nodes, f"{name}: {b.job_id} placed on unknown node {p.node}"
             assert len(p.gpu_indices) == job.gpus, f"{name}: {b.job_id}: {p.gpu_indices} on {p.node}"
             assert all(0 <= g < nodes[p.node].gpus for g in p.gpu_indices), f"{name}: {b.job_id}: {p}"
     for ev in plan.evictions:
         assert ev.job_id in running_ids, f"{name}: evicted {ev.job_id}, which is not running"
+    check_resizes(scenario, plan)
 
     expect = scenario.expect
     want_bound = {b.job_id for b in expect.bound}
@@ -117,6 +121,10 @@ def check_plan(scenario: Scenario, plan: Plan) -> None:
         if b.nodes is not None:
             outside = sorted({p.node for p in placements} - b.nodes)
             assert not outside, f"{name}: {b.job_id} expected on {sorted(b.nodes)}, also on {outside}"
+        if b.replicas is not None:
+            assert len(placements) == b.replicas, (
+                f"{name}: {b.job_id} started {len(placements)}, not {b.replicas} replicas"
+            )
 
     want_evicted = {e.job_id: e.kind for e in expect.evicted}
     got_evicted = {e.job_id: e for e in plan.evictions}
@@ -147,6 +155,47 @@ def check_plan(scenario: Scenario, plan: Plan) -> None:
             if abs(got[q] / GPU_MILLI - v) > expect.tolerance_gpus
         }
         assert not wrong, f"{name}: fair share of {model} differs for {wrong}; expected {want}"
+
+
+def check_resizes(scenario: Scenario, plan: Plan) -> None:
+    """Shrinks and growths: only of running elastic jobs, never below the minimum or above full size,
+    never on a GPU the job did not hold (shrink); and exactly the ones the file expects."""
+    name = scenario.name
+    running = {r.job.id: r for r in scenario.snapshot.running}
+    evicted = {e.job_id for e in plan.evictions}
+    for s in plan.shrinks:
+        held = running.get(s.job_id)
+        assert held is not None and held.job.min_replicas is not None, f"{name}: shrank {s.job_id}, not running elastic"
+        assert s.job_id not in evicted, f"{name}: {s.job_id} both shrunk and evicted"
+        rest = list(held.placements)
+        for p in s.placements:
+            assert p in rest, f"{name}: {s.job_id}: shrink removes {p}, which it does not hold"
+            rest.remove(p)
+        assert len(rest) >= held.job.min_replicas, (
+            f"{name}: {s.job_id} shrunk to {len(rest)} replicas, below its minimum"
+        )
+    for g in plan.grows:
+        held = running.get(g.job_id)
+        assert held is not None and held.job.min_replicas is not None, f"{name}: grew {g.job_id}, not running elastic"
+        assert len(held.placements) + len(g.placements) <= held.job.replicas, (
+            f"{name}: {g.job_id} grown above full size"
+        )
+        assert g.job_id not in evicted, f"{name}: {g.job_id} both grown and evicted"
+    for section, want, got in (
+        ("shrunk", scenario.expect.shrunk, {s.job_id: (s.placements, s.kind) for s in plan.shrinks}),
+        ("grown", scenario.expect.grown, {g.job_id: (g.placements, None) for g in plan.grows}),
+    ):
+        assert {w.job_id for w in want} == set(got), (
+            f"{name}: {section} differ: expected {[w.job_id for w in want]}, got {sorted(got)}"
+        )
+        for w in want:
+            placements, kind = got[w.job_id]
+            if w.replicas is not None:
+                assert len(placements) == w.replicas, (
+                    f"{name}: {w.job_id} {section} by {len(placements)}, not {w.replicas}"
+                )
+            if w.kind is not None:
+                assert kind == w.kind, f"{name}: {w.job_id} {section} by {kind}, not {w.kind.value}"
 
 
 # --- the loader's own error messages ----------------------------------------------------------------

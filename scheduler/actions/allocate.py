@@ -9,6 +9,10 @@ per-GPU-model quotas, a job that names no single model is tried per model option
 (`CycleContext.model_choices`); the first that fits is the model it is charged to.
 
 Every job that stays pending gets a reason here; later actions may overwrite it with a better one.
+Elastic gangs (`Job.min_replicas`): a job whose full size is blocked or does not fit starts with
+the most replicas in [min_replicas, replicas] that pass the same checks and fit (binary searches,
+`_largest_admissible` and `_place_smaller`); the rest it gets later from `grow`.
+
 It first runs `reserve` (holds for starving gangs; part of the allocate phase); gangs that capacity
 is held for are skipped and keep `Reserved`; a
 non-preemptible job that fails only because held nodes are left out of its request waits with
@@ -16,6 +20,8 @@ non-preemptible job that fails only because held nodes are left out of its reque
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from leitstand.scheduler.actions import reserve
 from leitstand.scheduler.actions.context import Code, CycleContext, ShapeKey
@@ -39,6 +45,11 @@ def run(ctx: CycleContext) -> None:
         if job.id in ctx.holders:
             continue  # capacity is held for it (`reserve`): it keeps its `Reserved` reason
         block = ctx.admission_block(job)
+        size = job  # the size tried: the job itself, or an elastic job at the most replicas admissible
+        if block is not None and job.is_elastic:
+            smaller = _largest_admissible(ctx, job)
+            if smaller is not None:
+                block, size = None, smaller
         if block is not None:
             ctx.reasons[job.id] = block
             if block.code == Code.QUEUE_AT_LIMIT and acc.limit_block(job.queue, 1) is not None:
@@ -48,11 +59,13 @@ def run(ctx: CycleContext) -> None:
                         rest.id, block.code, block.message
                     )
             continue
-        placed = _place(ctx, job, failed)
+        placed = _place(ctx, size, failed)
+        if placed is None and size.is_elastic:
+            placed = _place_smaller(ctx, size, failed)
         if placed is None:
             continue
         request, result = placed
-        ctx.stmt.bind(job, request, result)
+        ctx.stmt.bind(job, request, result)  # an elastic job with `request.replicas` of its replicas
         ctx.bound.add(job.id)
         ctx.reasons.pop(job.id, None)
 
@@ -86,3 +99,49 @@ def _place(
             ctx.resolve(job, model, request)
         return request, result
     return None
+
+
+def _sized(job: Job, replicas: int) -> Job:
+    """`job` with `replicas` replicas (an elastic job tried at a smaller size; same id)."""
+    return replace(job, replicas=replicas)
+
+
+def _largest_admissible(ctx: CycleContext, job: Job) -> Job | None:
+    """An elastic job whose full size is blocked by a limit or by the in-quota rule: the job at the
+    most replicas in [min_replicas, replicas) that pass the same checks, or None when even its
+    minimum does not (the reason recorded is then the full size's). The checks only get harder with
+    more replicas, so a binary search finds it."""
+    low, high = job.min_replicas or job.replicas, job.replicas - 1
+    if low > high or ctx.admission_block(_sized(job, low)) is not None:
+        return None
+    while low < high:
+        mid = (low + high + 1) // 2
+        if ctx.admission_block(_sized(job, mid)) is None:
+            low = mid
+        else:
+            high = mid - 1
+    return _sized(job, low)
+
+
+def _place_smaller(
+    ctx: CycleContext, job: Job, failed: dict[ShapeKey, Unplaceable]
+) -> tuple[GangRequest, GangPlacement] | None:
+    """An elastic job that did not fit at `job.replicas`: the most replicas down to its minimum that
+    fit (binary search over placement calls; fewer replicas never fit worse). None, with the reason
+    of its minimum size recorded, when even that does not fit."""
+    low = job.min_replicas or job.replicas
+    high = job.replicas - 1
+    if low > high:
+        return None
+    best = _place(ctx, _sized(job, low), failed)
+    if best is None:
+        return None
+    while low < high:
+        mid = (low + high + 1) // 2
+        placed = _place(ctx, _sized(job, mid), failed)
+        if placed is None:
+            high = mid - 1
+        else:
+            low, best = mid, placed
+    ctx.reasons.pop(job.id, None)
+    return best

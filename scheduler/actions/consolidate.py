@@ -13,6 +13,7 @@ same admission checks as in allocate. Cheapest moves first: fewest GPUs, younges
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from leitstand.scheduler.actions.context import POLICY_BLOCKS, CycleContext, ShapeKey
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, RunningJob
@@ -32,7 +33,8 @@ def run(ctx: CycleContext) -> None:
     movable: VictimPool | None = None  # built at the first search (before any move): cycles that never search skip it
     failed: set[ShapeKey] = set()
     attempts = 0
-    for job in ctx.work_queue():
+    for waiting in ctx.work_queue():
+        job = ctx.at_minimum(waiting)  # an elastic job asks for its minimum here
         current = ctx.reasons.get(job.id)
         if current is not None and current.code in POLICY_BLOCKS:
             continue
@@ -59,7 +61,8 @@ def run(ctx: CycleContext) -> None:
         def replace_moved(moved: Sequence[RunningJob]) -> bool:
             """Place every moved job again (on the statement); False if one has no home."""
             for m in moved:
-                again = ctx.request(m.job)
+                # An elastic job is moved at the size it runs with (it grows later, not by a move).
+                again = ctx.request(m.job if m.job.min_replicas is None else replace(m.job, replicas=len(m.placements)))
                 if isinstance(again, PendingReason):
                     return False
                 home = place_gang(stmt.state, again, ctx.policy)

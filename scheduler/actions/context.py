@@ -87,7 +87,7 @@ class CycleContext:
     all_reserved: frozenset[str]
     reasons: dict[JobId, PendingReason] = field(default_factory=dict)
     bound: set[JobId] = field(default_factory=set)
-    """Jobs bound or moved in this cycle: never victims in the same cycle."""
+    """Jobs bound, moved, shrunk or grown in this cycle: never victims in the same cycle."""
     stats: dict[str, int] = field(default_factory=dict)
     """Counters of what the actions did (`<action>_searches`, `_search_failures`, `_placements`,
     `_budget_cut`, ...), handed to the caller of `run_cycle` on request."""
@@ -99,6 +99,9 @@ class CycleContext:
     holders: frozenset[JobId] = frozenset()
     unheld: dict[JobId, GangRequest] = field(default_factory=dict)
     """The request a non-preemptible job would have without the hold (for its pending reason)."""
+    elastic: bool = False
+    """Some pending or running job of this cycle is elastic (`Job.min_replicas`); False lets the
+    shrink search and the grow action return at once."""
     _requests: dict[JobId, GangRequest | PendingReason] = field(default_factory=dict)
     _victim_pool: VictimPool | None = None
     _model_requests: dict[tuple[JobId, str], GangRequest | PendingReason] = field(default_factory=dict)
@@ -180,6 +183,11 @@ class CycleContext:
         On success the victims are evicted (`why(victim)` is the eviction message) and leave the pool,
         the job is bound where the search placed it, and True is returned; else nothing changes.
         """
+        if self.elastic:
+            if self._shrink_for(job, request, pool, eligible, kind, why, admissible, accept):
+                return True
+            if pool.shrunk.any():  # shrunk this cycle: its pool entry is stale, so it is not evicted whole now
+                eligible = eligible & ~pool.shrunk
         tally: dict[str, int] = {}
         choice = choose_victims(
             self.stmt,
@@ -210,12 +218,100 @@ class CycleContext:
         self.reasons.pop(job.id, None)
         return True
 
+    def _shrink_for(
+        self,
+        job: Job,
+        request: GangRequest,
+        pool: VictimPool,
+        eligible: NDArray[np.bool_],
+        kind: EvictionKind,
+        why: Callable[[RunningJob], str],
+        admissible: Admissible | None,
+        accept: Accept | None,
+    ) -> bool:
+        """Shrink before evict: one victim search among the replicas that elastic candidates hold
+        above their minimum (each replica a candidate of its own, so the search picks replicas where
+        the gang can use them). On success those replicas stop (`Statement.evict` of a part), the
+        jobs keep running with the rest, and `job` is bound; else nothing changes and False.
+
+        The action's own rules (`admissible`, `accept`) judge each replica as they judge a job."""
+        chosen = eligible & pool.alive & pool.shrinkable
+        if self.config.max_victims <= 0 or not chosen.any():
+            return False
+        running = self.stmt.running
+        pieces: list[RunningJob] = []
+        spare: dict[JobId, int] = {}
+        for i in np.flatnonzero(chosen).tolist():
+            held = running.get(pool.ordered[i].job.id)
+            low = None if held is None else held.job.min_replicas
+            if held is None or low is None or len(held.placements) <= low:
+                continue
+            spare[held.job.id] = len(held.placements) - low
+            # Latest replicas first (a tie in victim cost keeps this order).
+            pieces.extend(RunningJob(held.job, (p,), held.started_at) for p in reversed(held.placements))
+        if not pieces:
+            return False
+
+        def capped(victim: RunningJob, taken: Sequence[RunningJob]) -> bool:
+            # Never below the minimum: at most `spare` replicas of one job (monotone, as required).
+            if sum(1 for t in taken if t.job.id == victim.job.id) >= spare[victim.job.id]:
+                return False
+            return admissible is None or admissible(victim, taken)
+
+        tally: dict[str, int] = {}
+        choice = choose_victims(
+            self.stmt,
+            request,
+            VictimPool(self.stmt, pieces),
+            self.policy,
+            max_victims=len(pieces),
+            for_job=job.id,
+            admissible=capped,
+            accept=accept,
+            tally=tally,
+        )
+        self.count(f"{kind.value}_shrink_searches")
+        self.count(f"{kind.value}_placements", tally.get("placements", 0))
+        if choice is None:
+            return False
+        mark = self.stmt.checkpoint()
+        parts: dict[JobId, list[RunningJob]] = {}
+        for piece in choice.victims:
+            parts.setdefault(piece.job.id, []).append(piece)
+        for job_id, taken in parts.items():
+            held = running[job_id]
+            left = len(held.placements) - len(taken)
+            reason = (
+                f"{why(taken[0])}; shrunk from {len(held.placements)} to {left} replicas "
+                f"(its minimum is {held.job.min_replicas}, full size {held.job.replicas})"
+            )
+            for piece in taken:
+                self.stmt.evict(piece, kind, job.id, reason)
+            pool.shrink(job_id)
+            self.bound.add(job_id)  # shrunk in this cycle: not grown, moved or evicted whole in it
+        self.stmt.bind(job, choice.request, choice.placement)
+        pool.changed(self.stmt.nodes_since(mark))
+        self.bound.add(job.id)
+        self.reasons.pop(job.id, None)
+        return True
+
     # -- requests and reservations ------------------------------------------------------------------
 
+    def at_minimum(self, job: Job) -> Job:
+        """The job as reclaim and preempt search for it: an elastic job at its minimum size (they
+        evict no more than it needs to start; it grows later from free GPUs), any other unchanged."""
+        low = job.min_replicas
+        return job if low is None or low >= job.replicas else replace(job, replicas=low)
+
     def request(self, job: Job) -> GangRequest | PendingReason:
-        """The job's gang request in array terms (memoised), or why no request can be formed."""
+        """The job's gang request in array terms (memoised), or why no request can be formed.
+
+        Memoised per job id; a view of the job with another replica count (an elastic job tried at
+        a smaller size) gets the same request with that count (nothing else depends on it)."""
         cached = self._requests.get(job.id)
         if cached is not None:
+            if isinstance(cached, GangRequest) and cached.replicas != job.replicas:
+                return replace(cached, replicas=job.replicas)
             return cached
         acc = self.stmt.accounting
         if isinstance(acc, ModelAccounting) and len(job.gpu_models) != 1:
@@ -249,6 +345,8 @@ class CycleContext:
         cached = self._model_requests.get(key)
         if cached is None:
             cached = self._model_requests[key] = self._build_request(self._model_view(job, model))
+        if isinstance(cached, GangRequest) and cached.replicas != job.replicas:
+            return replace(cached, replicas=job.replicas)
         return cached
 
     def resolve(self, job: Job, model: str, request: GangRequest) -> None:

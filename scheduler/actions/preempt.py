@@ -6,6 +6,8 @@ Who calls it: `cycle.run_cycle`, after reclaim. Rules:
 - the queue's limit holds at every level once the victims are gone and the job runs (so a queue
   at its limit can still swap a low-priority job for a high-priority one);
 - preemption never grows a queue beyond its fair share (it may stay where it is);
+- shrink before evict: replicas that elastic victims hold above their minimum are tried first
+  (`CycleContext.evict_for`); an elastic job that waits asks for its minimum here;
 - victims are chosen topology-aware (`victims.choose_victims`) and the job is bound in the same plan.
 A non-preemptible job over its queue's quota is not helped by stopping preemptible jobs, so it is
 left with its `NonPreemptibleOverQuota` reason. A job that never fits (`NeverFits`, see
@@ -47,7 +49,8 @@ def run(ctx: CycleContext) -> None:
     eligible_cache: dict[tuple[QueueName, int], tuple[int, NDArray[np.bool_] | None]] = {}
 
     searches = 0
-    for job in ctx.work_queue():
+    for waiting in ctx.work_queue():
+        job = ctx.at_minimum(waiting)  # an elastic job asks for its minimum here
         current = ctx.reasons.get(job.id)
         if current is not None and current.code in POLICY_BLOCKS and current.code not in _CURABLE:
             continue

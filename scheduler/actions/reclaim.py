@@ -10,6 +10,9 @@ reclaimer's path and the victim's path differ (the split level and every level b
 - in-quota work is never reclaimed: a victim queue never drops below its deserved (in-quota) share;
 - no ping-pong: unless the reclaimer is still within quota, it must not end up more saturated
   (allocated / fair share) than any queue it took from;
+- shrink before evict: replicas that elastic victims hold above their minimum are tried first, each
+  judged by the rules above as a victim of its own (`CycleContext.evict_for`); an elastic job that
+  waits asks for its minimum here;
 - victims are chosen topology-aware (`victims.choose_victims`): only a set whose freed GPUs give the
   gang a valid placement is evicted, and the gang is bound in the same plan.
 """
@@ -130,7 +133,8 @@ def run(ctx: CycleContext) -> None:
         return known[1], known[2]
 
     searches = 0
-    for job in ctx.work_queue():
+    for waiting in ctx.work_queue():
+        job = ctx.at_minimum(waiting)  # an elastic job asks for its minimum here
         current = ctx.reasons.get(job.id)
         request = _admitted_request(ctx, job, current)
         if request is None:
@@ -187,7 +191,7 @@ def run(ctx: CycleContext) -> None:
         ) -> bool:
             # `taken` is already evicted on the statement, so the accounting reflects it.
             for q, v in pairs(job.queue, victim.job.queue):
-                after = allocated[v] - victim.job.gpu_milli_total
+                after = allocated[v] - victim.gpu_milli_total  # the replicas it holds (or gives up)
                 if after < deserved[v] - _EPS:
                     return False  # in-quota work is never reclaimed
                 reclaimer_after = allocated[q] + job.gpu_milli_total
@@ -239,7 +243,7 @@ def _refresh_reasons(ctx: CycleContext) -> None:
     """What the reclaim loop does to a job it cannot help: record a block that appeared since allocate."""
     for jobs in ctx.still_pending().values():
         for job in jobs:
-            _admitted_request(ctx, job, ctx.reasons.get(job.id))
+            _admitted_request(ctx, ctx.at_minimum(job), ctx.reasons.get(job.id))
 
 
 def _admitted_request(ctx: CycleContext, job: Job, current: PendingReason | None) -> GangRequest | None:

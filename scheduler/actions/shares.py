@@ -69,18 +69,18 @@ class ModelAccounting(QueueAccounting):
             return next(iter(job.gpu_models))
         return self.resolved.get(job.id)
 
-    def add(self, job: Job, sign: int = 1) -> None:
-        QueueAccounting.add(self, job, sign)
-        self.add_model(job, sign)
+    def add(self, job: Job, sign: int = 1, milli: int | None = None) -> None:
+        QueueAccounting.add(self, job, sign, milli)
+        self.add_model(job, sign, milli)
 
-    def add_model(self, job: Job, sign: int = 1) -> None:
+    def add_model(self, job: Job, sign: int = 1, milli: int | None = None) -> None:
         """Charge (sign=1) or refund (sign=-1) only the model part (the totals are already counted)."""
         model = self.model_of(job)
         per = None if model is None else self.model_allocated.get(model)
         path = self.paths.get(job.queue)
         if per is None or path is None:
             return
-        amount = sign * job.gpu_milli_total
+        amount = sign * (job.gpu_milli_total if milli is None else milli)
         for name in path:
             per[name] += amount
 
@@ -133,8 +133,10 @@ def open_shares(
     pending_by_queue: Mapping[QueueName, Sequence[Job]],
     *,
     usage_share: Mapping[QueueName, float] | None,
+    growth_milli: Mapping[QueueName, int] | None = None,
 ) -> FairShares:
-    """The cycle's fair shares: leaf demand = allocated + pending; capacity = schedulable GPUs.
+    """The cycle's fair shares: leaf demand = allocated + pending (+ `growth_milli`, the replicas
+    running elastic jobs lack to reach full size); capacity = schedulable GPUs.
 
     Reserved pools: the GPUs of each node pool some queue reserves are passed apart from the shared
     GPUs, so they are divided only inside the subtree reserved to them. Per-model quotas (any queue
@@ -147,6 +149,9 @@ def open_shares(
     acc = stmt.accounting
     queues = tuple(tree.queues[name] for name in tree.order)
     demand: dict[QueueName, int] = {q: acc.allocated_milli[q] for q in tree.leaves}
+    for queue, missing in (growth_milli or {}).items():  # running elastic jobs below full size want the rest
+        if queue in demand:
+            demand[queue] += missing
     for queue, jobs in pending_by_queue.items():
         demand[queue] += sum(j.gpu_milli_total for j in jobs)
     gpus = np.where(state.schedulable, state.gpu_count, 0).astype(np.float64) * GPU_MILLI
@@ -178,7 +183,7 @@ def open_shares(
             code = int(state.gpu_model[state.node_index[held.placements[0].node]])
             model = name_of_code.get(code, OTHER_MODELS)
             model_acc.resolved[job.id] = model if model in model_acc.model_allocated else OTHER_MODELS
-        model_acc.add_model(job, 1)
+        model_acc.add_model(job, 1, held.gpu_milli_total)
 
     model_capacity: dict[tuple[str | None, str], float] = {}
     for model in models:

@@ -54,6 +54,8 @@ class BoundExpectation:
     """All replicas inside one domain of each of these topology levels ("node" = one host)."""
     nodes: frozenset[NodeName] | None = None
     """All replicas on nodes from this set."""
+    replicas: int | None = None
+    """Started with exactly this many replicas (an elastic job admitted below full size)."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,25 @@ class EvictionExpectation:
 
 
 @dataclass(frozen=True)
+class ResizeExpectation:
+    """A running elastic job shrunk (replicas taken, `kind` reclaim or preempt) or grown."""
+
+    job_id: JobId
+    replicas: int | None = None
+    """Replicas removed (shrunk) or added (grown); None = not checked."""
+    kind: EvictionKind | None = None
+
+
+@dataclass(frozen=True)
 class Expectations:
     bound: tuple[BoundExpectation, ...] = ()
     """Exactly these jobs are bound (absent in the file = none)."""
     evicted: tuple[EvictionExpectation, ...] = ()
     """Exactly these jobs are evicted (absent in the file = none)."""
+    shrunk: tuple[ResizeExpectation, ...] = ()
+    """Exactly these elastic jobs give up replicas and keep running (absent in the file = none)."""
+    grown: tuple[ResizeExpectation, ...] = ()
+    """Exactly these elastic jobs get more replicas (absent in the file = none)."""
     pending: dict[JobId, str] = field(default_factory=dict)
     """These jobs stay pending with this reason code (others are not checked)."""
     fair_share_gpus: dict[QueueName, float] = field(default_factory=dict)
@@ -369,7 +385,8 @@ class _Parser:
 
     _JOB_KEYS = frozenset(
         {"id", "queue", "replicas", "gpus", "gpu", "priority", "preemptible", "topology", "created_at",
-         "model", "models", "pool", "jurisdiction", "jurisdictions", "allowed_nodes", "cpu", "memory_gib"}
+         "model", "models", "pool", "jurisdiction", "jurisdictions", "allowed_nodes", "cpu", "memory_gib",
+         "min_replicas"}
     )  # fmt: skip
 
     def job(self, raw: Any, where: str, extra_keys: frozenset[str] = frozenset()) -> Job:
@@ -399,10 +416,17 @@ class _Parser:
             ]
         )
         allowed = j.get("allowed_nodes")
+        replicas = self.integer(j.get("replicas", 1), f"{where}.replicas", minimum=1)
+        low = j.get("min_replicas")
+        if low is not None:
+            low = self.integer(low, f"{where}.min_replicas", minimum=1)
+            if low > replicas:
+                raise self.fail(f"{where}.min_replicas", f"expected at most replicas ({replicas}), got {low}")
         return Job(
             id=JobId(self.text(j["id"], f"{where}.id")),
             queue=QueueName(self.text(j["queue"], f"{where}.queue")),
-            replicas=self.integer(j.get("replicas", 1), f"{where}.replicas", minimum=1),
+            replicas=replicas,
+            min_replicas=low,
             gpus=gpus,
             gpu_milli=gpu_milli,
             cpu_milli=round(self.number(j.get("cpu", 0), f"{where}.cpu") * 1000),
@@ -440,8 +464,10 @@ class _Parser:
                 raise self.fail(f"{where}.placement", "missing: a running job needs one {node, gpus} entry per replica")
             return RunningJob(job=job, placements=(), started_at=started_at)
         entries = self.seq(placement_raw, f"{where}.placement")
-        if len(entries) != job.replicas:
-            raise self.fail(f"{where}.placement", f"{job.replicas} replica(s) but {len(entries)} placement entries")
+        low = job.replicas if job.min_replicas is None else job.min_replicas
+        if not low <= len(entries) <= job.replicas:
+            wanted = f"{job.replicas}" if low == job.replicas else f"{low} to {job.replicas}"
+            raise self.fail(f"{where}.placement", f"{wanted} replica(s) but {len(entries)} placement entries")
         placements = []
         for r, entry in enumerate(entries):
             at = f"{where}.placement[{r}]"
@@ -503,10 +529,12 @@ class _Parser:
         queues: set[QueueName],
     ) -> Expectations:
         e = self.mapping(
-            raw, "expect", {"bound", "evicted", "pending", "fair_share", "fair_share_by_model", "tolerance"}
+            raw,
+            "expect",
+            {"bound", "evicted", "shrunk", "grown", "pending", "fair_share", "fair_share_by_model", "tolerance"},
         )
         if only == ONLY_FAIRSHARE:
-            extra = {"bound", "evicted", "pending", "fair_share_by_model"} & set(e)
+            extra = {"bound", "evicted", "shrunk", "grown", "pending", "fair_share_by_model"} & set(e)
             if extra:
                 raise self.fail("expect", f"`only: fairshare` runs no cycle: drop {', '.join(sorted(extra))}")
             if "fair_share" not in e:
@@ -525,7 +553,7 @@ class _Parser:
             if not isinstance(item, dict):
                 bound.append(BoundExpectation(known_job(item, where)))
                 continue
-            b = self.mapping(item, where, {"id", "nodes"} | same_keys, {"id"})
+            b = self.mapping(item, where, {"id", "nodes", "replicas"} | same_keys, {"id"})
             same = tuple(k.removeprefix("same_") for k in sorted(same_keys) if b.get(k) is True)
             nodes = b.get("nodes")
             bound.append(
@@ -535,6 +563,9 @@ class _Parser:
                     nodes=None
                     if nodes is None
                     else frozenset(NodeName(str(n)) for n in self.seq(nodes, f"{where}.nodes")),
+                    replicas=None
+                    if "replicas" not in b
+                    else self.integer(b["replicas"], f"{where}.replicas", minimum=1),
                 )
             )
         evicted = []
@@ -552,6 +583,27 @@ class _Parser:
                     choices = ", ".join(k.value for k in EvictionKind)
                     raise self.fail(f"{where}.kind", f"expected one of {choices}, got {v['kind']!r}") from None
             evicted.append(EvictionExpectation(known_job(v["id"], f"{where}.id"), kind))
+        resized: dict[str, list[ResizeExpectation]] = {"shrunk": [], "grown": []}
+        for section, out in resized.items():
+            for i, item in enumerate(self.seq(e.get(section), f"expect.{section}")):
+                where = f"expect.{section}[{i}]"
+                if not isinstance(item, dict):
+                    out.append(ResizeExpectation(known_job(item, where)))
+                    continue
+                keys = {"id", "replicas", "kind"} if section == "shrunk" else {"id", "replicas"}
+                r = self.mapping(item, where, keys, {"id"})
+                kind = None
+                if "kind" in r:
+                    if r["kind"] not in ("reclaim", "preempt"):
+                        raise self.fail(f"{where}.kind", f"expected reclaim or preempt, got {r['kind']!r}")
+                    kind = EvictionKind(r["kind"])
+                out.append(
+                    ResizeExpectation(
+                        known_job(r["id"], f"{where}.id"),
+                        None if "replicas" not in r else self.integer(r["replicas"], f"{where}.replicas", minimum=1),
+                        kind,
+                    )
+                )
         pending_raw = e.get("pending") or {}
         if not isinstance(pending_raw, dict):
             raise self.fail("expect.pending", "expected a mapping job id → reason code")
@@ -575,6 +627,8 @@ class _Parser:
         return Expectations(
             bound=tuple(bound),
             evicted=tuple(evicted),
+            shrunk=tuple(resized["shrunk"]),
+            grown=tuple(resized["grown"]),
             pending=pending,
             fair_share_gpus=fair,
             model_fair_share_gpus=by_model,

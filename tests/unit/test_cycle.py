@@ -25,12 +25,13 @@ from leitstand.scheduler.victims import VictimPool, choose_victims
 
 
 def test_actions_run_in_kai_order() -> None:
-    assert [name for name, _ in ACTIONS] == ["allocate", "reclaim", "preempt", "consolidate"]
+    assert [name for name, _ in ACTIONS] == ["allocate", "reclaim", "preempt", "consolidate", "grow"]
 
 
 def test_plan_carries_phase_timings_and_a_cycle_id() -> None:
     plan = run_cycle(make_snapshot(pending=[make_job("j", gpus=8)]))
-    expected = {"snapshot", "queues", "fair_share", "allocate", "reclaim", "preempt", "consolidate", "close", "total"}
+    expected = {"snapshot", "queues", "fair_share", "allocate", "reclaim", "preempt", "consolidate", "grow", "close"}
+    expected.add("total")
     assert set(plan.phase_seconds) == expected
     assert all(v >= 0 for v in plan.phase_seconds.values())
     assert plan.cycle_id > 0
