@@ -75,6 +75,10 @@ class Binder:
         self.active = 0
         """Gangs between their first create and their last bind (status writes yield to them)."""
         self.wait_timeout_seconds = wait_timeout_seconds
+        self.may_write: Callable[[], bool] = lambda: True
+        """The fence: False once this replica no longer holds the Lease (`LeaseThread.is_leader`);
+        checked before every create, bind, eviction and deletion, so a write decided while leading is
+        never sent after the Lease ran out (the process exits moments later)."""
         self.bind_listeners: list[Callable[[int, float], None]] = []
         """Called with (pods, seconds from the first create to the last bind) per bound gang (metrics)."""
 
@@ -136,8 +140,13 @@ class Binder:
             listener(len(pods), seconds)
         del self.stats.bind_seconds[:-10_000]
 
+    def _fence(self, what: str) -> None:
+        if not self.may_write():
+            raise BindError(f"{what}: not sent, this replica no longer holds the Lease")
+
     async def _create(self, pod: PodWrite) -> bool:
         """True when this call created the pod (so a rollback deletes it)."""
+        self._fence(f"creating pod {pod.key}")
         if pod.manifest is None:
             if pod.annotations:
                 status, body = await self.client.request(
@@ -163,6 +172,7 @@ class Binder:
             "metadata": {"name": pod.name, "namespace": pod.namespace},
             "target": {"apiVersion": "v1", "kind": "Node", "name": pod.node},
         }
+        self._fence(f"binding pod {pod.key}")
         status, body = await self.client.request("POST", f"{pod.path}/binding", binding)
         if status in (200, 201):
             self.stats.binds += 1
@@ -193,6 +203,7 @@ class Binder:
         path = f"/api/v1/namespaces/{namespace}/pods/{name}/eviction"
         body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
         for attempt in range(30):
+            self._fence(f"evicting pod {namespace}/{name}")
             status, reply = await self.client.request("POST", path, body)
             if status in (200, 201, 404):
                 self.stats.evictions += status != 404
@@ -206,6 +217,7 @@ class Binder:
 
     async def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> None:
         options = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0} if force else None
+        self._fence(f"deleting pod {namespace}/{name}")
         status, reply = await self.client.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", options)
         if status in (200, 202, 404):
             self.stats.deletes += status != 404

@@ -49,6 +49,14 @@ class SchedulerSettings(BaseModel):
     consolidation: bool = True
     max_consolidation_moves: int = Field(default=4, ge=0)
     usage_half_life_seconds: float | None = Field(default=None, gt=0)
+    reserve_after_seconds: float | None = Field(
+        default=None, ge=0,
+        description="Reservations for starving gangs (docs/cycle.md): a gang of at least reserve_min_gpus "
+        "GPUs waiting this long gets one topology domain held for it; off (null) by default, since a hold "
+        "idles GPUs until the gang starts.",
+    )
+    reserve_min_gpus: int = Field(default=2, ge=1, description="Only gangs asking this many GPUs or more get a hold.")
+    max_reserved_gangs: int = Field(default=2, ge=0, description="At most this many gangs hold capacity at once.")
 
     def core(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -58,6 +66,9 @@ class SchedulerSettings(BaseModel):
             consolidation=self.consolidation,
             max_consolidation_moves=self.max_consolidation_moves,
             usage_half_life_seconds=self.usage_half_life_seconds,
+            reserve_after_seconds=self.reserve_after_seconds,
+            reserve_min_gpus=self.reserve_min_gpus,
+            max_reserved_gangs=self.max_reserved_gangs,
         )
 
 

@@ -1,16 +1,19 @@
 """`leitstand run`: wire the parts of the service together and run them until stopped.
 
 Called by the CLI (`leitstand run`), the demo and the e2e tests (as a subprocess, so `kill -9` is
-real). One process, two event loops: the main loop holds the informers (Pods, Nodes,
-PriorityClasses), the scheduler loop, the binder and the Lease; kopf runs in its own thread for the
-TrainingJob and Queue resources and forwards their events here.
+real). One process, three event loops: the main loop holds the informers (Pods, Nodes,
+PriorityClasses), the scheduler loop and the binder; kopf runs in its own thread for the
+TrainingJob and Queue resources and forwards their events here; the Lease is renewed on a thread of
+its own (`LeaseThread`), so a long cycle never makes it miss the renew deadline.
 
 Start-up order: the HTTP API (`leitstand.operator.api`: uvicorn as a task of the main loop, `/healthz`
 at once, `/readyz` once ready; every replica serves reads, leader or not), kernels compiled (a tiny
 cycle: a new pod is ready in seconds when the Numba cache is warm), informers listed (the state is
-synced), then the Lease; only the holder schedules. Losing the Lease ends the process with exit code
-3 — the next start rebuilds everything from the API server, as client-go controllers do — before
-another replica could have taken it over.
+synced), then the Lease; only the holder schedules, and the binder sends no write once the Lease
+has run out (`Binder.may_write`). Losing the Lease ends the process at once (`os._exit`) with exit
+code 3 — the next start rebuilds everything from the API server, as client-go controllers do —
+before another replica could have taken it over. A graceful stop (SIGTERM) hands the Lease back and
+is cut short after SHUTDOWN_SECONDS.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -36,13 +40,16 @@ from leitstand.operator.service.handlers import KopfThread
 from leitstand.operator.service.informer import Informer
 from leitstand.operator.service.jobs import PriorityClassInfo
 from leitstand.operator.service.kubeclient import KubeClient, load_credentials
-from leitstand.operator.service.leader import LeaderElector
+from leitstand.operator.service.leader import LeaderElector, LeaseThread
 from leitstand.operator.service.loop import Scheduler
 from leitstand.operator.service.records import PREEMPTIBLE_ANNOTATION, NodeLabels, node_record, pod_record
 
 log = logging.getLogger("leitstand.run")
 
 EXIT_LOST_LEASE = 3
+SHUTDOWN_SECONDS = 20.0
+"""A graceful stop (SIGTERM) that has not ended the process by then ends it hard (exit code as
+planned): Kubernetes would send SIGKILL after the pod's grace period (30 s by default) anyway."""
 
 
 def warm_up() -> float:
@@ -125,57 +132,82 @@ async def serve(config: ServiceConfig, kubeconfig: str | None = None, identity: 
     await asyncio.to_thread(kopf_thread.ready_flag.wait, 30)
 
     stopping = asyncio.Event()
-    lost = asyncio.Event()
+    shutting_down = threading.Event()
 
-    async def started_leading() -> None:
-        log.info("leading as %s: scheduling", identity)
-        scheduler.leading = True
-        scheduler.wake.set()
+    def started_leading() -> None:  # on the lease thread
+        def start() -> None:
+            log.info("leading as %s: scheduling", identity)
+            scheduler.leading = True
+            scheduler.wake.set()
+        loop.call_soon_threadsafe(start)
 
-    def stopped_leading() -> None:
+    def stopped_leading() -> None:  # on the lease thread
         scheduler.leading = False
-        if not stopping.is_set():
+        if not shutting_down.is_set():
+            # Like client-go controllers (klog.Fatal): end the process now, from this thread, whatever
+            # the main loop is doing — a cycle may hold it for seconds, and a clean-up that waited for
+            # it once hung for minutes (docs/factory.md). Writes in flight are abandoned as after a
+            # kill -9; the next start (or the other replica) rebuilds from the API server.
             log.error("lost the lease %s/%s: exiting so a fresh start rebuilds from the API server",
                       config.system_namespace, config.lease_name)
-            lost.set()
+            _exit_now(EXIT_LOST_LEASE)
 
-    elector = LeaderElector(
-        control,
-        config.system_namespace,
-        config.lease_name,
-        identity,
-        lease_seconds=config.lease_seconds,
-        renew_deadline_seconds=config.renew_deadline_seconds,
-        retry_seconds=config.retry_seconds,
+    lease = LeaseThread(
+        # its own client: the main client has `bind_concurrency` writes in flight and thousands queued
+        functools.partial(KubeClient, credentials, max_in_flight=2, watch_connections=0),
+        lambda lease_client: LeaderElector(
+            lease_client,
+            config.system_namespace,
+            config.lease_name,
+            identity,
+            lease_seconds=config.lease_seconds,
+            renew_deadline_seconds=config.renew_deadline_seconds,
+            retry_seconds=config.retry_seconds,
+        ),
+        started_leading,
+        stopped_leading,
     )
+    scheduler.binder.may_write = lambda: lease.is_leader
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stopping.set)
     tasks.append(asyncio.create_task(scheduler.run(), name="scheduler"))
-    tasks.append(asyncio.create_task(elector.run(started_leading, stopped_leading), name="leader"))
-    waiters = [asyncio.create_task(stopping.wait()), asyncio.create_task(lost.wait())]
-    failed = [t for t in tasks]
-    done, _ = await asyncio.wait([*waiters, *failed], return_when=asyncio.FIRST_COMPLETED)
+    lease.start()
+    waiter = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    # Shutting down: hand the Lease back, stop serving, stop the threads. Bounded: if any of it hangs
+    # (a task that ignores its cancellation, a thread that does not join), the process ends anyway.
+    shutting_down.set()
     code = 0
-    if lost.is_set():
-        code = EXIT_LOST_LEASE
     for task in done:
         if task in tasks and not task.cancelled() and task.exception() is not None:
             log.error("%s stopped: %r", task.get_name(), task.exception())
             code = 1
+    watchdog = threading.Timer(SHUTDOWN_SECONDS, _exit_now, (code, f"shutdown took over {SHUTDOWN_SECONDS:g} s"))
+    watchdog.daemon = True
+    watchdog.start()
     scheduler.leading = False
-    if code != EXIT_LOST_LEASE:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(elector.release(), timeout=5)
+    await asyncio.to_thread(lease.release, 5.0)
     if api is not None:
         await api.stop()
-    for task in [*tasks, *waiters]:
+    for task in [*tasks, waiter]:
         task.cancel()
-    await asyncio.gather(*tasks, *waiters, return_exceptions=True)
-    kopf_thread.stop()
+    await asyncio.wait([*tasks, waiter], timeout=5)
+    await asyncio.to_thread(kopf_thread.stop)
     await client.close()
     await control.close()
+    watchdog.cancel()
     return code
+
+
+def _exit_now(code: int, why: str = "") -> None:
+    """End the process at once (no clean-up, no waiting for other threads), logs flushed first."""
+    if why:
+        log.error("%s: exiting with code %d", why, code)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(code)
 
 
 class JsonLines(logging.Formatter):

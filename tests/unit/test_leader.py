@@ -11,6 +11,8 @@ import copy
 import faulthandler
 import logging
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from leitstand.operator.service.kubeclient import Credentials, KubeClient
-from leitstand.operator.service.leader import LeaderElector
+from leitstand.operator.service.leader import LeaderElector, LeaseThread
 
 NS, NAME = "leitstand-system", "leitstand-scheduler"
 COLLECTION = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
@@ -376,3 +378,90 @@ def test_a_renewal_the_server_holds_is_cut_off_and_sent_again_before_the_deadlin
             await a.crash()
 
     asyncio.run(main())
+
+
+class LeaseServerThread:
+    """The fake Lease API on a thread of its own, so it answers while the test's main thread blocks."""
+
+    def __init__(self, fake: FakeLeases) -> None:
+        self.fake = fake
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", COLLECTION, self.fake.handle)
+        app.router.add_route("*", COLLECTION + "/{name}", self.fake.handle)
+        runner = web.AppRunner(app, shutdown_timeout=1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def __enter__(self) -> LeaseServerThread:
+        self.thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(10)
+
+
+def lease_thread(url: str, identity: str, events: list[str]) -> LeaseThread:
+    return LeaseThread(
+        lambda: KubeClient(Credentials(server=url), retries=0),
+        lambda client: LeaderElector(client, NS, NAME, identity, lease_seconds=3, renew_deadline_seconds=2.0,
+                                     retry_seconds=0.2),
+        lambda: events.append("started"),
+        lambda: events.append("stopped"),
+    )
+
+
+def test_the_lease_thread_renews_while_the_main_thread_is_busy_for_longer_than_the_renew_deadline() -> None:
+    """A scheduling cycle can hold the main event loop for seconds (a large reclaim at 10,000 running
+    jobs: 9.7 s). The Lease is renewed on a thread of its own, so it is not lost meanwhile; an
+    elector on the main loop would have missed the 2 s renew deadline twice over."""
+    fake, events = FakeLeases(), []
+    with LeaseServerThread(fake) as server:
+        lease = lease_thread(server.url, "a", events)
+        lease.start()
+        deadline = time.monotonic() + 10
+        while not lease.is_leader and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lease.is_leader and events == ["started"]
+        writes = fake.writes("a")
+        busy_until = time.monotonic() + 4.0  # the main thread computes in Python for 2x the renew deadline
+        while time.monotonic() < busy_until:
+            sum(range(10_000))
+        assert lease.is_leader and events == ["started"], events
+        assert fake.writes("a") >= writes + 5  # renewed every retry period meanwhile
+        assert lease.release(5.0)
+    assert fake.holder == "" and events == ["started", "stopped"]
+    assert not lease.thread.is_alive()
+
+
+def test_the_lease_thread_reports_a_lost_lease_on_its_own_thread() -> None:
+    """No renewal succeeds for the renew deadline (the API server cannot reach etcd): `on_stopped` runs
+    on the lease thread — `leitstand run` exits from there at once — and the fence is down."""
+    fake, events = FakeLeases(), []
+    with LeaseServerThread(fake) as server:
+        lease = lease_thread(server.url, "a", events)
+        lease.start()
+        deadline = time.monotonic() + 10
+        while not lease.is_leader and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lease.is_leader
+        fake.failing = True
+        while "stopped" not in events and time.monotonic() < deadline + 10:
+            time.sleep(0.05)
+        assert events == ["started", "stopped"] and not lease.is_leader
+        lease.release(5.0)

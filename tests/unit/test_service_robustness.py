@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from test_api import replica_pod_json, tj_json
 from test_service_followup import FakeApiServer, add_running_pod, run, world
 
+from leitstand.operator.service.binder import Binder, BindError, PodWrite
 from leitstand.operator.service.kubeclient import TransportError
 from leitstand.operator.service.loop import (
     IN_FLIGHT_GIVE_UP_SECONDS,
@@ -224,3 +226,27 @@ def test_gpus_of_an_unanswered_bind_stay_promised_until_the_pod_shows_or_time_pa
     assert len(nodes) == len(set(nodes)), cache.assumed  # nothing placed onto the uncertain node
     step(UNCERTAIN_SECONDS + 1)
     assert not set(promised) & set(cache.assumed)  # never seen: forgotten after the bound
+
+
+def test_no_write_leaves_the_binder_once_the_lease_has_run_out() -> None:
+    """The Lease runs out while a gang is being bound (its renewals failed): the binder's fence stops
+    every further create, bind, eviction and deletion before it is sent — the process exits moments
+    later, and the next leader must not find writes of a replica that no longer leads."""
+    api = FakeApiServer()
+    binder = Binder(api)
+    leading = [True]
+    binder.may_write = lambda: leading[0]
+    pods = [PodWrite("team", f"gang-{i}", "b200-0000", {"metadata": {"name": f"gang-{i}"}}) for i in range(2)]
+
+    async def main() -> None:
+        await binder.bind_gang(pods[:1], lambda: True)  # leading: created and bound
+        sent = len(api.calls)
+        assert sent == 2
+        leading[0] = False
+        with pytest.raises(BindError, match="no longer holds the Lease"):
+            await binder.bind_gang(pods[1:], lambda: True)
+        with pytest.raises(BindError, match="no longer holds the Lease"):
+            await binder.remove_gang([("team", "gang-0")], evict=True)
+        assert len(api.calls) == sent, api.calls[sent:]  # nothing more reached the API server
+
+    asyncio.run(main())
