@@ -107,9 +107,11 @@ def run_cycle(
     elastic = False
     for held in snapshot.running:
         job = held.job
-        accounting.add(job, 1, held.gpu_milli_total)
         stmt.running[job.id] = held
-        if job.min_replicas is not None:
+        if job.min_replicas is None:
+            accounting.add(job, 1)  # a rigid gang: charged whole, as ever
+        else:
+            accounting.add(job, 1, held.gpu_milli_total)  # the replicas it holds
             elastic = True
             if len(held.placements) < job.replicas:
                 missing = (job.replicas - len(held.placements)) * job.gpu_milli_per_replica

@@ -138,12 +138,7 @@ class VictimPool:
         codes = [self.queue_index.setdefault(v.job.queue, len(self.queue_index)) for v in self.ordered]
         self.queue_code = np.array(codes, dtype=np.int64)
         self.priority = np.fromiter((v.job.priority for v in self.ordered), dtype=np.int64, count=len(self.ordered))
-        self.shrinkable = np.fromiter(
-            (v.job.min_replicas is not None and len(v.placements) > v.job.min_replicas for v in self.ordered),
-            dtype=np.bool_,
-            count=len(self.ordered),
-        )
-        """Elastic candidates holding more replicas than their minimum (shrink before evict)."""
+        self._shrinkable: NDArray[np.bool_] | None = None
         self.shrunk = np.zeros(len(self.ordered), dtype=np.bool_)
         """Candidates shrunk in this cycle: their entry here no longer matches what they hold, so
         they are not evicted whole in the same cycle (they may be shrunk again)."""
@@ -160,6 +155,18 @@ class VictimPool:
         i = self.rank.get(job_id)
         if i is not None:
             self.alive[i] = False
+
+    @property
+    def shrinkable(self) -> NDArray[np.bool_]:
+        """Elastic candidates holding more replicas than their minimum (shrink before evict); built
+        on first use, so cycles without elastic jobs never pay for it."""
+        if self._shrinkable is None:
+            self._shrinkable = np.fromiter(
+                (v.job.min_replicas is not None and len(v.placements) > v.job.min_replicas for v in self.ordered),
+                dtype=np.bool_,
+                count=len(self.ordered),
+            )
+        return self._shrinkable
 
     def shrink(self, job_id: JobId) -> None:
         """`job_id` gave up replicas (a shrink was committed)."""
