@@ -239,6 +239,22 @@ def check_resizes(scenario: Scenario, plan: Plan) -> None:
             "pending: [{id: p, queue: a, jurisdiction: de, jurisdictions: [fr]}]\nexpect: {}\n",
             r"pending\[0\]\.jurisdictions: give jurisdiction \(one\) or jurisdictions \(a list\), not both",
         ),
+        (
+            "cluster: {nodes: [{count: 1}]}\nqueues: [{name: a}]\n"
+            "pending: [{id: p, queue: a, replicas: 2, min_replicas: 3}]\nexpect: {}\n",
+            r"pending\[0\]\.min_replicas: expected at most replicas \(2\), got 3",
+        ),
+        (
+            "cluster: {nodes: [{count: 1}]}\nqueues: [{name: a}]\n"
+            "running: [{id: r, queue: a, gpus: 1, replicas: 4, min_replicas: 2, placement: [{node: n0}]}]\n"
+            "expect: {}\n",
+            r"running\[0\]\.placement: 2 to 4 replica\(s\) but 1 placement entries",
+        ),
+        (
+            "cluster: {nodes: [{count: 1}]}\nqueues: [{name: a}]\npending: [{id: p, queue: a}]\n"
+            "expect: {shrunk: [{id: p, kind: consolidate}]}\n",
+            r"expect\.shrunk\[0\]\.kind: expected reclaim or preempt, got 'consolidate'",
+        ),
     ],
 )
 def test_loader_errors_name_the_file_and_field(tmp_path: Path, text: str, match: str) -> None:

@@ -41,7 +41,9 @@ def run(ctx: CycleContext) -> None:
     held_by_id: dict[str, RunningJob] = {}
     for held in stmt.running.values():
         job = held.job
-        if job.min_replicas is None or len(held.placements) >= job.replicas or job.id in ctx.bound:
+        if job.min_replicas is None or not held.placements or len(held.placements) >= job.replicas:
+            continue  # rigid, at full size, or holding nothing (no domain or model to grow in)
+        if job.id in ctx.bound:
             continue
         if not stmt.accounting.knows(job.queue):
             continue
