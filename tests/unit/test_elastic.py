@@ -255,3 +255,13 @@ def test_consolidation_moves_an_elastic_job_at_the_size_it_runs_with() -> None:
     assert [p.node for p in bound["big"].placements] == ["n0"]
     assert len(bound["e"].placements) == 2
     assert plan.grows == ()
+
+
+def test_growth_goes_first_to_the_queue_furthest_below_its_fair_share() -> None:
+    """One free node, two elastic jobs below full size: team b (8 of its 16-GPU fair share) grows,
+    team a (at its fair share of 16) does not — the order allocate uses."""
+    ea = elastic(make_job("ea", queue="a", gpus=8, replicas=4, created_at=0.0), 1)
+    eb = elastic(make_job("eb", queue="b", gpus=8, replicas=4, created_at=1.0), 1)
+    queues = [make_queue("a", quota_gpus=16), make_queue("b", quota_gpus=16)]
+    plan = cycle(nodes(4), queues, running=[held(ea, "n0", "n1"), held(eb, "n2")])
+    assert [(g.job_id, [p.node for p in g.placements]) for g in plan.grows] == [("eb", ["n3"])]
