@@ -98,8 +98,9 @@ class Binder:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise BindError(f"gave up after {self.wait_timeout_seconds:.0f} s waiting for {what}")
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.changed.wait(), timeout=min(remaining, 1.0))
+                    with contextlib.suppress(TimeoutError):  # asyncio.timeout: never swallows a cancellation
+                        async with asyncio.timeout(min(remaining, 1.0)):
+                            await self.changed.wait()
         finally:
             self.waiting -= 1
 

@@ -23,7 +23,7 @@ The timing argument (defaults: lease 15 s, renew deadline 10 s, retry 2 s):
   `lease - renew_deadline` (5 s) before any candidate may take over. The margin absorbs clock
   rate differences (ppm), the candidate's read latency and the callbacks' reaction time.
 * A renew attempt is cut off after half the renew deadline (at least one retry period) and at the
-  deadline (`asyncio.wait_for`), so `on_stopped_leading` runs at most about `retry_seconds` after
+  deadline (`asyncio.timeout`), so `on_stopped_leading` runs at most about `retry_seconds` after
   `is_leader` became False, and a request the API server holds — measured: a renewal sent while etcd
   restarted was held past the 10 s deadline although etcd answered again after 5 s — leaves time for
   a second attempt on a new request. Code that writes on the leader's
@@ -268,7 +268,11 @@ class LeaderElector:
             if remaining <= 0:
                 break
             try:
-                sent = await asyncio.wait_for(self._attempt(), timeout=min(remaining, self._attempt_limit))
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+                # arrives as the attempt completes, and `release()` (or a test's crash) then waited
+                # forever for this task (tests/unit/test_leader.py hung so under load).
+                async with asyncio.timeout(min(remaining, self._attempt_limit)):
+                    sent = await self._attempt()
             except _ATTEMPT_ERRORS as exc:
                 log.warning("lease %s/%s: renew failed (%s)", self.namespace, self.name, exc)
                 sent = None

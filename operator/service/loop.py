@@ -348,8 +348,9 @@ class Scheduler:
     async def _cycles(self) -> None:
         last = 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=self.config.cycle_max_interval_seconds)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: never swallows a cancellation
+                async with asyncio.timeout(self.config.cycle_max_interval_seconds):
+                    await self.wake.wait()
             gap = self.config.cycle_min_interval_seconds - (time.monotonic() - last)
             if gap > 0:
                 await asyncio.sleep(gap)

@@ -179,8 +179,10 @@ def _log(caplog: pytest.LogCaptureFixture) -> None:
 
 @pytest.fixture(autouse=True)
 def _watchdog() -> Any:
-    """A test here hung twice under heavy load (docs/faults.md, Open; not reproduced since): rather than
-    stall the whole test command, print every thread's stack and end the run after 120 s."""
+    """Tests here hung under heavy load until the elector stopped using asyncio.wait_for (Python 3.11's
+    swallows a cancellation that arrives as the awaited attempt completes, so a cancelled elector
+    renewed on and `crash()` waited forever). Should anything hang again, rather than stall the
+    whole test command: print every thread's stack and end the run after 120 s."""
     faulthandler.dump_traceback_later(120, exit=True, file=sys.stderr)
     yield
     faulthandler.cancel_dump_traceback_later()
