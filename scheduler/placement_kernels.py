@@ -105,7 +105,7 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-@njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[misc,unused-ignore]
 def mix64_kernel(
     x: np.uint64,
 ) -> np.uint64:
@@ -116,7 +116,7 @@ def mix64_kernel(
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[misc,unused-ignore]
 def _node_rand(
     rand_base: np.uint64,
     n: int,
@@ -124,7 +124,7 @@ def _node_rand(
     return mix64_kernel(rand_base ^ (np.uint64(n) * _GOLDEN))
 
 
-@njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[misc,unused-ignore]
 def _whole_times_upto(amount: int, unit: int, upto: int) -> int:
     """min(upto, amount // unit) for amount >= 0, unit > 0, without a division when upto is small.
 
@@ -140,7 +140,7 @@ def _whole_times_upto(amount: int, unit: int, upto: int) -> int:
     return k
 
 
-@njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[misc,unused-ignore]
 def replica_capacity_kernel(
     n: int,
     gpu_free_milli: NDArray[np.int32],
@@ -199,7 +199,7 @@ def replica_capacity_kernel(
     return k
 
 
-@njit(cache=True, inline="always")  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[misc,unused-ignore]
 def refresh_node_kernel(
     n: int,
     gpu_free_milli: NDArray[np.int32],
@@ -222,7 +222,7 @@ def refresh_node_kernel(
     gpu_max_free_milli[n] = best
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _undo(
     placed: int,
     out_nodes: NDArray[np.int32],
@@ -248,7 +248,7 @@ def _undo(
             refresh_node_kernel(n, gpu_free_milli, gpu_count, gpu_whole_free, gpu_max_free_milli)
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _fill_domain(
     level: int,
     dom: int,
@@ -532,7 +532,7 @@ def _fill_domain(
     return STATUS_OK
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def place_gang_kernel(
     gpu_free_milli: NDArray[np.int32],
     gpu_count: NDArray[np.int32],

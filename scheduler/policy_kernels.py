@@ -51,7 +51,7 @@ LEITSTAND_PRIMARY_SHIFT = 1 << 40
 """leitstand composes (FGD integer score, finer keys) into one int64: primary × 2^40 + secondary."""
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _node_frag_kernel(
     free: NDArray[np.int32],
     count: int,
@@ -120,14 +120,14 @@ def _node_frag_kernel(
     return out
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _fgd_int_kernel(before: float, after: float) -> int:
     """100 · sigmoid((F_before − F_after) / 1000), truncated toward zero like Go's int64()."""
     x = (before - after) / 1000.0
     return int(1.0 / (1.0 + math.exp(-x)) * 100.0)
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _take_least_free_kernel(
     free: NDArray[np.int32], count: int, req_gpus: int, req_milli: int, out: NDArray[np.int32]
 ) -> None:
@@ -151,7 +151,7 @@ def _take_least_free_kernel(
         taken += 1
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _lowest_fitting_kernel(
     free: NDArray[np.int32], count: int, req_gpus: int, req_milli: int, out: NDArray[np.int32]
 ) -> None:
@@ -165,7 +165,7 @@ def _lowest_fitting_kernel(
             taken += 1
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _pseudo_random_fitting_kernel(free: NDArray[np.int32], count: int, n: int, req_milli: int) -> int:
     """Random's GPU for a sharing task: a fitting GPU picked by a hash of the node and its free milli.
 
@@ -188,7 +188,7 @@ def _pseudo_random_fitting_kernel(free: NDArray[np.int32], count: int, n: int, r
     return -1
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _fgd_scores_kernel(
     free: NDArray[np.int32],
     count: int,
@@ -252,14 +252,14 @@ def _fgd_scores_kernel(
     return _fgd_int_kernel(before, after), after - before, -1
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _bestfit_raw_kernel(cpu_left: int, gpu_left: int, req_cpu: int, req_total_milli: int) -> int:
     """BestFit: 100 · (1 − mean of CPU and GPU left after placement, scaled by 128 cores / 8 GPUs)."""
     x = float(cpu_left - req_cpu) / 128000.0 * 0.5 + float(gpu_left - req_total_milli) / 8000.0 * 0.5
     return int((1.0 - x) * 100.0)
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _gpupacking_kernel(free: NDArray[np.int32], count: int, req_gpus: int, req_milli: int) -> int:
     """GpuPacking: partly used GPUs first, then partly used nodes, then idle nodes (integer tiers)."""
     if req_gpus == 0 or req_milli == 0:
@@ -284,7 +284,7 @@ def _gpupacking_kernel(free: NDArray[np.int32], count: int, req_gpus: int, req_m
     return max(100 - pct // 10, 50)
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _dotprod_kernel(
     free: NDArray[np.int32], count: int, cpu_left: int, req_gpus: int, req_milli: int, req_cpu: int
 ) -> tuple[int, int]:
@@ -326,7 +326,7 @@ def _dotprod_kernel(
     return int(100.0 * best), best_g
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _gpuclustering_kernel(free: NDArray[np.int32], count: int, req_gpus: int, req_milli: int) -> int:
     """GpuClustering: keep tasks of one kind together (tiers 75/50/25/0) and pack within a tier.
 
@@ -357,7 +357,7 @@ def _gpuclustering_kernel(free: NDArray[np.int32], count: int, req_gpus: int, re
     return packing
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _leitstand_kernel(
     free: NDArray[np.int32],
     count: int,
@@ -407,7 +407,7 @@ def _leitstand_kernel(
     return int(primary) * LEITSTAND_PRIMARY_SHIFT + secondary, best_g
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def node_score_kernel(
     policy: int,
     n: int,
@@ -483,7 +483,7 @@ def node_score_kernel(
     return score
 
 
-@njit(cache=True)  # type: ignore[misc,unused-ignore]
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def choose_gpus_kernel(
     policy: int,
     n: int,
