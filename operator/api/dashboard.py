@@ -204,6 +204,10 @@ ROWS: tuple[RowSpec, ...] = (
         PanelSpec("timeseries", "Pods bound per second", "Binds through pods/binding, and failed gang binds.",
                   (Query("sum(rate(leitstand_binds_total[$__rate_interval]))", "pods/s"),
                    Query("sum(rate(leitstand_bind_failures_total[$__rate_interval]))", "failed gangs/s"))),
+        PanelSpec("timeseries", "Gangs in the binder",
+                  "Admitted gangs not yet created and bound; at max_binds_in_flight (512 by default) the cycle "
+                  "admits nothing until the API server catches up.",
+                  (Query("max(leitstand_binder_gangs_in_flight)", "gangs"),)),
         PanelSpec("timeseries", "Bind latency per gang",
                   "From the first pod create to the last bind of a gang: p50, p90, p99.",
                   _quantiles("leitstand_bind_duration_seconds", ""), unit="s"),

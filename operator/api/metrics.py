@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from leitstand.operator.service.audit import Decision
     from leitstand.operator.service.loop import CycleReport, Scheduler
 
-EVICTION_KINDS = frozenset({"reclaim", "preempt", "move", "requeue"})
+EVICTION_KINDS = frozenset({"reclaim", "preempt", "move", "requeue", "shrink"})
 """Audit kinds that take a running job's GPUs away (`audit.KINDS`)."""
 
 MAX_DOMAINS_PER_LEVEL = 1024
@@ -127,7 +127,7 @@ SPECS: tuple[MetricSpec, ...] = (
     _counter("leitstand_queue_evicted_gpus_total", ("queue", "kind", "by_queue"),
              "GPUs of the evicted or requeued jobs of the queue (as in leitstand_queue_evictions_total), GPUs."),
     _counter("leitstand_decisions_total", ("queue", "kind", "reason"),
-             "Audit decisions by kind (admit, reclaim, preempt, move, reject, finish, fail, requeue) and "
+             "Audit decisions by kind (admit, reclaim, preempt, move, reject, finish, fail, requeue, grow, shrink) and "
              "reason code; reject means a job's pending reason changed."),
     _gauge("leitstand_pending_jobs_by_reason", ("queue", "reason"),
            "Jobs waiting after the last cycle by pending reason code; queue is empty for jobs the operator "
@@ -148,6 +148,8 @@ SPECS: tuple[MetricSpec, ...] = (
              "Requests to the Kubernetes API by HTTP verb and status class (2xx, 4xx, 5xx, error = no answer)."),
     _gauge("leitstand_leader", (), "1 while this process holds the Lease and schedules, else 0."),
     _gauge("leitstand_ready", (), "1 once the kernels are compiled and the informers synced (what /readyz says)."),
+    _gauge("leitstand_binder_gangs_in_flight", (),
+           "Gangs admitted and not yet created and bound; at max_binds_in_flight the cycle admits nothing."),
     _gauge("leitstand_build_info", ("version",), "1; the version of leitstand running."),
     # -- the cluster (read at scrape time from the cache's arrays) -------------------------------------
     _gauge("leitstand_cluster_gpus", MP, "GPU capacity of all nodes, GPUs."),
@@ -385,6 +387,7 @@ class Metrics:
         scheduler = self.scheduler
         add("leitstand_leader", (), 1.0 if scheduler.leading else 0.0)
         add("leitstand_ready", (), 1.0 if scheduler.ready else 0.0)
+        add("leitstand_binder_gangs_in_flight", (), float(scheduler.binder.in_flight))
         add("leitstand_build_info", (self._version,), 1.0)
         if self._last_cycle_at is not None:
             add("leitstand_last_cycle_timestamp_seconds", (), self._last_cycle_at)

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
-DecisionKind = Literal["admit", "reclaim", "preempt", "move", "reject", "finish", "fail", "requeue"]
+DecisionKind = Literal["admit", "reclaim", "preempt", "move", "reject", "finish", "fail", "requeue", "grow",
+                       "shrink"]
 
 
 class Wire(BaseModel):

@@ -30,7 +30,7 @@ from leitstand.operator.service.records import timestamp
 from leitstand.operator.service.status import condition, rfc3339
 from leitstand.scheduler.model import GPU_MILLI, NODE_LEVEL
 
-EVICTION_KINDS = frozenset({"reclaim", "preempt", "move"})
+EVICTION_KINDS = frozenset({"reclaim", "preempt", "move", "shrink"})
 QUEUE_JOBS_SHOWN = 100
 GANG_SIZES = (8, 16, 32, 64)
 GANG_DOMAINS_SHOWN = 20

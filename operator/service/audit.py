@@ -21,10 +21,12 @@ from typing import Any
 
 log = logging.getLogger("leitstand.audit")
 
-KINDS = ("admit", "reclaim", "preempt", "move", "reject", "finish", "fail", "requeue")
+KINDS = ("admit", "reclaim", "preempt", "move", "reject", "finish", "fail", "requeue", "grow", "shrink")
 """admit: placed and bound; reclaim / preempt / move: evicted (the `by` job caused it); reject: a
 job's pending reason changed (the record carries the new one); finish / fail: it ended; requeue:
-sent back to its queue by the operator (node lost, gang incomplete, restart after a failure)."""
+sent back to its queue by the operator (node lost, gang incomplete, restart after a failure);
+grow / shrink: an elastic job got replicas on free GPUs, or lost some to reclaim or preemption
+(reason Reclaimed or Preempted, `by` the job they went to) and kept running with the rest."""
 
 
 @dataclass(frozen=True, slots=True)

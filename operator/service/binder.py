@@ -74,6 +74,9 @@ class Binder:
         self._gangs = asyncio.Semaphore(gang_concurrency)
         self.active = 0
         """Gangs between their first create and their last bind (status writes yield to them)."""
+        self.in_flight = 0
+        """Gangs handed to `bind_gang` and not finished: waiting for room, for a slot, or being written.
+        The loop admits no more while this is at `max_binds_in_flight` (backpressure)."""
         self.wait_timeout_seconds = wait_timeout_seconds
         self.may_write: Callable[[], bool] = lambda: True
         """The fence: False once this replica no longer holds the Lease (`LeaseThread.is_leader`);
@@ -108,13 +111,17 @@ class Binder:
 
     async def bind_gang(self, pods: Sequence[PodWrite], ready: Callable[[], bool]) -> None:
         """Wait for room, then create and bind every pod; on failure delete what this call created."""
-        await self.wait_until(ready, "evicted pods and earlier replicas to be gone")
-        async with self._gangs:
-            self.active += 1
-            try:
-                await self._create_and_bind(pods)
-            finally:
-                self.active -= 1
+        self.in_flight += 1
+        try:
+            await self.wait_until(ready, "evicted pods and earlier replicas to be gone")
+            async with self._gangs:
+                self.active += 1
+                try:
+                    await self._create_and_bind(pods)
+                finally:
+                    self.active -= 1
+        finally:
+            self.in_flight -= 1
 
     async def _create_and_bind(self, pods: Sequence[PodWrite]) -> None:
         started = time.monotonic()

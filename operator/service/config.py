@@ -120,6 +120,12 @@ class ServiceConfig(BaseModel):
     )
     bind_concurrency: int = Field(default=64, ge=1, description="API writes in flight at once.")
     bind_retry_seconds: float = Field(default=5.0, ge=0, description="A job whose bind failed waits this long.")
+    max_binds_in_flight: int = Field(
+        default=512, ge=1,
+        description="Gangs admitted but not yet created and bound, at most: at this many the cycle admits no "
+        "more (the API server is the bottleneck then, and GPUs promised to pods not yet created would idle "
+        "while counting as allocated).",
+    )
     node_lost_grace_seconds: float = Field(
         default=30.0, ge=0, description="A node NotReady this long has its gangs evicted and requeued."
     )

@@ -88,10 +88,17 @@ class TrainingJobSpec:
     cpu_milli: int
     memory_mib: int
     created: float
+    min_replicas: int | None = None
+    """Elastic gang (`spec.minReplicas` below `spec.replicas`): starts with at least this many replicas,
+    grows toward `replicas` on free GPUs, is shrunk toward it before it is evicted whole. None: rigid."""
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def is_elastic(self) -> bool:
+        return self.min_replicas is not None and self.min_replicas < self.replicas
 
     @property
     def is_fraction(self) -> bool:
@@ -130,6 +137,12 @@ def parse_trainingjob(body: Mapping[str, Any], levels: tuple[str, ...]) -> Train
     if queue is None:
         raise SpecError("spec.queue", "required: name the leaf Queue this job is charged to")
     replicas = _int(spec.get("replicas", 1), "spec.replicas", 1)
+    min_replicas = None
+    if spec.get("minReplicas") is not None:
+        min_replicas = _int(spec["minReplicas"], "spec.minReplicas", 1)
+        if min_replicas > replicas:
+            raise SpecError("spec.minReplicas", f"{min_replicas} is more than spec.replicas ({replicas}): ask for 1 "
+                                                f"to {replicas}, or leave it out for a gang that starts whole")
     if "gpus" in spec and "gpuFraction" in spec:
         raise SpecError("spec.gpuFraction", "set either spec.gpus (whole GPUs) or spec.gpuFraction, not both")
     if "gpuFraction" in spec:
@@ -182,6 +195,7 @@ def parse_trainingjob(body: Mapping[str, Any], levels: tuple[str, ...]) -> Train
         cpu_milli=cpu,
         memory_mib=mem,
         created=timestamp(meta.get("creationTimestamp")),
+        min_replicas=min_replicas,
     )
 
 
@@ -192,11 +206,13 @@ def core_job(
     allowed_nodes: frozenset[NodeName] | None,
     replicas: int | None = None,
 ) -> Job:
-    """The gang as the core sees it (`replicas` overrides the count, for a gang partly finished)."""
+    """The gang as the core sees it (`replicas` overrides the count, for a gang partly finished: it is
+    then rigid at that count; else an elastic job carries its minimum)."""
     return Job(
         id=JobId(spec.key),
         queue=QueueName(spec.queue),
         replicas=spec.replicas if replicas is None else replicas,
+        min_replicas=spec.min_replicas if replicas is None and spec.is_elastic else None,
         gpus=spec.gpus,
         gpu_milli=spec.gpu_milli,
         cpu_milli=spec.cpu_milli,

@@ -121,6 +121,7 @@ def test_trainingjob_spec_fields_defaults_and_enums() -> None:
     assert set(props) == {
         "queue",
         "replicas",
+        "minReplicas",
         "gpus",
         "gpuFraction",
         "gpuModel",
@@ -135,6 +136,7 @@ def test_trainingjob_spec_fields_defaults_and_enums() -> None:
     }
     assert set(spec["required"]) == {"queue", "template"}
     assert props["replicas"]["minimum"] == 1 and props["replicas"]["default"] == 1
+    assert props["minReplicas"]["minimum"] == 1 and "default" not in props["minReplicas"]  # unset: rigid
     assert props["gpus"]["minimum"] == 0
     fraction = props["gpuFraction"]
     assert (fraction["minimum"], fraction["maximum"]) == (0, 1)
@@ -168,6 +170,7 @@ def test_trainingjob_status_fields() -> None:
         "admittedAt",
         "startedAt",
         "finishedAt",
+        "replicas",
         "restarts",
         "preemptions",
         "gpus",

@@ -250,3 +250,19 @@ def test_no_write_leaves_the_binder_once_the_lease_has_run_out() -> None:
         assert len(api.calls) == sent, api.calls[sent:]  # nothing more reached the API server
 
     asyncio.run(main())
+
+
+def test_no_job_is_admitted_while_the_binder_holds_max_binds_in_flight_gangs() -> None:
+    """Backpressure: with `max_binds_in_flight` gangs admitted and not yet written (the API server is
+    the bottleneck), a cycle admits nothing — GPUs promised to pods that will not exist for minutes
+    would idle while counting as allocated. Once the binder catches up, admission resumes."""
+    api = FakeApiServer()
+    scheduler, _cache, clock = world(api)
+    scheduler.on_trainingjob("ADDED", tj_json("team", "next", "team"))
+    scheduler.binder.in_flight = scheduler.config.max_binds_in_flight  # as if that many gangs were queued
+    cycle_after(scheduler, clock, 0.0)
+    assert scheduler.last.binder_full and not [c for c in api.calls if c[1].endswith("/pods")]
+    scheduler.binder.in_flight = scheduler.config.max_binds_in_flight - 1
+    cycle_after(scheduler, clock, 1.0)
+    assert not scheduler.last.binder_full
+    assert [c for c in api.calls if c[0] == "POST" and c[1].endswith("/pods")]  # admitted and created
