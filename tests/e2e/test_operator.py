@@ -589,6 +589,32 @@ def test_a_tenant_borrows_idle_gpus_and_gives_them_back_whole_when_the_owner_ret
     assert condition(status, "Preempted")["status"] == "False"
 
 
+def test_an_elastic_job_gives_back_replicas_instead_of_its_whole_gang_and_grows_again(leitstand: Leitstand) -> None:
+    ls = leitstand
+    # tenant-b runs an elastic job (minReplicas 1) of up to 4 x 8 GPUs: the cluster is idle, all 4 start.
+    ls.submit(training_job("b-elastic", "tenant-b", replicas=4, gpus=8, minReplicas=1))
+    status = ls.wait_status("tenant-b", "b-elastic", phase="Running", replicas=4, timeout_seconds=60)
+    assert status["message"] == "4 of 4 replicas running (elastic, at least 1)"
+
+    # tenant-a asks for its quota: reclaim takes two replicas from the elastic job, which runs on with two.
+    ls.submit(training_job("a-train", "tenant-a", replicas=2, gpus=8))
+    ls.wait_status("tenant-a", "a-train", phase="Running", timeout_seconds=60)
+    status = ls.wait_status("tenant-b", "b-elastic", phase="Running", replicas=2)
+    assert status["preemptions"] == 0  # shrunk, never evicted nor requeued
+    assert all(s.get("phase") != "Pending" for s in ls.seen.history("tenant-b", "b-elastic")[1:]
+               if s.get("replicas")), "the elastic job went back to Pending"
+    [event] = ls.events("tenant-b", "b-elastic", "Shrunk")
+    assert event["type"] == "Warning" and "tenant-a/a-train" in event["message"], event["message"]
+    assert len(ls.seen.job_pods("tenant-b", "b-elastic")) == 2
+    ls.queue_status("tenant-b", user="tenant-a", allocated="16", runningJobs=1)
+
+    # tenant-a is done: the elastic job grows back onto the freed GPUs.
+    ls.kubectl("delete", "trainingjob", "a-train", "-n", "tenant-a", user="tenant-a")
+    status = ls.wait_status("tenant-b", "b-elastic", phase="Running", replicas=4, timeout_seconds=60)
+    assert ls.events("tenant-b", "b-elastic", "Grown")
+    assert ls.seen.overbooked == []
+
+
 def test_a_gang_that_cannot_fit_waits_whole_with_a_reason_and_one_that_never_fits_says_so(
     leitstand: Leitstand,
 ) -> None:
