@@ -418,14 +418,21 @@ class LeaseServerThread:
         self.thread.join(10)
 
 
-def lease_thread(url: str, identity: str, events: list[str]) -> LeaseThread:
-    return LeaseThread(
+def leading_lease_thread(url: str, identity: str, events: list[str]) -> LeaseThread:
+    """A started LeaseThread (lease 3 s, renew deadline 2 s, retry 0.2 s) once it leads."""
+    lease = LeaseThread(
         lambda: KubeClient(Credentials(server=url), retries=0),
         lambda client: LeaderElector(client, NS, NAME, identity, lease_seconds=3, renew_deadline_seconds=2.0,
                                      retry_seconds=0.2),
         lambda: events.append("started"),
         lambda: events.append("stopped"),
     )
+    lease.start()
+    deadline = time.monotonic() + 10
+    while not lease.is_leader and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert lease.is_leader
+    return lease
 
 
 def test_the_lease_thread_renews_while_the_main_thread_is_busy_for_longer_than_the_renew_deadline() -> None:
@@ -434,12 +441,8 @@ def test_the_lease_thread_renews_while_the_main_thread_is_busy_for_longer_than_t
     elector on the main loop would have missed the 2 s renew deadline twice over."""
     fake, events = FakeLeases(), []
     with LeaseServerThread(fake) as server:
-        lease = lease_thread(server.url, "a", events)
-        lease.start()
-        deadline = time.monotonic() + 10
-        while not lease.is_leader and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert lease.is_leader and events == ["started"]
+        lease = leading_lease_thread(server.url, "a", events)
+        assert events == ["started"]
         writes = fake.writes("a")
         busy_until = time.monotonic() + 4.0  # the main thread computes in Python for 2x the renew deadline
         while time.monotonic() < busy_until:
@@ -456,14 +459,10 @@ def test_the_lease_thread_reports_a_lost_lease_on_its_own_thread() -> None:
     on the lease thread — `leitstand run` exits from there at once — and the fence is down."""
     fake, events = FakeLeases(), []
     with LeaseServerThread(fake) as server:
-        lease = lease_thread(server.url, "a", events)
-        lease.start()
-        deadline = time.monotonic() + 10
-        while not lease.is_leader and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert lease.is_leader
+        lease = leading_lease_thread(server.url, "a", events)
         fake.failing = True
-        while "stopped" not in events and time.monotonic() < deadline + 10:
+        deadline = time.monotonic() + 10
+        while "stopped" not in events and time.monotonic() < deadline:
             time.sleep(0.05)
         assert events == ["started", "stopped"] and not lease.is_leader
         lease.release(5.0)
