@@ -75,7 +75,7 @@ class Binder:
         self.active = 0
         """Gangs between their first create and their last bind (status writes yield to them)."""
         self.in_flight = 0
-        """Gangs handed to `bind_gang` and not finished: waiting for room, for a slot, or being written.
+        """Gangs handed to `start` and not finished: waiting for room, for a slot, or being written.
         The loop admits no more while this is at `max_binds_in_flight` (backpressure)."""
         self.wait_timeout_seconds = wait_timeout_seconds
         self.may_write: Callable[[], bool] = lambda: True
@@ -109,19 +109,25 @@ class Binder:
 
     # -- binding ----------------------------------------------------------------------------------
 
+    def start(self, pods: Sequence[PodWrite], ready: Callable[[], bool]) -> asyncio.Task[None]:
+        """`bind_gang` as a task, counted in `in_flight` from this moment until it ends."""
+        self.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self.bind_gang(pods, ready))
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, _task: asyncio.Task[None]) -> None:
+        self.in_flight -= 1
+
     async def bind_gang(self, pods: Sequence[PodWrite], ready: Callable[[], bool]) -> None:
         """Wait for room, then create and bind every pod; on failure delete what this call created."""
-        self.in_flight += 1
-        try:
-            await self.wait_until(ready, "evicted pods and earlier replicas to be gone")
-            async with self._gangs:
-                self.active += 1
-                try:
-                    await self._create_and_bind(pods)
-                finally:
-                    self.active -= 1
-        finally:
-            self.in_flight -= 1
+        await self.wait_until(ready, "evicted pods and earlier replicas to be gone")
+        async with self._gangs:
+            self.active += 1
+            try:
+                await self._create_and_bind(pods)
+            finally:
+                self.active -= 1
 
     async def _create_and_bind(self, pods: Sequence[PodWrite]) -> None:
         started = time.monotonic()

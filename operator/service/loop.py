@@ -1023,8 +1023,7 @@ class Scheduler:
             writes.append(write)
         nodes = {str(p.node) for p in growth.placements}
         whole = set() if spec.is_fraction else {(str(p.node), g) for p in growth.placements for g in p.gpu_indices}
-        task = asyncio.get_running_loop().create_task(
-            self.binder.bind_gang(writes, lambda: self._room_is_free(nodes, whole)))
+        task = self.binder.start(writes, lambda: self._room_is_free(nodes, whole))
         tracked.growth_task, tracked.growth_keys, tracked.grown_at = task, tuple(w.key for w in writes), self.clock()
         message = (f"grown by {len(writes)} replica{'s' if len(writes) != 1 else ''} to {len(live) + len(writes)} of "
                    f"{spec.replicas} on free GPUs ({self._placement_summary(growth.placements)['text']})")
@@ -1145,7 +1144,7 @@ class Scheduler:
                 return False  # older pods of this job (moved, restarted) still exist
             return self._room_is_free(nodes, whole)
 
-        task = asyncio.get_running_loop().create_task(self.binder.bind_gang(writes, ready))
+        task = self.binder.start(writes, ready)
         self._dirty.add(key)
         tracked.task, tracked.removing, tracked.pod_keys = task, False, tuple(w.key for w in writes)
         tracked.bound_at, tracked.bind_ok = self.clock(), False
@@ -1184,10 +1183,8 @@ class Scheduler:
         self.cache.assume(pod.key, charge)
         write = PodWrite(pod.namespace, pod.name, str(placement.node), None,
                          {ASSIGNED_GPUS: ",".join(str(g) for g in placement.gpu_indices)})
-        task = asyncio.get_running_loop().create_task(
-            self.binder.bind_gang([write], lambda: self._room_is_free(
-                {write.node}, {(write.node, g) for g in placement.gpu_indices} if not pod.fraction_milli else set()))
-        )
+        task = self.binder.start([write], lambda: self._room_is_free(
+            {write.node}, {(write.node, g) for g in placement.gpu_indices} if not pod.fraction_milli else set()))
         self.plain_tasks[pod.key] = task
         self.decisions.record(
             time=self.clock(), kind="admit", job=str(plain_pod_job_id(pod)), queue=pod.queue,
@@ -1487,9 +1484,7 @@ class Scheduler:
             self.reservations_creating.add(spot)
             # Like the fraction pods it serves, the reservation waits until the pods evicted to make room
             # are gone (it requests a whole GPU: a kubelet would count it next to them).
-            task = asyncio.get_running_loop().create_task(
-                self.binder.bind_gang([write], functools.partial(self._room_is_free, {node}, set()))
-            )
+            task = self.binder.start([write], functools.partial(self._room_is_free, {node}, set()))
             self.reservation_tasks.add(task)
             task.add_done_callback(self.reservation_tasks.discard)
             task.add_done_callback(functools.partial(self._reservation_done, spot))
