@@ -222,6 +222,8 @@ class CycleReport:
     """TrainingJobs followed afresh (the others' contributions were reused)."""
     binder_full: bool = False
     """The binder had `max_binds_in_flight` gangs in hand: the core did not run (nothing admitted)."""
+    deferred: int = 0
+    """Bindings (and growths) of the plan left for a later cycle: the binder was at `max_binds_in_flight`."""
     phase_seconds: dict[str, float] = field(default_factory=dict)
     reasons: Counter[str] = field(default_factory=Counter)
 
@@ -501,8 +503,9 @@ class Scheduler:
             times = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in report.phase_seconds.items())
             log.log(
                 logging.INFO if report.binds or report.evictions else logging.DEBUG,
-                "cycle %s: %d bound, %d evicted, %d pending, %d running; %s%s",
-                report.cycle_id, report.binds, report.evictions, report.pending, report.running, times,
+                "cycle %s: %d bound, %d evicted, %d pending, %d running%s; %s%s",
+                report.cycle_id, report.binds, report.evictions, report.pending, report.running,
+                f", {report.deferred} deferred (binder full)" if report.deferred else "", times,
                 f"; nodes held back: {', '.join(sorted(held))}" if held else "",
                 extra={"fields": {
                     "event": "cycle", "cycle": report.cycle_id, "bound": report.binds, "evicted": report.evictions,
@@ -934,7 +937,17 @@ class Scheduler:
         for shrink in plan.shrinks:
             self._shrink(shrink)
             report.evictions += 1
+        # Backpressure inside a cycle too: past `max_binds_in_flight` gangs in the binder, bindings are
+        # left for a later cycle (the core planned on a copy, so nothing is promised for them) — except
+        # those that evictions or shrinks were made for, and moved jobs, which must go through.
+        room = self.config.max_binds_in_flight - self.binder.in_flight
+        needed = ({e.for_job for e in plan.evictions} | {e.job_id for e in plan.evictions}
+                  | {s.for_job for s in plan.shrinks}) if room < len(plan.bindings) + len(plan.grows) else set()
         for binding in plan.bindings:
+            if room <= 0 and binding.job_id not in needed:
+                report.deferred += 1
+                continue
+            room -= 1
             if binding.job_id in plain:
                 self._bind_plain(plain[binding.job_id], binding.placements[0])
             else:
@@ -942,6 +955,10 @@ class Scheduler:
                                {e.job_id for e in plan.evictions})
             report.binds += 1
         for growth in plan.grows:
+            if room <= 0:
+                report.deferred += 1
+                continue
+            room -= 1
             self._grow(growth)
             report.binds += 1
 

@@ -266,3 +266,21 @@ def test_no_job_is_admitted_while_the_binder_holds_max_binds_in_flight_gangs() -
     cycle_after(scheduler, clock, 1.0)
     assert not scheduler.last.binder_full
     assert [c for c in api.calls if c[0] == "POST" and c[1].endswith("/pods")]  # admitted and created
+
+
+def test_a_cycle_applies_no_more_bindings_than_the_binder_has_room_for() -> None:
+    """A cycle may place thousands of jobs at once (a cluster drained by a wave of completions): only as
+    many as `max_binds_in_flight` leaves room for are bound; the others stay Pending, nothing promised
+    for them, and are placed again by a later cycle."""
+    api = FakeApiServer()
+    scheduler, cache, clock = world(api)
+    for name in ("one", "two", "three"):
+        scheduler.on_trainingjob("ADDED", tj_json("team", name, "team", gpus=1))
+    scheduler.binder.in_flight = scheduler.config.max_binds_in_flight - 2  # room for two gangs
+    cycle_after(scheduler, clock, 0.0)
+    creates = [c for c in api.calls if c[0] == "POST" and c[1].endswith("/pods")]
+    assert len(creates) == 2 and scheduler.last.deferred == 1, (creates, scheduler.last)
+    assert len(cache.assumed) == 2  # the deferred job holds no promise
+    scheduler.binder.in_flight = 0
+    cycle_after(scheduler, clock, 1.0)
+    assert len([c for c in api.calls if c[0] == "POST" and c[1].endswith("/pods")]) == 3
