@@ -482,7 +482,7 @@ class Scheduler:
         for job_id, (code, message) in waiting.items():
             self._say_pending(job_id, code, message, plain)
             report.reasons[code] += 1
-        report.pending = len(waiting)
+        report.pending = len(waiting) + report.deferred  # deferred: placed, left for a later cycle
         report.running = len(running)
         lap("apply")
 
