@@ -262,7 +262,10 @@ def test_no_job_is_admitted_while_the_binder_holds_max_binds_in_flight_gangs() -
     scheduler.binder.in_flight = scheduler.config.max_binds_in_flight  # as if that many gangs were queued
     cycle_after(scheduler, clock, 0.0)
     assert scheduler.last.binder_full and not [c for c in api.calls if c[1].endswith("/pods")]
-    scheduler.binder.in_flight = scheduler.config.max_binds_in_flight - 1
+    scheduler.binder.in_flight = scheduler.config.max_binds_in_flight // 2 + 1  # still more than half in hand
+    cycle_after(scheduler, clock, 1.0)
+    assert scheduler.last.binder_full
+    scheduler.binder.in_flight = scheduler.config.max_binds_in_flight // 2  # half the room free: admit again
     cycle_after(scheduler, clock, 1.0)
     assert not scheduler.last.binder_full
     assert [c for c in api.calls if c[0] == "POST" and c[1].endswith("/pods")]  # admitted and created
@@ -276,7 +279,8 @@ def test_a_cycle_applies_no_more_bindings_than_the_binder_has_room_for() -> None
     scheduler, cache, clock = world(api)
     for name in ("one", "two", "three"):
         scheduler.on_trainingjob("ADDED", tj_json("team", name, "team", gpus=1))
-    scheduler.binder.in_flight = scheduler.config.max_binds_in_flight - 2  # room for two gangs
+    scheduler.config = scheduler.config.model_copy(update={"max_binds_in_flight": 4})
+    scheduler.binder.in_flight = 2  # half in hand: the core runs, and there is room for two gangs
     cycle_after(scheduler, clock, 0.0)
     creates = [c for c in api.calls if c[0] == "POST" and c[1].endswith("/pods")]
     assert len(creates) == 2 and scheduler.last.deferred == 1, (creates, scheduler.last)
