@@ -82,6 +82,7 @@ from leitstand.scheduler.errors import InvalidSpecError
 from leitstand.scheduler.fairshare import build_queue_tree
 from leitstand.scheduler.model import (
     GPU_MILLI,
+    Binding,
     Eviction,
     EvictionKind,
     Growth,
@@ -943,9 +944,13 @@ class Scheduler:
         # left for a later cycle (the core planned on a copy, so nothing is promised for them) — except
         # those that evictions or shrinks were made for, and moved jobs, which must go through.
         room = self.config.max_binds_in_flight - self.binder.in_flight
-        needed = ({e.for_job for e in plan.evictions} | {e.job_id for e in plan.evictions}
-                  | {s.for_job for s in plan.shrinks}) if room < len(plan.bindings) + len(plan.grows) else set()
-        for binding in plan.bindings:
+        bindings: Sequence[Binding] = plan.bindings
+        needed: set[JobId] = set()
+        if room < len(plan.bindings) + len(plan.grows):
+            needed = ({e.for_job for e in plan.evictions} | {e.job_id for e in plan.evictions}
+                      | {s.for_job for s in plan.shrinks})
+            bindings = self._round_robin(plan.bindings, plain)
+        for binding in bindings:
             if room <= 0 and binding.job_id not in needed:
                 report.deferred += 1
                 continue
@@ -963,6 +968,21 @@ class Scheduler:
             room -= 1
             self._grow(growth)
             report.binds += 1
+
+    def _round_robin(self, bindings: Sequence[Binding], plain: Mapping[JobId, PodRecord]) -> list[Binding]:
+        """The plan's bindings taken one queue at a time in turn (each queue's in plan order), so that
+        when only some fit into the binder every queue gets its share of them: in plan order a
+        reserved pool's gangs came after 7,800 other bindings and did not start for 20 minutes."""
+        by_queue: dict[str, list[Binding]] = {}
+        for binding in bindings:
+            pod = plain.get(binding.job_id)
+            tracked = self.jobs.get(str(binding.job_id))
+            queue = pod.queue if pod is not None else (
+                tracked.spec.queue if tracked is not None and isinstance(tracked.spec, TrainingJobSpec) else "")
+            by_queue.setdefault(queue, []).append(binding)
+        lanes = list(by_queue.values())
+        return [lane[i] for i in range(max((len(lane) for lane in lanes), default=0)) for lane in lanes
+                if i < len(lane)]
 
     # -- elastic jobs -----------------------------------------------------------------------------
 

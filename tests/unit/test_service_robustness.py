@@ -13,7 +13,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from test_api import replica_pod_json, tj_json
+from test_api import queue_json, replica_pod_json, tj_json
 from test_service_followup import FakeApiServer, add_running_pod, run, world
 
 from leitstand.operator.service.binder import Binder, BindError, PodWrite
@@ -288,3 +288,15 @@ def test_a_cycle_applies_no_more_bindings_than_the_binder_has_room_for() -> None
     scheduler.binder.in_flight = 0
     cycle_after(scheduler, clock, 1.0)
     assert len([c for c in api.calls if c[0] == "POST" and c[1].endswith("/pods")]) == 3
+
+
+def test_bindings_left_for_later_are_shared_out_between_queues() -> None:
+    """Room for fewer bindings than the plan has: each queue gets its turn (one each, round-robin in
+    the plan's order), so a queue whose jobs come late in the plan is not starved by a busy one."""
+    scheduler, _cache, _clock = world(FakeApiServer())
+    scheduler.on_queue("ADDED", queue_json("pool", namespaces=["pool"], quota=8))
+    for name in ("a", "b", "c"):
+        scheduler.on_trainingjob("ADDED", tj_json("team", name, "team", gpus=1))
+    scheduler.on_trainingjob("ADDED", tj_json("pool", "gang", "pool", gpus=1))
+    plan = [Binding(JobId(key), ()) for key in ("team/a", "team/b", "team/c", "pool/gang")]
+    assert [str(b.job_id) for b in scheduler._round_robin(plan, {})] == ["team/a", "pool/gang", "team/b", "team/c"]
