@@ -100,7 +100,7 @@ class KubeApi:
 
 
 def collection_path(obj: dict[str, Any]) -> str:
-    """The POST path for a core or RBAC object (the kinds `controlplane` creates)."""
+    """The POST path for a core, RBAC or flow-control object (the kinds `controlplane` creates)."""
     kind = obj["kind"]
     plural = {
         "Namespace": "namespaces",
@@ -110,6 +110,7 @@ def collection_path(obj: dict[str, Any]) -> str:
         "RoleBinding": "rolebindings",
         "Role": "roles",
         "ServiceAccount": "serviceaccounts",
+        "FlowSchema": "flowschemas",
     }[kind]
     api_version = obj["apiVersion"]
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"

@@ -22,6 +22,7 @@ import copy
 import functools
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,7 @@ def test_the_rendered_defaults_are_deploy_object_for_object(helm_home: Path) -> 
         assert chart[k] == deploy[k], f"{k} differs between the chart and deploy/"
     kinds = {k[0] for k in chart}
     assert kinds == {"CustomResourceDefinition", "PriorityClass", "ClusterRole", "ClusterRoleBinding",
-                     "ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget"}
+                     "ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "FlowSchema"}
     assert helm.chart_drift(helm_home) == []  # deploy/operator.yaml is what the chart renders now
 
 
@@ -169,8 +170,16 @@ def _restorable(obj: dict[str, Any]) -> dict[str, Any]:
 def install_crds(cluster: Cluster) -> None:
     """The chart's crds/ (what `helm install` creates first), applied and awaited Established."""
     cluster.kubectl("apply", "-f", str(CHART / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.leitstand.dev",
-                    "crd/queues.leitstand.dev", "--timeout=60s")
+    # kubectl wait fails at once ("status.conditions accessor error") while a just-applied CRD has no
+    # status yet, which a loaded API server shows for a moment: ask again until it answers.
+    deadline = time.monotonic() + 60
+    while True:
+        proc = cluster.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.leitstand.dev",
+                               "crd/queues.leitstand.dev", "--timeout=60s", check=False)
+        if proc.returncode == 0:
+            return
+        assert "accessor error" in proc.stderr and time.monotonic() < deadline, proc.stderr
+        time.sleep(0.5)
 
 
 def test_the_rendered_manifests_pass_a_server_side_dry_run(cluster: Cluster, helm_home: Path) -> None:

@@ -207,6 +207,34 @@ def test_tenant_tokens_are_limited_by_rbac(cluster: Cluster) -> None:
     )
 
 
+def flow_schema_of(cluster: Cluster, path: str, user: str) -> str:
+    """The UID of the FlowSchema kube-apiserver's API Priority and Fairness put a GET of `path` by
+    `user` into (response header X-Kubernetes-PF-FlowSchema-UID), whatever the answer's status."""
+    config = yaml.safe_load(cluster.kubeconfig(user).read_text())
+    server = config["clusters"][0]["cluster"]["server"]
+    token = config["users"][0]["user"]["token"]
+    req = urllib.request.Request(f"{server}{path}", headers={"Authorization": f"Bearer {token}"})
+    context = ssl.create_default_context(cafile=str(cluster.run / "pki" / "ca.crt"))
+    try:
+        with urllib.request.urlopen(req, context=context, timeout=10) as resp:
+            return str(resp.headers.get("X-Kubernetes-PF-FlowSchema-UID", ""))
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return str(exc.headers.get("X-Kubernetes-PF-FlowSchema-UID", ""))
+
+
+def test_the_operators_lease_requests_go_to_the_leader_election_priority_level(cluster: Cluster) -> None:
+    """deploy/rbac/operator.yaml's FlowSchema: the operator's Lease requests are not queued behind its
+    own pod writes in kube-apiserver (a 1,250-node run lost the Lease when a renewal waited there);
+    its other requests stay where they were."""
+    schema = cluster.get_json("flowschema", "leitstand-leader-election")
+    assert schema["spec"]["priorityLevelConfiguration"]["name"] == "leader-election"
+    lease = "/apis/coordination.k8s.io/v1/namespaces/leitstand-system/leases/leitstand-scheduler"
+    assert flow_schema_of(cluster, lease, "leitstand-operator") == schema["metadata"]["uid"]
+    assert flow_schema_of(cluster, "/api/v1/pods?limit=1", "leitstand-operator") != schema["metadata"]["uid"]
+    assert flow_schema_of(cluster, lease, "tenant-a") != schema["metadata"]["uid"]  # only the operator
+
+
 def test_garbage_collector_and_namespace_deletion(cluster: Cluster, namespace: str) -> None:
     cluster.kubectl("create", "configmap", "owner", "-n", namespace)
     uid = cluster.get_json("configmap", "owner", "-n", namespace)["metadata"]["uid"]
