@@ -790,32 +790,11 @@ class PodWatch:
 # The cluster side: install, clean, metrics
 
 
-_PLURALS = {
-    "Namespace": "namespaces",
-    "CustomResourceDefinition": "customresourcedefinitions",
-    "PriorityClass": "priorityclasses",
-    "ClusterRole": "clusterroles",
-    "ClusterRoleBinding": "clusterrolebindings",
-    "Role": "roles",
-    "RoleBinding": "rolebindings",
-    "ServiceAccount": "serviceaccounts",
-}
-
-
-def _collection(obj: Mapping[str, Any]) -> str:
-    plural = _PLURALS.get(obj["kind"])
-    if plural is None:
-        raise ValueError(f"bench install: no collection path known for kind {obj['kind']}")
-    api_version = obj["apiVersion"]
-    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    namespace = (obj.get("metadata") or {}).get("namespace")
-    return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
-
-
 async def install(admin: KubeClient, total_gpus: int, deadline_seconds: float = 60.0) -> None:
     """deploy/namespace.yaml, crds/, priorityclasses.yaml, rbac/ (existing objects are kept), the
     benchmark namespace with its default ServiceAccount, and one Queue holding every GPU."""
     from leitstand.operator.cluster.credentials import load_manifests
+    from leitstand.operator.cluster.kubeapi import collection_path
     from leitstand.operator.cluster.layout import repo_root
 
     deploy = repo_root() / "deploy"
@@ -823,7 +802,7 @@ async def install(admin: KubeClient, total_gpus: int, deadline_seconds: float = 
              *sorted((deploy / "rbac").glob("*.yaml"))]
     crds: list[str] = []
     for obj in load_manifests(files):
-        status, body = await admin.request("POST", _collection(obj), obj)
+        status, body = await admin.request("POST", collection_path(obj), obj)
         if status not in (200, 201, 409):
             raise RuntimeError(f"creating {obj['kind']} {obj['metadata']['name']}: HTTP {status} {body}")
         if obj["kind"] == "CustomResourceDefinition":

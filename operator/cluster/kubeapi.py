@@ -12,6 +12,7 @@ import http.client
 import json
 import ssl
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -99,19 +100,27 @@ class KubeApi:
             self._local.conn = None
 
 
-def collection_path(obj: dict[str, Any]) -> str:
-    """The POST path for a core, RBAC or flow-control object (the kinds `controlplane` creates)."""
+PLURALS = {
+    "Namespace": "namespaces",
+    "Node": "nodes",
+    "CustomResourceDefinition": "customresourcedefinitions",
+    "PriorityClass": "priorityclasses",
+    "ClusterRole": "clusterroles",
+    "ClusterRoleBinding": "clusterrolebindings",
+    "RoleBinding": "rolebindings",
+    "Role": "roles",
+    "ServiceAccount": "serviceaccounts",
+    "FlowSchema": "flowschemas",
+}
+
+
+def collection_path(obj: Mapping[str, Any]) -> str:
+    """The POST path for one of the kinds Leitstand's own tools create (`controlplane`'s RBAC and
+    nodes, the benchmarks' install of deploy/); KeyError naming the kind for any other."""
     kind = obj["kind"]
-    plural = {
-        "Namespace": "namespaces",
-        "Node": "nodes",
-        "ClusterRole": "clusterroles",
-        "ClusterRoleBinding": "clusterrolebindings",
-        "RoleBinding": "rolebindings",
-        "Role": "roles",
-        "ServiceAccount": "serviceaccounts",
-        "FlowSchema": "flowschemas",
-    }[kind]
+    plural = PLURALS.get(kind)
+    if plural is None:
+        raise KeyError(f"no collection path known for kind {kind}: add it to kubeapi.PLURALS")
     api_version = obj["apiVersion"]
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     namespace = obj.get("metadata", {}).get("namespace")
