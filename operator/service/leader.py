@@ -301,23 +301,32 @@ class LeaderElector:
             await asyncio.wait({task})
         self._leading = False
         lease = self._lease
-        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
-            return False
-        now = _micro_time()
-        spec = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": now, "acquireTime": now}
-        metadata = {k: v for k, v in lease["metadata"].items() if k != "managedFields"}
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
-        try:
-            status, reply = await self._client.request("PUT", self._path, body)
-        except _ATTEMPT_ERRORS as exc:
-            log.warning("lease %s/%s: release failed (%s)", self.namespace, self.name, exc)
-            return False
-        if status != 200:
-            log.info("lease %s/%s: release answered %d (someone else holds it)", self.namespace, self.name, status)
-            return False
-        self._took(reply)
-        log.info("lease %s/%s: released by %s", self.namespace, self.name, self.identity)
-        return True
+        for _attempt in range(2):
+            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                return False
+            now = _micro_time()
+            spec = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": now,
+                    "acquireTime": now}
+            metadata = {k: v for k, v in lease["metadata"].items() if k != "managedFields"}
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
+            try:
+                status, reply = await self._client.request("PUT", self._path, body)
+                if status == 409:
+                    # A renewal cancelled in flight may have been written after all: our copy is stale.
+                    # Read it again; if we still hold it, hand it back from the fresh copy.
+                    status, lease = await self._client.request("GET", self._path)
+                    lease = lease if status == 200 else None
+                    continue
+            except _ATTEMPT_ERRORS as exc:
+                log.warning("lease %s/%s: release failed (%s)", self.namespace, self.name, exc)
+                return False
+            if status != 200:
+                log.info("lease %s/%s: release answered %d", self.namespace, self.name, status)
+                return False
+            self._took(reply)
+            log.info("lease %s/%s: released by %s", self.namespace, self.name, self.identity)
+            return True
+        return False
 
 
 class LeaseThread:

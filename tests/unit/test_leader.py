@@ -307,6 +307,27 @@ def test_release_hands_the_lease_over_without_waiting() -> None:
     asyncio.run(main())
 
 
+def test_release_succeeds_when_a_cancelled_renewal_was_written_after_all() -> None:
+    """The renewal in flight when release() cancels the elector may still reach the API server: the
+    elector's copy of the Lease is then stale and the release PUT meets 409. It reads the Lease again
+    and, still the holder, hands it back (found as a flaky LeaseThread test in a fresh-clone run)."""
+    fake, clock = FakeLeases(), FakeClock()
+
+    async def main() -> None:
+        async with lease_api(fake) as client:
+            a = replica(client, "a", clock)
+            a.start()
+            await until(lambda: a.elector.is_leader)
+            await a.crash()  # the elector stops (its copy of the Lease stays as it was)
+            assert fake.lease is not None and fake.holder == "a"
+            fake.rv += 1  # written again by us (the cancelled renewal), the answer never read
+            fake.lease["metadata"]["resourceVersion"] = str(fake.rv)
+            assert await a.elector.release()
+            assert fake.holder == ""
+
+    asyncio.run(main())
+
+
 def test_two_candidates_for_a_missing_lease_elect_exactly_one() -> None:
     fake, clock = FakeLeases(), FakeClock()
 
