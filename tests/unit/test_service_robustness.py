@@ -182,15 +182,12 @@ def test_a_confirmed_bind_is_not_rolled_back_when_the_watch_is_late() -> None:
     scheduler, _cache, clock = world(api)
     scheduler.on_trainingjob("ADDED", tj_json("team", "quiet", "team"))
 
-    def step(seconds: float) -> None:
-        cycle_after(scheduler, clock, seconds)
-
-    step(0.0)
+    cycle_after(scheduler, clock, 0.0)
     creates = [path for method, path, _ in api.calls if method == "POST" and path.endswith("/pods")]
     binds = [path for method, path, _ in api.calls if method == "POST" and path.endswith("/binding")]
     assert len(creates) == 1 and len(binds) == 1
-    step(IN_FLIGHT_GIVE_UP_SECONDS + 1)
-    step(1.0)
+    cycle_after(scheduler, clock, IN_FLIGHT_GIVE_UP_SECONDS + 1)
+    cycle_after(scheduler, clock, 1.0)
     assert [path for method, path, _ in api.calls if method == "POST" and path.endswith("/pods")] == creates
     assert not [c for c in api.calls if c[0] == "DELETE"], api.calls
 
@@ -212,19 +209,16 @@ def test_gpus_of_an_unanswered_bind_stay_promised_until_the_pod_shows_or_time_pa
     scheduler, cache, clock = world(api)
     scheduler.on_trainingjob("ADDED", tj_json("team", "first", "team"))
 
-    def step(seconds: float) -> None:
-        cycle_after(scheduler, clock, seconds)
-
-    step(0.0)
+    cycle_after(scheduler, clock, 0.0)
     promised = dict(cache.assumed)
     assert len(promised) == 1  # the first job's pod: create answered, bind not
     scheduler.on_trainingjob("ADDED", tj_json("team", "second", "team"))
     scheduler.on_trainingjob("ADDED", tj_json("team", "third", "team", gpus=8))
-    step(1.0)
+    cycle_after(scheduler, clock, 1.0)
     assert set(promised) <= set(cache.assumed)  # still promised: two nodes, one of them maybe taken
     nodes = [c.node for c in cache.assumed.values()]
     assert len(nodes) == len(set(nodes)), cache.assumed  # nothing placed onto the uncertain node
-    step(UNCERTAIN_SECONDS + 1)
+    cycle_after(scheduler, clock, UNCERTAIN_SECONDS + 1)
     assert not set(promised) & set(cache.assumed)  # never seen: forgotten after the bound
 
 
