@@ -314,10 +314,19 @@ def _fill_domain(
     # Cold scores are deduplicated by node state: two nodes with the same GPU row, CPU, memory and
     # model score the same (a score depends only on the node's own state and the request; Random,
     # whose draw is per node, is excluded). Idle or identically loaded nodes are common at scale.
-    dedupe = policy != RANDOM and count >= DEDUPE_MIN_CANDIDATES
+    # The dedupe table is sized by the nodes that need a cold score: with a warm score cache (the
+    # common case inside a cycle) that is a handful, and three 2×count arrays (hundreds of KB at
+    # 12,500 nodes, allocated, filled and freed per call) would cost more than the scoring.
+    n_cold = count
+    if use_cache:
+        n_cold = 0
+        for i in range(count):
+            n = cand[i]
+            n_cold += cached_stamp[n] != node_version[n]
+    dedupe = policy != RANDOM and n_cold >= DEDUPE_MIN_CANDIDATES
     table_size = 1
     if dedupe:
-        while table_size < 2 * count:
+        while table_size < 2 * n_cold:
             table_size *= 2
     table_node = np.full(table_size, -1, np.int64)
     table_hash = np.zeros(table_size, np.uint64)
