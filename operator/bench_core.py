@@ -106,4 +106,9 @@ def core(
         for phase in ("allocate", "reclaim", "preempt", "consolidate"):
             console.print(f"  {phase}: {busy[phase]}")
         console.print(f"  pending by reason: {busy['pending_by_reason']}")
+        memory = busy["memory_mib"]
+        console.print(
+            f"  memory: snapshot + cluster state {memory['snapshot_and_state']} MiB, a cycle's peak above that "
+            f"{memory['cycle_peak_above_resident']} MiB, process resident {memory['process_resident']} MiB"
+        )
     console.print(f"reference parity on the timed gangs: {result['reference_identical']}")

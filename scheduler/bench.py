@@ -531,22 +531,31 @@ def run_contended_cycle_bench(
 
     The maintained `ClusterState` is built (and the kernels warmed) outside the timing, as the
     operator keeps one between cycles; the cycle's own copy of it is inside ("snapshot" phase).
+    Memory (`memory_mib`, Linux /proc): what the snapshot and the state added to the resident size,
+    the largest rise of the resident size during one cycle (its peak reset before each run), and the
+    process' resident size at the end.
     """
     from leitstand.scheduler.cycle import run_cycle
     from leitstand.scheduler.model import EvictionKind, SchedulerConfig
 
+    config = SchedulerConfig(policy=policy)
+    run_cycle(make_contended_snapshot(512, 50, seed), config)  # compile / load the kernels outside the timing
+    rss_before = _resident_mib()
     snapshot = make_contended_snapshot(n_gpus, pending, seed)
     state = ClusterState.from_nodes(snapshot.nodes, snapshot.topology)
     for held in snapshot.running:
         state.allocate_job(held)
-    config = SchedulerConfig(policy=policy)
-    run_cycle(make_contended_snapshot(512, 50, seed), config)  # compile / load the kernels outside the timing
+    rss_built = _resident_mib()
+    peak_extra = 0.0
     best: tuple[float, float, Any, dict[str, int]] | None = None
     for _ in range(max(repeats, 1)):  # the same cycle again (it works on a copy); the fastest counts
         stats: dict[str, int] = {}
+        rss_start, peak_known = _resident_mib(), _reset_peak_resident()
         start, start_cpu = time.perf_counter(), time.thread_time()
         plan = run_cycle(snapshot, config, state=state, stats=stats)
         seconds, cpu_seconds = time.perf_counter() - start, time.thread_time() - start_cpu
+        if peak_known:
+            peak_extra = max(peak_extra, _peak_resident_mib() - rss_start)
         if best is None or cpu_seconds < best[1]:
             best = (seconds, cpu_seconds, plan, stats)
     assert best is not None
@@ -595,4 +604,40 @@ def run_contended_cycle_bench(
             **{k.removeprefix("consolidate_"): v for k, v in stats.items() if k.startswith("consolidate_")},
         },
         "pending_by_reason": dict(sorted(reasons.items())),
+        "memory_mib": {
+            "snapshot_and_state": round(rss_built - rss_before, 1),
+            "cycle_peak_above_resident": round(peak_extra, 1) if peak_extra > 0 else None,
+            "process_resident": round(_resident_mib(), 1),
+        },
     }
+
+
+def _proc_status_mib(field: str) -> float:
+    """A `VmRSS`/`VmHWM` line of /proc/self/status in MiB (0 where there is no /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _resident_mib() -> float:
+    return _proc_status_mib("VmRSS")
+
+
+def _peak_resident_mib() -> float:
+    return _proc_status_mib("VmHWM")
+
+
+def _reset_peak_resident() -> bool:
+    """Reset the process' peak resident size (Linux: `5` to /proc/self/clear_refs), so `VmHWM` after a
+    cycle is that cycle's peak. False where that is not possible (the peak is then not reported)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    return True

@@ -32,3 +32,6 @@ def test_contended_bench_reports_phases_and_counts() -> None:
     waiting = sum(out["pending_by_reason"].values())
     bound = out["allocate"]["bound"] + out["reclaim"]["bound"] + out["preempt"]["bound"] + out["consolidate"]["bound"]
     assert waiting + bound == out["pending_jobs"]
+    memory = out["memory_mib"]
+    assert memory["process_resident"] > 0  # Linux /proc, as on every machine this runs on
+    assert memory["snapshot_and_state"] >= 0
