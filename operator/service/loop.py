@@ -1494,7 +1494,11 @@ class Scheduler:
         ns = self.config.system_namespace
         seen = {(p.planned_node or p.node, p.assigned[0]) for p in self.cache.reservations.values() if p.assigned}
         self.reservations_creating &= {spot for spot in self.reservations_creating if spot not in seen}
-        for node, gpu in wanted - set(have) - self.reservations_creating:
+        # A spot whose old reservation is still terminating waits for it to go: the new pod would have
+        # its name, and the API server refuses the create (409, "object is being deleted") until then.
+        terminating = {(p.planned_node or p.node, p.assigned[0]) for p in self.cache.reservations.values()
+                       if p.assigned and p.deleting}
+        for node, gpu in wanted - set(have) - self.reservations_creating - terminating:
             name = f"gpu-reservation-{node}-{gpu}"[:253]
             manifest = {
                 "apiVersion": "v1",

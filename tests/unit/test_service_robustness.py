@@ -294,3 +294,42 @@ def test_bindings_left_for_later_are_shared_out_between_queues() -> None:
     scheduler.on_trainingjob("ADDED", tj_json("pool", "gang", "pool", gpus=1))
     plan = [Binding(JobId(key), ()) for key in ("team/a", "team/b", "team/c", "pool/gang")]
     assert [str(b.job_id) for b in scheduler._round_robin(plan, {})] == ["team/a", "pool/gang", "team/b", "team/c"]
+
+
+def test_a_shared_gpu_whose_old_reservation_is_still_terminating_gets_a_new_one_only_when_it_is_gone() -> None:
+    """A fraction runs on GPU 3 of a node whose reservation pod of an earlier sharing is still being deleted
+    (the GPU was free for a moment, then shared again). Reservation names are per node and GPU, so a new
+    one cannot be created before the old one is gone: the API server answers 409 "object is being deleted".
+    The loop waits for the old pod to go instead of posting a create every cycle (the 1,250-node factory
+    run showed that churn), then creates the new reservation."""
+    api = FakeApiServer()
+    scheduler, cache, clock = world(api)
+    scheduler.on_trainingjob("ADDED", tj_json("team", "notebook", "team", gpuFraction=0.5))
+    raw = replica_pod_json("team", "notebook", 0, "b200-0000", [3], "team", "uid-team-notebook")
+    raw["metadata"]["annotations"]["leitstand.dev/gpu-fraction"] = "0.5"
+    raw["spec"]["containers"][0]["resources"] = {}
+    fraction = pod_record(raw)
+    assert fraction is not None
+    cache.on_pod("ADDED", fraction.key, None, fraction)
+    namespace = scheduler.config.system_namespace
+    old = pod_record({
+        "metadata": {"name": "gpu-reservation-b200-0000-3", "namespace": namespace, "uid": "old-hold",
+                     "creationTimestamp": "2027-01-15T07:00:00Z", "deletionTimestamp": "2027-01-15T08:00:00Z",
+                     "labels": {"leitstand.dev/role": "gpu-reservation"},
+                     "annotations": {"leitstand.dev/gpus": "3", "leitstand.dev/node": "b200-0000"}},
+        "spec": {"schedulerName": "leitstand", "nodeName": "b200-0000",
+                 "containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+        "status": {"phase": "Running"}})
+    assert old is not None and old.deleting
+    cache.on_pod("ADDED", old.key, None, old)
+
+    def reservation_creates() -> int:
+        return sum(1 for method, path, body in api.calls
+                   if method == "POST" and path.endswith("/pods") and "gpu-reservation" in str(body))
+
+    cycle_after(scheduler, clock, 0.0)
+    cycle_after(scheduler, clock, 5.0)
+    assert reservation_creates() == 0  # the old one still holds the name
+    cache.on_pod("DELETED", old.key, old, None)
+    cycle_after(scheduler, clock, 1.0)
+    assert reservation_creates() == 1
