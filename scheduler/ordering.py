@@ -71,15 +71,23 @@ class _LeafKey:
         self._leaf = leaf
 
     def __call__(self, job: Job) -> QueueKey:
+        # One plain loop instead of `all(...)` and `tuple(saturation(...))` over generators: called
+        # once per job handed out, it was the ordering's largest cost in a contended cycle.
         allocated = self._allocated
         amount = job.gpu_milli_total
-        within_share = all(allocated[q] + amount <= share + _EPS_MILLI for q, share in self._levels)
+        within_share = 0
+        levels: list[float] = []
+        for q, share in self._levels:
+            held = allocated[q]
+            if held + amount > share + _EPS_MILLI:
+                within_share = 1
+            levels.append(saturation(held, share))
         within_quota = allocated[self._leaf] + amount <= self._deserved + _EPS_MILLI
         return (
-            0 if within_share else 1,
+            within_share,
             0 if within_quota else 1,
             self._neg_priority,
-            tuple(saturation(allocated[q], share) for q, share in self._levels),
+            tuple(levels),
             self._created_at,
             self._leaf,
         )

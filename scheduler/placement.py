@@ -467,7 +467,7 @@ def place_gang(
     if problem is not None:
         return Unplaceable(INVALID_REQUEST, problem)
     width = max(request.gpus, 1)
-    if request.replicas > MAX_GANG_REPLICAS or width > int(state.gpu_count.max(initial=0)):
+    if request.replicas > MAX_GANG_REPLICAS or width > state.max_node_gpus:
         # Sized by the request, the answer's arrays would take gigabytes for a gang of 2^31 replicas
         # (or GPUs): say why it cannot be placed before any of them exists.
         never = never_fits(state, request)
@@ -520,23 +520,27 @@ def place_gang(
     )
 
 
+def _replicas(placement: GangPlacement, replicas: int | None = None) -> list[tuple[int, list[int]]]:
+    """(node index, GPU indices) per replica as plain ints (one `tolist` per array, not per element)."""
+    nodes: list[int] = placement.nodes.tolist()
+    rows: list[list[int]] = placement.gpus.tolist()
+    count = len(nodes) if replicas is None else replicas
+    return [(nodes[r], [g for g in rows[r] if g >= 0]) for r in range(count)]
+
+
 def apply_placement(state: ClusterState, request: GangRequest, placement: GangPlacement) -> None:
     """Charge a placement to `state` (the cycle calls this once it commits to a binding)."""
-    for r in range(request.replicas):
-        used = [int(g) for g in placement.gpus[r] if g >= 0]
-        state.allocate(int(placement.nodes[r]), used, request.gpu_milli, request.cpu_milli, request.memory_mib)
+    for node, used in _replicas(placement, request.replicas):
+        state.allocate(node, used, request.gpu_milli, request.cpu_milli, request.memory_mib)
 
 
 def release_placement(state: ClusterState, request: GangRequest, placement: GangPlacement) -> None:
     """Give back what `apply_placement` charged (a job ended, or a what-if is rolled back)."""
-    for r in range(request.replicas):
-        used = [int(g) for g in placement.gpus[r] if g >= 0]
-        state.release(int(placement.nodes[r]), used, request.gpu_milli, request.cpu_milli, request.memory_mib)
+    for node, used in _replicas(placement, request.replicas):
+        state.release(node, used, request.gpu_milli, request.cpu_milli, request.memory_mib)
 
 
 def replica_placements(state: ClusterState, placement: GangPlacement) -> tuple[ReplicaPlacement, ...]:
     """Translate array indices back to node names for a `Binding`."""
-    return tuple(
-        ReplicaPlacement(node=state.node_names[int(n)], gpu_indices=tuple(int(g) for g in placement.gpus[r] if g >= 0))
-        for r, n in enumerate(placement.nodes)
-    )
+    names = state.node_names
+    return tuple(ReplicaPlacement(node=names[node], gpu_indices=tuple(used)) for node, used in _replicas(placement))

@@ -119,8 +119,12 @@ class ClusterState:
     fit_cache: dict[Any, Any] = field(default_factory=dict)
     """Owned by `placement.py`: "never fits" diagnoses per request shape and node mask. They read
     only static arrays (capacities, domains), so copies share them."""
+    max_node_gpus: int = -1
+    """The most GPUs any one node has (static: computed once, shared by copies; placement asks on every call)."""
 
     def __post_init__(self) -> None:
+        if self.max_node_gpus < 0:
+            self.max_node_gpus = int(self.gpu_count.max(initial=0))
         if self.domain_order.shape != self.domain.shape[::-1]:
             self.domain_order, self.domain_start = _domain_index(self.domain, self.domain_count)
         if self.node_version.shape != self.gpu_count.shape:
@@ -289,6 +293,7 @@ class ClusterState:
             score_cache=self.score_cache,
             mask_cache=self.mask_cache,
             fit_cache=self.fit_cache,
+            max_node_gpus=self.max_node_gpus,
         )
 
     # -- sizes ----------------------------------------------------------------------------------
