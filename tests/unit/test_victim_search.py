@@ -161,3 +161,31 @@ def test_pool_order_is_the_cost_order_for_both_keys() -> None:
     for key in (victim_cost, move_cost):
         pool = VictimPool(stmt, candidates, key=key)
         assert [v.job.id for v in pool.ordered] == [v.job.id for v in sorted(candidates, key=key)]
+
+
+def test_pool_rows_follow_the_cost_order_for_gangs_of_several_replicas() -> None:
+    """The pool gathers its columns in the given order and permutes them once: each row (replica) must
+    still name the node and devices of the job at its place in the cost order."""
+    stmt, state, _ = _rack_state()
+    rng = np.random.default_rng(11)
+    candidates = []
+    for i in range(40):
+        replicas = int(rng.choice([1, 2, 3]))
+        nodes = [f"n{int(n)}" for n in rng.choice(4, size=replicas, replace=False)]
+        candidates.append(make_running(
+            make_job(f"g{i:02d}", str(rng.choice(["a", "b", "c"])), int(rng.choice([1, 2])),
+                     replicas=replicas, priority=int(rng.choice([10, 50]))),
+            [(node, [0]) for node in nodes],
+            started_at=float(rng.choice([0.0, 5.0])),
+        ))
+    for key in (victim_cost, move_cost):
+        pool = VictimPool(stmt, candidates, key=key)
+        expected_nodes = [state.node_index[p.node] for v in pool.ordered for p in v.placements]
+        expected_jobs = [i for i, v in enumerate(pool.ordered) for _ in v.placements]
+        assert pool.row_node.tolist() == expected_nodes
+        assert pool.row_job.tolist() == expected_jobs
+        assert pool.row_gpus.tolist() == [max(pool.ordered[j].job.gpus, 1) for j in expected_jobs]
+        assert [pool.rank[v.job.id] for v in pool.ordered] == list(range(len(candidates)))
+        assert pool.priority.tolist() == [v.job.priority for v in pool.ordered]
+        for queue in ("a", "b", "c"):
+            assert pool.of_queue(QueueName(queue)).tolist() == [v.job.queue == queue for v in pool.ordered]
