@@ -403,7 +403,10 @@ def _candidate_domains(
         return []
     row_job = pool.row_job[rows]
     if level == NONE:
-        return [(NONE, np.flatnonzero(mask), mask, np.unique(row_job))]
+        # rows come in row order, so a job's rows are adjacent and row_job ascends: no sort needed
+        first = np.ones(row_job.size, dtype=np.bool_)
+        first[1:] = row_job[1:] != row_job[:-1]
+        return [(NONE, np.flatnonzero(mask), mask, row_job[first])]
     row_node = pool.row_node[rows]
     width = max(request.gpus, 1)
     units = _units_per_gpu(request)

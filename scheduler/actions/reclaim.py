@@ -156,7 +156,7 @@ def run(ctx: CycleContext) -> None:
         # Victim candidates depend on the queue, the amount and the accounting, which changes only
         # when a search commits (the pool's epoch): cached for the epoch.
         # Within an epoch the amount matters only through in_quota_after on the reclaimer's path.
-        cache_key = (job.queue, model, tuple(in_quota_after(q) for q in acc.paths[job.queue]))
+        cache_key = (job.queue, model, tuple([in_quota_after(q) for q in acc.paths[job.queue]]))
         cached = victims_cache.get(cache_key)
         if cached is not None and cached[0] == pool.epoch:
             eligible = cached[1]
