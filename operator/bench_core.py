@@ -100,7 +100,9 @@ def core(
         busy = result["cycle_contended"]
         console.print(
             f"contended cycle ({busy['gpus']} GPUs, {busy['held_fraction']:.0%} held by {busy['running_jobs']} jobs, "
-            f"{busy['leaf_queues']} leaf queues, {busy['pending_jobs']} pending): {busy['seconds']:.3f} s"
+            f"{busy['leaf_queues']} leaf queues, {busy['pending_jobs']} pending): {busy['seconds']:.3f} s, "
+            f"CPU {busy['cpu_seconds']:.3f} s building every request, {busy['warm_cpu_seconds']:.3f} s with the "
+            "requests of the previous cycle"
         )
         console.print(f"  phases {busy['phase_seconds']}")
         for phase in ("allocate", "reclaim", "preempt", "consolidate"):

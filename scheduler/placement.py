@@ -76,6 +76,7 @@ class GangRequest:
                 gpu_models=job.gpu_models,
                 excluded_pools=excluded_pools,
                 allowed_nodes=job.allowed_nodes,
+                shared=True,
             ),
             required_level=levels.level_index(job.required_level) if job.required_level else NONE,
             preferred_level=levels.level_index(job.preferred_level) if job.preferred_level else NONE,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,6 +31,7 @@ from leitstand.scheduler.model import (
 from leitstand.scheduler.ordering import WorkQueue
 from leitstand.scheduler.placement import NEVER_FITS, GangRequest
 from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import Statement, gpus
 from leitstand.scheduler.victims import Accept, Admissible, VictimPool, choose_victims
 
@@ -66,6 +68,11 @@ POLICY_BLOCKS = frozenset(
 """Reasons that no eviction can cure (other than preemption inside the queue for QueueAtLimit)."""
 
 ShapeKey = tuple[object, ...]
+
+REQUEST_MEMO_SIZE = 200_000
+"""Jobs whose requests are kept between cycles (`CycleContext._build_request`); emptied when full."""
+_SCHEDULABLE = ("schedulable",)
+"""The request memo's key for the `schedulable` mask its entries were built with (a tuple: never a job id)."""
 
 VICTIM_SEARCHES_PER_ACTION = 128
 """Victim searches (each a few placement calls per candidate domain) per action per cycle. Jobs not
@@ -104,6 +111,8 @@ class CycleContext:
     shrink search and the grow action return at once."""
     _requests: dict[JobId, GangRequest | PendingReason] = field(default_factory=dict)
     _victim_pool: VictimPool | None = None
+    _request_memo_checked: dict[Any, Any] | None = None
+    """`ClusterState.request_cache` once checked against this cycle's `schedulable` (first request)."""
     _model_requests: dict[tuple[JobId, str], GangRequest | PendingReason] = field(default_factory=dict)
     _cuts: dict[JobId, tuple[tuple[str, ...], PendingReason | None]] = field(default_factory=dict)
 
@@ -380,7 +389,32 @@ class CycleContext:
         return replace(job, gpu_models=other_models(self.stmt.state, named, job))
 
     def _build_request(self, job: Job) -> GangRequest | PendingReason:
+        # Requests outlive the cycle: with a backlog of thousands of jobs, rebuilding each one's node
+        # mask and request every cycle was the largest cost of the openb replay. A request depends on
+        # the job, its queue's reservation, the reserved pools and the nodes' schedulability; the
+        # memo (on the state, shared by its copies) is checked against all four.
         own = self.reserved_pools.get(job.queue)
+        memo = self._request_memo_checked
+        if memo is None:
+            memo = self._request_memo_checked = _request_memo(self.stmt.state)
+        known = memo.get(job.id)
+        same = known is not None and (known[0] is job or known[0] == job)
+        if known is not None and same and known[1] == own and known[2] == self.all_reserved:
+            request: GangRequest | PendingReason = known[3]
+        else:
+            request = self._new_request(job, own)
+            if len(memo) >= REQUEST_MEMO_SIZE:
+                memo.clear()
+                memo[_SCHEDULABLE] = self.stmt.state.schedulable.tobytes()
+            memo[job.id] = (job, own, self.all_reserved, request)
+        held = self.held_nodes
+        holds_it = held is not None and not job.is_preemptible and job.id not in self.holders
+        if held is not None and holds_it and isinstance(request, GangRequest):
+            self.unheld[job.id] = request
+            request = replace(request, node_mask=request.node_mask & ~held)
+        return request
+
+    def _new_request(self, job: Job, own: str | None) -> GangRequest | PendingReason:
         if own is not None:
             if job.node_pool is not None and job.node_pool != own:
                 return PendingReason(
@@ -397,13 +431,9 @@ class CycleContext:
                 f"node pool {job.node_pool} is reserved for other queues; queue {job.queue} may not use it",
             )
         try:
-            request = GangRequest.for_job(self.stmt.state, job, excluded_pools=excluded)
+            return GangRequest.for_job(self.stmt.state, job, excluded_pools=excluded)
         except ValueError as err:
             return PendingReason(job.id, Code.INVALID_REQUEST, str(err))
-        if self.held_nodes is not None and not job.is_preemptible and job.id not in self.holders:
-            self.unheld[job.id] = request
-            request = replace(request, node_mask=request.node_mask & ~self.held_nodes)
-        return request
 
     def hold(self, nodes: NDArray[np.bool_], holders: frozenset[JobId]) -> None:
         """Hold `nodes` for the gangs `holders` (`actions/reserve.py`): from now on the requests of
@@ -492,3 +522,13 @@ def _all_models_at_limit(job: Job) -> str:
         f"waiting: queue {job.queue} is at its limit for every GPU model this job may use "
         f"(this job needs {gpus(job.gpu_milli_total)})"
     )
+
+
+def _request_memo(state: ClusterState) -> dict[Any, Any]:
+    """`state.request_cache`, emptied when any node's schedulability changed since it was filled."""
+    memo = state.request_cache
+    stamp = state.schedulable.tobytes()
+    if memo.get(_SCHEDULABLE) != stamp:
+        memo.clear()
+        memo[_SCHEDULABLE] = stamp
+    return memo

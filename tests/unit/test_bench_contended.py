@@ -24,6 +24,7 @@ def test_contended_bench_reports_phases_and_counts() -> None:
     out = run_contended_cycle_bench(n_gpus=8192, pending=300, seed=3, repeats=1)
     assert set(out["phase_seconds"]) >= {"allocate", "reclaim", "preempt", "consolidate", "total"}
     assert set(out["phase_cpu_seconds"]) >= {"allocate", "reclaim", "preempt", "consolidate"}
+    assert out["cpu_seconds"] > 0 and out["warm_cpu_seconds"] > 0  # both kinds of cycle were run
     for phase in ("reclaim", "preempt"):
         assert out[phase]["searches"] >= out[phase].get("search_failures", 0)
     assert out["allocate"]["bound"] > 0
