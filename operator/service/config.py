@@ -11,13 +11,15 @@ later in a cycle.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from leitstand.scheduler.model import SchedulerConfig, Topology
+from leitstand.scheduler.model import GPU_MILLI, SchedulerConfig, Topology
+from leitstand.scheduler.policies import TaskShape, TypicalTasks, typical_tasks_from_shapes
 
 
 class ConfigError(ValueError):
@@ -36,6 +38,39 @@ DEFAULT_LEVELS = (
     Level(name="rack", label="leitstand.dev/rack"),
     Level(name="nvlink-domain", label="leitstand.dev/nvlink-domain"),
 )
+
+
+class TypicalShape(BaseModel):
+    """One shape of the cluster's typical tasks (what the placement policy keeps room for; FGD's
+    "typical tasks", docs/policies.md): per replica, whole GPUs or a share of one, and its CPU."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpus: int = Field(default=1, ge=0, description="Whole GPUs per replica (0: a CPU-only task).")
+    gpu_fraction: float | None = Field(
+        default=None, gt=0, lt=1, description="A share of one GPU instead of whole ones (then gpus is 1)."
+    )
+    cpu_milli: int = Field(default=0, ge=0, description="CPU per replica, millicores.")
+    count: int = Field(
+        default=1, ge=1, description="How often this shape comes, relative to the others (e.g. jobs per day)."
+    )
+    gpu_models: tuple[str, ...] = Field(default=(), description="GPU models it may use; empty: any.")
+
+    @model_validator(mode="after")
+    def _one_gpu_for_a_share(self) -> TypicalShape:
+        if self.gpu_fraction is not None and self.gpus != 1:
+            raise ValueError(f"gpu_fraction is a share of one GPU: set gpus to 1 (got {self.gpus})")
+        return self
+
+    def core(self) -> TaskShape:
+        milli = round(self.gpu_fraction * GPU_MILLI) if self.gpu_fraction is not None else GPU_MILLI
+        return TaskShape(
+            cpu_milli=self.cpu_milli,
+            gpu_milli=milli if self.gpus else 0,
+            gpus=self.gpus,
+            count=self.count,
+            gpu_models=frozenset(self.gpu_models),
+        )
 
 
 class SchedulerSettings(BaseModel):
@@ -57,6 +92,20 @@ class SchedulerSettings(BaseModel):
     )
     reserve_min_gpus: int = Field(default=2, ge=1, description="Only gangs asking this many GPUs or more get a hold.")
     max_reserved_gangs: int = Field(default=2, ge=0, description="At most this many gangs hold capacity at once.")
+    typical_shapes: tuple[TypicalShape, ...] = Field(
+        default=(),
+        description="The cluster's typical task shapes with their frequencies (docs/policies.md): the "
+        "placement policy packs so that these keep fitting. Empty: DGX-style defaults (whole 1/2/4/8-GPU "
+        "replicas and half/quarter/eighth slices). Taken from the cluster's own job history, they are what "
+        "FGD is given in its paper's protocol; on the openb replay they also leave more nodes fully idle "
+        "(docs/replay.md).",
+    )
+
+    def typical_tasks(self, model_codes: Mapping[str, int]) -> TypicalTasks | None:
+        """The typical-task table for a cluster with these GPU models; None for the defaults."""
+        if not self.typical_shapes:
+            return None
+        return typical_tasks_from_shapes([shape.core() for shape in self.typical_shapes], model_codes, coverage=1.0)
 
     def core(self) -> SchedulerConfig:
         return SchedulerConfig(

@@ -97,7 +97,8 @@ from leitstand.scheduler.model import (
     Shrink,
     Snapshot,
 )
-from leitstand.scheduler.state import StateError
+from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.state import ClusterState, StateError
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,7 @@ class Scheduler:
         self.cache = cache
         self.clock = clock
         self.core_config = config.scheduler.core()
+        self._policy: tuple[ClusterState, PolicyContext] | None = None
         self.levels = tuple(level.name for level in config.topology)
         self.binder = Binder(client, gang_concurrency=config.bind_concurrency)
         self.book = StatusBook(client, busy=lambda: self.binder.active > 0)
@@ -470,7 +472,8 @@ class Scheduler:
                 if self.config.scheduler.usage_half_life_seconds else {},
             )
             try:
-                plan = run_cycle(snapshot, self.core_config, state=self.cache.state)
+                plan = run_cycle(snapshot, self.core_config, state=self.cache.state,
+                                 policy_context=self.policy_context())
             except (InvalidSpecError, StateError) as exc:
                 log.error("cycle skipped: %s", exc)
         lap("decide")
@@ -1477,6 +1480,17 @@ class Scheduler:
             found.add(parent)
             parent = parents.get(parent)
         return found
+
+    def policy_context(self) -> PolicyContext | None:
+        """The placement policy with the configured typical shapes (`scheduler.typical_shapes`), built
+        once per cluster state (again when nodes come or go); None lets the cycle use the defaults."""
+        state = self.cache.state
+        if self._policy is None or self._policy[0] is not state:
+            typical = self.config.scheduler.typical_tasks(state.model_codes)
+            if typical is None:
+                return None
+            self._policy = (state, PolicyContext.build(state, self.core_config.policy, typical=typical))
+        return self._policy[1]
 
     def _reservations(self) -> None:
         """One pod requesting `nvidia.com/gpu: 1` per shared GPU in use, so other schedulers see it taken."""

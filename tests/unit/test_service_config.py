@@ -38,3 +38,48 @@ def test_a_wrong_knob_is_refused_naming_the_file_and_the_field(tmp_path: Path, t
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert str(path) in str(error.value) and field in str(error.value), error.value
+
+
+def test_typical_shapes_shape_the_placement_policy_of_the_running_loop(tmp_path: Path) -> None:
+    """The platform engineer describes the cluster's usual jobs; the loop builds the placement policy
+    with them once per cluster state (not per cycle), and without them the cycle keeps its defaults."""
+    from test_service_followup import FakeApiServer, world
+
+    from leitstand.operator.service.loop import Scheduler
+    from leitstand.scheduler.policies import TaskShape, typical_tasks_from_shapes
+
+    api = FakeApiServer()
+    scheduler, cache, _ = world(api)
+    assert scheduler.policy_context() is None  # defaults: the cycle builds its own
+
+    config = load_config(write(tmp_path, "scheduler:\n  typical_shapes:\n"
+                                         "    - {gpus: 8, cpu_milli: 64000, count: 30}\n"
+                                         "    - {gpu_fraction: 0.5, cpu_milli: 4000, count: 70, gpu_models: [B200]}\n"))
+    scheduler = Scheduler(config, api, cache)  # type: ignore[arg-type]
+    context = scheduler.policy_context()
+    assert context is not None and scheduler.policy_context() is context  # built once
+    expected = typical_tasks_from_shapes(
+        [TaskShape(cpu_milli=64000, gpu_milli=1000, gpus=8, count=30),
+         TaskShape(cpu_milli=4000, gpu_milli=500, gpus=1, count=70, gpu_models=frozenset({"B200"}))],
+        cache.state.model_codes, coverage=1.0)
+    assert context.typ_milli.tolist() == expected.gpu_milli.tolist()
+    assert context.typ_num.tolist() == expected.gpus.tolist()
+    assert context.typ_weight.tolist() == expected.weight.tolist()
+    cache.state = cache.state.copy()  # nodes came or went: a new state
+    assert scheduler.policy_context() is not context
+
+
+@pytest.mark.parametrize(
+    ("shape", "field"),
+    [
+        ("{gpus: 2, gpu_fraction: 0.5}", "scheduler.typical_shapes.0"),
+        ("{gpu_fraction: 1.5}", "scheduler.typical_shapes.0.gpu_fraction"),
+        ("{gpus: 1, count: 0}", "scheduler.typical_shapes.0.count"),
+        ("{gpus: 1, cpus: 4}", "scheduler.typical_shapes.0.cpus"),
+    ],
+)
+def test_a_wrong_typical_shape_is_refused_naming_it(tmp_path: Path, shape: str, field: str) -> None:
+    path = write(tmp_path, f"scheduler:\n  typical_shapes:\n    - {shape}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(path) in str(error.value) and field in str(error.value), error.value
