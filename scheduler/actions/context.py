@@ -69,10 +69,8 @@ POLICY_BLOCKS = frozenset(
 
 ShapeKey = tuple[object, ...]
 
-REQUEST_MEMO_SIZE = 200_000
-"""Jobs whose requests are kept between cycles (`CycleContext._build_request`); emptied when full."""
-_SCHEDULABLE = ("schedulable",)
-"""The request memo's key for the `schedulable` mask its entries were built with (a tuple: never a job id)."""
+_SCHEDULABLE, _PREVIOUS, _CURRENT = "schedulable", "previous", "current"
+"""Keys of the request memo (`ClusterState.request_cache`, see `_request_memo`)."""
 
 VICTIM_SEARCHES_PER_ACTION = 128
 """Victim searches (each a few placement calls per candidate domain) per action per cycle. Jobs not
@@ -111,8 +109,8 @@ class CycleContext:
     shrink search and the grow action return at once."""
     _requests: dict[JobId, GangRequest | PendingReason] = field(default_factory=dict)
     _victim_pool: VictimPool | None = None
-    _request_memo_checked: dict[Any, Any] | None = None
-    """`ClusterState.request_cache` once checked against this cycle's `schedulable` (first request)."""
+    _request_memo_checked: tuple[dict[Any, Any], dict[Any, Any]] | None = None
+    """(this cycle's, the previous cycle's) requests by job id (`_request_memo`; set at the first request)."""
     _model_requests: dict[tuple[JobId, str], GangRequest | PendingReason] = field(default_factory=dict)
     _cuts: dict[JobId, tuple[tuple[str, ...], PendingReason | None]] = field(default_factory=dict)
 
@@ -394,19 +392,17 @@ class CycleContext:
         # the job, its queue's reservation, the reserved pools and the nodes' schedulability; the
         # memo (on the state, shared by its copies) is checked against all four.
         own = self.reserved_pools.get(job.queue)
-        memo = self._request_memo_checked
-        if memo is None:
-            memo = self._request_memo_checked = _request_memo(self.stmt.state)
-        known = memo.get(job.id)
+        memos = self._request_memo_checked
+        if memos is None:
+            memos = self._request_memo_checked = _request_memo(self.stmt.state)
+        current, previous = memos
+        known = current.get(job.id) or previous.get(job.id)
         same = known is not None and (known[0] is job or known[0] == job)
         if known is not None and same and known[1] == own and known[2] == self.all_reserved:
             request: GangRequest | PendingReason = known[3]
         else:
             request = self._new_request(job, own)
-            if len(memo) >= REQUEST_MEMO_SIZE:
-                memo.clear()
-                memo[_SCHEDULABLE] = self.stmt.state.schedulable.tobytes()
-            memo[job.id] = (job, own, self.all_reserved, request)
+        current[job.id] = (job, own, self.all_reserved, request)
         held = self.held_nodes
         holds_it = held is not None and not job.is_preemptible and job.id not in self.holders
         if held is not None and holds_it and isinstance(request, GangRequest):
@@ -524,11 +520,18 @@ def _all_models_at_limit(job: Job) -> str:
     )
 
 
-def _request_memo(state: ClusterState) -> dict[Any, Any]:
-    """`state.request_cache`, emptied when any node's schedulability changed since it was filled."""
+def _request_memo(state: ClusterState) -> tuple[dict[Any, Any], dict[Any, Any]]:
+    """A new cycle's (current, previous) request memos from `state.request_cache`.
+
+    The memo keeps the requests of the last cycle that built any, and of this one: each cycle's
+    requests move on to the next cycle's "previous", so jobs that left (bound, deleted) are forgotten
+    after one cycle and the memo stays about the size of the backlog. All of it is dropped when any
+    node's schedulability changed since (requests carry a mask of schedulable nodes)."""
     memo = state.request_cache
     stamp = state.schedulable.tobytes()
     if memo.get(_SCHEDULABLE) != stamp:
         memo.clear()
         memo[_SCHEDULABLE] = stamp
-    return memo
+        memo[_CURRENT] = {}
+    memo[_PREVIOUS], memo[_CURRENT] = memo[_CURRENT], {}
+    return memo[_CURRENT], memo[_PREVIOUS]

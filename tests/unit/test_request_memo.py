@@ -54,3 +54,15 @@ def test_a_queue_given_a_node_pool_between_cycles_has_its_waiting_job_placed_onl
     for _ in range(2):  # the memo holds the first cycle's request; the reservation must still count
         plan = run_cycle(make_snapshot(nodes, reserved, [job]), SchedulerConfig(), state=state)
         assert _nodes_of(plan) == {"n1"}
+
+
+def test_the_memo_forgets_jobs_that_left_after_one_cycle() -> None:
+    """The memo is about the backlog's size, not every job ever seen (a long-running operator)."""
+    nodes = [make_node("n0", 8)]
+    state = ClusterState.from_nodes(nodes)
+    queues = [make_queue("a", quota_gpus=8)]
+    for wave in range(4):  # four cycles, each with 50 jobs nobody saw before (too big to fit)
+        jobs = [make_job(f"w{wave}-{i}", "a", 16) for i in range(50)]
+        run_cycle(make_snapshot(nodes, queues, jobs), SchedulerConfig(), state=state)
+    remembered = {key for part in state.request_cache.values() if isinstance(part, dict) for key in part}
+    assert remembered == {f"w{wave}-{i}" for wave in (2, 3) for i in range(50)}
