@@ -102,7 +102,7 @@ def core(
             f"contended cycle ({busy['gpus']} GPUs, {busy['held_fraction']:.0%} held by {busy['running_jobs']} jobs, "
             f"{busy['leaf_queues']} leaf queues, {busy['pending_jobs']} pending): {busy['seconds']:.3f} s, "
             f"CPU {busy['cpu_seconds']:.3f} s building every request, {busy['warm_cpu_seconds']:.3f} s with the "
-            "requests of the previous cycle"
+            f"requests of the previous cycle (load average {busy['load_average_1m']})"
         )
         console.print(f"  phases {busy['phase_seconds']}")
         for phase in ("allocate", "reclaim", "preempt", "consolidate"):

@@ -14,6 +14,7 @@ What it must not do: assert on timings, print, or touch anything outside the sta
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -594,6 +595,7 @@ def run_contended_cycle_bench(
         "seconds": round(seconds, 4),
         "cpu_seconds": round(cpu_seconds, 4),
         "warm_cpu_seconds": round(warm_cpu, 4),
+        "load_average_1m": round(os.getloadavg()[0], 2),  # others' work on the machine: wall vs CPU time
         "runs": max(repeats, 1),
         "phase_seconds": {k: round(v, 4) for k, v in plan.phase_seconds.items()},
         "phase_cpu_seconds": {
