@@ -7,7 +7,7 @@ for a request (higher is better; ties are the caller's business: smallest `node_
 has already filtered on CPU, memory, model and "≥ req_gpus GPUs with ≥ req_milli free".
 
 Policy codes are `codes.PolicyCode` values. The baselines follow the FGD paper (ATC'23) as its
-authors' simulator runs them (`../shared/notes/fgd-protocol.md`): integer scores, truncated the way
+authors' simulator runs them (docs/policies.md, "The paper protocol"): integer scores, truncated the way
 Go truncates, because the published numbers depend on the ties this creates. `leitstand` is FGD's
 fragmentation gradient with finer tie-break keys (see docs/policies.md).
 

@@ -8,7 +8,7 @@ and the error classes `ConfigError`, `ApiError`, `TransportError`.
 Called by `informer` (paginated lists, watch streams), `leader` (Lease get/create/update) and the
 binder (pods/binding, pods/eviction, merge-patches to status). It must not decode into typed models
 (a typed `V1Pod` costs 360-840 µs against ~25 µs for `json.loads`, and the generated clients
-mis-decode the binding reply; docs in /work/shared/notes/kopf-at-scale.md §4), must not hold a
+mis-decode the binding reply; docs/operator.md, "One process, two event loops"), must not hold a
 client-side QPS limit by default (kube-apiserver's priority and fairness answers 429 when it is
 overloaded; `qps=` is there for the rare deployment that wants one), and must not retry a POST whose
 request may have reached the server: the caller reconciles from its informer instead.
