@@ -33,7 +33,7 @@ from leitstand.scheduler.placement import NEVER_FITS, GangRequest
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import Statement, gpus
-from leitstand.scheduler.victims import Accept, Admissible, VictimPool, choose_victims
+from leitstand.scheduler.victims import Accept, Admissible, VictimChoice, VictimPool, choose_victims
 
 
 class Code:
@@ -238,8 +238,11 @@ class CycleContext:
     ) -> bool:
         """Shrink before evict: one victim search among the replicas that elastic candidates hold
         above their minimum (each replica a candidate of its own, so the search picks replicas where
-        the gang can use them). On success those replicas stop (`Statement.evict` of a part), the
-        jobs keep running with the rest, and `job` is bound; else nothing changes and False.
+        the gang can use them); when that is not enough, one more among those replicas together with
+        the whole jobs beside them (on the same nodes), so that an elastic job gives up a replica
+        next to a rigid victim instead of stopping whole. On success the replicas stop (`Statement.evict`
+        of a part), the jobs keep running with the rest, whole victims are evicted, and `job` is bound;
+        else nothing changes and False.
 
         The action's own rules (`admissible`, `accept`) judge each replica as they judge a job."""
         chosen = eligible & pool.alive & pool.shrinkable
@@ -258,33 +261,45 @@ class CycleContext:
             pieces.extend(RunningJob(held.job, (p,), held.started_at) for p in reversed(held.placements))
         if not pieces:
             return False
+        piece_ids = {id(piece) for piece in pieces}
 
         def capped(victim: RunningJob, taken: Sequence[RunningJob]) -> bool:
             # Never below the minimum: at most `spare` replicas of one job (monotone, as required).
-            if sum(1 for t in taken if t.job.id == victim.job.id) >= spare[victim.job.id]:
+            if id(victim) in piece_ids and sum(1 for t in taken if t.job.id == victim.job.id) >= spare[victim.job.id]:
                 return False
             return admissible is None or admissible(victim, taken)
 
-        tally: dict[str, int] = {}
-        choice = choose_victims(
-            self.stmt,
-            request,
-            VictimPool(self.stmt, pieces),
-            self.policy,
-            max_victims=len(pieces),
-            for_job=job.id,
-            admissible=capped,
-            accept=accept,
-            tally=tally,
-        )
-        self.count(f"{kind.value}_shrink_searches")
-        self.count(f"{kind.value}_placements", tally.get("placements", 0))
+        def search(candidates: list[RunningJob]) -> VictimChoice | None:
+            tally: dict[str, int] = {}
+            found = choose_victims(
+                self.stmt,
+                request,
+                VictimPool(self.stmt, candidates),
+                self.policy,
+                max_victims=min(len(candidates), len(pieces) + self.config.max_victims),
+                for_job=job.id,
+                admissible=capped,
+                accept=accept,
+                tally=tally,
+            )
+            self.count(f"{kind.value}_shrink_searches")
+            self.count(f"{kind.value}_placements", tally.get("placements", 0))
+            return found
+
+        choice = search(pieces)
         if choice is None:
-            return False
+            beside = self._whole_beside(pool, eligible & pool.alive & ~pool.shrinkable & ~pool.shrunk, pieces)
+            choice = search(pieces + beside) if beside else None
+            if choice is None or not any(id(v) in piece_ids for v in choice.victims):
+                return False  # no set that shrinks anyone: the plain search (whole jobs) decides
         mark = self.stmt.checkpoint()
         parts: dict[JobId, list[RunningJob]] = {}
-        for piece in choice.victims:
-            parts.setdefault(piece.job.id, []).append(piece)
+        for victim in choice.victims:
+            if id(victim) in piece_ids:
+                parts.setdefault(victim.job.id, []).append(victim)
+            else:
+                self.stmt.evict(victim, kind, job.id, why(victim))
+                pool.remove(victim.job.id)
         for job_id, taken in parts.items():
             held = running[job_id]
             left = len(held.placements) - len(taken)
@@ -301,6 +316,18 @@ class CycleContext:
         self.bound.add(job.id)
         self.reasons.pop(job.id, None)
         return True
+
+    def _whole_beside(
+        self, pool: VictimPool, chosen: NDArray[np.bool_], pieces: Sequence[RunningJob]
+    ) -> list[RunningJob]:
+        """The `chosen` candidates of `pool` with a replica on a node where one of `pieces` runs."""
+        if not chosen.any():
+            return []
+        index = self.stmt.state.node_index
+        nodes = np.fromiter({index[p.node] for piece in pieces for p in piece.placements}, dtype=np.int64)
+        rows = pool.rows_of(chosen)
+        rows = rows[np.isin(pool.row_node[rows], nodes)]
+        return [pool.ordered[i] for i in np.unique(pool.row_job[rows]).tolist()]
 
     # -- requests and reservations ------------------------------------------------------------------
 
