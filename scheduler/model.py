@@ -224,6 +224,12 @@ class SchedulerConfig:
     """Run the consolidate action: move preemptible jobs elsewhere to make room for a waiting gang."""
     max_consolidation_moves: int = 4
     """At most this many running jobs are moved (evicted and re-placed) for one waiting gang."""
+    migration: bool = True
+    """Run the migrate action (`actions/migrate.py`): empty nodes whose free GPU capacity is stranded
+    by moving their preemptible jobs elsewhere, and start waiting jobs in the room; kept only if every
+    moved job finds a home and allocation rises."""
+    max_migration_tries: int = 20
+    """At most this many node sets are tried for migration per cycle (0 turns it off as well)."""
     reserve_after_seconds: float | None = None
     """Reservations for starving gangs (`actions/reserve.py`, docs/cycle.md): a pending gang of at
     least `reserve_min_gpus` GPUs that has waited this long (`Snapshot.now - Job.created_at`) gets
@@ -243,6 +249,10 @@ class SchedulerConfig:
             raise ValueError(f"reserve_after_seconds must be a number of seconds >= 0 or None (off), got {after}")
         if self.reserve_min_gpus < 1:
             raise ValueError(f"reserve_min_gpus must be at least 1, got {self.reserve_min_gpus}")
+        if self.max_migration_tries < 0:
+            raise ValueError(
+                f"max_migration_tries must be >= 0 (0 turns migration off), got {self.max_migration_tries}"
+            )
         if self.max_reserved_gangs < 0:
             raise ValueError(f"max_reserved_gangs must be >= 0 (0 turns holds off), got {self.max_reserved_gangs}")
 

@@ -74,6 +74,7 @@ SMALL = ("--load", "1.0", "--window", "300", "--warmup", "60", "--schedulers", "
         (("--trace", "philly", "--start", "2017-13-40"), ["--start", "YYYY-MM-DD"]),
         (("--trace", "philly", "--days", "0"), ["--days", "positive"]),
         (("--trace", "philly", "--quota", "fair"), ["--quota", "demand or equal"]),
+        (("--move-cost", "cheap"), ["--move-cost", "'cheap'", "free", "restart"]),
     ],
 )
 def test_a_bad_option_is_named_with_its_fix(tmp_path: Path, args: tuple[str, ...], expected: list[str]) -> None:
