@@ -86,12 +86,13 @@ class _Waiting:
         width = free.shape[0]
         need = np.clip(self.gpus, 1, width) - 1
         gpu_ok = (self.gpus == 0) | ((self.gpus <= width) & (free[need] >= self.gpu_milli))
-        return (
+        fit: NDArray[np.bool_] = (
             gpu_ok
             & (self.cpu_milli <= cpu_free_milli)
             & (self.memory_mib <= memory_free_mib)
             & self.masks[self.mask_row, node]
         )
+        return fit
 
     def fits_now(self, ctx: CycleContext, node: int) -> NDArray[np.bool_]:
         """`fits` on the node's free resources in the working state."""
@@ -259,14 +260,14 @@ def _try(ctx: CycleContext, chosen: list[int], moved: list[RunningJob], waiting:
         if not isinstance(request, GangRequest):
             stmt.rollback(mark)
             return set()
-        home = place_gang(state, request, ctx.policy)
+        placed = place_gang(state, request, ctx.policy)
         ctx.count("migrate_placements")
-        if not isinstance(home, GangPlacement):
-            home = _where_it_was(ctx, held, request)  # packed afresh it found no place: it stays
-            if home is None:
-                ctx.count("migrate_fail_move")
-                stmt.rollback(mark)
-                return set()
+        # Packed afresh it found no place: it may still stay where it was.
+        home = placed if isinstance(placed, GangPlacement) else _where_it_was(ctx, held, request)
+        if home is None:
+            ctx.count("migrate_fail_move")
+            stmt.rollback(mark)
+            return set()
         stmt.bind(held.job, request, home)
         homes.append((held, request, home))
     admitted = _admit(ctx, chosen, waiting)
