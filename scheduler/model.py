@@ -225,9 +225,10 @@ class SchedulerConfig:
     max_consolidation_moves: int = 4
     """At most this many running jobs are moved (evicted and re-placed) for one waiting gang."""
     migration: bool = True
-    """Run the migrate action (`actions/migrate.py`): empty nodes whose free GPU capacity is stranded
-    by moving their preemptible jobs elsewhere, and start waiting jobs in the room; kept only if every
-    moved job finds a home and allocation rises."""
+    """Run the migrate action (`actions/migrate.py`): repack the preemptible jobs of two nodes with
+    stranded GPU capacity and start waiting jobs in the room that frees; a try is kept only if every
+    moved job finds a home and allocation rises. On by default: on openb it raises allocation and
+    lowers p99 wait and never-placed tasks (docs/replay.md, "Migration")."""
     max_migration_tries: int = 20
     """At most this many node sets are tried for migration per cycle (0 turns it off as well)."""
     reserve_after_seconds: float | None = None

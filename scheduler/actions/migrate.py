@@ -1,36 +1,42 @@
-"""Migrate: empty a few nodes whose free GPU capacity is stranded, so that waiting jobs fit there.
+"""Migrate: repack the movable jobs of a few nodes with stranded GPU capacity, so waiting jobs fit.
 
 Who calls it: `cycle.run_cycle`, after consolidate (and before grow), when
-`SchedulerConfig.migration` is on. Consolidate moves jobs for *one* waiting gang at a time and rarely
-finds a move set on a cluster that is fragmented everywhere by small shares (openb: 1-GPU and large
-slice jobs waiting while every node holds slivers). This action works the other way round: it frees
-whole nodes and lets the waiting jobs fill them, FGD-style fragmentation repair across many jobs.
+`SchedulerConfig.migration` is on. Consolidate moves jobs for *one* waiting gang at a time and
+rarely finds a move set on a cluster fragmented everywhere by small shares (openb: 1-GPU and
+large-slice jobs wait while free capacity is spread as slivers over thousands of GPUs). This action
+works the other way round: it repacks the jobs of two nodes afresh and lets waiting jobs fill the
+room that frees, fragmentation repair across many waiting jobs at once.
 
 One try, at most `SchedulerConfig.max_migration_tries` per cycle:
 
-1. Pick `NODES_PER_TRY` candidate nodes: schedulable, not held for a starving gang, with free GPU
-   capacity that no waiting job could use (allocate already placed every job that fit, so what is
-   free after it is stranded), holding only jobs that may move — preemptible, past the minimum
-   runtime, not bound, moved or resized in this cycle, single-node and not elastic. Nodes with the
-   most stranded GPU milli come first (fewest jobs to move on a tie); a node whose empty capacity
-   cannot hold any waiting job is never tried.
-2. Evict every job on them (kind CONSOLIDATE) and place each again, largest first, with the cycle's
-   policy on the *other* nodes. If one finds no home, the try is rolled back.
-3. Admit waiting jobs into the freed room in the order of work (the same `WorkQueue` order allocate
-   walks), each after the same admission checks as allocate (`CycleContext.admission_block`: limits
-   at every level, non-preemptible within quota) and with its own request (`CycleContext.request`:
-   node pools, reservations, labels).
-4. Keep the try only if at least one waiting job started, i.e. allocated GPU capacity rose (the
-   moved jobs hold what they held); else roll back (`Statement.checkpoint` / `rollback`).
+1. Take the next `NODES_PER_TRY` candidate nodes: schedulable, not held for a starving gang, some
+   GPU capacity free and some used, holding jobs that may move — preemptible, past the minimum
+   runtime, not bound, moved or resized in this cycle, on one node, not elastic (at most
+   `MAX_MOVES_PER_TRY` per node, smallest first). Jobs that may not move stay. All free capacity is
+   stranded at this point (allocate placed every waiting job that fit), so nodes with the most free
+   GPU milli come first. A set on which no waiting job would fit even with all its movable jobs
+   gone is skipped without a try (`_may_fit`).
+2. Evict the movable jobs of the set (kind CONSOLIDATE) and place each again, largest first, with
+   the cycle's policy wherever its request allows (the set included: packed afresh, the jobs often
+   need fewer GPUs; or onto slivers elsewhere). A job that finds no place may stay where it was if
+   that is still free; otherwise the try is rolled back.
+3. Start waiting jobs in the room left on the set, in the order of work (the `WorkQueue` order
+   allocate walks, the first `MAX_WAITING` jobs), each after the same admission checks as allocate
+   (`CycleContext.admission_block`: limits at every level, non-preemptible within quota) and with
+   its own request (`CycleContext.request`: node pools, reservations, labels).
+4. Keep the try only if every moved job has a home and at least one waiting job started, i.e.
+   allocated GPU capacity rose (the moved jobs hold what they held); else roll back
+   (`Statement.checkpoint` / `rollback`).
 
 Moves appear in the plan as consolidate's do: an eviction of kind CONSOLIDATE (for the first job
-admitted into the freed nodes) and a new binding of the same job. Queue accounting is unchanged for
-the moved jobs. What must not happen here: evicting a job that is not placed again in the same plan,
-or moving a job twice in one cycle.
+started in the room) and a new binding of the same job; a job placed back exactly where it was is
+not a move and is left alone. Queue accounting is unchanged for the moved jobs. What must not happen
+here: evicting a job that is not placed again in the same plan, or moving a job twice in one cycle.
 
-Cost: one pass over the running jobs to map them to the candidate nodes, vectorised fit checks of
-the waiting jobs against the freed nodes (no placement call for a job that cannot fit there), and
-one placement call per moved or admitted job. It returns at once when nothing waits for room.
+Cost: one pass over the running jobs to find the candidates, vectorised fit checks of the waiting
+jobs against the set (no placement call for a job that cannot fit there), and one placement call
+per moved or started job. It returns at once when no node has free and used GPU capacity or no job
+waits for room.
 """
 
 from __future__ import annotations
@@ -48,19 +54,19 @@ from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
 __all__ = ["NODES_PER_TRY", "run"]
 
 NODES_PER_TRY = 2
-"""Nodes emptied together in one try (two give room for a gang larger than one node's slivers)."""
+"""Nodes repacked together in one try. Their jobs can take each other's places; on openb (seed 42,
+load 1.0) one node per try gave 95.39 % allocation, two 95.48 %, three 95.50 % with 50 % more moves."""
 
 MAX_WAITING = 2048
 """Waiting jobs considered per cycle, from the head of the order of work: a deep backlog stays cheap,
-and the head is who should get the freed room first."""
-
+and the head is who should get the freed room first (8,192 changed nothing on openb)."""
 
 LOOK_FACTOR = 4
 """Node sets examined per cycle, as a multiple of `max_migration_tries` (a set that cannot admit
 anyone even with its movable jobs gone is skipped without a try, but still costs a check)."""
 
 MAX_MOVES_PER_TRY = 16
-"""Running jobs moved in one try at most; a node holding more is not a candidate."""
+"""Jobs moved off one node in a try at most (its smallest movable ones; the rest stay)."""
 
 
 @dataclass(slots=True)
