@@ -311,6 +311,8 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]],
         else:
             table.add_column("queued at window end", justify="right")
             table.add_column("moves", justify="right")
+        if move_cost == "restart":
+            table.add_column("lost GPU-h", justify="right")  # progress moved tasks lost, whole run
         table.add_column("runtime s", justify="right")
         for r in results:
             row = [
@@ -337,6 +339,8 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]],
                 ]
             else:
                 row += [f"{r.waiting_at_window_end:,}", f"{r.moves:,}"]
+            if move_cost == "restart":
+                row.append(f"{r.lost_gpu_hours:,.1f}")
             row.append(f"{r.wall_seconds:.1f}")
             table.add_row(*row)
         console.print(table)

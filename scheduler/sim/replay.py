@@ -398,6 +398,9 @@ class ReplayResult:
     moves: int
     evictions: int
     """Evictions that sent a job back to the queue (reclaim/preempt; moves not counted)."""
+    lost_gpu_hours: float
+    """GPU-hours of progress that moved tasks lost (`move_cost="restart"`; 0 with free moves), over
+    the whole run: work the cluster ran twice, counted in the allocation all the same."""
     passes: int
     wall_seconds: float
     scheduler_seconds: float
@@ -560,6 +563,7 @@ def replay(
     alloc_run_integral = 0.0
     timeline: list[tuple[float, float]] = [(0.0, 0.0)]
     moves = evictions = passes = 0
+    lost_milli_seconds = 0.0
     scheduler_seconds = 0.0
     waiting_at_window_end = -1
 
@@ -689,7 +693,9 @@ def replay(
                 if binding.job_id in evicted:
                     old, left = evicted.pop(binding.job_id)
                     if move_cost == "restart":
-                        left = tasks[by_id[binding.job_id]].duration_seconds
+                        full = tasks[by_id[binding.job_id]].duration_seconds
+                        lost_milli_seconds += (full - left) * job_milli(old.job)
+                        left = full
                         start(old.job, RunningJob(old.job, binding.placements, now), left)
                     else:
                         start(old.job, RunningJob(old.job, binding.placements, old.started_at), left)
@@ -774,6 +780,7 @@ def replay(
         end_seconds=run_span,
         moves=moves,
         evictions=evictions,
+        lost_gpu_hours=lost_milli_seconds / GPU_MILLI / 3600.0,
         passes=passes,
         wall_seconds=time.perf_counter() - wall_start,
         scheduler_seconds=scheduler_seconds,

@@ -132,6 +132,7 @@ def test_a_move_with_restart_cost_loses_its_progress() -> None:
     # a runs its full 100 s again from the move at 40 and ends at 140; b starts then and ends at 150.
     assert r.completion_mean_seconds == pytest.approx((140.0 + 110.0) / 2)
     assert r.waits_seconds == (0.0, 100.0)
+    assert r.lost_gpu_hours == pytest.approx(40.0 * 0.5 / 3600)  # 40 s of half a GPU run again
 
 
 def test_an_unknown_move_cost_is_refused() -> None:
