@@ -6,8 +6,9 @@ JSON (`--json`) and PNG plots (`--plot DIR`: allocation over time, waiting-time 
 imports (numpy, numba, matplotlib) happen inside the command, so `leitstand --help` stays fast.
 
 Scheduler names: `leitstand` is ours (`cycle.run_cycle`, policy leitstand, consolidation on, fair
-share, reclaim, preemption and migration); `leitstand-noconsolidation` is the same cycle without
-moves; `leitstand-nomigration` keeps consolidation and turns only migration off; any
+share, reclaim, preemption and migration — migration is off in `SchedulerConfig` by default and
+turned on here); `leitstand-noconsolidation` is the same cycle without moves;
+`leitstand-nomigration` keeps consolidation and turns only migration off; any
 placement policy name (`fgd`, `bestfit`, `gpupacking`, ...) is a greedy FIFO-backfill baseline with
 that policy; `greedy-leitstand` is that baseline with our policy (separates policy from cycle).
 

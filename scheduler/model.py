@@ -224,11 +224,13 @@ class SchedulerConfig:
     """Run the consolidate action: move preemptible jobs elsewhere to make room for a waiting gang."""
     max_consolidation_moves: int = 4
     """At most this many running jobs are moved (evicted and re-placed) for one waiting gang."""
-    migration: bool = True
+    migration: bool = False
     """Run the migrate action (`actions/migrate.py`): repack the preemptible jobs of two nodes with
     stranded GPU capacity and start waiting jobs in the room that frees; a try is kept only if every
-    moved job finds a home and allocation rises. On by default: on openb it raises allocation and
-    lowers p99 wait and never-placed tasks (docs/replay.md, "Migration")."""
+    moved job finds a home and allocation rises. Off by default: on openb it raises allocation and
+    lowers p99 wait, but a moved pod restarts, and a job without checkpoints loses its progress —
+    more GPU-hours than migration gains (docs/replay.md, "Migration"). Turn it on when moves are
+    cheap (checkpointed or restart-tolerant preemptible work)."""
     max_migration_tries: int = 20
     """At most this many node sets are tried for migration per cycle (0 turns it off as well)."""
     reserve_after_seconds: float | None = None

@@ -318,10 +318,10 @@ def test_consolidation_can_be_switched_off() -> None:
     on = run_cycle(snap)
     assert [(e.job_id, e.kind) for e in on.evictions] == [("b2", EvictionKind.CONSOLIDATE)]
     assert {b.job_id for b in on.bindings} == {"a1", "b2"}
-    # Migration (on by default) would make the same move for a1; off too, nothing moves.
-    off = run_cycle(snap, dataclasses.replace(SchedulerConfig(), consolidation=False, migration=False))
+    off = run_cycle(snap, dataclasses.replace(SchedulerConfig(), consolidation=False))
     assert off.evictions == () and off.bindings == ()
-    by_migration = run_cycle(snap, dataclasses.replace(SchedulerConfig(), consolidation=False))
+    # Migration (off by default) makes the same move for a1 when it is on.
+    by_migration = run_cycle(snap, dataclasses.replace(SchedulerConfig(), consolidation=False, migration=True))
     assert {e.kind for e in by_migration.evictions} == {EvictionKind.CONSOLIDATE}
     assert "a1" in {b.job_id for b in by_migration.bindings}
 

@@ -4,7 +4,7 @@ only when a waiting job then starts, never moving what may not move.
 The base case: two 2-GPU nodes, each with a non-preemptible whole-GPU job on GPU 1 and a half-GPU
 job on GPU 0. Half a GPU is free on each node, a whole GPU nowhere, so the waiting 1-GPU job cannot
 start; packing the two halves onto one GPU frees the other. Consolidation is off in these tests so
-that only migration can move anything.
+that only migration (off by default, on here) can move anything.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from builders import make_job, make_node, make_queue, make_running, make_snapsho
 from leitstand.scheduler.cycle import run_cycle
 from leitstand.scheduler.model import EvictionKind, Plan, SchedulerConfig
 
-CONFIG = SchedulerConfig(consolidation=False)
+CONFIG = SchedulerConfig(consolidation=False, migration=True)
 
 
 def stranded(
@@ -64,7 +64,8 @@ def test_without_migration_nothing_moves_and_the_job_waits() -> None:
         make_running(make_job("p1", gpu=0.5), [("n1", [0])]),
     ]
     snap = make_snapshot(nodes, [make_queue("a", quota_gpus=4)], [make_job("w", gpus=1)], running, now=1000)
-    for config in (dataclasses.replace(CONFIG, migration=False), dataclasses.replace(CONFIG, max_migration_tries=0)):
+    off = (dataclasses.replace(CONFIG, migration=False), dataclasses.replace(CONFIG, max_migration_tries=0))
+    for config in (SchedulerConfig(consolidation=False), *off):  # the default is off
         plan = run_cycle(snap, config)
         assert plan.evictions == () and plan.bindings == ()
 
