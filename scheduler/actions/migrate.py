@@ -24,9 +24,9 @@ One try, at most `SchedulerConfig.max_migration_tries` per cycle:
    allocate walks, the first `MAX_WAITING` jobs), each after the same admission checks as allocate
    (`CycleContext.admission_block`: limits at every level, non-preemptible within quota) and with
    its own request (`CycleContext.request`: node pools, reservations, labels).
-4. Keep the try only if every moved job has a home and at least one waiting job started, i.e.
-   allocated GPU capacity rose (the moved jobs hold what they held); else roll back
-   (`Statement.checkpoint` / `rollback`).
+4. Keep the try only if every moved job has a home and waiting jobs with GPUs started, i.e.
+   allocated GPU capacity rose (the moved jobs hold what they held; CPU-only jobs started alone do
+   not count); else roll back (`Statement.checkpoint` / `rollback`).
 
 Moves appear in the plan as consolidate's do: an eviction of kind CONSOLIDATE (for the first job
 started in the room) and a new binding of the same job; a job placed back exactly where it was is
@@ -277,7 +277,7 @@ def _try(ctx: CycleContext, chosen: list[int], moved: list[RunningJob], waiting:
         stmt.bind(held.job, request, home)
         homes.append((held, request, home))
     admitted = _admit(ctx, chosen, waiting)
-    if not admitted:
+    if sum(job.gpu_milli_total for job, _, _ in admitted) <= 0:  # allocated GPU capacity must rise
         ctx.count("migrate_fail_admit")
         stmt.rollback(mark)
         return set()
