@@ -6,7 +6,9 @@ JSON (`--json`) and PNG plots (`--plot DIR`: allocation over time, waiting-time 
 imports (numpy, numba, matplotlib) happen inside the command, so `leitstand --help` stays fast.
 
 Scheduler names: `leitstand` is ours (`cycle.run_cycle`, policy leitstand, consolidation on, fair
-share, reclaim and preemption); `leitstand-noconsolidation` is the same cycle without moves; any
+share, reclaim, preemption and migration — migration is off in `SchedulerConfig` by default and
+turned on here); `leitstand-noconsolidation` is the same cycle without moves;
+`leitstand-nomigration` keeps consolidation and turns only migration off; any
 placement policy name (`fgd`, `bestfit`, `gpupacking`, ...) is a greedy FIFO-backfill baseline with
 that policy; `greedy-leitstand` is that baseline with our policy (separates policy from cycle).
 
@@ -29,7 +31,7 @@ import typer
 
 from leitstand.operator import traces as trace_files
 
-CYCLE_SCHEDULERS = ("leitstand", "leitstand-noconsolidation")
+CYCLE_SCHEDULERS = ("leitstand", "leitstand-noconsolidation", "leitstand-nomigration")
 OPENB_NODES = "openb_node_list_gpu_node.csv"
 PHILLY_JOBS = "adaptdl_philly_jobs.csv"
 PHILLY_MACHINES = "revised_machine_list.csv"
@@ -82,9 +84,14 @@ def parse_schedulers(text: str) -> list[str]:
 
 def _check_options(
     trace: str, window: float, warmup: float | None, horizon: float | None, interval: float, days: float, quota: str,
-    start: str,
+    start: str, move_cost: str = "free",
 ) -> None:
     """Every option checked before any file is read (ranges that only the stream can check: later)."""
+    if move_cost not in ("free", "restart"):
+        _bad(
+            "--move-cost",
+            f"unknown move cost {move_cost!r}; choose free (a moved task keeps its progress) or restart",
+        )
     if trace not in ("openb", "philly"):
         _bad("--trace", f"unknown trace {trace!r}; choose openb or philly")
     if not (math.isfinite(window) and window > 0):
@@ -136,7 +143,9 @@ def _scheduler(name: str, workload: Any) -> Any:
 
     key = name.strip().lower()
     if key in CYCLE_SCHEDULERS:
-        config = cycle_config(policy="leitstand", consolidation=key == "leitstand")
+        config = cycle_config(
+            policy="leitstand", consolidation=key != "leitstand-noconsolidation", migration=key == "leitstand"
+        )
         return CycleScheduler(workload.nodes, workload.queues, config, topology=workload.topology, name=key)
     policy = key.removeprefix("greedy-")
 
@@ -182,6 +191,10 @@ def replay(
         typer.Option(help="Traces directory [default: $LEITSTAND_TRACES, ../shared/traces, the fetch cache]."),
     ] = None,
     save: Annotated[Path | None, typer.Option(help="Also write the JSON to this file.")] = None,
+    move_cost: Annotated[
+        str,
+        typer.Option(help="What a move costs the moved task: free (keeps its progress) or restart (loses it)."),
+    ] = "free",
 ) -> None:
     """Replay a trace with arrivals, departures and queueing; compare schedulers on the same stream."""
     from leitstand.scheduler.sim.openb import TraceFormatError
@@ -189,7 +202,7 @@ def replay(
     from leitstand.scheduler.sim.replay import replay as run_replay
     from leitstand.scheduler.sim.workloads import openb_workload, philly_workload
 
-    _check_options(trace, window, warmup, horizon, interval, days, quota, start)
+    _check_options(trace, window, warmup, horizon, interval, days, quota, start, move_cost)
     loads = parse_loads(load)
     names = parse_schedulers(schedulers)
     root = trace_files.resolve_root(traces)
@@ -204,7 +217,7 @@ def replay(
     except trace_files.TracesMissing as err:
         _input_error(str(err))
 
-    out: dict[str, Any] = {"trace": trace, "interval_seconds": interval, "runs": []}
+    out: dict[str, Any] = {"trace": trace, "interval_seconds": interval, "move_cost": move_cost, "runs": []}
     results_by_load: list[tuple[Any, list[Any], Any]] = []
     stop_at: float | None
     for level in loads:
@@ -241,6 +254,7 @@ def replay(
                 interval_seconds=interval,
                 horizon_seconds=stop_at,
                 warmup_seconds=skip,
+                move_cost=move_cost,
             )
             results.append(result)
         results_by_load.append((workload, results, bound))
@@ -262,10 +276,10 @@ def replay(
     if json_out:
         print(json.dumps(out, indent=2, default=float))
         return
-    _print_tables(trace, results_by_load)
+    _print_tables(trace, results_by_load, move_cost)
 
 
-def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]]) -> None:
+def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]], move_cost: str = "free") -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -274,7 +288,8 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]])
         p = workload.params
         title = (
             f"{workload.name}: {len(workload.tasks):,} tasks, {len(workload.nodes):,} nodes, "
-            f"offered load {p['offered_load']:.3f}; metrics after a {results[0].warmup_seconds:g} s warm-up"
+            f"offered load {p['offered_load']:.3f}; metrics after a {results[0].warmup_seconds:g} s warm-up; "
+            f"moves {move_cost}"
         )
         table = Table(title=title, caption=_BOUND_CAPTION.format(tasks=bound.tasks_pct))
         for col in (
@@ -297,6 +312,8 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]])
         else:
             table.add_column("queued at window end", justify="right")
             table.add_column("moves", justify="right")
+        if move_cost == "restart":
+            table.add_column("lost GPU-h", justify="right")  # progress moved tasks lost, whole run
         table.add_column("runtime s", justify="right")
         for r in results:
             row = [
@@ -323,6 +340,8 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]])
                 ]
             else:
                 row += [f"{r.waiting_at_window_end:,}", f"{r.moves:,}"]
+            if move_cost == "restart":
+                row.append(f"{r.lost_gpu_hours:,.1f}")
             row.append(f"{r.wall_seconds:.1f}")
             table.add_row(*row)
         console.print(table)

@@ -2,7 +2,7 @@
 
 What it holds: `run_cycle`, the only entry point of the decision core that the operator, the
 simulators and the benchmarks call. It reads as KAI's cycle — open the snapshot, run the actions
-(allocate, reclaim, preempt, consolidate, grow; one module each in `actions/`), close — written as
+(allocate, reclaim, preempt, consolidate, migrate, grow; one module each in `actions/`), close — written as
 Kueue-style numbered steps, each timed into `Plan.phase_seconds` under a cycle id.
 
 What it must not do: log (the operator writes one INFO line per cycle from `phase_seconds`), read a
@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
-from leitstand.scheduler.actions import allocate, consolidate, grow, preempt, reclaim
+from leitstand.scheduler.actions import allocate, consolidate, grow, migrate, preempt, reclaim
 from leitstand.scheduler.actions.context import Code, CycleContext
 from leitstand.scheduler.actions.shares import open_shares
 from leitstand.scheduler.fairshare import build_queue_tree
@@ -47,10 +47,11 @@ ACTIONS: tuple[tuple[str, Callable[[CycleContext], None]], ...] = (
     ("reclaim", reclaim.run),
     ("preempt", preempt.run),
     ("consolidate", consolidate.run),
+    ("migrate", migrate.run),
     ("grow", grow.run),
 )
-"""The actions of a cycle, in order (KAI's action list, then growth of elastic gangs into what is
-left free)."""
+"""The actions of a cycle, in order (KAI's action list, then emptying nodes with stranded capacity
+for waiting jobs, then growth of elastic gangs into what is left free)."""
 
 _cycle_ids = itertools.count(1)
 
@@ -146,7 +147,7 @@ def run_cycle(
     shares = open_shares(tree, stmt, pending_by_queue, usage_share=usage, growth_milli=growth)
     lap("fair_share")
 
-    # 4. The actions, in order, on one statement: allocate, reclaim, preempt, consolidate, grow.
+    # 4. The actions, in order, on one statement: allocate, reclaim, preempt, consolidate, migrate, grow.
     #    Elastic gangs (`Job.min_replicas`): allocate starts them with as many replicas as fit; reclaim
     #    and preempt shrink them toward their minimum before evicting anyone whole; grow adds replicas
     #    to those below full size from what is still free at the end.

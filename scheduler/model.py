@@ -224,6 +224,15 @@ class SchedulerConfig:
     """Run the consolidate action: move preemptible jobs elsewhere to make room for a waiting gang."""
     max_consolidation_moves: int = 4
     """At most this many running jobs are moved (evicted and re-placed) for one waiting gang."""
+    migration: bool = False
+    """Run the migrate action (`actions/migrate.py`): repack the preemptible jobs of two nodes with
+    stranded GPU capacity and start waiting jobs in the room that frees; a try is kept only if every
+    moved job finds a home and allocation rises. Off by default: on openb it raises allocation and
+    lowers p99 wait, but a moved pod restarts, and a job without checkpoints loses its progress —
+    more GPU-hours than migration gains (docs/replay.md, "Migration"). Turn it on when moves are
+    cheap (checkpointed or restart-tolerant preemptible work)."""
+    max_migration_tries: int = 20
+    """At most this many node sets are tried for migration per cycle (0 turns it off as well)."""
     reserve_after_seconds: float | None = None
     """Reservations for starving gangs (`actions/reserve.py`, docs/cycle.md): a pending gang of at
     least `reserve_min_gpus` GPUs that has waited this long (`Snapshot.now - Job.created_at`) gets
@@ -243,6 +252,10 @@ class SchedulerConfig:
             raise ValueError(f"reserve_after_seconds must be a number of seconds >= 0 or None (off), got {after}")
         if self.reserve_min_gpus < 1:
             raise ValueError(f"reserve_min_gpus must be at least 1, got {self.reserve_min_gpus}")
+        if self.max_migration_tries < 0:
+            raise ValueError(
+                f"max_migration_tries must be >= 0 (0 turns migration off), got {self.max_migration_tries}"
+            )
         if self.max_reserved_gangs < 0:
             raise ValueError(f"max_reserved_gangs must be >= 0 (0 turns holds off), got {self.max_reserved_gangs}")
 

@@ -22,8 +22,10 @@ Simulation rules (the same for every scheduler; fairness of the comparison depen
 2. A pass hands the scheduler the pending jobs in arrival order, the running jobs and the maintained
    `ClusterState`; the scheduler returns a `model.Plan`. Evictions are applied first (the job's
    resources are released), then bindings (charged; a job that was evicted and re-bound in the same
-   plan is a *move* and keeps its progress and its original start: moves are free of charge here,
-   their count is reported). An evicted job not re-bound goes back to the queue with its
+   plan is a *move*; with `move_cost="free"` (the default) it keeps its progress and its original
+   start, with `move_cost="restart"` it loses its progress: it runs its full duration again from the
+   move, as a job without checkpoints would; their count is reported). An evicted job not re-bound
+   goes back to the queue with its
    *remaining* duration (work-conserving, as if checkpointed), keeping its original arrival time.
 3. Tasks that do not fit wait; nothing fails. A run ends when no event is left (every task either
    finished or waits with nothing running that could free room) or at `horizon_seconds`.
@@ -74,6 +76,9 @@ from leitstand.scheduler.model import (
 from leitstand.scheduler.placement import GangPlacement, GangRequest, apply_placement, place_gang, replica_placements
 from leitstand.scheduler.policies import PolicyContext, TaskShape
 from leitstand.scheduler.state import ClusterState
+
+MOVE_COSTS = ("free", "restart")
+"""What a move costs the moved task (`replay(move_cost=...)`): nothing, or all its progress."""
 
 FOLLOW_UP_PASSES = 2
 """Extra passes at the same instant after a pass that sent evicted jobs back to the queue (a cycle
@@ -393,6 +398,9 @@ class ReplayResult:
     moves: int
     evictions: int
     """Evictions that sent a job back to the queue (reclaim/preempt; moves not counted)."""
+    lost_gpu_hours: float
+    """GPU-hours of progress that moved tasks lost (`move_cost="restart"`; 0 with free moves), over
+    the whole run: work the cluster ran twice, counted in the allocation all the same."""
     passes: int
     wall_seconds: float
     scheduler_seconds: float
@@ -493,6 +501,7 @@ def replay(
     horizon_seconds: float | None = None,
     warmup_seconds: float = 0.0,
     keep_timeline: bool = True,
+    move_cost: str = "free",
 ) -> ReplayResult:
     """Run `workload` through `scheduler` on a virtual clock (rules in the module docstring).
 
@@ -503,7 +512,12 @@ def replay(
     starts empty; the ramp-up is the same for every scheduler and says nothing about any of them).
     Allocation, waits, completions, counts and queue statistics cover the measurement window and
     the tasks arriving in it; the simulation itself always starts at the first arrival.
+    `move_cost`: what a move (evicted and re-bound in one plan) costs the moved task: "free" (it
+    keeps its progress and start) or "restart" (its remaining time resets to its full duration and
+    it starts anew at the move, so minimum-runtime protection applies to it again).
     """
+    if move_cost not in MOVE_COSTS:
+        raise ValueError(f"move_cost must be one of {', '.join(MOVE_COSTS)}, got {move_cost!r}")
     wall_start = time.perf_counter()
     tasks = workload.tasks
     if not tasks:
@@ -549,6 +563,7 @@ def replay(
     alloc_run_integral = 0.0
     timeline: list[tuple[float, float]] = [(0.0, 0.0)]
     moves = evictions = passes = 0
+    lost_milli_seconds = 0.0
     scheduler_seconds = 0.0
     waiting_at_window_end = -1
 
@@ -677,7 +692,13 @@ def replay(
             for binding in plan.bindings:
                 if binding.job_id in evicted:
                     old, left = evicted.pop(binding.job_id)
-                    start(old.job, RunningJob(old.job, binding.placements, old.started_at), left)
+                    if move_cost == "restart":
+                        full = tasks[by_id[binding.job_id]].duration_seconds
+                        lost_milli_seconds += (full - left) * job_milli(old.job)
+                        left = full
+                        start(old.job, RunningJob(old.job, binding.placements, now), left)
+                    else:
+                        start(old.job, RunningJob(old.job, binding.placements, old.started_at), left)
                     moves += 1
                 elif binding.job_id in pending:
                     job = pending.pop(binding.job_id)
@@ -759,6 +780,7 @@ def replay(
         end_seconds=run_span,
         moves=moves,
         evictions=evictions,
+        lost_gpu_hours=lost_milli_seconds / GPU_MILLI / 3600.0,
         passes=passes,
         wall_seconds=time.perf_counter() - wall_start,
         scheduler_seconds=scheduler_seconds,

@@ -25,13 +25,13 @@ from leitstand.scheduler.victims import VictimPool, choose_victims
 
 
 def test_actions_run_in_kai_order() -> None:
-    assert [name for name, _ in ACTIONS] == ["allocate", "reclaim", "preempt", "consolidate", "grow"]
+    assert [name for name, _ in ACTIONS] == ["allocate", "reclaim", "preempt", "consolidate", "migrate", "grow"]
 
 
 def test_plan_carries_phase_timings_and_a_cycle_id() -> None:
     plan = run_cycle(make_snapshot(pending=[make_job("j", gpus=8)]))
-    expected = {"snapshot", "queues", "fair_share", "allocate", "reclaim", "preempt", "consolidate", "grow", "close"}
-    expected.add("total")
+    expected = {"snapshot", "queues", "fair_share", "allocate", "reclaim", "preempt", "consolidate", "migrate", "grow"}
+    expected |= {"close", "total"}
     assert set(plan.phase_seconds) == expected
     assert all(v >= 0 for v in plan.phase_seconds.values())
     assert plan.cycle_id > 0
@@ -320,6 +320,10 @@ def test_consolidation_can_be_switched_off() -> None:
     assert {b.job_id for b in on.bindings} == {"a1", "b2"}
     off = run_cycle(snap, dataclasses.replace(SchedulerConfig(), consolidation=False))
     assert off.evictions == () and off.bindings == ()
+    # Migration (off by default) makes the same move for a1 when it is on.
+    by_migration = run_cycle(snap, dataclasses.replace(SchedulerConfig(), consolidation=False, migration=True))
+    assert {e.kind for e in by_migration.evictions} == {EvictionKind.CONSOLIDATE}
+    assert "a1" in {b.job_id for b in by_migration.bindings}
 
 
 def test_reclaimed_queue_does_not_take_the_gpus_back_next_cycle() -> None:

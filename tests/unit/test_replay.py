@@ -125,6 +125,22 @@ def test_a_move_keeps_progress_and_start_time() -> None:
     assert r.waits_seconds == (0.0, 60.0)
 
 
+def test_a_move_with_restart_cost_loses_its_progress() -> None:
+    w = workload([(make_job("a", gpus=1, gpu=0.5), 0.0, 100.0), (make_job("b", gpus=1, gpu=0.5), 40.0, 10.0)])
+    r = replay(w, Scripted("a", 40.0, EvictionKind.CONSOLIDATE), move_cost="restart")
+    assert r.moves == 1 and r.evictions == 0
+    # a runs its full 100 s again from the move at 40 and ends at 140; b starts then and ends at 150.
+    assert r.completion_mean_seconds == pytest.approx((140.0 + 110.0) / 2)
+    assert r.waits_seconds == (0.0, 100.0)
+    assert r.lost_gpu_hours == pytest.approx(40.0 * 0.5 / 3600)  # 40 s of half a GPU run again
+
+
+def test_an_unknown_move_cost_is_refused() -> None:
+    w = workload([(make_job("a", gpus=1), 0.0, 10.0)])
+    with pytest.raises(ValueError, match="move_cost"):
+        replay(w, GreedyScheduler("bestfit"), move_cost="cheap")
+
+
 def test_replay_is_deterministic() -> None:
     tasks = [(make_job(f"t{i}", gpus=1 + i % 2), float(i), 5.0 + (i * 7) % 13) for i in range(40)]
     w = workload(tasks, nodes=2, gpus=4)

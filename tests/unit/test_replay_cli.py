@@ -74,6 +74,7 @@ SMALL = ("--load", "1.0", "--window", "300", "--warmup", "60", "--schedulers", "
         (("--trace", "philly", "--start", "2017-13-40"), ["--start", "YYYY-MM-DD"]),
         (("--trace", "philly", "--days", "0"), ["--days", "positive"]),
         (("--trace", "philly", "--quota", "fair"), ["--quota", "demand or equal"]),
+        (("--move-cost", "cheap"), ["--move-cost", "'cheap'", "free", "restart"]),
     ],
 )
 def test_a_bad_option_is_named_with_its_fix(tmp_path: Path, args: tuple[str, ...], expected: list[str]) -> None:
@@ -148,3 +149,20 @@ def test_a_tiny_trace_prints_bound_and_idle_nodes(tmp_path: Path) -> None:
     for summary in run_doc["results"].values():
         assert summary["idle_node_hours"] >= 0.0
         assert 0.0 <= summary["idle_node_pct"] <= 100.0
+
+
+def test_the_move_cost_is_named_in_the_table_and_the_json(tmp_path: Path) -> None:
+    root = write_traces(tmp_path)
+    args = ("--load", "1.0", "--window", "300", "--warmup", "60", "--schedulers", "leitstand,fgd")
+    code, text = run(root, *args, "--move-cost", "restart")
+    assert code == 0, text
+    assert "moves restart" in text and " lost " in text  # the column "lost GPU-h" (its header wraps)
+    code, text = run(root, *args)
+    assert code == 0, text
+    assert "moves free" in text and " lost " not in text
+    options = ["replay", "--traces", str(root), *args, "--move-cost", "restart", "--json"]
+    result = CliRunner().invoke(simulate_app, options)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["move_cost"] == "restart"
+    assert all(s["lost_gpu_hours"] >= 0.0 for s in doc["runs"][0]["results"].values())

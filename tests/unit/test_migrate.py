@@ -1,0 +1,113 @@
+"""The migrate action (`actions/migrate.py`): free stranded GPU capacity by moving preemptible jobs,
+only when a waiting job then starts, never moving what may not move.
+
+The base case: two 2-GPU nodes, each with a non-preemptible whole-GPU job on GPU 1 and a half-GPU
+job on GPU 0. Half a GPU is free on each node, a whole GPU nowhere, so the waiting 1-GPU job cannot
+start; packing the two halves onto one GPU frees the other. Consolidation is off in these tests so
+that only migration (off by default, on here) can move anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from builders import make_job, make_node, make_queue, make_running, make_snapshot
+
+from leitstand.scheduler.cycle import run_cycle
+from leitstand.scheduler.model import EvictionKind, Plan, SchedulerConfig
+
+CONFIG = SchedulerConfig(consolidation=False, migration=True)
+
+
+def stranded(
+    *,
+    halves_preemptible: bool = True,
+    started_at: float = 0.0,
+    second_half: float = 0.5,
+    stats: dict[str, int] | None = None,
+) -> Plan:
+    nodes = [make_node("n0", 2), make_node("n1", 2)]
+    running = [
+        make_running(make_job("x0", gpus=1, preemptible=False), [("n0", [1])]),
+        make_running(make_job("x1", gpus=1, preemptible=False), [("n1", [1])]),
+        make_running(make_job("p0", gpu=0.5, preemptible=halves_preemptible), [("n0", [0])], started_at=started_at),
+        make_running(
+            make_job("p1", gpu=second_half, preemptible=halves_preemptible), [("n1", [0])], started_at=started_at
+        ),
+    ]
+    snap = make_snapshot(nodes, [make_queue("a", quota_gpus=4)], [make_job("w", gpus=1)], running, now=1000)
+    return run_cycle(snap, CONFIG, stats=stats)
+
+
+def test_packing_two_halves_onto_one_gpu_starts_the_waiting_job() -> None:
+    plan = stranded()
+    assert [b.job_id for b in plan.bindings if b.job_id == "w"] == ["w"]
+    moved = [e.job_id for e in plan.evictions]
+    assert len(moved) == 1 and moved[0] in {"p0", "p1"}  # one half joins the other; that one stays
+    assert all(e.kind is EvictionKind.CONSOLIDATE and e.for_job == "w" for e in plan.evictions)
+    rebound = {b.job_id: b.placements for b in plan.bindings}
+    assert moved[0] in rebound  # every moved job is placed again in the same plan
+    # No GPU is over-committed: the half-GPU jobs share one GPU, w has the other one to itself.
+    (w_place,) = rebound["w"]
+    (half,) = rebound[moved[0]]
+    assert (half.node, half.gpu_indices) != (w_place.node, w_place.gpu_indices)
+    assert "w" not in {r.job_id for r in plan.pending}
+
+
+def test_without_migration_nothing_moves_and_the_job_waits() -> None:
+    nodes = [make_node("n0", 2), make_node("n1", 2)]
+    running = [
+        make_running(make_job("x0", gpus=1, preemptible=False), [("n0", [1])]),
+        make_running(make_job("x1", gpus=1, preemptible=False), [("n1", [1])]),
+        make_running(make_job("p0", gpu=0.5), [("n0", [0])]),
+        make_running(make_job("p1", gpu=0.5), [("n1", [0])]),
+    ]
+    snap = make_snapshot(nodes, [make_queue("a", quota_gpus=4)], [make_job("w", gpus=1)], running, now=1000)
+    off = (dataclasses.replace(CONFIG, migration=False), dataclasses.replace(CONFIG, max_migration_tries=0))
+    for config in (SchedulerConfig(consolidation=False), *off):  # the default is off
+        plan = run_cycle(snap, config)
+        assert plan.evictions == () and plan.bindings == ()
+
+
+def test_no_move_when_allocation_would_not_rise() -> None:
+    # The second job holds 0.6 of its GPU: the halves cannot share a GPU, no whole GPU can be freed,
+    # so a try starts nobody and is rolled back.
+    stats: dict[str, int] = {}
+    plan = stranded(second_half=0.6, stats=stats)
+    assert plan.evictions == () and plan.bindings == ()
+    assert stats["migrate_tries"] >= 1 and stats.get("migrate_accepted", 0) == 0  # it was tried, and undone
+
+
+def test_only_preemptible_jobs_move() -> None:
+    plan = stranded(halves_preemptible=False)
+    assert plan.evictions == () and plan.bindings == ()
+
+
+def test_jobs_younger_than_the_minimum_runtime_stay() -> None:
+    plan = stranded(started_at=1000 - CONFIG.min_runtime_seconds + 1)
+    assert plan.evictions == () and plan.bindings == ()
+    old_enough = stranded(started_at=1000 - CONFIG.min_runtime_seconds)
+    assert [b.job_id for b in old_enough.bindings if b.job_id == "w"] == ["w"]
+
+
+def test_the_waiting_job_passes_the_same_admission_checks_as_in_allocate() -> None:
+    # The queue's limit leaves no room for w: migration must not start it (and so moves nothing).
+    nodes = [make_node("n0", 2), make_node("n1", 2)]
+    running = [
+        make_running(make_job("x0", gpus=1, preemptible=False), [("n0", [1])]),
+        make_running(make_job("x1", gpus=1, preemptible=False), [("n1", [1])]),
+        make_running(make_job("p0", gpu=0.5), [("n0", [0])]),
+        make_running(make_job("p1", gpu=0.5), [("n1", [0])]),
+    ]
+    queues = [make_queue("a", quota_gpus=3, limit_gpus=3)]
+    snap = make_snapshot(nodes, queues, [make_job("w", gpus=1)], running, now=1000)
+    plan = run_cycle(snap, CONFIG)
+    assert plan.evictions == () and plan.bindings == ()
+    assert {r.job_id: r.code for r in plan.pending}["w"] == "QueueAtLimit"
+
+
+@pytest.mark.parametrize("tries", [-1, -20])
+def test_a_negative_number_of_tries_is_refused_by_name(tries: int) -> None:
+    with pytest.raises(ValueError, match="max_migration_tries"):
+        SchedulerConfig(max_migration_tries=tries)
