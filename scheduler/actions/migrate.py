@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from leitstand.scheduler.actions.context import POLICY_BLOCKS, CycleContext
+from leitstand.scheduler.actions.context import POLICY_BLOCKS, CycleContext, ShapeKey
 from leitstand.scheduler.model import GPU_MILLI, EvictionKind, Job, PendingReason, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang, replica_placements
 
@@ -328,27 +328,40 @@ def _admit(ctx: CycleContext, chosen: list[int], waiting: _Waiting) -> list[tupl
     """Start waiting jobs in the room on `chosen`, in the order of work; what was started.
 
     Only a job with a replica's worth of room on one of `chosen` is tried (nothing else fits: the
-    rest of the cluster only filled up since allocate)."""
+    rest of the cluster only filled up since allocate). The fit check is redone only after a job
+    started (nothing else changes the state here), and a shape that found no placement is not placed
+    again in the same try (the state only fills up): gangs whose one replica fits but whose whole
+    does not used to cost a fit check of every waiting job and a placement call each."""
     stmt = ctx.stmt
     open_ = np.fromiter((job.id not in ctx.bound for job in waiting.jobs), dtype=np.bool_, count=len(waiting.jobs))
     started: list[tuple[Job, GangRequest, GangPlacement]] = []
+    failed: set[ShapeKey] = set()
+    hits: list[int] = []
+    position = 0
+    fresh = True
     while True:
-        fit = np.zeros(len(waiting.jobs), dtype=np.bool_)
-        for node in chosen:
-            fit |= waiting.fits_now(ctx, node)
-        fit &= open_
-        hits = np.flatnonzero(fit)
-        if hits.size == 0:
+        if fresh:
+            fit = np.zeros(len(waiting.jobs), dtype=np.bool_)
+            for node in chosen:
+                fit |= waiting.fits_now(ctx, node)
+            hits, position, fresh = np.flatnonzero(fit & open_).tolist(), 0, False
+        if position >= len(hits):
             return started
-        i = int(hits[0])
+        i = hits[position]
+        position += 1
         open_[i] = False
         job = waiting.jobs[i]
         if ctx.admission_block(job) is not None:  # an earlier admission may have used up a limit
             continue
         request = waiting.requests[i]
+        shape = ctx.shape_key(job, request)
+        if shape in failed:
+            continue
         placement = place_gang(stmt.state, request, ctx.policy)
         ctx.count("migrate_placements")
         if not isinstance(placement, GangPlacement):
+            failed.add(shape)
             continue
         stmt.bind(job, request, placement)
         started.append((job, request, placement))
+        fresh = True
