@@ -137,24 +137,28 @@ def _input_error(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _scheduler(name: str, workload: Any) -> Any:
+def _scheduler(name: str, workload: Any, cycle_shapes: str = "defaults") -> Any:
     from leitstand.scheduler.policies import PolicyContext, typical_tasks_from_shapes
     from leitstand.scheduler.sim.replay import CycleScheduler, GreedyScheduler, cycle_config
 
     key = name.strip().lower()
-    if key in CYCLE_SCHEDULERS:
-        config = cycle_config(
-            policy="leitstand", consolidation=key != "leitstand-noconsolidation", migration=key == "leitstand"
-        )
-        return CycleScheduler(workload.nodes, workload.queues, config, topology=workload.topology, name=key)
-    policy = key.removeprefix("greedy-")
+    policy = "leitstand" if key in CYCLE_SCHEDULERS else key.removeprefix("greedy-")
 
     def context(state: Any) -> Any:
+        """The policy with the trace's typical shapes (what the FGD protocol gives the baselines)."""
         if workload.shapes:
             table = typical_tasks_from_shapes(workload.shapes, state.model_codes)
             return PolicyContext.build(state, policy, typical=table)
         return PolicyContext.build(state, policy)
 
+    if key in CYCLE_SCHEDULERS:
+        config = cycle_config(
+            policy="leitstand", consolidation=key != "leitstand-noconsolidation", migration=key == "leitstand"
+        )
+        return CycleScheduler(
+            workload.nodes, workload.queues, config, topology=workload.topology, name=key,
+            context_factory=context if cycle_shapes == "trace" else None,
+        )
     return GreedyScheduler(policy, name=key, context_factory=context)
 
 
@@ -195,6 +199,11 @@ def replay(
         str,
         typer.Option(help="What a move costs the moved task: free (keeps its progress) or restart (loses it)."),
     ] = "free",
+    cycle_shapes: Annotated[
+        str,
+        typer.Option(help="Typical shapes of our cycle's placement policy: defaults (DGX-style) or trace (the "
+                     "trace's own, as the baselines get them; an operator sets scheduler.typical_shapes)."),
+    ] = "defaults",
 ) -> None:
     """Replay a trace with arrivals, departures and queueing; compare schedulers on the same stream."""
     from leitstand.scheduler.sim.openb import TraceFormatError
@@ -203,6 +212,8 @@ def replay(
     from leitstand.scheduler.sim.workloads import openb_workload, philly_workload
 
     _check_options(trace, window, warmup, horizon, interval, days, quota, start, move_cost)
+    if cycle_shapes not in ("defaults", "trace"):
+        _bad("--cycle-shapes", f"unknown {cycle_shapes!r}; choose defaults (DGX-style shapes) or trace")
     loads = parse_loads(load)
     names = parse_schedulers(schedulers)
     root = trace_files.resolve_root(traces)
@@ -217,7 +228,9 @@ def replay(
     except trace_files.TracesMissing as err:
         _input_error(str(err))
 
-    out: dict[str, Any] = {"trace": trace, "interval_seconds": interval, "move_cost": move_cost, "runs": []}
+    out: dict[str, Any] = {
+        "trace": trace, "interval_seconds": interval, "move_cost": move_cost, "cycle_shapes": cycle_shapes, "runs": []
+    }
     results_by_load: list[tuple[Any, list[Any], Any]] = []
     stop_at: float | None
     for level in loads:
@@ -250,7 +263,7 @@ def replay(
                 print(f"[{workload.name}] {name} ...", file=sys.stderr, flush=True)
             result = run_replay(
                 workload,
-                _scheduler(name, workload),
+                _scheduler(name, workload, cycle_shapes),
                 interval_seconds=interval,
                 horizon_seconds=stop_at,
                 warmup_seconds=skip,
@@ -276,10 +289,15 @@ def replay(
     if json_out:
         print(json.dumps(out, indent=2, default=float))
         return
-    _print_tables(trace, results_by_load, move_cost)
+    _print_tables(trace, results_by_load, move_cost, cycle_shapes)
 
 
-def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]], move_cost: str = "free") -> None:
+def _print_tables(
+    trace: str,
+    results_by_load: list[tuple[Any, list[Any], Any]],
+    move_cost: str = "free",
+    cycle_shapes: str = "defaults",
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -289,7 +307,7 @@ def _print_tables(trace: str, results_by_load: list[tuple[Any, list[Any], Any]],
         title = (
             f"{workload.name}: {len(workload.tasks):,} tasks, {len(workload.nodes):,} nodes, "
             f"offered load {p['offered_load']:.3f}; metrics after a {results[0].warmup_seconds:g} s warm-up; "
-            f"moves {move_cost}"
+            f"moves {move_cost}; our typical shapes: {cycle_shapes}"
         )
         table = Table(title=title, caption=_BOUND_CAPTION.format(tasks=bound.tasks_pct))
         for col in (

@@ -301,6 +301,7 @@ class CycleScheduler:
         *,
         topology: Topology | None = None,
         name: str = "leitstand",
+        context_factory: Callable[[ClusterState], PolicyContext] | None = None,
     ) -> None:
         from leitstand.scheduler.cycle import run_cycle  # the cycle lands in parallel; fail late
 
@@ -310,6 +311,10 @@ class CycleScheduler:
         self._nodes = tuple(nodes)
         self._queues = tuple(queues)
         self._topology = topology or Topology()
+        self._context_factory = context_factory
+        """Builds the placement policy (e.g. with the trace's typical shapes, as an operator's
+        `scheduler.typical_shapes` would) once per state; None: the cycle's own defaults."""
+        self._context: tuple[ClusterState, PolicyContext] | None = None
 
     def schedule(
         self,
@@ -328,7 +333,12 @@ class CycleScheduler:
             topology=self._topology,
             now=now,
         )
-        plan: Plan = self._run_cycle(snapshot, self.config, state=state)
+        context = None
+        if self._context_factory is not None:
+            if self._context is None or self._context[0] is not state:
+                self._context = (state, self._context_factory(state))
+            context = self._context[1]
+        plan: Plan = self._run_cycle(snapshot, self.config, state=state, policy_context=context)
         return plan
 
 

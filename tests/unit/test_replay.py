@@ -197,3 +197,30 @@ def test_packing_bound_gives_a_share_over_half_a_gpu_its_own_gpu() -> None:
     assert bound(500, 500).gpu_time_pct == pytest.approx(100.0)
     # by task count the task arriving at the window's end counts too (a whole GPU: 1,900 / 2,000).
     assert bound(600, 300).tasks_pct == pytest.approx(95.0)
+
+
+def test_our_cycle_builds_a_given_placement_policy_once_and_schedules_with_it() -> None:
+    """`CycleScheduler(context_factory=...)`: the policy (e.g. with the trace's typical shapes) is
+    built once for the simulator's state and every pass schedules with it."""
+    from leitstand.scheduler.policies import PolicyContext
+    from leitstand.scheduler.sim.replay import CycleScheduler, cycle_config
+
+    w = workload([(make_job(f"t{i}", gpus=1), float(i), 30.0) for i in range(6)], nodes=2, gpus=2)
+    built: list[PolicyContext] = []
+
+    def factory(state: ClusterState) -> PolicyContext:
+        built.append(PolicyContext.build(state, "leitstand"))
+        return built[-1]
+
+    ours = CycleScheduler(w.nodes, w.queues, cycle_config(policy="leitstand"), context_factory=factory)
+    seen: list[object] = []
+    run_cycle = ours._run_cycle
+
+    def spy(*args: object, **kwargs: object) -> Plan:
+        seen.append(kwargs.get("policy_context"))
+        return run_cycle(*args, **kwargs)  # type: ignore[arg-type]
+
+    ours._run_cycle = spy  # type: ignore[assignment]
+    r = replay(w, ours)
+    assert r.finished == 6
+    assert len(built) == 1 and seen and all(context is built[0] for context in seen)

@@ -75,6 +75,7 @@ SMALL = ("--load", "1.0", "--window", "300", "--warmup", "60", "--schedulers", "
         (("--trace", "philly", "--days", "0"), ["--days", "positive"]),
         (("--trace", "philly", "--quota", "fair"), ["--quota", "demand or equal"]),
         (("--move-cost", "cheap"), ["--move-cost", "'cheap'", "free", "restart"]),
+        (("--cycle-shapes", "dgx"), ["--cycle-shapes", "'dgx'", "defaults", "trace"]),
     ],
 )
 def test_a_bad_option_is_named_with_its_fix(tmp_path: Path, args: tuple[str, ...], expected: list[str]) -> None:
@@ -166,3 +167,14 @@ def test_the_move_cost_is_named_in_the_table_and_the_json(tmp_path: Path) -> Non
     doc = json.loads(result.output)
     assert doc["move_cost"] == "restart"
     assert all(s["lost_gpu_hours"] >= 0.0 for s in doc["runs"][0]["results"].values())
+
+
+def test_our_cycle_can_take_the_traces_typical_shapes_and_says_which_it_used(tmp_path: Path) -> None:
+    root = write_traces(tmp_path)
+    args = ("--load", "1.0", "--window", "300", "--warmup", "60", "--schedulers", "leitstand,fgd")
+    code, text = run(root, *args, "--cycle-shapes", "trace")
+    assert code == 0, text
+    assert "our typical shapes: trace" in text
+    result = CliRunner().invoke(simulate_app, ["replay", "--traces", str(root), *args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["cycle_shapes"] == "defaults"
