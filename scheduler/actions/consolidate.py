@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from leitstand.scheduler.actions.context import POLICY_BLOCKS, CycleContext, ShapeKey
+from leitstand.scheduler.actions.context import CycleContext, ShapeKey
 from leitstand.scheduler.model import EvictionKind, Job, PendingReason, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
 from leitstand.scheduler.victims import VictimPool, choose_victims, move_cost
@@ -35,13 +35,8 @@ def run(ctx: CycleContext) -> None:
     attempts = 0
     for waiting in ctx.work_queue():
         job = ctx.at_minimum(waiting)  # an elastic job asks for its minimum here
-        current = ctx.reasons.get(job.id)
-        if current is not None and current.code in POLICY_BLOCKS:
-            continue
-        if ctx.admission_block(job) is not None:
-            continue
-        request = ctx.request(job)
-        if isinstance(request, PendingReason):
+        request = ctx.waiting_for_room(job)
+        if request is None:
             continue
         shape = ctx.shape_key(job, request)
         if shape in failed:

@@ -472,6 +472,18 @@ class CycleContext:
 
     # -- shared admission rules ------------------------------------------------------------------------
 
+    def waiting_for_room(self, job: Job) -> GangRequest | None:
+        """The request of `job` when it waits for room only — no policy block as its reason, admissible
+        (limits, the in-quota rule) and a request can be formed — else None. Consolidate and migrate
+        make room only for such jobs."""
+        current = self.reasons.get(job.id)
+        if current is not None and current.code in POLICY_BLOCKS:
+            return None
+        if self.admission_block(job) is not None:
+            return None
+        request = self.request(job)
+        return None if isinstance(request, PendingReason) else request
+
     def admission_block(self, job: Job, freed: Mapping[QueueName, int] | None = None) -> PendingReason | None:
         """Limit at every level, and non-preemptible jobs within quota; None when admissible."""
         acc = self.stmt.accounting

@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from leitstand.scheduler.actions.context import POLICY_BLOCKS, CycleContext, ShapeKey
-from leitstand.scheduler.model import GPU_MILLI, EvictionKind, Job, PendingReason, RunningJob
+from leitstand.scheduler.actions.context import CycleContext, ShapeKey
+from leitstand.scheduler.model import GPU_MILLI, EvictionKind, Job, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang, replica_placements
 
 __all__ = ["NODES_PER_TRY", "run"]
@@ -166,13 +166,8 @@ def _waiting_jobs(ctx: CycleContext) -> _Waiting | None:
     for job in ctx.work_queue():
         if job.min_replicas is not None:
             continue  # elastic jobs start through allocate (at the size that fits) and grow
-        current = ctx.reasons.get(job.id)
-        if current is not None and current.code in POLICY_BLOCKS:
-            continue
-        if ctx.admission_block(job) is not None:
-            continue
-        request = ctx.request(job)
-        if isinstance(request, PendingReason):
+        request = ctx.waiting_for_room(job)
+        if request is None:
             continue
         jobs.append(job)
         requests.append(request)

@@ -15,18 +15,15 @@ import pytest
 from builders import make_job, make_node, make_queue, make_running, make_snapshot
 
 from leitstand.scheduler.cycle import run_cycle
-from leitstand.scheduler.model import EvictionKind, Plan, SchedulerConfig
+from leitstand.scheduler.model import EvictionKind, Node, Plan, RunningJob, SchedulerConfig
 
 CONFIG = SchedulerConfig(consolidation=False, migration=True)
 
 
-def stranded(
-    *,
-    halves_preemptible: bool = True,
-    started_at: float = 0.0,
-    second_half: float = 0.5,
-    stats: dict[str, int] | None = None,
-) -> Plan:
+def base_case(
+    *, halves_preemptible: bool = True, started_at: float = 0.0, second_half: float = 0.5
+) -> tuple[list[Node], list[RunningJob]]:
+    """The base case's nodes and running jobs (module docstring)."""
     nodes = [make_node("n0", 2), make_node("n1", 2)]
     running = [
         make_running(make_job("x0", gpus=1, preemptible=False), [("n0", [1])]),
@@ -36,6 +33,17 @@ def stranded(
             make_job("p1", gpu=second_half, preemptible=halves_preemptible), [("n1", [0])], started_at=started_at
         ),
     ]
+    return nodes, running
+
+
+def stranded(
+    *,
+    halves_preemptible: bool = True,
+    started_at: float = 0.0,
+    second_half: float = 0.5,
+    stats: dict[str, int] | None = None,
+) -> Plan:
+    nodes, running = base_case(halves_preemptible=halves_preemptible, started_at=started_at, second_half=second_half)
     snap = make_snapshot(nodes, [make_queue("a", quota_gpus=4)], [make_job("w", gpus=1)], running, now=1000)
     return run_cycle(snap, CONFIG, stats=stats)
 
@@ -56,13 +64,7 @@ def test_packing_two_halves_onto_one_gpu_starts_the_waiting_job() -> None:
 
 
 def test_without_migration_nothing_moves_and_the_job_waits() -> None:
-    nodes = [make_node("n0", 2), make_node("n1", 2)]
-    running = [
-        make_running(make_job("x0", gpus=1, preemptible=False), [("n0", [1])]),
-        make_running(make_job("x1", gpus=1, preemptible=False), [("n1", [1])]),
-        make_running(make_job("p0", gpu=0.5), [("n0", [0])]),
-        make_running(make_job("p1", gpu=0.5), [("n1", [0])]),
-    ]
+    nodes, running = base_case()
     snap = make_snapshot(nodes, [make_queue("a", quota_gpus=4)], [make_job("w", gpus=1)], running, now=1000)
     off = (dataclasses.replace(CONFIG, migration=False), dataclasses.replace(CONFIG, max_migration_tries=0))
     for config in (SchedulerConfig(consolidation=False), *off):  # the default is off
@@ -93,13 +95,7 @@ def test_jobs_younger_than_the_minimum_runtime_stay() -> None:
 
 def test_the_waiting_job_passes_the_same_admission_checks_as_in_allocate() -> None:
     # The queue's limit leaves no room for w: migration must not start it (and so moves nothing).
-    nodes = [make_node("n0", 2), make_node("n1", 2)]
-    running = [
-        make_running(make_job("x0", gpus=1, preemptible=False), [("n0", [1])]),
-        make_running(make_job("x1", gpus=1, preemptible=False), [("n1", [1])]),
-        make_running(make_job("p0", gpu=0.5), [("n0", [0])]),
-        make_running(make_job("p1", gpu=0.5), [("n1", [0])]),
-    ]
+    nodes, running = base_case()
     queues = [make_queue("a", quota_gpus=3, limit_gpus=3)]
     snap = make_snapshot(nodes, queues, [make_job("w", gpus=1)], running, now=1000)
     plan = run_cycle(snap, CONFIG)
