@@ -149,7 +149,7 @@ class VictimPool:
             code_list.append(code)
             priority_list.append(job.priority)
             started_list.append(v.started_at)
-            milli_list.append(job.replicas * gpus * job.gpu_milli)  # Job.gpu_milli_total, inlined
+            milli_list.append(job.gpu_milli_total)
             id_list.append(job.id)
         priority = np.array(priority_list, dtype=np.int64)
         if key is victim_cost or key is move_cost:

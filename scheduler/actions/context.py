@@ -424,18 +424,20 @@ class CycleContext:
             memos = self._request_memo_checked = _request_memo(self.stmt.state)
         current, previous = memos
         known = current.get(job.id) or previous.get(job.id)
-        same = known is not None and (known[0] is job or known[0] == job)
-        if known is not None and same and known[1] == own and known[2] == self.all_reserved:
+        if known is not None and known[1:3] == (own, self.all_reserved) and (known[0] is job or known[0] == job):
             request: GangRequest | PendingReason = known[3]
         else:
             request = self._new_request(job, own)
         current[job.id] = (job, own, self.all_reserved, request)
         held = self.held_nodes
-        holds_it = held is not None and not job.is_preemptible and job.id not in self.holders
-        if held is not None and holds_it and isinstance(request, GangRequest):
+        if held is not None and isinstance(request, GangRequest) and self._kept_off_held(job):
             self.unheld[job.id] = request
             request = replace(request, node_mask=request.node_mask & ~held)
         return request
+
+    def _kept_off_held(self, job: Job) -> bool:
+        """A non-preemptible job other than the gangs capacity is held for stays off held nodes."""
+        return not job.is_preemptible and job.id not in self.holders
 
     def _new_request(self, job: Job, own: str | None) -> GangRequest | PendingReason:
         if own is not None:

@@ -161,6 +161,14 @@ async def until(check: Callable[[], bool], timeout_seconds: float = 5.0) -> None
         await asyncio.sleep(0.002)
 
 
+async def leading(client: KubeClient, identity: str, clock: FakeClock) -> Replica:
+    """A replica started and waited for until it holds the Lease."""
+    started = replica(client, identity, clock)
+    started.start()
+    await until(lambda: started.elector.is_leader)
+    return started
+
+
 async def requests_pass(fake: FakeLeases, count: int = 5) -> None:
     """Let the electors make `count` more requests (real time passes, the fake clock does not)."""
     target = len(fake.requests) + count
@@ -219,9 +227,7 @@ def test_takes_over_only_after_the_record_was_unchanged_for_a_lease_duration() -
 
     async def main() -> None:
         async with lease_api(fake) as client:
-            a, b = replica(client, "a", clock), replica(client, "b", clock)
-            a.start()
-            await until(lambda: a.elector.is_leader)
+            a, b = await leading(client, "a", clock), replica(client, "b", clock)
             b.start()
             await until(lambda: b.elector.holder == "a")
             # While a renews, b never takes over however much time passes.
@@ -249,9 +255,7 @@ def test_steps_down_when_renewals_fail_for_the_renew_deadline() -> None:
 
     async def main() -> None:
         async with lease_api(fake) as client:
-            a = replica(client, "a", clock)
-            a.start()
-            await until(lambda: a.elector.is_leader)
+            a = await leading(client, "a", clock)
             await requests_pass(fake, 3)
             fake.failing = True
             await requests_pass(fake, 3)  # these renewals failed; the last success was at `now`
@@ -272,9 +276,7 @@ def test_steps_down_when_someone_else_holds_the_lease() -> None:
 
     async def main() -> None:
         async with lease_api(fake) as client:
-            a = replica(client, "a", clock)
-            a.start()
-            await until(lambda: a.elector.is_leader)
+            a = await leading(client, "a", clock)
             assert fake.lease is not None
             fake.lease["spec"]["holderIdentity"] = "intruder"  # e.g. a manual edit
             fake.rv += 1
@@ -291,9 +293,7 @@ def test_release_hands_the_lease_over_without_waiting() -> None:
 
     async def main() -> None:
         async with lease_api(fake) as client:
-            a, b = replica(client, "a", clock), replica(client, "b", clock)
-            a.start()
-            await until(lambda: a.elector.is_leader)
+            a, b = await leading(client, "a", clock), replica(client, "b", clock)
             b.start()
             await until(lambda: b.elector.holder == "a")
             assert await a.elector.release()
@@ -315,9 +315,7 @@ def test_release_succeeds_when_a_cancelled_renewal_was_written_after_all() -> No
 
     async def main() -> None:
         async with lease_api(fake) as client:
-            a = replica(client, "a", clock)
-            a.start()
-            await until(lambda: a.elector.is_leader)
+            a = await leading(client, "a", clock)
             await a.crash()  # the elector stops (its copy of the Lease stays as it was)
             assert fake.lease is not None and fake.holder == "a"
             fake.rv += 1  # written again by us (the cancelled renewal), the answer never read
