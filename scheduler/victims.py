@@ -28,6 +28,7 @@ What it must not do: decide whether eviction is allowed at all (the action passe
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -48,6 +49,8 @@ candidate admissible again."""
 Accept = Callable[[Sequence[RunningJob], GangRequest, GangPlacement], bool]
 """Final check of a set, called with exactly these victims evicted on the statement and the placement
 found in that state; must leave the statement as it found it."""
+
+_Devices = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
 
 MAX_DOMAINS = 16
 """Candidate domains tried per tier per waiting gang (the most promising first); bounds a search."""
@@ -185,6 +188,7 @@ class VictimPool:
         """Per node: the epoch of the last committed move that changed it."""
         self.failed: dict[tuple[object, ...], tuple[frozenset[int], int]] = {}
         self._labelled: dict[int, NDArray[np.bool_]] = {}
+        self._devices: _Devices | None = None
 
     def __len__(self) -> int:
         return int(self.alive.sum())
@@ -223,6 +227,21 @@ class VictimPool:
         offsets = np.repeat(self.row_start[jobs] - (np.cumsum(counts) - counts), counts)
         rows: NDArray[np.int64] = offsets + np.arange(total, dtype=np.int64)
         return rows
+
+    def devices(self) -> _Devices:
+        """The devices the candidates hold, grouped by row (replica) in row order: (first device of
+        each row — one entry more than rows —, GPU index, milli held on it, node). Built on first use
+        (only searches for GPU gangs need it)."""
+        if self._devices is None:
+            indices = [p.gpu_indices for v in self.ordered for p in v.placements]
+            counts = np.fromiter(map(len, indices), dtype=np.int64, count=len(indices))
+            start = np.zeros(counts.size + 1, dtype=np.int64)
+            np.cumsum(counts, out=start[1:])
+            gpu = np.fromiter(itertools.chain.from_iterable(indices), dtype=np.int64, count=int(start[-1]))
+            per_gpu = np.fromiter((v.job.gpu_milli for v in self.ordered), dtype=np.int64, count=len(self.ordered))
+            row = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+            self._devices = (start, gpu, per_gpu[self.row_job[row]], self.row_node[row])
+        return self._devices
 
     def labelled(self, state: ClusterState, level: int) -> NDArray[np.bool_]:
         """Nodes that carry a label at `level` (static; computed once per level)."""
@@ -285,7 +304,10 @@ def choose_victims(
     for level in _tiers(state, request):
         if best_cost is not None and best_cost[0] <= cheapest_priority:
             break  # a later tier cannot beat the best set on priority, and loses on locality or size
-        for domain, nodes, domain_mask, local in _candidate_domains(stmt, request, pool, chosen, level):
+        # Without an admissibility filter the greedy pass evicts exactly the first `max_victims`
+        # candidates of a domain: a domain where even those cannot make room is left out up front.
+        cap = max_victims if admissible is None else None
+        for domain, nodes, domain_mask, local in _candidate_domains(stmt, request, pool, chosen, level, cap):
             key = (shape, level, domain)
             known = pool.failed.get(key)
             if (
@@ -385,6 +407,7 @@ def _candidate_domains(
     pool: VictimPool,
     chosen: NDArray[np.bool_],
     level: int,
+    cap: int | None = None,
 ) -> list[tuple[int, NDArray[np.int64], NDArray[np.bool_] | None, NDArray[np.int64]]]:
     """(domain id, its allowed nodes, its node mask or None when it is just those nodes, candidate
     indices cheapest first) per domain worth searching at `level`, most free room first, at most
@@ -394,6 +417,11 @@ def _candidate_domains(
     per node, the replicas that fit in its free device-slots plus the slots its candidates hold
     (capped at the node's GPUs), summed over the domain. Vectorised with `bincount`: O(nodes +
     candidate replicas) array work, not O(domains × candidates).
+
+    `cap`, when given, is how many candidates the search of a domain evicts at most, cheapest first
+    (no admissibility filter, so exactly the domain's first `cap`): of the domains kept above,
+    those where even these could not make room are dropped as well (the same upper bound, counted
+    over those candidates only). It never drops a domain the search could succeed in.
     """
     state = stmt.state
     mask = request.node_mask if level == NONE else request.node_mask & pool.labelled(state, level)
@@ -439,8 +467,50 @@ def _candidate_domains(
     first = np.ones(kept_job.size, dtype=np.bool_)  # a gang's rows in one domain are adjacent: keep one
     first[1:] = (kept_job[1:] != kept_job[:-1]) | (kept_pos[1:] != kept_pos[:-1])
     kept_pos, kept_job = kept_pos[first], kept_job[first]
-    bounds = np.searchsorted(kept_pos, np.arange(order.size + 1)).tolist()
-    return list(_domains(state, level, mask, order.tolist(), kept_job, bounds))
+    bounds = np.searchsorted(kept_pos, np.arange(order.size + 1))
+    viable = None
+    if cap is not None and request.gpus > 0 and request.gpu_milli > 0:
+        # Device by device: the replicas each node could hold with the domain's `cap` cheapest
+        # candidates gone, counted as `_Fit` counts them after evictions. (Searches with an
+        # admissibility filter may evict any of a domain's candidates: the bound over all of them
+        # above is what they get; measured, the device count saves them nothing.)
+        top = (np.arange(kept_pos.size) - bounds[kept_pos]) < cap
+        n_jobs = len(pool.ordered)
+        dom_rows = rows[keep][np.isin(where[keep] * n_jobs + row_job[keep], kept_pos[top] * n_jobs + kept_job[top])]
+        dev_start, dev_gpu, dev_milli, dev_node = pool.devices()
+        counts = dev_start[dom_rows + 1] - dev_start[dom_rows]
+        devs = np.repeat(dev_start[dom_rows] - (np.cumsum(counts) - counts), counts) + np.arange(
+            int(counts.sum()), dtype=np.int64
+        )
+        room = _replicas_then(state, request, slots_now // width, dev_node[devs], dev_gpu[devs], dev_milli[devs])
+        viable = (np.bincount(ids, weights=room[mask], minlength=n_domains)[order] >= request.replicas).tolist()
+    return list(_domains(state, level, mask, order.tolist(), kept_job, bounds.tolist(), viable))
+
+
+def _replicas_then(
+    state: ClusterState,
+    request: GangRequest,
+    replicas_now: NDArray[np.int64],
+    nodes: NDArray[np.int64],
+    gpus: NDArray[np.int64],
+    milli: NDArray[np.int64],
+) -> NDArray[np.int64]:
+    """Per node: the gang's replicas it could hold if the devices given (node, GPU index, milli held)
+    were freed; `replicas_now` on nodes none of them is on. Exact for the GPUs (the slots `_Fit`
+    counts); CPU and memory are left to the placement."""
+    room = replicas_now.copy()
+    if not nodes.size:
+        return room
+    touched, local = np.unique(nodes, return_inverse=True)
+    width = state.gpu_free_milli.shape[1]
+    held = np.bincount(local * width + gpus, weights=milli, minlength=touched.size * width).reshape(-1, width)
+    free = np.minimum(state.gpu_free_milli[touched] + held.astype(np.int64), GPU_MILLI)
+    if request.gpu_milli >= GPU_MILLI:
+        slots = (free >= GPU_MILLI).sum(axis=1)
+    else:
+        slots = (free // request.gpu_milli).sum(axis=1)
+    room[touched] = slots // max(request.gpus, 1)
+    return room
 
 
 def _domains(
@@ -450,10 +520,13 @@ def _domains(
     order: list[int],
     kept_job: NDArray[np.int64],
     bounds: list[int],
+    viable: list[bool] | None = None,
 ) -> Iterator[tuple[int, NDArray[np.int64], NDArray[np.bool_] | None, NDArray[np.int64]]]:
     start = state.domain_start[level]
     members = state.domain_order[level]
     for k, d in enumerate(order):
+        if viable is not None and not viable[k]:
+            continue
         nodes = members[int(start[d]) : int(start[d + 1])].astype(np.int64)
         yield d, nodes[mask[nodes]], None, kept_job[bounds[k] : bounds[k + 1]]
 

@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from leitstand.scheduler.actions import context
 from leitstand.scheduler.cycle import run_cycle
 from leitstand.scheduler.fairshare import build_queue_tree
-from leitstand.scheduler.model import EvictionKind, JobId, QueueName, RunningJob, SchedulerConfig, Snapshot
+from leitstand.scheduler.model import EvictionKind, Job, JobId, QueueName, RunningJob, SchedulerConfig, Snapshot
 from leitstand.scheduler.placement import GangRequest
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.state import ClusterState
@@ -189,3 +189,94 @@ def test_pool_rows_follow_the_cost_order_for_gangs_of_several_replicas() -> None
         assert pool.priority.tolist() == [v.job.priority for v in pool.ordered]
         for queue in ("a", "b", "c"):
             assert pool.of_queue(QueueName(queue)).tolist() == [v.job.queue == queue for v in pool.ordered]
+
+
+def _shared_gpu_cluster(seed: int) -> tuple[Statement, ClusterState, list[RunningJob], list[RunningJob]]:
+    """Six 4-GPU nodes whose GPUs are split into random slices; (statement, state, movable, all)."""
+    rng = np.random.default_rng(seed)
+    nodes, topology = make_cluster(6, 4, racks=3)
+    state = ClusterState.from_nodes(nodes, topology)
+    splits = [[], [1.0], [0.5], [0.5, 0.5], [0.25, 0.5], [0.25, 0.25, 0.25], [0.75]]
+    running: list[RunningJob] = []
+    for n in range(6):
+        for g in range(4):
+            for k, part in enumerate(splits[int(rng.integers(len(splits)))]):
+                job = make_job(f"n{n}g{g}s{k}", "b", gpu=part, priority=int(rng.choice([10, 50])))
+                running.append(make_running(job, [(f"n{n}", [g])], started_at=float(rng.integers(5))))
+    for held in running:
+        state.allocate_job(held)
+    tree = build_queue_tree([make_queue("a"), make_queue("b")])
+    movable = [held for held in running if rng.random() < 0.6]
+    return Statement(state=state, accounting=QueueAccounting.empty(tree)), state, movable, running
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_leaving_out_domains_the_first_candidates_cannot_clear_changes_no_choice(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search with no admissibility filter evicts a domain's candidates cheapest first and stops at
+    `max_victims`: domains where even those cannot free room for the gang (counted GPU by GPU) are
+    left out before any what-if eviction. Same choice as searching them, on random shared GPUs."""
+    from leitstand.scheduler import victims
+
+    stmt, state, movable, _ = _shared_gpu_cluster(seed)
+    policy = PolicyContext.build(state)
+    shapes = [
+        make_job("w1", "a", 1),
+        make_job("w2", "a", 2),
+        make_job("w4", "a", 4),
+        make_job("half", "a", gpu=0.5),
+        make_job("quarters", "a", replicas=3, gpu=0.25),
+        make_job("pair", "a", 2, replicas=2, required="rack"),
+    ]
+    unpruned = victims._candidate_domains
+
+    def search(job_shape: Job, cap_used: bool, max_victims: int) -> tuple[object, int]:
+        if not cap_used:
+            monkeypatch.setattr(victims, "_candidate_domains", lambda *a: unpruned(*a[:5]))
+        try:
+            pool = VictimPool(stmt, movable, key=move_cost)
+            tally: dict[str, int] = {}
+            choice = choose_victims(
+                stmt, GangRequest.for_job(state, job_shape), pool, policy,
+                max_victims=max_victims, for_job=JobId("w"), tally=tally,
+            )
+        finally:
+            monkeypatch.setattr(victims, "_candidate_domains", unpruned)
+        summary = None if choice is None else (
+            sorted(v.job.id for v in choice.victims), choice.placement.nodes.tolist(), choice.placement.gpus.tolist()
+        )
+        return summary, tally.get("domains", 0)
+
+    pruned_some = 0
+    for job in shapes:
+        for max_victims in (1, 2, 4):
+            fast, searched = search(job, True, max_victims)
+            slow, searched_all = search(job, False, max_victims)
+            assert fast == slow, (job.id, max_victims)
+            assert searched <= searched_all
+            pruned_some += searched < searched_all
+    assert pruned_some, "the shortcut never left a domain out: the test would not notice it broke"
+
+
+def test_a_gpu_shared_with_a_job_that_may_not_move_is_never_freed() -> None:
+    """Counting GPU by GPU: evicting the only candidate of a node does not make a whole GPU when a job
+    that may not move holds the rest of that GPU, so the node is not searched at all."""
+    nodes, topology = make_cluster(1, 1)
+    state = ClusterState.from_nodes(nodes, topology)
+    movable = make_running(make_job("movable", "b", gpu=0.5), [("n0", [0])])
+    stays = make_running(make_job("stays", "b", gpu=0.5), [("n0", [0])])
+    for held in (movable, stays):
+        state.allocate_job(held)
+    tree = build_queue_tree([make_queue("a"), make_queue("b")])
+    stmt = Statement(state=state, accounting=QueueAccounting.empty(tree))
+    pool = VictimPool(stmt, [movable], key=move_cost)
+    tally: dict[str, int] = {}
+    request = GangRequest.for_job(state, make_job("w", "a", 1))
+    choice = choose_victims(
+        stmt, request, pool, PolicyContext.build(state), max_victims=4, for_job=JobId("w"), tally=tally
+    )
+    assert choice is None and tally.get("domains", 0) == 0
+    half = GangRequest.for_job(state, make_job("h", "a", gpu=0.5))
+    found = choose_victims(stmt, half, pool, PolicyContext.build(state), max_victims=4, for_job=JobId("h"))
+    assert found is not None and [v.job.id for v in found.victims] == ["movable"]
