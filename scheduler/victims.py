@@ -189,6 +189,7 @@ class VictimPool:
         self.failed: dict[tuple[object, ...], tuple[frozenset[int], int]] = {}
         self._labelled: dict[int, NDArray[np.bool_]] = {}
         self._devices: _Devices | None = None
+        self._resources: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
 
     def __len__(self) -> int:
         return int(self.alive.sum())
@@ -242,6 +243,15 @@ class VictimPool:
             row = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
             self._devices = (start, gpu, per_gpu[self.row_job[row]], self.row_node[row])
         return self._devices
+
+    def replica_resources(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """(CPU milli, memory MiB) each row (replica) holds. Built on first use."""
+        if self._resources is None:
+            n = len(self.ordered)
+            cpu = np.fromiter((v.job.cpu_milli for v in self.ordered), dtype=np.int64, count=n)
+            memory = np.fromiter((v.job.memory_mib for v in self.ordered), dtype=np.int64, count=n)
+            self._resources = (cpu[self.row_job], memory[self.row_job])
+        return self._resources
 
     def labelled(self, state: ClusterState, level: int) -> NDArray[np.bool_]:
         """Nodes that carry a label at `level` (static; computed once per level)."""
@@ -471,7 +481,8 @@ def _candidate_domains(
     viable = None
     if cap is not None and request.gpus > 0 and request.gpu_milli > 0:
         # Device by device: the replicas each node could hold with the domain's `cap` cheapest
-        # candidates gone, counted as `_Fit` counts them after evictions. (Searches with an
+        # candidates gone, counted as `_Fit` counts them after evictions, and no more than the
+        # CPU and memory then free allow (the placement's per-replica checks). (Searches with an
         # admissibility filter may evict any of a domain's candidates: the bound over all of them
         # above is what they get; measured, the device count saves them nothing.)
         top = (np.arange(kept_pos.size) - bounds[kept_pos]) < cap
@@ -483,6 +494,14 @@ def _candidate_domains(
             int(counts.sum()), dtype=np.int64
         )
         room = _replicas_then(state, request, slots_now // width, dev_node[devs], dev_gpu[devs], dev_milli[devs])
+        cpu, memory = pool.replica_resources()
+        for need, free, held in (
+            (request.cpu_milli, state.cpu_free_milli, cpu),
+            (request.memory_mib, state.memory_free_mib, memory),
+        ):
+            if need > 0:  # and no more replicas than the node's CPU and memory hold with them gone
+                then = free + np.bincount(pool.row_node[dom_rows], weights=held[dom_rows], minlength=state.n_nodes)
+                np.minimum(room, (then // need).astype(np.int64), out=room)
         viable = (np.bincount(ids, weights=room[mask], minlength=n_domains)[order] >= request.replicas).tolist()
     return list(_domains(state, level, mask, order.tolist(), kept_job, bounds.tolist(), viable))
 
@@ -497,7 +516,7 @@ def _replicas_then(
 ) -> NDArray[np.int64]:
     """Per node: the gang's replicas it could hold if the devices given (node, GPU index, milli held)
     were freed; `replicas_now` on nodes none of them is on. Exact for the GPUs (the slots `_Fit`
-    counts); CPU and memory are left to the placement."""
+    counts); the caller caps it by CPU and memory."""
     room = replicas_now.copy()
     if not nodes.size:
         return room

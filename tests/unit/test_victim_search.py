@@ -94,10 +94,18 @@ def test_hopeless_domain_is_skipped_for_the_same_shape_until_a_move_touches_it()
     only_small = pool.of_queue(QueueName("b")) & (pool.priority < 20)
 
     def search(eligible: NDArray[np.bool_], tally: dict[str, int]) -> VictimChoice | None:
+        # With an admissibility filter (reclaim and preempt have one) the memo is what skips the rack;
+        # without one the CPU bound leaves it out before any search (checked at the end).
         return choose_victims(
-            stmt, request, pool, policy, max_victims=8, for_job=JobId("g"), eligible=eligible, tally=tally
+            stmt, request, pool, policy, max_victims=8, for_job=JobId("g"), eligible=eligible, tally=tally,
+            admissible=lambda victim, taken: True,
         )
 
+    unfiltered: dict[str, int] = {}
+    assert choose_victims(
+        stmt, request, pool, policy, max_victims=8, for_job=JobId("g"), eligible=only_small, tally=unfiltered
+    ) is None
+    assert unfiltered.get("domains", 0) == 0, "CPU left for one replica only: rack r0 is not searched"
     tally: dict[str, int] = {}
     assert search(only_small, tally) is None
     assert tally["domains"] == 1 and not tally.get("domains_skipped")
@@ -201,10 +209,12 @@ def _shared_gpu_cluster(seed: int) -> tuple[Statement, ClusterState, list[Runnin
     for n in range(6):
         for g in range(4):
             for k, part in enumerate(splits[int(rng.integers(len(splits)))]):
-                job = make_job(f"n{n}g{g}s{k}", "b", gpu=part, priority=int(rng.choice([10, 50])))
+                cpu = int(rng.choice([0, 16_000, 48_000]))  # a node has 224 cores: CPU binds sometimes
+                if cpu > state.cpu_free_milli[n]:
+                    cpu = 0
+                job = make_job(f"n{n}g{g}s{k}", "b", gpu=part, priority=int(rng.choice([10, 50])), cpu_milli=cpu)
                 running.append(make_running(job, [(f"n{n}", [g])], started_at=float(rng.integers(5))))
-    for held in running:
-        state.allocate_job(held)
+                state.allocate_job(running[-1])
     tree = build_queue_tree([make_queue("a"), make_queue("b")])
     movable = [held for held in running if rng.random() < 0.6]
     return Statement(state=state, accounting=QueueAccounting.empty(tree)), state, movable, running
@@ -216,7 +226,8 @@ def test_leaving_out_domains_the_first_candidates_cannot_clear_changes_no_choice
 ) -> None:
     """A search with no admissibility filter evicts a domain's candidates cheapest first and stops at
     `max_victims`: domains where even those cannot free room for the gang (counted GPU by GPU) are
-    left out before any what-if eviction. Same choice as searching them, on random shared GPUs."""
+    left out before any what-if eviction, and so are those where the CPU or memory then free holds
+    too few replicas. Same choice as searching them, on random shared GPUs with CPU-heavy jobs."""
     from leitstand.scheduler import victims
 
     stmt, state, movable, _ = _shared_gpu_cluster(seed)
@@ -228,6 +239,8 @@ def test_leaving_out_domains_the_first_candidates_cannot_clear_changes_no_choice
         make_job("half", "a", gpu=0.5),
         make_job("quarters", "a", replicas=3, gpu=0.25),
         make_job("pair", "a", 2, replicas=2, required="rack"),
+        make_job("cpu-heavy", "a", 1, cpu_milli=120_000),
+        make_job("cpu-heavy-pair", "a", 1, replicas=2, cpu_milli=100_000, memory_mib=1024 * 1024),
     ]
     unpruned = victims._candidate_domains
 
