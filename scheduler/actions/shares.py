@@ -143,7 +143,8 @@ def open_shares(
     sets one): the statement's accounting is switched to a `ModelAccounting` (running jobs charged
     to the model they run on), and each model's GPUs and per-model demand are passed too — a
     pending job that names one model counts toward that model, one that names none toward every
-    model its queue may still use.
+    model its queue may still use, and the replicas a running elastic job lacks toward the model it
+    runs on.
     """
     state = stmt.state
     acc = stmt.accounting
@@ -199,6 +200,15 @@ def open_shares(
             amount = job.gpu_milli_total
             for model in _demand_models(model_acc, job, amount):
                 model_demand[model][queue] += amount
+    if growth_milli:  # running elastic jobs below full size want the rest on the model they run on
+        for held in stmt.running.values():
+            job = held.job
+            if job.min_replicas is None or len(held.placements) >= job.replicas:
+                continue
+            runs_on = model_acc.model_of(job)
+            per_queue = None if runs_on is None else model_demand.get(runs_on)
+            if per_queue is not None and job.queue in per_queue:
+                per_queue[job.queue] += (job.replicas - len(held.placements)) * job.gpu_milli_per_replica
     return compute_fair_shares(
         queues,
         demand,

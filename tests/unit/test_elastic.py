@@ -265,3 +265,21 @@ def test_growth_goes_first_to_the_queue_furthest_below_its_fair_share() -> None:
     queues = [make_queue("a", quota_gpus=16), make_queue("b", quota_gpus=16)]
     plan = cycle(nodes(4), queues, running=[held(ea, "n0", "n1"), held(eb, "n2")])
     assert [(g.job_id, [p.node for p in g.placements]) for g in plan.grows] == [("eb", ["n3"])]
+
+
+def test_replicas_a_running_elastic_job_lacks_count_toward_its_models_demand() -> None:
+    """Per-model fair share (queues set quotas per GPU model): a B200 job running 1 of its 2 replicas
+    still wants the other 8 B200 GPUs, so its queue's B200 demand is 16, not the 8 it holds. Team b
+    wants 4; of the 16 B200 GPUs team a's fair share is the other 12."""
+    from leitstand.scheduler.model import ModelQuota
+
+    def with_b200(queue, milli: int):  # type: ignore[no-untyped-def]
+        return replace(queue, model_quotas=(ModelQuota("B200", milli),))
+
+    e = elastic(make_job("e", queue="a", gpus=8, replicas=2, models=["B200"]), 1)
+    queues = [with_b200(make_queue("a", quota_gpus=4), 4000), with_b200(make_queue("b", quota_gpus=4), 4000)]
+    cluster = [make_node("b0", 8, model="B200", topology=("r0",)), make_node("b1", 8, model="B200", topology=("r0",))]
+    wants = make_job("w", queue="b", gpus=4, models=["B200"])
+    plan = cycle(cluster, queues, pending=[wants], running=[held(e, "b0")])
+    assert plan.model_fair_share_milli["B200"] == {QueueName("a"): 12000, QueueName("b"): 4000}
+    assert plan.fair_share_milli[QueueName("a")] == 12000  # the totals counted it already
