@@ -106,17 +106,22 @@ def run_cycle(
     stmt = Statement(state=work, accounting=accounting, now=snapshot.now)
     growth: dict[QueueName, int] = {}  # per queue: milli-GPU running elastic jobs lack to reach full size
     elastic = False
+    charged: dict[tuple[QueueName, bool], int] = {}  # summed per (queue, preemptible), charged once each
+    running = stmt.running
     for held in snapshot.running:
         job = held.job
-        stmt.running[job.id] = held
+        running[job.id] = held
+        key = (job.queue, job.is_preemptible)
         if job.min_replicas is None:
-            accounting.add(job, 1)  # a rigid gang: charged whole, as ever
+            charged[key] = charged.get(key, 0) + job.gpu_milli_total  # a rigid gang: charged whole, as ever
         else:
-            accounting.add(job, 1, held.gpu_milli_total)  # the replicas it holds
+            charged[key] = charged.get(key, 0) + held.gpu_milli_total  # the replicas it holds
             elastic = True
             if len(held.placements) < job.replicas:
                 missing = (job.replicas - len(held.placements)) * job.gpu_milli_per_replica
                 growth[job.queue] = growth.get(job.queue, 0) + missing
+    for (queue, preemptible), milli in charged.items():
+        accounting.charge(queue, milli, preemptible=preemptible)
     lap("snapshot")
 
     # 2. Sort the pending jobs into their leaf queues, in job order (once for every action); jobs of

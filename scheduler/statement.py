@@ -76,14 +76,17 @@ class QueueAccounting:
     def add(self, job: Job, sign: int = 1, milli: int | None = None) -> None:
         """Charge (sign=1) or refund (sign=-1) a job to its queue and all its ancestors: `milli`, or
         the whole gang (`Job.gpu_milli_total`) when None (`RunningJob.gpu_milli_total` for held replicas)."""
-        path = self.paths.get(job.queue)
+        self.charge(job.queue, sign * (job.gpu_milli_total if milli is None else milli), preemptible=job.is_preemptible)
+
+    def charge(self, queue: QueueName, milli: int, *, preemptible: bool) -> None:
+        """Add `milli` (negative: refund) to `queue` and all its ancestors; unknown queues are ignored."""
+        path = self.paths.get(queue)
         if path is None:
             return
-        amount = sign * (job.gpu_milli_total if milli is None else milli)
         for name in path:
-            self.allocated_milli[name] += amount
-            if not job.is_preemptible:
-                self.nonpreemptible_milli[name] += amount
+            self.allocated_milli[name] += milli
+            if not preemptible:
+                self.nonpreemptible_milli[name] += milli
 
     def limit_block(
         self, queue: QueueName, milli: int, freed: Mapping[QueueName, int] | None = None

@@ -423,12 +423,19 @@ class CycleContext:
         if memos is None:
             memos = self._request_memo_checked = _request_memo(self.stmt.state)
         current, previous = memos
+        pools = self.all_reserved
         known = current.get(job.id) or previous.get(job.id)
-        if known is not None and known[1:3] == (own, self.all_reserved) and (known[0] is job or known[0] == job):
+        if (
+            known is not None
+            and (known[0] is job or known[0] == job)
+            and known[1] == own
+            and (known[2] is pools or known[2] == pools)
+        ):
             request: GangRequest | PendingReason = known[3]
+            current[job.id] = known
         else:
             request = self._new_request(job, own)
-        current[job.id] = (job, own, self.all_reserved, request)
+            current[job.id] = (job, own, pools, request)
         held = self.held_nodes
         if held is not None and isinstance(request, GangRequest) and self._kept_off_held(job):
             self.unheld[job.id] = request
