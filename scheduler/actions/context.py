@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from leitstand.scheduler.actions.shares import OTHER_MODELS, ModelAccounting, model_options, other_models
+from leitstand.scheduler.codes import NONE
 from leitstand.scheduler.fairshare import FairShares, QueueTree
 from leitstand.scheduler.model import (
     EvictionKind,
@@ -288,7 +289,9 @@ class CycleContext:
 
         choice = search(pieces)
         if choice is None:
-            beside = self._whole_beside(pool, eligible & pool.alive & ~pool.shrinkable & ~pool.shrunk, pieces)
+            beside = self._whole_beside(
+                pool, eligible & pool.alive & ~pool.shrinkable & ~pool.shrunk, pieces, request
+            )
             choice = search(pieces + beside) if beside else None
             if choice is None or not any(id(v) in piece_ids for v in choice.victims):
                 return False  # no set that shrinks anyone: the plain search (whole jobs) decides
@@ -318,15 +321,28 @@ class CycleContext:
         return True
 
     def _whole_beside(
-        self, pool: VictimPool, chosen: NDArray[np.bool_], pieces: Sequence[RunningJob]
+        self, pool: VictimPool, chosen: NDArray[np.bool_], pieces: Sequence[RunningJob], request: GangRequest
     ) -> list[RunningJob]:
-        """The `chosen` candidates of `pool` with a replica on a node where one of `pieces` runs."""
+        """The `chosen` candidates of `pool` with a replica near one of `pieces`: in the same domain of
+        the level the gang must (else prefers to) share — a rack for a gang that requires one — or,
+        for a gang with no topology rule, on the same node. A set that shrinks a job in a rack and
+        evicts a whole job on another node of that rack is found; candidates in no such domain are
+        left out (one more pool per search must stay small)."""
         if not chosen.any():
             return []
-        index = self.stmt.state.node_index
+        state = self.stmt.state
+        index = state.node_index
         nodes = np.fromiter({index[p.node] for piece in pieces for p in piece.placements}, dtype=np.int64)
+        level = request.required_level if request.required_level != NONE else request.preferred_level
+        near = np.zeros(state.n_nodes, dtype=np.bool_)
+        near[nodes] = True
+        if level != NONE:
+            column = state.domain[:, level]
+            shared = column[nodes]
+            shared = shared[shared != NONE]
+            near |= np.isin(column, shared)
         rows = pool.rows_of(chosen)
-        rows = rows[np.isin(pool.row_node[rows], nodes)]
+        rows = rows[near[pool.row_node[rows]]]
         return [pool.ordered[i] for i in np.unique(pool.row_job[rows]).tolist()]
 
     # -- requests and reservations ------------------------------------------------------------------
