@@ -375,6 +375,14 @@ def _shape(request: GangRequest) -> tuple[object, ...]:
     )
 
 
+def search_scope(state: ClusterState, request: GangRequest) -> int:
+    """The broadest level whose domains a search for `request` looks in before "anywhere": the
+    node level for one replica, the required level, else the preferred one, else the tightest level
+    whose largest domain has GPUs enough for the gang; `NONE` when no domain of any level is enough."""
+    levels = [level for level in _tiers(state, request) if level != NONE]
+    return min(levels) if levels else NONE
+
+
 def _tiers(state: ClusterState, request: GangRequest) -> list[int]:
     """Levels whose domains are searched, in order; `NONE` stands for the whole allowed node set.
 

@@ -34,7 +34,7 @@ from leitstand.scheduler.placement import NEVER_FITS, GangRequest
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import Statement, gpus
-from leitstand.scheduler.victims import Accept, Admissible, VictimChoice, VictimPool, choose_victims
+from leitstand.scheduler.victims import Accept, Admissible, VictimChoice, VictimPool, choose_victims, search_scope
 
 
 class Code:
@@ -324,25 +324,24 @@ class CycleContext:
         self, pool: VictimPool, chosen: NDArray[np.bool_], pieces: Sequence[RunningJob], request: GangRequest
     ) -> list[RunningJob]:
         """The `chosen` candidates of `pool` with a replica near one of `pieces`: in the same domain of
-        the level the gang must (else prefers to) share — a rack for a gang that requires one — or,
-        for a gang with no topology rule, on the same node. A set that shrinks a job in a rack and
-        evicts a whole job on another node of that rack is found; candidates in no such domain are
-        left out (one more pool per search must stay small)."""
+        the level the search for the gang looks in (`victims.search_scope`: the node for one replica,
+        the required level, else the preferred one, else the tightest level that holds the gang —
+        a rack, typically). A set that shrinks a job on one node of a rack and evicts a whole job on
+        another is found; candidates in no such domain are left out (one more pool per search must
+        stay small), unless no domain of any level holds the gang (then every candidate)."""
         if not chosen.any():
             return []
         state = self.stmt.state
-        index = state.node_index
-        nodes = np.fromiter({index[p.node] for piece in pieces for p in piece.placements}, dtype=np.int64)
-        level = request.required_level if request.required_level != NONE else request.preferred_level
-        near = np.zeros(state.n_nodes, dtype=np.bool_)
-        near[nodes] = True
+        rows = pool.rows_of(chosen)
+        level = search_scope(state, request)
         if level != NONE:
+            index = state.node_index
+            nodes = np.fromiter({index[p.node] for piece in pieces for p in piece.placements}, dtype=np.int64)
             column = state.domain[:, level]
             shared = column[nodes]
-            shared = shared[shared != NONE]
-            near |= np.isin(column, shared)
-        rows = pool.rows_of(chosen)
-        rows = rows[near[pool.row_node[rows]]]
+            near = np.isin(column, shared[shared != NONE])
+            near[nodes] = True
+            rows = rows[near[pool.row_node[rows]]]
         return [pool.ordered[i] for i in np.unique(pool.row_job[rows]).tolist()]
 
     # -- requests and reservations ------------------------------------------------------------------
