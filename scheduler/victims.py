@@ -1,7 +1,7 @@
 """Topology-aware victim choice: which running jobs to stop so that a waiting gang really fits.
 
 What it holds: `choose_victims`, shared by reclaim, preempt and consolidate. Candidate domains come
-in tiers (`_tiers`): first the domains of the gang's preferred level (for a gang without one and
+in tiers (`search_tiers`): first the domains of the gang's preferred level (for a gang without one and
 without a required level: of the tightest level that could hold it), then those of its required
 level (each node for a one-replica gang; the whole allowed node set for a gang without a required
 level). In each domain it evicts candidates cheapest first on the cycle's `Statement`, asks
@@ -311,7 +311,7 @@ def choose_victims(
     best_cost: tuple[int, bool, int, int, float] | None = None
     successes = 0
     cheapest_priority = int(pool.priority[chosen].min())
-    for level in _tiers(state, request):
+    for level in search_tiers(state, request):
         if best_cost is not None and best_cost[0] <= cheapest_priority:
             break  # a later tier cannot beat the best set on priority, and loses on locality or size
         # Without an admissibility filter the greedy pass evicts exactly the first `max_victims`
@@ -375,15 +375,7 @@ def _shape(request: GangRequest) -> tuple[object, ...]:
     )
 
 
-def search_scope(state: ClusterState, request: GangRequest) -> int:
-    """The broadest level whose domains a search for `request` looks in before "anywhere": the
-    node level for one replica, the required level, else the preferred one, else the tightest level
-    whose largest domain has GPUs enough for the gang; `NONE` when no domain of any level is enough."""
-    levels = [level for level in _tiers(state, request) if level != NONE]
-    return min(levels) if levels else NONE
-
-
-def _tiers(state: ClusterState, request: GangRequest) -> list[int]:
+def search_tiers(state: ClusterState, request: GangRequest) -> list[int]:
     """Levels whose domains are searched, in order; `NONE` stands for the whole allowed node set.
 
     One replica: each node. A required level R: the preferred level's domains first when it lies

@@ -34,7 +34,7 @@ from leitstand.scheduler.placement import NEVER_FITS, GangRequest
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import Statement, gpus
-from leitstand.scheduler.victims import Accept, Admissible, VictimChoice, VictimPool, choose_victims, search_scope
+from leitstand.scheduler.victims import Accept, Admissible, VictimChoice, VictimPool, choose_victims, search_tiers
 
 
 class Code:
@@ -72,6 +72,10 @@ ShapeKey = tuple[object, ...]
 
 _SCHEDULABLE, _PREVIOUS, _CURRENT = "schedulable", "previous", "current"
 """Keys of the request memo (`ClusterState.request_cache`, see `_request_memo`)."""
+
+MAX_BESIDE = 512
+"""Whole jobs the combined shrink-and-evict search considers beside an elastic job's spare replicas
+(`CycleContext._whole_beside`): its pool is built per search, so it stays small."""
 
 VICTIM_SEARCHES_PER_ACTION = 128
 """Victim searches (each a few placement calls per candidate domain) per action per cycle. Jobs not
@@ -323,26 +327,33 @@ class CycleContext:
     def _whole_beside(
         self, pool: VictimPool, chosen: NDArray[np.bool_], pieces: Sequence[RunningJob], request: GangRequest
     ) -> list[RunningJob]:
-        """The `chosen` candidates of `pool` with a replica near one of `pieces`: in the same domain of
-        the level the search for the gang looks in (`victims.search_scope`: the node for one replica,
-        the required level, else the preferred one, else the tightest level that holds the gang —
-        a rack, typically). A set that shrinks a job on one node of a rack and evicts a whole job on
-        another is found; candidates in no such domain are left out (one more pool per search must
-        stay small), unless no domain of any level holds the gang (then every candidate)."""
+        """The `chosen` candidates of `pool` that could share a victim set with `pieces`, nearest
+        first and at most `MAX_BESIDE`: those on the pieces' nodes, then those in the pieces' domains
+        of the levels the victim search looks in (`victims.search_tiers`: the node for one replica,
+        the required level, else the preferred one, else the tightest level that holds the gang), then,
+        when the search also looks anywhere (a gang with no required level), the rest. Inside each
+        group in cost order. A set that shrinks a job in one rack and evicts a whole job on a node of
+        another rack is found for a gang with no topology rule; the cap keeps the extra pool (built
+        per search) small on large clusters."""
         if not chosen.any():
             return []
         state = self.stmt.state
+        index = state.node_index
+        nodes = np.fromiter({index[p.node] for piece in pieces for p in piece.placements}, dtype=np.int64)
+        tiers = search_tiers(state, request)
+        distance = np.full(state.n_nodes, 2 if NONE in tiers else 3, dtype=np.int64)  # 3: never
+        for level in tiers:
+            if level != NONE:
+                column = state.domain[:, level]
+                shared = column[nodes]
+                distance[np.isin(column, shared[shared != NONE])] = 1
+        distance[nodes] = 0
         rows = pool.rows_of(chosen)
-        level = search_scope(state, request)
-        if level != NONE:
-            index = state.node_index
-            nodes = np.fromiter({index[p.node] for piece in pieces for p in piece.placements}, dtype=np.int64)
-            column = state.domain[:, level]
-            shared = column[nodes]
-            near = np.isin(column, shared[shared != NONE])
-            near[nodes] = True
-            rows = rows[near[pool.row_node[rows]]]
-        return [pool.ordered[i] for i in np.unique(pool.row_job[rows]).tolist()]
+        job_distance = np.full(len(pool.ordered), 3, dtype=np.int64)
+        np.minimum.at(job_distance, pool.row_job[rows], distance[pool.row_node[rows]])
+        candidates = np.flatnonzero(job_distance < 3)
+        nearest = candidates[np.lexsort((candidates, job_distance[candidates]))][:MAX_BESIDE]
+        return [pool.ordered[i] for i in nearest.tolist()]
 
     # -- requests and reservations ------------------------------------------------------------------
 

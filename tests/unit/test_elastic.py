@@ -283,3 +283,49 @@ def test_replicas_a_running_elastic_job_lacks_count_toward_its_models_demand() -
     plan = cycle(cluster, queues, pending=[wants], running=[held(e, "b0")])
     assert plan.model_fair_share_milli["B200"] == {QueueName("a"): 12000, QueueName("b"): 4000}
     assert plan.fair_share_milli[QueueName("a")] == 12000  # the totals counted it already
+
+
+def test_whole_jobs_beside_spare_replicas_come_nearest_first_and_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The combined shrink-and-evict search builds a pool per search, so it takes at most MAX_BESIDE
+    whole jobs: those on the spare replica's node first, then its rack, then (a gang with no required
+    level also looks anywhere) the rest, each group in cost order."""
+    from leitstand.scheduler.actions import context as context_module
+    from leitstand.scheduler.actions.context import CycleContext
+    from leitstand.scheduler.fairshare import build_queue_tree
+    from leitstand.scheduler.placement import GangRequest
+    from leitstand.scheduler.policies import PolicyContext
+    from leitstand.scheduler.victims import VictimPool
+
+    cluster = nodes(4, racks=2)  # r0: n0, n1; r1: n2, n3
+    state = ClusterState.from_nodes(cluster, RACKS)
+    e = elastic(make_job("e", queue="a", gpus=4, replicas=2), 1)
+
+    def on(job: Job, node: str, first: int) -> RunningJob:
+        return RunningJob(job, (ReplicaPlacement(NodeName(node), tuple(range(first, first + 4))),), 0.0)
+
+    others = [  # e holds GPUs 0-3 of n0 and of n2
+        on(make_job("far", queue="a", gpus=4, priority=10), "n2", 4),
+        on(make_job("rack", queue="a", gpus=4, priority=20), "n1", 0),
+        on(make_job("same", queue="a", gpus=4, priority=30), "n0", 4),
+        on(make_job("rack2", queue="a", gpus=4, priority=5), "n1", 4),
+    ]
+    running = [held(e, "n0", "n2"), *others]
+    for h in running:
+        state.allocate_job(h)
+    tree = build_queue_tree([make_queue("a")])
+    stmt = Statement(state=state, accounting=QueueAccounting.empty(tree))
+    for h in running:
+        stmt.running[h.job.id] = h
+    snap = make_snapshot(cluster, [make_queue("a")], topology=RACKS, now=NOW)
+    ctx = CycleContext(snapshot=snap, config=SchedulerConfig(), tree=tree, shares=None,  # type: ignore[arg-type]
+                       policy=PolicyContext.build(state), stmt=stmt, pending_by_queue={}, reserved_pools={},
+                       all_reserved=frozenset())
+    pool = VictimPool(stmt, others)
+    piece = RunningJob(e, (running[0].placements[0],), 0.0)  # the spare replica on n0
+    gang = GangRequest.for_job(state, make_job("g", queue="a", gpus=4, replicas=3))
+    names = [v.job.id for v in ctx._whole_beside(pool, pool.alive, [piece], gang)]
+    assert names == ["same", "rack2", "rack", "far"]
+    in_rack = GangRequest.for_job(state, make_job("g", queue="a", gpus=4, replicas=3, required="rack"))
+    assert [v.job.id for v in ctx._whole_beside(pool, pool.alive, [piece], in_rack)] == ["same", "rack2", "rack"]
+    monkeypatch.setattr(context_module, "MAX_BESIDE", 2)
+    assert [v.job.id for v in ctx._whole_beside(pool, pool.alive, [piece], gang)] == ["same", "rack2"]
