@@ -105,6 +105,12 @@ class Job:
     """Elastic gang: None (the default) is rigid, all `replicas` or nothing. Else the gang starts with
     any count in [min_replicas, replicas], grows toward `replicas` when free GPUs appear, and is shrunk
     toward `min_replicas` by reclaim or preemption before it is evicted whole (docs/semantics.md)."""
+    gpu_milli_total: int = field(init=False, repr=False, compare=False)
+    """What the gang counts against its queue's quota, in milli-GPU (replicas × gpus × gpu_milli)."""
+    is_preemptible: bool = field(init=False, repr=False, compare=False)
+    """`preemptible`, or when None the Run:ai rule: priority < 100."""
+    # The last two are derived once here: a cycle reads them millions of times (every pending job in
+    # every action, every running job in the snapshot), and a property recomputed them each time.
 
     def __post_init__(self) -> None:
         low = self.min_replicas
@@ -113,6 +119,10 @@ class Job:
                 f"job {self.id}: min_replicas must be an integer from 1 to replicas ({self.replicas}), got {low!r}; "
                 "leave it unset for a rigid gang"
             )
+        object.__setattr__(self, "gpu_milli_total", self.replicas * self.gpus * self.gpu_milli)
+        object.__setattr__(
+            self, "is_preemptible", self.priority < 100 if self.preemptible is None else self.preemptible
+        )
 
     @property
     def is_elastic(self) -> bool:
@@ -120,17 +130,8 @@ class Job:
         return self.min_replicas is not None and self.min_replicas < self.replicas
 
     @property
-    def is_preemptible(self) -> bool:
-        return self.priority < 100 if self.preemptible is None else self.preemptible
-
-    @property
     def gpu_milli_per_replica(self) -> int:
         return self.gpus * self.gpu_milli
-
-    @property
-    def gpu_milli_total(self) -> int:
-        """What the gang counts against its queue's quota, in milli-GPU."""
-        return self.replicas * self.gpus * self.gpu_milli
 
 
 @dataclass(frozen=True, slots=True)
