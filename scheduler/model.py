@@ -109,8 +109,10 @@ class Job:
     """What the gang counts against its queue's quota, in milli-GPU (replicas × gpus × gpu_milli)."""
     is_preemptible: bool = field(init=False, repr=False, compare=False)
     """`preemptible`, or when None the Run:ai rule: priority < 100."""
-    # The last two are derived once here: a cycle reads them millions of times (every pending job in
-    # every action, every running job in the snapshot), and a property recomputed them each time.
+    order_key: tuple[int, float, str] = field(init=False, repr=False, compare=False)
+    """Order inside a leaf queue (`ordering.job_order_key`): higher priority, then older, then id."""
+    # The last three are derived once here: a cycle reads them millions of times (every pending job in
+    # every action and sort, every running job in the snapshot), and properties recomputed them.
 
     def __post_init__(self) -> None:
         low = self.min_replicas
@@ -123,6 +125,7 @@ class Job:
         object.__setattr__(
             self, "is_preemptible", self.priority < 100 if self.preemptible is None else self.preemptible
         )
+        object.__setattr__(self, "order_key", (-self.priority, self.created_at, self.id))
 
     @property
     def is_elastic(self) -> bool:

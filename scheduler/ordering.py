@@ -19,7 +19,8 @@ What it must not do: place, evict, or read the cluster state.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from leitstand.scheduler.fairshare import FairShares, saturation
 from leitstand.scheduler.model import Job, QueueName
@@ -30,9 +31,9 @@ _EPS_MILLI = 1e-6
 QueueKey = tuple[int, int, int, tuple[float, ...], float, str]
 
 
-def job_order_key(job: Job) -> tuple[int, float, str]:
-    """Inside one leaf queue: higher priority first, then older, then id (deterministic)."""
-    return (-job.priority, job.created_at, job.id)
+job_order_key: Callable[[Job], tuple[int, float, str]] = operator.attrgetter("order_key")
+"""Inside one leaf queue: higher priority first, then older, then id (deterministic); the key is
+derived once per job (`Job.order_key`), so a sort of the backlog calls no Python code per job."""
 
 
 def queue_order_key(accounting: QueueAccounting, shares: FairShares, leaf: QueueName, job: Job) -> QueueKey:
