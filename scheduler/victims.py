@@ -28,7 +28,6 @@ What it must not do: decide whether eviction is allowed at all (the action passe
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -50,7 +49,7 @@ Accept = Callable[[Sequence[RunningJob], GangRequest, GangPlacement], bool]
 """Final check of a set, called with exactly these victims evicted on the statement and the placement
 found in that state; must leave the statement as it found it."""
 
-_Devices = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
+_Held = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
 
 MAX_DOMAINS = 16
 """Candidate domains tried per tier per waiting gang (the most promising first); bounds a search."""
@@ -188,8 +187,6 @@ class VictimPool:
         """Per node: the epoch of the last committed move that changed it."""
         self.failed: dict[tuple[object, ...], tuple[frozenset[int], int]] = {}
         self._labelled: dict[int, NDArray[np.bool_]] = {}
-        self._devices: _Devices | None = None
-        self._resources: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
 
     def __len__(self) -> int:
         return int(self.alive.sum())
@@ -229,29 +226,27 @@ class VictimPool:
         rows: NDArray[np.int64] = offsets + np.arange(total, dtype=np.int64)
         return rows
 
-    def devices(self) -> _Devices:
-        """The devices the candidates hold, grouped by row (replica) in row order: (first device of
-        each row — one entry more than rows —, GPU index, milli held on it, node). Built on first use
-        (only searches for GPU gangs need it)."""
-        if self._devices is None:
-            indices = [p.gpu_indices for v in self.ordered for p in v.placements]
-            counts = np.fromiter(map(len, indices), dtype=np.int64, count=len(indices))
-            start = np.zeros(counts.size + 1, dtype=np.int64)
-            np.cumsum(counts, out=start[1:])
-            gpu = np.fromiter(itertools.chain.from_iterable(indices), dtype=np.int64, count=int(start[-1]))
-            per_gpu = np.fromiter((v.job.gpu_milli for v in self.ordered), dtype=np.int64, count=len(self.ordered))
-            row = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
-            self._devices = (start, gpu, per_gpu[self.row_job[row]], self.row_node[row])
-        return self._devices
-
-    def replica_resources(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """(CPU milli, memory MiB) each row (replica) holds. Built on first use."""
-        if self._resources is None:
-            n = len(self.ordered)
-            cpu = np.fromiter((v.job.cpu_milli for v in self.ordered), dtype=np.int64, count=n)
-            memory = np.fromiter((v.job.memory_mib for v in self.ordered), dtype=np.int64, count=n)
-            self._resources = (cpu[self.row_job], memory[self.row_job])
-        return self._resources
+    def held_by(self, rows: NDArray[np.int64]) -> _Held:
+        """What the given rows (replicas) hold: per device (node, GPU index, milli) and per row (CPU
+        milli, memory MiB). Gathered from the jobs for just these rows: a search's bound looks at a
+        few per domain, and building the columns for every candidate cost more than the bound saved
+        on a large pool."""
+        ordered, starts = self.ordered, self.row_start
+        nodes: list[int] = []
+        gpus: list[int] = []
+        milli: list[int] = []
+        cpu: list[int] = []
+        memory: list[int] = []
+        for r, j, node in zip(rows.tolist(), self.row_job[rows].tolist(), self.row_node[rows].tolist(), strict=True):
+            held = ordered[j]
+            job = held.job
+            devices = held.placements[r - int(starts[j])].gpu_indices
+            nodes.extend([node] * len(devices))
+            gpus.extend(devices)
+            milli.extend([job.gpu_milli] * len(devices))
+            cpu.append(job.cpu_milli)
+            memory.append(job.memory_mib)
+        return tuple(np.array(c, dtype=np.int64) for c in (nodes, gpus, milli, cpu, memory))  # type: ignore[return-value]
 
     def labelled(self, state: ClusterState, level: int) -> NDArray[np.bool_]:
         """Nodes that carry a label at `level` (static; computed once per level)."""
@@ -488,19 +483,14 @@ def _candidate_domains(
         top = (np.arange(kept_pos.size) - bounds[kept_pos]) < cap
         n_jobs = len(pool.ordered)
         dom_rows = rows[keep][np.isin(where[keep] * n_jobs + row_job[keep], kept_pos[top] * n_jobs + kept_job[top])]
-        dev_start, dev_gpu, dev_milli, dev_node = pool.devices()
-        counts = dev_start[dom_rows + 1] - dev_start[dom_rows]
-        devs = np.repeat(dev_start[dom_rows] - (np.cumsum(counts) - counts), counts) + np.arange(
-            int(counts.sum()), dtype=np.int64
-        )
-        room = _replicas_then(state, request, slots_now // width, dev_node[devs], dev_gpu[devs], dev_milli[devs])
-        cpu, memory = pool.replica_resources()
+        dev_node, dev_gpu, dev_milli, cpu, memory = pool.held_by(dom_rows)
+        room = _replicas_then(state, request, slots_now // width, dev_node, dev_gpu, dev_milli)
         for need, free, held in (
             (request.cpu_milli, state.cpu_free_milli, cpu),
             (request.memory_mib, state.memory_free_mib, memory),
         ):
             if need > 0:  # and no more replicas than the node's CPU and memory hold with them gone
-                then = free + np.bincount(pool.row_node[dom_rows], weights=held[dom_rows], minlength=state.n_nodes)
+                then = free + np.bincount(pool.row_node[dom_rows], weights=held, minlength=state.n_nodes)
                 np.minimum(room, (then // need).astype(np.int64), out=room)
         viable = (np.bincount(ids, weights=room[mask], minlength=n_domains)[order] >= request.replicas).tolist()
     return list(_domains(state, level, mask, order.tolist(), kept_job, bounds.tolist(), viable))
