@@ -117,8 +117,8 @@ def run_cycle(
         else:
             charged[key] = charged.get(key, 0) + held.gpu_milli_total  # the replicas it holds
             elastic = True
-            if len(held.placements) < job.replicas:
-                missing = (job.replicas - len(held.placements)) * job.gpu_milli_per_replica
+            missing = held.missing_milli
+            if missing:
                 growth[job.queue] = growth.get(job.queue, 0) + missing
     for (queue, preemptible), milli in charged.items():
         accounting.charge(queue, milli, preemptible=preemptible)

@@ -167,6 +167,13 @@ class RunningJob:
             return job.gpu_milli_total
         return len(self.placements) * job.gpus * job.gpu_milli
 
+    @property
+    def missing_milli(self) -> int:
+        """Milli-GPU an elastic job below full size still wants (its missing replicas); 0 otherwise."""
+        job = self.job
+        missing = job.replicas - len(self.placements)
+        return missing * job.gpu_milli_per_replica if job.min_replicas is not None and missing > 0 else 0
+
 
 @dataclass(frozen=True, slots=True)
 class ModelQuota:

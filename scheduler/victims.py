@@ -231,22 +231,27 @@ class VictimPool:
         milli, memory MiB). Gathered from the jobs for just these rows: a search's bound looks at a
         few per domain, and building the columns for every candidate cost more than the bound saved
         on a large pool."""
-        ordered, starts = self.ordered, self.row_start
+        jobs = self.row_job[rows]
+        offsets = (rows - self.row_start[jobs]).tolist()  # which replica of its job each row is
         nodes: list[int] = []
         gpus: list[int] = []
         milli: list[int] = []
         cpu: list[int] = []
         memory: list[int] = []
-        for r, j, node in zip(rows.tolist(), self.row_job[rows].tolist(), self.row_node[rows].tolist(), strict=True):
-            held = ordered[j]
+        for j, k, node in zip(jobs.tolist(), offsets, self.row_node[rows].tolist(), strict=True):
+            held = self.ordered[j]
             job = held.job
-            devices = held.placements[r - int(starts[j])].gpu_indices
+            devices = held.placements[k].gpu_indices
             nodes.extend([node] * len(devices))
             gpus.extend(devices)
             milli.extend([job.gpu_milli] * len(devices))
             cpu.append(job.cpu_milli)
             memory.append(job.memory_mib)
-        return tuple(np.array(c, dtype=np.int64) for c in (nodes, gpus, milli, cpu, memory))  # type: ignore[return-value]
+
+        def column(values: list[int]) -> NDArray[np.int64]:
+            return np.array(values, dtype=np.int64)
+
+        return column(nodes), column(gpus), column(milli), column(cpu), column(memory)
 
     def labelled(self, state: ClusterState, level: int) -> NDArray[np.bool_]:
         """Nodes that carry a label at `level` (static; computed once per level)."""
@@ -306,12 +311,12 @@ def choose_victims(
     best_cost: tuple[int, bool, int, int, float] | None = None
     successes = 0
     cheapest_priority = int(pool.priority[chosen].min())
+    # Without an admissibility filter the greedy pass evicts exactly the first `max_victims`
+    # candidates of a domain: a domain where even those cannot make room is left out up front.
+    cap = max_victims if admissible is None else None
     for level in search_tiers(state, request):
         if best_cost is not None and best_cost[0] <= cheapest_priority:
             break  # a later tier cannot beat the best set on priority, and loses on locality or size
-        # Without an admissibility filter the greedy pass evicts exactly the first `max_victims`
-        # candidates of a domain: a domain where even those cannot make room is left out up front.
-        cap = max_victims if admissible is None else None
         for domain, nodes, domain_mask, local in _candidate_domains(stmt, request, pool, chosen, level, cap):
             key = (shape, level, domain)
             known = pool.failed.get(key)
@@ -514,12 +519,18 @@ def _replicas_then(
     width = state.gpu_free_milli.shape[1]
     held = np.bincount(local * width + gpus, weights=milli, minlength=touched.size * width).reshape(-1, width)
     free = np.minimum(state.gpu_free_milli[touched] + held.astype(np.int64), GPU_MILLI)
-    if request.gpu_milli >= GPU_MILLI:
-        slots = (free >= GPU_MILLI).sum(axis=1)
-    else:
-        slots = (free // request.gpu_milli).sum(axis=1)
-    room[touched] = slots // max(request.gpus, 1)
+    room[touched] = _slots(free, request.gpu_milli) // max(request.gpus, 1)
     return room
+
+
+def _slots(free_milli: NDArray[np.integer], gpu_milli: int) -> NDArray[np.int64]:
+    """Per row of a node × GPU array of free milli: device-slots of `gpu_milli` each (whole GPUs
+    when `gpu_milli` is a whole GPU)."""
+    if gpu_milli >= GPU_MILLI:
+        whole: NDArray[np.int64] = (free_milli >= GPU_MILLI).sum(axis=1).astype(np.int64)
+        return whole
+    slots: NDArray[np.int64] = (free_milli // gpu_milli).sum(axis=1).astype(np.int64)
+    return slots
 
 
 def _domains(
@@ -551,9 +562,8 @@ def _node_slots(stmt: Statement, request: GangRequest) -> NDArray[np.int64]:
     if request.gpus == 0 or request.gpu_milli <= 0:
         return np.full(state.n_nodes, request.replicas, dtype=np.int64)
     if request.gpu_milli >= GPU_MILLI:
-        return state.gpu_whole_free.astype(np.int64)
-    slots: NDArray[np.int64] = (state.gpu_free_milli // request.gpu_milli).sum(axis=1).astype(np.int64)
-    return slots
+        return state.gpu_whole_free.astype(np.int64)  # kept current by the state: no pass over GPUs
+    return _slots(state.gpu_free_milli, request.gpu_milli)
 
 
 class _Fit:
@@ -574,10 +584,11 @@ class _Fit:
 
     def _count(self, nodes: NDArray[np.int64]) -> NDArray[np.int64]:
         request, state = self.request, self.state
+        per_node: NDArray[np.integer]
         if request.gpu_milli >= GPU_MILLI:
             per_node = state.gpu_whole_free[nodes]
         else:
-            per_node = (state.gpu_free_milli[nodes] // request.gpu_milli).sum(axis=1)
+            per_node = _slots(state.gpu_free_milli[nodes], request.gpu_milli)
         counts: NDArray[np.int64] = (per_node // request.gpus).astype(np.int64)
         return counts
 

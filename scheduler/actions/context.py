@@ -244,8 +244,8 @@ class CycleContext:
         """Shrink before evict: one victim search among the replicas that elastic candidates hold
         above their minimum (each replica a candidate of its own, so the search picks replicas where
         the gang can use them); when that is not enough, one more among those replicas together with
-        the whole jobs beside them (on the same nodes), so that an elastic job gives up a replica
-        next to a rigid victim instead of stopping whole. On success the replicas stop (`Statement.evict`
+        the nearest whole jobs (`_whole_beside`), so that an elastic job gives up a replica next to a
+        rigid victim instead of stopping whole. On success the replicas stop (`Statement.evict`
         of a part), the jobs keep running with the rest, whole victims are evicted, and `job` is bound;
         else nothing changes and False.
 

@@ -202,13 +202,13 @@ def open_shares(
                 model_demand[model][queue] += amount
     if growth_milli:  # running elastic jobs below full size want the rest on the model they run on
         for held in stmt.running.values():
-            job = held.job
-            if job.min_replicas is None or len(held.placements) >= job.replicas:
+            missing = held.missing_milli
+            if not missing:
                 continue
-            runs_on = model_acc.model_of(job)
+            runs_on = model_acc.model_of(held.job)
             per_queue = None if runs_on is None else model_demand.get(runs_on)
-            if per_queue is not None and job.queue in per_queue:
-                per_queue[job.queue] += (job.replicas - len(held.placements)) * job.gpu_milli_per_replica
+            if per_queue is not None and held.job.queue in per_queue:
+                per_queue[held.job.queue] += missing
     return compute_fair_shares(
         queues,
         demand,
