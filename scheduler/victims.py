@@ -50,6 +50,8 @@ Accept = Callable[[Sequence[RunningJob], GangRequest, GangPlacement], bool]
 found in that state; must leave the statement as it found it."""
 
 _Held = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
+_FirstHeld = tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]
+"""`VictimPool.first_held`: per node (gathered yet, milli per GPU index, CPU milli, memory MiB)."""
 
 MAX_DOMAINS = 16
 """Candidate domains tried per tier per waiting gang (the most promising first); bounds a search."""
@@ -187,6 +189,10 @@ class VictimPool:
         """Per node: the epoch of the last committed move that changed it."""
         self.failed: dict[tuple[object, ...], tuple[frozenset[int], int]] = {}
         self._labelled: dict[int, NDArray[np.bool_]] = {}
+        self.version = 0
+        """Bumped by every `remove`, `changed` and `shrink`: what `first_held` remembers holds while it stays."""
+        self._first_held: tuple[tuple[int, int, bytes], _FirstHeld] | None = None
+        """(cap, version, chosen) → what `first_held` gathered so far for them."""
 
     def __len__(self) -> int:
         return int(self.alive.sum())
@@ -195,6 +201,7 @@ class VictimPool:
         i = self.rank.get(job_id)
         if i is not None:
             self.alive[i] = False
+            self.version += 1
 
     @property
     def shrinkable(self) -> NDArray[np.bool_]:
@@ -213,6 +220,7 @@ class VictimPool:
         i = self.rank.get(job_id)
         if i is not None:
             self.shrunk[i] = True
+            self.version += 1
 
     def rows_of(self, chosen: NDArray[np.bool_]) -> NDArray[np.int64]:
         """Indices of the rows (replicas) of the chosen candidates, in row order. A few chosen jobs
@@ -253,6 +261,51 @@ class VictimPool:
 
         return column(nodes), column(gpus), column(milli), column(cpu), column(memory)
 
+    def first_held(
+        self, state: ClusterState, chosen: NDArray[np.bool_], cap: int, nodes: NDArray[np.int64]
+    ) -> _FirstHeld:
+        """Per node, what the first `cap` of the `chosen` candidates there (cost order) hold: milli
+        per GPU index, CPU milli and memory MiB — the victim-search bound at the node level
+        (`_candidate_domains`), where a domain is one node. The same for every request, so it is
+        gathered for `nodes` not gathered yet, and kept while the pool and `chosen` stay as they are
+        (a cycle's consolidation asks for the same best nodes for one waiting shape after another).
+        Full-size arrays; only the rows of nodes asked for so far are filled."""
+        key = (cap, self.version, chosen.tobytes())
+        known = self._first_held
+        if known is None or known[0] != key:
+            width = state.gpu_free_milli.shape[1]
+            fresh: _FirstHeld = (
+                np.zeros(state.n_nodes, dtype=np.bool_),
+                np.zeros((state.n_nodes, width), dtype=np.int64),
+                np.zeros(state.n_nodes, dtype=np.float64),
+                np.zeros(state.n_nodes, dtype=np.float64),
+            )
+            known = self._first_held = (key, fresh)
+        done, held, cpu_freed, memory_freed = known[1]
+        missing = nodes[~done[nodes]]
+        if missing.size:
+            done[missing] = True
+            wanted = np.zeros(state.n_nodes, dtype=np.bool_)
+            wanted[missing] = True
+            rows = self.rows_of(chosen)
+            rows = rows[wanted[self.row_node[rows]]]
+            node, job = self.row_node[rows], self.row_job[rows]
+            by = np.lexsort((job, node))  # per node, in cost order (a job's rows on one node adjacent)
+            node, job = node[by], job[by]
+            new_pair = np.ones(by.size, dtype=np.bool_)
+            new_pair[1:] = (node[1:] != node[:-1]) | (job[1:] != job[:-1])
+            new_node = np.ones(by.size, dtype=np.bool_)
+            new_node[1:] = node[1:] != node[:-1]
+            pair = np.cumsum(new_pair) - 1
+            rank = pair - pair[new_node][np.cumsum(new_node) - 1]  # the job's place among the node's candidates
+            top = rows[by[rank < cap]]
+            dev_node, dev_gpu, dev_milli, cpu, memory = self.held_by(top)
+            np.add.at(held, (dev_node, dev_gpu), dev_milli)
+            at = self.row_node[top]
+            cpu_freed += np.bincount(at, weights=cpu, minlength=state.n_nodes)
+            memory_freed += np.bincount(at, weights=memory, minlength=state.n_nodes)
+        return known[1]
+
     def labelled(self, state: ClusterState, level: int) -> NDArray[np.bool_]:
         """Nodes that carry a label at `level` (static; computed once per level)."""
         known = self._labelled.get(level)
@@ -264,6 +317,7 @@ class VictimPool:
     def changed(self, nodes: Iterable[int]) -> None:
         """A move was committed on these nodes: domain failures recorded there no longer hold."""
         self.epoch += 1
+        self.version += 1
         index = np.fromiter(nodes, dtype=np.int64)
         if index.size:
             self.node_epoch[index] = self.epoch
@@ -485,18 +539,28 @@ def _candidate_domains(
         # CPU and memory then free allow (the placement's per-replica checks). (Searches with an
         # admissibility filter may evict any of a domain's candidates: the bound over all of them
         # above is what they get; measured, the device count saves them nothing.)
-        top = (np.arange(kept_pos.size) - bounds[kept_pos]) < cap
-        n_jobs = len(pool.ordered)
-        dom_rows = rows[keep][np.isin(where[keep] * n_jobs + row_job[keep], kept_pos[top] * n_jobs + kept_job[top])]
-        dev_node, dev_gpu, dev_milli, cpu, memory = pool.held_by(dom_rows)
-        room = _replicas_then(state, request, slots_now // width, dev_node, dev_gpu, dev_milli)
-        for need, free, held in (
-            (request.cpu_milli, state.cpu_free_milli, cpu),
-            (request.memory_mib, state.memory_free_mib, memory),
+        if level == state.n_levels:  # a domain is a node: what its first candidates hold, kept per pool state
+            _, held_milli, cpu_freed, memory_freed = pool.first_held(state, chosen, cap, order)
+            room = slots_now // width
+            touched = order[held_milli[order].any(axis=1)]
+            if touched.size:
+                free_then = np.minimum(state.gpu_free_milli[touched] + held_milli[touched], GPU_MILLI)
+                room[touched] = _slots(free_then, request.gpu_milli) // width
+        else:
+            top = (np.arange(kept_pos.size) - bounds[kept_pos]) < cap
+            n_jobs = len(pool.ordered)
+            dom_rows = rows[keep][np.isin(where[keep] * n_jobs + row_job[keep], kept_pos[top] * n_jobs + kept_job[top])]
+            dev_node, dev_gpu, dev_milli, cpu, memory = pool.held_by(dom_rows)
+            room = _replicas_then(state, request, slots_now // width, dev_node, dev_gpu, dev_milli)
+            at = pool.row_node[dom_rows]
+            cpu_freed = np.bincount(at, weights=cpu, minlength=state.n_nodes).astype(np.float64, copy=False)
+            memory_freed = np.bincount(at, weights=memory, minlength=state.n_nodes).astype(np.float64, copy=False)
+        for need, free, freed in (
+            (request.cpu_milli, state.cpu_free_milli, cpu_freed),
+            (request.memory_mib, state.memory_free_mib, memory_freed),
         ):
             if need > 0:  # and no more replicas than the node's CPU and memory hold with them gone
-                then = free + np.bincount(pool.row_node[dom_rows], weights=held, minlength=state.n_nodes)
-                np.minimum(room, (then // need).astype(np.int64), out=room)
+                np.minimum(room, ((free + freed) // need).astype(np.int64), out=room)
         viable = (np.bincount(ids, weights=room[mask], minlength=n_domains)[order] >= request.replicas).tolist()
     return list(_domains(state, level, mask, order.tolist(), kept_job, bounds.tolist(), viable))
 

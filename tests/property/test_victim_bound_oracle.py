@@ -126,3 +126,38 @@ def test_every_domain_the_bound_leaves_out_has_no_victim_set() -> None:
                         assert found is None, (seed, request.replicas, request.gpus, request.gpu_milli, level, cap)
                         dropped += 1
     assert dropped > 100, f"the bound left out only {dropped} domains: the oracle would not notice it broke"
+
+
+def test_the_node_level_bound_kept_between_searches_matches_a_fresh_one() -> None:
+    """`VictimPool.first_held` keeps what each node's first candidates hold between the searches of
+    one pool (consolidation searches shape after shape): the domains kept must be those a fresh
+    pool gives, also after candidates leave the pool and committed moves change nodes."""
+    compared = 0
+    for seed in SEEDS:
+        rng = np.random.default_rng(1000 + seed)
+        stmt, state, running = _cluster(rng)
+        if not running:
+            continue
+        requests = _requests(rng, state) + _requests(rng, state)
+        for cap in (1, 2, 3):
+            pool = VictimPool(stmt, running, key=move_cost)
+            for request in requests:
+                if rng.random() < 0.2:  # a candidate leaves (evicted or moved elsewhere)
+                    alive = np.flatnonzero(pool.alive)
+                    if alive.size:
+                        gone = pool.ordered[int(rng.choice(alive))]
+                        pool.remove(gone.job.id)
+                        pool.changed([state.node_index[p.node] for p in gone.placements])
+                fresh = VictimPool(stmt, [c for i, c in enumerate(pool.ordered) if pool.alive[i]], key=move_cost)
+                for level in search_tiers(state, request):
+                    kept = [
+                        (d, [pool.ordered[i].job.id for i in local.tolist()])
+                        for d, _, _, local in _candidate_domains(stmt, request, pool, pool.alive, level, cap)
+                    ]
+                    again = [
+                        (d, [fresh.ordered[i].job.id for i in local.tolist()])
+                        for d, _, _, local in _candidate_domains(stmt, request, fresh, fresh.alive, level, cap)
+                    ]
+                    assert kept == again, (seed, level, cap)
+                    compared += 1
+    assert compared > 500, compared
