@@ -111,7 +111,11 @@ class Job:
     """`preemptible`, or when None the Run:ai rule: priority < 100."""
     order_key: tuple[int, float, str] = field(init=False, repr=False, compare=False)
     """Order inside a leaf queue (`ordering.job_order_key`): higher priority, then older, then id."""
-    # The last three are derived once here: a cycle reads them millions of times (every pending job in
+    request_key: tuple[object, ...] = field(init=False, repr=False, compare=False)
+    """Every field the job's placement request is built from (`GangRequest.for_job`): jobs with equal
+    keys (in queues with the same reservation) get the same request, so a cycle builds, memoises
+    and tries one request per key instead of one per job (`CycleContext.request`, `shape_key`)."""
+    # The last four are derived once here: a cycle reads them millions of times (every pending job in
     # every action and sort, every running job in the snapshot), and properties recomputed them.
 
     def __post_init__(self) -> None:
@@ -126,6 +130,23 @@ class Job:
             self, "is_preemptible", self.priority < 100 if self.preemptible is None else self.preemptible
         )
         object.__setattr__(self, "order_key", (-self.priority, self.created_at, self.id))
+        object.__setattr__(
+            self,
+            "request_key",
+            (
+                self.replicas,
+                self.gpus,
+                self.gpu_milli if self.gpus > 0 else 0,
+                self.cpu_milli,
+                self.memory_mib,
+                self.gpu_models,
+                self.required_level,
+                self.preferred_level,
+                self.node_pool,
+                self.jurisdictions,
+                self.allowed_nodes,
+            ),
+        )
 
     @property
     def is_elastic(self) -> bool:

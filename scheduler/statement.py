@@ -60,6 +60,8 @@ class QueueAccounting:
     """The part of `allocated_milli` held by non-preemptible jobs (must stay within quota)."""
     paths: dict[QueueName, tuple[QueueName, ...]] = field(default_factory=dict)
     """Leaf → its path from the top-level queue down to itself."""
+    limited: dict[QueueName, tuple[QueueName, ...]] = field(default_factory=dict)
+    """Queue → the queues of its path that set a limit (top-down); `limit_block` checks only these."""
 
     @classmethod
     def empty(cls, tree: QueueTree) -> QueueAccounting:
@@ -68,6 +70,7 @@ class QueueAccounting:
             acc.allocated_milli[name] = 0
             acc.nonpreemptible_milli[name] = 0
             acc.paths[name] = tree.path(name)
+            acc.limited[name] = tuple(q for q in acc.paths[name] if tree.queues[q].limit_milli is not None)
         return acc
 
     def knows(self, queue: QueueName) -> bool:
@@ -95,10 +98,9 @@ class QueueAccounting:
 
         `freed` is milli-GPU per queue that an eviction would give back before the job starts.
         """
-        for name in self.paths[queue]:
+        for name in self.limited[queue]:
             limit = self.tree.queues[name].limit_milli
-            if limit is None:
-                continue
+            assert limit is not None
             allocated = self.allocated_milli[name] - (freed.get(name, 0) if freed else 0)
             if allocated + milli > limit:
                 return name, allocated, limit

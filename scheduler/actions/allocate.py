@@ -4,6 +4,9 @@ Who calls it: `cycle.run_cycle`, first action. Per job, in order: cheap admissio
 every level, non-preemptible within quota), then `place_gang` on the working state, then a bind.
 Failed shapes are remembered for the rest of the action: the state only fills up while allocate
 runs, so a shape that did not fit once will not fit later (identical gangs cost one placement call).
+Where requests are plain (no per-model quotas, no held nodes), a job whose queue and request fields
+(`Job.request_key`) match one that failed gets that failure at once, without its request being
+looked up: most of a deep backlog waits behind a few shapes, and this visit is what it costs.
 A queue whose limit has no headroom left has the rest of its jobs marked at once. When queues set
 per-GPU-model quotas, a job that names no single model is tried per model option in turn
 (`CycleContext.model_choices`); the first that fits is the model it is charged to.
@@ -25,7 +28,8 @@ from dataclasses import replace
 
 from leitstand.scheduler.actions import reserve
 from leitstand.scheduler.actions.context import Code, CycleContext, ShapeKey
-from leitstand.scheduler.model import Job, PendingReason
+from leitstand.scheduler.actions.shares import ModelAccounting
+from leitstand.scheduler.model import Job, PendingReason, QueueName
 from leitstand.scheduler.placement import GangPlacement, GangRequest, Unplaceable, place_gang
 
 __all__ = ["run"]
@@ -35,6 +39,10 @@ def run(ctx: CycleContext) -> None:
     reserve.run(ctx)  # holds for starving gangs first (returns at once unless reserve_after_seconds is set)
     failed: dict[ShapeKey, Unplaceable] = {}
     acc = ctx.stmt.accounting
+    # Plain requests: a job's request follows from its queue and `request_key` alone, so equal pairs
+    # fail alike (a finer key than `shape_key`, known before the request is looked up).
+    same: _Same | None = None if isinstance(acc, ModelAccounting) or ctx.held_nodes is not None else {}
+    ctx.plain_failed = same
     budget = ctx.config.max_jobs_per_cycle
     work = ctx.work_queue()
     for job in work:
@@ -59,21 +67,51 @@ def run(ctx: CycleContext) -> None:
                         rest.id, block.code, block.message
                     )
             continue
-        placed = _place(ctx, size, failed)
+        if same is not None:
+            known = same.get((size.queue, size.request_key))
+            if known is not None:
+                ctx.wait(job, known.code, known.message)
+                if size.is_elastic:
+                    placed = _place_smaller(ctx, size, failed, same)
+                    if placed is not None:
+                        _bind(ctx, job, *placed)
+                continue
+        placed = _place(ctx, size, failed, same)
         if placed is None and size.is_elastic:
-            placed = _place_smaller(ctx, size, failed)
+            placed = _place_smaller(ctx, size, failed, same)
         if placed is None:
             continue
-        request, result = placed
-        ctx.stmt.bind(job, request, result)  # an elastic job with `request.replicas` of its replicas
-        ctx.bound.add(job.id)
-        ctx.reasons.pop(job.id, None)
+        _bind(ctx, job, *placed)
+
+
+_Same = dict[tuple[QueueName, tuple[object, ...]], Unplaceable]
+"""Failures by (queue, `Job.request_key`), for plain requests only (see `run`)."""
+
+
+def _bind(ctx: CycleContext, job: Job, request: GangRequest, result: GangPlacement) -> None:
+    ctx.stmt.bind(job, request, result)  # an elastic job with `request.replicas` of its replicas
+    ctx.bound.add(job.id)
+    ctx.reasons.pop(job.id, None)
 
 
 def _place(
-    ctx: CycleContext, job: Job, failed: dict[ShapeKey, Unplaceable]
+    ctx: CycleContext, job: Job, failed: dict[ShapeKey, Unplaceable], same: _Same | None = None
 ) -> tuple[GangRequest, GangPlacement] | None:
     """Where `job` fits on the working state, or None with its reason recorded."""
+    placed = _place_any(ctx, job, failed)
+    if isinstance(placed, Unplaceable):
+        if same is not None:
+            same[(job.queue, job.request_key)] = placed
+        return None
+    return placed
+
+
+def _place_any(
+    ctx: CycleContext, job: Job, failed: dict[ShapeKey, Unplaceable]
+) -> tuple[GangRequest, GangPlacement] | Unplaceable | None:
+    """Where `job` fits on the working state; else its reason is recorded and the placement failure
+    returned when the job's one request failed to fit (None for other reasons)."""
+    outcome: Unplaceable | None = None
     for model, view in ctx.model_choices(job):
         request = ctx.request(job) if model is None else ctx.model_request(job, model)
         if isinstance(request, PendingReason):
@@ -85,20 +123,21 @@ def _place(
         known = failed.get(shape)
         if known is not None:
             ctx.wait(job, known.code, known.message)
+            outcome = known
             continue
         result = place_gang(ctx.stmt.state, request, ctx.policy)
         if isinstance(result, Unplaceable):
             if job.id in ctx.unheld:  # non-preemptible, kept off nodes held for a starving gang
                 why = reserve.held_reason(ctx, job, PendingReason(job.id, result.code, result.message))
                 result = Unplaceable(why.code, why.message)
-            failed[shape] = result
+            failed[shape] = outcome = result
             ctx.wait(job, result.code, result.message)
             continue
         assert isinstance(result, GangPlacement)
         if model is not None:
             ctx.resolve(job, model, request)
         return request, result
-    return None
+    return outcome
 
 
 def _sized(job: Job, replicas: int) -> Job:
@@ -124,7 +163,7 @@ def _largest_admissible(ctx: CycleContext, job: Job) -> Job | None:
 
 
 def _place_smaller(
-    ctx: CycleContext, job: Job, failed: dict[ShapeKey, Unplaceable]
+    ctx: CycleContext, job: Job, failed: dict[ShapeKey, Unplaceable], same: _Same | None = None
 ) -> tuple[GangRequest, GangPlacement] | None:
     """An elastic job that did not fit at `job.replicas`: the most replicas down to its minimum that
     fit (binary search over placement calls; fewer replicas never fit worse). None, with the reason
@@ -133,12 +172,12 @@ def _place_smaller(
     high = job.replicas - 1
     if low > high:
         return None
-    best = _place(ctx, _sized(job, low), failed)
+    best = _place(ctx, _sized(job, low), failed, same)
     if best is None:
         return None
     while low < high:
         mid = (low + high + 1) // 2
-        placed = _place(ctx, _sized(job, mid), failed)
+        placed = _place(ctx, _sized(job, mid), failed, same)
         if placed is None:
             high = mid - 1
         else:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from leitstand.scheduler.actions.context import CycleContext, ShapeKey
-from leitstand.scheduler.model import EvictionKind, Job, PendingReason, RunningJob
+from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
 from leitstand.scheduler.victims import VictimPool, choose_victims, move_cost
 
@@ -32,14 +32,23 @@ def run(ctx: CycleContext) -> None:
     stmt = ctx.stmt
     movable: VictimPool | None = None  # built at the first search (before any move): cycles that never search skip it
     failed: set[ShapeKey] = set()
+    # With plain requests (`CycleContext.plain_failed`), the (queue, `Job.request_key`) pairs of
+    # failed shapes: a job with such a pair is passed over without its checks or its request (it
+    # would be passed over after them, and looking up a plain request changes nothing).
+    hopeless: set[tuple[QueueName, tuple[object, ...]]] | None = None if ctx.plain_failed is None else set()
     attempts = 0
     for waiting in ctx.work_queue():
         job = ctx.at_minimum(waiting)  # an elastic job asks for its minimum here
+        pair = (job.queue, job.request_key)
+        if hopeless is not None and pair in hopeless:
+            continue
         request = ctx.waiting_for_room(job)
         if request is None:
             continue
         shape = ctx.shape_key(job, request)
         if shape in failed:
+            if hopeless is not None:
+                hopeless.add(pair)
             continue
         if attempts >= MAX_ATTEMPTS:
             break
@@ -92,6 +101,8 @@ def run(ctx: CycleContext) -> None:
         if choice is None:
             ctx.count("consolidate_search_failures")
             failed.add(shape)
+            if hopeless is not None:
+                hopeless.add(pair)
             continue
         mark = stmt.checkpoint()
         for m in choice.victims:
@@ -102,6 +113,8 @@ def run(ctx: CycleContext) -> None:
         if not replace_moved(choice.victims):  # cannot happen: same state as accept() saw
             stmt.rollback(mark)
             failed.add(shape)
+            if hopeless is not None:
+                hopeless.add(pair)
             continue
         movable.changed(stmt.nodes_since(mark))
         ctx.bound.add(job.id)

@@ -109,13 +109,18 @@ class CycleContext:
     holders: frozenset[JobId] = frozenset()
     unheld: dict[JobId, GangRequest] = field(default_factory=dict)
     """The request a non-preemptible job would have without the hold (for its pending reason)."""
+    plain_failed: dict[tuple[QueueName, tuple[object, ...]], Any] | None = None
+    """Set by allocate when requests are plain (no per-model quotas, no held nodes; else None): the
+    placement failures by (queue, `Job.request_key`). A job whose pair is listed has a request (the
+    same as the job that failed), so later actions need not look it up to know that."""
     elastic: bool = False
     """Some pending or running job of this cycle is elastic (`Job.min_replicas`); False lets the
     shrink search and the grow action return at once."""
     _requests: dict[JobId, GangRequest | PendingReason] = field(default_factory=dict)
     _victim_pool: VictimPool | None = None
     _request_memo_checked: tuple[dict[Any, Any], dict[Any, Any]] | None = None
-    """(this cycle's, the previous cycle's) requests by job id (`_request_memo`; set at the first request)."""
+    """(this cycle's, the previous cycle's) requests by (`Job.request_key`, reservation) (`_request_memo`;
+    set at the first request)."""
     _model_requests: dict[tuple[JobId, str], GangRequest | PendingReason] = field(default_factory=dict)
     _cuts: dict[JobId, tuple[tuple[str, ...], PendingReason | None]] = field(default_factory=dict)
 
@@ -440,28 +445,30 @@ class CycleContext:
         return replace(job, gpu_models=other_models(self.stmt.state, named, job))
 
     def _build_request(self, job: Job) -> GangRequest | PendingReason:
-        # Requests outlive the cycle: with a backlog of thousands of jobs, rebuilding each one's node
-        # mask and request every cycle was the largest cost of the openb replay. A request depends on
-        # the job, its queue's reservation, the reserved pools and the nodes' schedulability; the
-        # memo (on the state, shared by its copies) is checked against all four.
+        # Requests outlive the cycle and are shared by jobs of one shape: with a backlog of thousands
+        # of jobs, rebuilding each one's node mask and request every cycle was the largest cost of
+        # the openb replay. A request depends on the job's request fields (`Job.request_key`), its
+        # queue's reservation, the reserved pools and the nodes' schedulability; the memo (on the
+        # state, shared by its copies) is keyed by the first two and checked against the others.
         own = self.reserved_pools.get(job.queue)
         memos = self._request_memo_checked
         if memos is None:
             memos = self._request_memo_checked = _request_memo(self.stmt.state)
         current, previous = memos
         pools = self.all_reserved
-        known = current.get(job.id) or previous.get(job.id)
-        if (
-            known is not None
-            and (known[0] is job or known[0] == job)
-            and known[1] == own
-            and (known[2] is pools or known[2] == pools)
-        ):
-            request: GangRequest | PendingReason = known[3]
-            current[job.id] = known
+        key = (job.request_key, own)
+        known = current.get(key)
+        if known is None:
+            known = previous.get(key)
+            if known is not None:
+                current[key] = known
+        if known is not None and (known[0] is pools or known[0] == pools):
+            request: GangRequest | PendingReason = known[1]
+            if isinstance(request, PendingReason) and request.job_id != job.id:
+                request = replace(request, job_id=job.id)  # the same reason, for this job
         else:
             request = self._new_request(job, own)
-            current[job.id] = (job, own, pools, request)
+            current[key] = (pools, request)
         held = self.held_nodes
         if held is not None and isinstance(request, GangRequest) and self._kept_off_held(job):
             self.unheld[job.id] = request
@@ -597,10 +604,11 @@ def _all_models_at_limit(job: Job) -> str:
 def _request_memo(state: ClusterState) -> tuple[dict[Any, Any], dict[Any, Any]]:
     """A new cycle's (current, previous) request memos from `state.request_cache`.
 
-    The memo keeps the requests of the last cycle that built any, and of this one: each cycle's
-    requests move on to the next cycle's "previous", so jobs that left (bound, deleted) are forgotten
-    after one cycle and the memo stays about the size of the backlog. All of it is dropped when any
-    node's schedulability changed since (requests carry a mask of schedulable nodes)."""
+    The memo keeps the requests of the last cycle that built any, and of this one, by (request
+    fields, reservation): each cycle's requests move on to the next cycle's "previous", so shapes no
+    pending job has any more are forgotten after one cycle and the memo stays about the size of the
+    backlog's distinct shapes. All of it is dropped when any node's schedulability changed since
+    (requests carry a mask of schedulable nodes)."""
     memo = state.request_cache
     stamp = state.schedulable.tobytes()
     if memo.get(_SCHEDULABLE) != stamp:

@@ -241,19 +241,28 @@ def _victim_queue_possible(ctx: CycleContext) -> bool:
 
 def _refresh_reasons(ctx: CycleContext) -> None:
     """What the reclaim loop does to a job it cannot help: record a block that appeared since allocate."""
+    plain = ctx.plain_failed
     for jobs in ctx.still_pending().values():
         for job in jobs:
-            _admitted_request(ctx, ctx.at_minimum(job), ctx.reasons.get(job.id))
+            job = ctx.at_minimum(job)
+            # A pair allocate saw fail has a request: only a block can be new (no lookup needed).
+            known = plain is not None and (job.queue, job.request_key) in plain
+            _admitted_request(ctx, job, ctx.reasons.get(job.id), has_request=known)
 
 
-def _admitted_request(ctx: CycleContext, job: Job, current: PendingReason | None) -> GangRequest | None:
+def _admitted_request(
+    ctx: CycleContext, job: Job, current: PendingReason | None, *, has_request: bool = False
+) -> GangRequest | None:
     """The job's request if reclaim may act for it; else None, with a new block or request reason
-    recorded (a reason in POLICY_BLOCKS is kept as it is)."""
+    recorded (a reason in POLICY_BLOCKS is kept as it is). `has_request`: the caller knows the job
+    has a request and does not want it (None is returned without looking it up)."""
     if current is not None and current.code in POLICY_BLOCKS:
         return None
     block = ctx.admission_block(job)
     if block is not None:
         ctx.reasons[job.id] = block
+        return None
+    if has_request:
         return None
     request = ctx.request(job)
     if isinstance(request, PendingReason):

@@ -60,6 +60,7 @@ class ModelAccounting(QueueAccounting):
             allocated_milli=acc.allocated_milli,
             nonpreemptible_milli=acc.nonpreemptible_milli,
             paths=acc.paths,
+            limited=acc.limited,
         )
         out.model_allocated = {m: dict.fromkeys(acc.paths, 0) for m in models}
         return out

@@ -56,13 +56,25 @@ def test_a_queue_given_a_node_pool_between_cycles_has_its_waiting_job_placed_onl
         assert _nodes_of(plan) == {"n1"}
 
 
-def test_the_memo_forgets_jobs_that_left_after_one_cycle() -> None:
-    """The memo is about the backlog's size, not every job ever seen (a long-running operator)."""
+def test_the_memo_forgets_shapes_that_left_after_one_cycle() -> None:
+    """The memo is about the backlog's distinct shapes, not every job or shape ever seen (a
+    long-running operator): four cycles, each with 50 jobs of a shape nobody asked for before."""
     nodes = [make_node("n0", 8)]
     state = ClusterState.from_nodes(nodes)
     queues = [make_queue("a", quota_gpus=8)]
-    for wave in range(4):  # four cycles, each with 50 jobs nobody saw before (too big to fit)
-        jobs = [make_job(f"w{wave}-{i}", "a", 16) for i in range(50)]
+    for wave in range(4):
+        jobs = [make_job(f"w{wave}-{i}", "a", 1, cpu_milli=10_000_000 + wave) for i in range(50)]  # no CPU for them
         run_cycle(make_snapshot(nodes, queues, jobs), SchedulerConfig(), state=state)
-    remembered = {key for part in state.request_cache.values() if isinstance(part, dict) for key in part}
-    assert remembered == {f"w{wave}-{i}" for wave in (2, 3) for i in range(50)}
+    remembered = [key for part in state.request_cache.values() if isinstance(part, dict) for key in part]
+    # the last two waves' one shape each (index 3 of `Job.request_key` is the CPU asked for)
+    assert sorted(job_key[3] for job_key, _ in remembered) == [10_000_002, 10_000_003]
+
+
+def test_jobs_of_one_shape_share_a_request_and_each_keeps_its_own_reason() -> None:
+    """One request per shape; a reason that comes with the request (a pool the queue may not use)
+    still names each job."""
+    nodes = [make_node("n0", 8, pool="shared"), make_node("n1", 8, pool="research")]
+    queues = [make_queue("a", quota_gpus=16, pool="research")]
+    jobs = [make_job(f"j{i}", "a", 8, pool="shared") for i in range(3)]
+    plan = run_cycle(make_snapshot(nodes, queues, jobs), SchedulerConfig())
+    assert [(p.job_id, p.code) for p in plan.pending] == [(f"j{i}", "PoolNotAllowed") for i in range(3)]
