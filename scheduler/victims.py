@@ -50,7 +50,7 @@ Accept = Callable[[Sequence[RunningJob], GangRequest, GangPlacement], bool]
 found in that state; must leave the statement as it found it."""
 
 _Held = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
-_FirstHeld = tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]
+_FirstHeld = tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
 """`VictimPool.first_held`: per node (gathered yet, milli per GPU index, CPU milli, memory MiB)."""
 
 MAX_DOMAINS = 16
@@ -277,8 +277,8 @@ class VictimPool:
             fresh: _FirstHeld = (
                 np.zeros(state.n_nodes, dtype=np.bool_),
                 np.zeros((state.n_nodes, width), dtype=np.int64),
-                np.zeros(state.n_nodes, dtype=np.float64),
-                np.zeros(state.n_nodes, dtype=np.float64),
+                np.zeros(state.n_nodes, dtype=np.int64),
+                np.zeros(state.n_nodes, dtype=np.int64),
             )
             known = self._first_held = (key, fresh)
         done, held, cpu_freed, memory_freed = known[1]
@@ -302,8 +302,8 @@ class VictimPool:
             dev_node, dev_gpu, dev_milli, cpu, memory = self.held_by(top)
             np.add.at(held, (dev_node, dev_gpu), dev_milli)
             at = self.row_node[top]
-            cpu_freed += np.bincount(at, weights=cpu, minlength=state.n_nodes)
-            memory_freed += np.bincount(at, weights=memory, minlength=state.n_nodes)
+            cpu_freed += np.bincount(at, weights=cpu, minlength=state.n_nodes).astype(np.int64)
+            memory_freed += np.bincount(at, weights=memory, minlength=state.n_nodes).astype(np.int64)
         return known[1]
 
     def labelled(self, state: ClusterState, level: int) -> NDArray[np.bool_]:
@@ -539,13 +539,23 @@ def _candidate_domains(
         # CPU and memory then free allow (the placement's per-replica checks). (Searches with an
         # admissibility filter may evict any of a domain's candidates: the bound over all of them
         # above is what they get; measured, the device count saves them nothing.)
-        if level == state.n_levels:  # a domain is a node: what its first candidates hold, kept per pool state
+        if level == state.n_levels:
+            # A domain is a node: what its first candidates hold is kept per pool state, and only
+            # the listed nodes (at most MAX_DOMAINS) are counted.
             _, held_milli, cpu_freed, memory_freed = pool.first_held(state, chosen, cap, order)
-            room = slots_now // width
-            touched = order[held_milli[order].any(axis=1)]
-            if touched.size:
-                free_then = np.minimum(state.gpu_free_milli[touched] + held_milli[touched], GPU_MILLI)
+            room = slots_now[order] // width
+            held = held_milli[order]
+            touched = held.any(axis=1)
+            if touched.any():
+                free_then = np.minimum(state.gpu_free_milli[order[touched]] + held[touched], GPU_MILLI)
                 room[touched] = _slots(free_then, request.gpu_milli) // width
+            for need, free, freed in (
+                (request.cpu_milli, state.cpu_free_milli, cpu_freed),
+                (request.memory_mib, state.memory_free_mib, memory_freed),
+            ):
+                if need > 0:  # and no more replicas than the node's CPU and memory hold with them gone
+                    np.minimum(room, (free[order] + freed[order]) // need, out=room)
+            viable = (room >= request.replicas).tolist()
         else:
             top = (np.arange(kept_pos.size) - bounds[kept_pos]) < cap
             n_jobs = len(pool.ordered)
@@ -553,15 +563,14 @@ def _candidate_domains(
             dev_node, dev_gpu, dev_milli, cpu, memory = pool.held_by(dom_rows)
             room = _replicas_then(state, request, slots_now // width, dev_node, dev_gpu, dev_milli)
             at = pool.row_node[dom_rows]
-            cpu_freed = np.bincount(at, weights=cpu, minlength=state.n_nodes).astype(np.float64, copy=False)
-            memory_freed = np.bincount(at, weights=memory, minlength=state.n_nodes).astype(np.float64, copy=False)
-        for need, free, freed in (
-            (request.cpu_milli, state.cpu_free_milli, cpu_freed),
-            (request.memory_mib, state.memory_free_mib, memory_freed),
-        ):
-            if need > 0:  # and no more replicas than the node's CPU and memory hold with them gone
-                np.minimum(room, ((free + freed) // need).astype(np.int64), out=room)
-        viable = (np.bincount(ids, weights=room[mask], minlength=n_domains)[order] >= request.replicas).tolist()
+            for need, free, held_by_rows in (
+                (request.cpu_milli, state.cpu_free_milli, cpu),
+                (request.memory_mib, state.memory_free_mib, memory),
+            ):
+                if need > 0:  # and no more replicas than the node's CPU and memory hold with them gone
+                    then = free + np.bincount(at, weights=held_by_rows, minlength=state.n_nodes)
+                    np.minimum(room, (then // need).astype(np.int64), out=room)
+            viable = (np.bincount(ids, weights=room[mask], minlength=n_domains)[order] >= request.replicas).tolist()
     return list(_domains(state, level, mask, order.tolist(), kept_job, bounds.tolist(), viable))
 
 
