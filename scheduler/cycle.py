@@ -106,22 +106,24 @@ def run_cycle(
     stmt = Statement(state=work, accounting=accounting, now=snapshot.now)
     growth: dict[QueueName, int] = {}  # per queue: milli-GPU running elastic jobs lack to reach full size
     elastic = False
-    charged: dict[tuple[QueueName, bool], int] = {}  # summed per (queue, preemptible), charged once each
+    # Summed per queue and preemptibility, charged once each (two dicts, not a tuple key per job).
+    charged: dict[bool, dict[QueueName, int]] = {True: {}, False: {}}
     running = stmt.running
     for held in snapshot.running:
         job = held.job
         running[job.id] = held
-        key = (job.queue, job.is_preemptible)
+        sums = charged[job.is_preemptible]
         if job.min_replicas is None:
-            charged[key] = charged.get(key, 0) + job.gpu_milli_total  # a rigid gang: charged whole, as ever
+            sums[job.queue] = sums.get(job.queue, 0) + job.gpu_milli_total  # a rigid gang: charged whole, as ever
         else:
-            charged[key] = charged.get(key, 0) + held.gpu_milli_total  # the replicas it holds
+            sums[job.queue] = sums.get(job.queue, 0) + held.gpu_milli_total  # the replicas it holds
             elastic = True
             missing = held.missing_milli
             if missing:
                 growth[job.queue] = growth.get(job.queue, 0) + missing
-    for (queue, preemptible), milli in charged.items():
-        accounting.charge(queue, milli, preemptible=preemptible)
+    for preemptible, sums in charged.items():
+        for queue, milli in sums.items():
+            accounting.charge(queue, milli, preemptible=preemptible)
     lap("snapshot")
 
     # 2. Sort the pending jobs into their leaf queues, in job order (once for every action); jobs of

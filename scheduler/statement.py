@@ -98,7 +98,10 @@ class QueueAccounting:
 
         `freed` is milli-GPU per queue that an eviction would give back before the job starts.
         """
-        for name in self.limited[queue]:
+        limited = self.limited[queue]
+        if not limited:  # most queues: no limit on the path (and no iterator made, millions of times a replay)
+            return None
+        for name in limited:
             limit = self.tree.queues[name].limit_milli
             assert limit is not None
             allocated = self.allocated_milli[name] - (freed.get(name, 0) if freed else 0)
