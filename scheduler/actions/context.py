@@ -119,8 +119,8 @@ class CycleContext:
     _requests: dict[JobId, GangRequest | PendingReason] = field(default_factory=dict)
     _victim_pool: VictimPool | None = None
     _request_memo_checked: tuple[dict[Any, Any], dict[Any, Any]] | None = None
-    """(this cycle's, the previous cycle's) requests by (`Job.request_key`, reservation) (`_request_memo`;
-    set at the first request)."""
+    """(this cycle's, the previous cycle's) requests by (`Job.request_key`, queue, reservation)
+    (`_request_memo`; set at the first request)."""
     _model_requests: dict[tuple[JobId, str], GangRequest | PendingReason] = field(default_factory=dict)
     _cuts: dict[JobId, tuple[tuple[str, ...], PendingReason | None]] = field(default_factory=dict)
 
@@ -449,14 +449,15 @@ class CycleContext:
         # of jobs, rebuilding each one's node mask and request every cycle was the largest cost of
         # the openb replay. A request depends on the job's request fields (`Job.request_key`), its
         # queue's reservation, the reserved pools and the nodes' schedulability; the memo (on the
-        # state, shared by its copies) is keyed by the first two and checked against the others.
+        # state, shared by its copies) is keyed by the first two and the queue (a reason built
+        # instead of a request names the queue) and checked against the others.
         own = self.reserved_pools.get(job.queue)
         memos = self._request_memo_checked
         if memos is None:
             memos = self._request_memo_checked = _request_memo(self.stmt.state)
         current, previous = memos
         pools = self.all_reserved
-        key = (job.request_key, own)
+        key = (job.request_key, job.queue, own)
         known = current.get(key)
         if known is None:
             known = previous.get(key)
@@ -605,7 +606,7 @@ def _request_memo(state: ClusterState) -> tuple[dict[Any, Any], dict[Any, Any]]:
     """A new cycle's (current, previous) request memos from `state.request_cache`.
 
     The memo keeps the requests of the last cycle that built any, and of this one, by (request
-    fields, reservation): each cycle's requests move on to the next cycle's "previous", so shapes no
+    fields, queue, reservation): each cycle's requests move on to the next cycle's "previous", so shapes no
     pending job has any more are forgotten after one cycle and the memo stays about the size of the
     backlog's distinct shapes. All of it is dropped when any node's schedulability changed since
     (requests carry a mask of schedulable nodes)."""

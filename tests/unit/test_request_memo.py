@@ -67,7 +67,7 @@ def test_the_memo_forgets_shapes_that_left_after_one_cycle() -> None:
         run_cycle(make_snapshot(nodes, queues, jobs), SchedulerConfig(), state=state)
     remembered = [key for part in state.request_cache.values() if isinstance(part, dict) for key in part]
     # the last two waves' one shape each (index 3 of `Job.request_key` is the CPU asked for)
-    assert sorted(job_key[3] for job_key, _ in remembered) == [10_000_002, 10_000_003]
+    assert sorted(job_key[3] for job_key, _, _ in remembered) == [10_000_002, 10_000_003]
 
 
 def test_jobs_of_one_shape_share_a_request_and_each_keeps_its_own_reason() -> None:
@@ -78,3 +78,14 @@ def test_jobs_of_one_shape_share_a_request_and_each_keeps_its_own_reason() -> No
     jobs = [make_job(f"j{i}", "a", 8, pool="shared") for i in range(3)]
     plan = run_cycle(make_snapshot(nodes, queues, jobs), SchedulerConfig())
     assert [(p.job_id, p.code) for p in plan.pending] == [(f"j{i}", "PoolNotAllowed") for i in range(3)]
+
+
+def test_a_reason_built_instead_of_a_request_names_each_jobs_own_queue() -> None:
+    """Two open queues, one reserved pool: jobs of one shape from both queues ask for the pool; each
+    reason names the job's own queue (the memo of requests is shared by shape, not across queues)."""
+    nodes = [make_node("n0", 8, pool="shared"), make_node("n1", 8, pool="research")]
+    queues = [make_queue(q, quota_gpus=8) for q in "ab"] + [make_queue("r", quota_gpus=8, pool="research")]
+    jobs = [make_job("ja", "a", 8, pool="research"), make_job("jb", "b", 8, pool="research")]
+    plan = run_cycle(make_snapshot(nodes, queues, jobs), SchedulerConfig())
+    messages = {p.job_id: p.message for p in plan.pending}
+    assert "queue a may not use it" in messages["ja"] and "queue b may not use it" in messages["jb"], messages
