@@ -4,15 +4,15 @@ Who calls it: `cycle.run_cycle`, after consolidate (and before grow), when
 `SchedulerConfig.migration` is on. Consolidate moves jobs for *one* waiting gang at a time and
 rarely finds a move set on a cluster fragmented everywhere by small shares (openb: 1-GPU and
 large-slice jobs wait while free capacity is spread as slivers over thousands of GPUs). This action
-works the other way round: it repacks the jobs of two nodes afresh and lets waiting jobs fill the
+works the other way round: it repacks the jobs of a few nodes afresh and lets waiting jobs fill the
 room that frees, fragmentation repair across many waiting jobs at once.
 
 One try, at most `SchedulerConfig.max_migration_tries` per cycle:
 
-1. Take the next `NODES_PER_TRY` candidate nodes: schedulable, not held for a starving gang, some
-   GPU capacity free and some used, holding jobs that may move — preemptible, past the minimum
-   runtime, not bound, moved or resized in this cycle, on one node, not elastic (at most
-   `MAX_MOVES_PER_TRY` per node, smallest first). Jobs that may not move stay. All free capacity is
+1. Take the next `SchedulerConfig.migration_nodes_per_try` candidate nodes: schedulable, not held
+   for a starving gang, some GPU capacity free and some used, holding jobs that may move —
+   preemptible, past the minimum runtime, not bound, moved or resized in this cycle, on one node,
+   not elastic (at most `MAX_MOVES_PER_TRY` per node, smallest first). Jobs that may not move stay. All free capacity is
    stranded at this point (allocate placed every waiting job that fit), so nodes with the most free
    GPU milli come first. A set on which no waiting job would fit even with all its movable jobs
    gone is skipped without a try (`_may_fit`).
@@ -51,11 +51,7 @@ from leitstand.scheduler.actions.context import CycleContext, ShapeKey
 from leitstand.scheduler.model import GPU_MILLI, EvictionKind, Job, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang, replica_placements
 
-__all__ = ["NODES_PER_TRY", "run"]
-
-NODES_PER_TRY = 2
-"""Nodes repacked together in one try. Their jobs can take each other's places; on openb (seed 42,
-load 1.0) one node per try gave 95.39 % allocation, two 95.48 %, three 95.50 % with 50 % more moves."""
+__all__ = ["run"]
 
 MAX_WAITING = 2048
 """Waiting jobs considered per cycle, from the head of the order of work: a deep backlog stays cheap,
@@ -142,7 +138,7 @@ def run(ctx: CycleContext) -> None:
     while tried < config.max_migration_tries and looked < LOOK_FACTOR * config.max_migration_tries:
         looked += 1
         chosen: list[_Candidate] = []
-        while heads and len(chosen) < NODES_PER_TRY:
+        while heads and len(chosen) < config.migration_nodes_per_try:
             candidate = heads.popleft()
             if candidate.node not in stale:
                 chosen.append(candidate)

@@ -107,3 +107,9 @@ def test_the_waiting_job_passes_the_same_admission_checks_as_in_allocate() -> No
 def test_a_negative_number_of_tries_is_refused_by_name(tries: int) -> None:
     with pytest.raises(ValueError, match="max_migration_tries"):
         SchedulerConfig(max_migration_tries=tries)
+
+
+@pytest.mark.parametrize("nodes", [0, -1])
+def test_a_try_of_no_nodes_is_refused_by_name(nodes: int) -> None:
+    with pytest.raises(ValueError, match="migration_nodes_per_try"):
+        SchedulerConfig(migration_nodes_per_try=nodes)
