@@ -58,7 +58,7 @@ from leitstand.operator.service.jobs import (
     replica_pod,
     replica_pod_name,
 )
-from leitstand.operator.service.kubeclient import TransportError
+from leitstand.operator.service.kubeclient import KubeClientError, TransportError
 from leitstand.operator.service.records import (
     ASSIGNED_GPUS,
     GPU_RESOURCE,
@@ -259,6 +259,8 @@ class Scheduler:
         self.plain_said: dict[str, tuple[str, str]] = {}
         """Plain pod key → the (code, message) its PodScheduled condition says."""
         self.reservation_tasks: set[asyncio.Task[Any]] = set()
+        self.inform_failures = 0
+        """Events and pod conditions dropped because the API server did not answer (`_when_binds_allow`)."""
         self.cycle_listeners: list[Callable[[CycleReport, Plan | None], None]] = []
         """Called after every cycle (metrics)."""
         self.last_pending: list[Job] = []
@@ -1335,11 +1337,21 @@ class Scheduler:
     async def _when_binds_allow(self, method: str, path: str, body: Any,
                                 content_type: str = "application/json") -> tuple[int, Any]:
         """A write that only informs (an Event, a plain pod's PodScheduled condition): while gangs are being
-        created and bound, at most `INFORM_WRITES_WHILE_BINDING` such writes share the client with them."""
-        if self.binder.active:
-            async with self._inform_slots:
-                return await self.client.request(method, path, body, content_type=content_type)
-        return await self.client.request(method, path, body, content_type=content_type)
+        created and bound, at most `INFORM_WRITES_WHILE_BINDING` such writes share the client with them.
+
+        Best effort: when the API server does not answer, the write is dropped with one warning line
+        (status 0). It runs as a task nobody awaits, so an exception here used to end as an asyncio
+        "Task exception was never retrieved" traceback (128 of them in a factory run whose
+        kube-apiserver stalled for seconds)."""
+        try:
+            if self.binder.active:
+                async with self._inform_slots:
+                    return await self.client.request(method, path, body, content_type=content_type)
+            return await self.client.request(method, path, body, content_type=content_type)
+        except KubeClientError as exc:
+            self.inform_failures += 1
+            log.warning("%s %s not written (an Event or a pod condition; not retried): %s", method, path, exc)
+            return 0, None
 
     @staticmethod
     def _set_phase(status: dict[str, Any], phase: str, reason: str | None = None, message: str | None = None) -> None:

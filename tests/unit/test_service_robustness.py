@@ -333,3 +333,34 @@ def test_a_shared_gpu_whose_old_reservation_is_still_terminating_gets_a_new_one_
     cache.on_pod("DELETED", old.key, old, None)
     cycle_after(scheduler, clock, 1.0)
     assert reservation_creates() == 1
+
+
+class Unanswering:
+    """An API server that never answers an Event (a connection timeout, as in a factory run whose
+    kube-apiserver stalled) and accepts everything else."""
+
+    async def request(self, method: str, path: str, body: Any = None, *, params: Any = None,
+                      content_type: str = "application/json") -> tuple[int, Any]:
+        if path.endswith("/events"):
+            raise TransportError(method, path, 1, TimeoutError("connection timeout"))
+        return (200 if method == "PATCH" else 201), {}
+
+
+def test_an_event_the_api_server_never_answers_is_dropped_with_a_warning_not_an_unretrieved_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scheduler, _, _ = world(Unanswering())  # type: ignore[arg-type]
+    failed: list[BaseException] = []
+
+    async def main() -> None:
+        scheduler.on_trainingjob("ADDED", tj_json("team", "no-queue", "nowhere"))  # waits: an Event is due
+        scheduler.cycle()
+        informing = list(scheduler.reservation_tasks)
+        assert informing
+        await asyncio.wait(informing, timeout=5)
+        failed.extend(e for t in informing if (e := t.exception()) is not None)
+
+    asyncio.run(main())
+    assert not failed, failed  # an exception here is what asyncio reported as "never retrieved"
+    assert scheduler.inform_failures >= 1
+    assert any("not written" in r.getMessage() and "/events" in r.getMessage() for r in caplog.records)
