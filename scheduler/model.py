@@ -268,7 +268,7 @@ class SchedulerConfig:
     migration_nodes_per_try: int = 4
     """Nodes repacked together in one migration try: their jobs can take each other's places. On
     openb (seed 42) 2 nodes and 20 tries gave +0.44 / +0.30 points of allocation over FGD at load
-    1.0 / 1.2, 4 nodes and 60 tries +0.53 / +0.53 (docs/replay.md, "Migration")."""
+    1.0 / 1.2, 4 nodes and 60 tries +0.55 / +0.53 with moves free (docs/replay.md, "Migration")."""
     reserve_after_seconds: float | None = None
     """Reservations for starving gangs (`actions/reserve.py`, docs/cycle.md): a pending gang of at
     least `reserve_min_gpus` GPUs that has waited this long (`Snapshot.now - Job.created_at`) gets
