@@ -42,7 +42,7 @@ def run(ctx: CycleContext) -> None:
     # Plain requests: a job's request follows from its queue and `request_key` alone, so equal pairs
     # fail alike (a finer key than `shape_key`, known before the request is looked up).
     same: _Same | None = None if isinstance(acc, ModelAccounting) or ctx.held_nodes is not None else {}
-    ctx.plain_failed = same
+    ctx.plain_failed = same  # `_place` records there; later actions read it
     budget = ctx.config.max_jobs_per_cycle
     work = ctx.work_queue()
     for job in work:
@@ -67,41 +67,35 @@ def run(ctx: CycleContext) -> None:
                         rest.id, block.code, block.message
                     )
             continue
-        if same is not None:
-            known = same.get((size.queue, size.request_key))
-            if known is not None:
-                ctx.wait(job, known.code, known.message)
-                if size.is_elastic:
-                    placed = _place_smaller(ctx, size, failed, same)
-                    if placed is not None:
-                        _bind(ctx, job, *placed)
-                continue
-        placed = _place(ctx, size, failed, same)
+        known = None if same is None else same.get((size.queue, size.request_key))
+        if known is not None:
+            ctx.wait(job, known.code, known.message)
+            placed = None
+        else:
+            placed = _place(ctx, size, failed)
         if placed is None and size.is_elastic:
-            placed = _place_smaller(ctx, size, failed, same)
+            placed = _place_smaller(ctx, size, failed)
         if placed is None:
             continue
-        _bind(ctx, job, *placed)
+        request, result = placed
+        ctx.stmt.bind(job, request, result)  # an elastic job with `request.replicas` of its replicas
+        ctx.bound.add(job.id)
+        ctx.reasons.pop(job.id, None)
 
 
 _Same = dict[tuple[QueueName, tuple[object, ...]], Unplaceable]
 """Failures by (queue, `Job.request_key`), for plain requests only (see `run`)."""
 
 
-def _bind(ctx: CycleContext, job: Job, request: GangRequest, result: GangPlacement) -> None:
-    ctx.stmt.bind(job, request, result)  # an elastic job with `request.replicas` of its replicas
-    ctx.bound.add(job.id)
-    ctx.reasons.pop(job.id, None)
-
-
 def _place(
-    ctx: CycleContext, job: Job, failed: dict[ShapeKey, Unplaceable], same: _Same | None = None
+    ctx: CycleContext, job: Job, failed: dict[ShapeKey, Unplaceable]
 ) -> tuple[GangRequest, GangPlacement] | None:
-    """Where `job` fits on the working state, or None with its reason recorded."""
+    """Where `job` fits on the working state, or None with its reason recorded (and, with plain
+    requests, its placement failure in `ctx.plain_failed`)."""
     placed = _place_any(ctx, job, failed)
     if isinstance(placed, Unplaceable):
-        if same is not None:
-            same[(job.queue, job.request_key)] = placed
+        if ctx.plain_failed is not None:
+            ctx.plain_failed[(job.queue, job.request_key)] = placed
         return None
     return placed
 
@@ -163,7 +157,7 @@ def _largest_admissible(ctx: CycleContext, job: Job) -> Job | None:
 
 
 def _place_smaller(
-    ctx: CycleContext, job: Job, failed: dict[ShapeKey, Unplaceable], same: _Same | None = None
+    ctx: CycleContext, job: Job, failed: dict[ShapeKey, Unplaceable]
 ) -> tuple[GangRequest, GangPlacement] | None:
     """An elastic job that did not fit at `job.replicas`: the most replicas down to its minimum that
     fit (binary search over placement calls; fewer replicas never fit worse). None, with the reason
@@ -172,12 +166,12 @@ def _place_smaller(
     high = job.replicas - 1
     if low > high:
         return None
-    best = _place(ctx, _sized(job, low), failed, same)
+    best = _place(ctx, _sized(job, low), failed)
     if best is None:
         return None
     while low < high:
         mid = (low + high + 1) // 2
-        placed = _place(ctx, _sized(job, mid), failed, same)
+        placed = _place(ctx, _sized(job, mid), failed)
         if placed is None:
             high = mid - 1
         else:
