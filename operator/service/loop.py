@@ -683,6 +683,12 @@ class Scheduler:
         if failed:
             self._replica_failed(key, tracked, spec, status, failed, list(live.values()), now)
             return
+        if complete and "admittedAt" not in status and not growth:
+            # Found whole by a process that did not admit it (this one restarted before the admission's
+            # status write went out): the admission is when its pods were created, as the API server
+            # recorded it. Without it the job's age counted from every cycle's "now" (never old enough
+            # to be a victim past its minimum runtime) and its admission was missing from its status.
+            status["admittedAt"] = rfc3339(min(p.created for p in live.values()))
         if complete and all(p.phase == "Succeeded" for p in live.values()) and not growth:
             done = f"all {len(live)} replicas succeeded"
             self._set_phase(status, "Succeeded", "Completed", done)
