@@ -211,6 +211,14 @@ ROWS: tuple[RowSpec, ...] = (
         PanelSpec("timeseries", "Bind latency per gang",
                   "From the first pod create to the last bind of a gang: p50, p90, p99.",
                   _quantiles("leitstand_bind_duration_seconds", ""), unit="s"),
+        PanelSpec("timeseries", "Status writes waiting",
+                  "TrainingJob and Queue statuses not yet on the API server, how long the oldest has waited, and "
+                  "writes that failed: status writes yield to binds, so a lag that keeps growing means tenants "
+                  "read stale status.",
+                  (Query("max(leitstand_status_write_lag_seconds)", "oldest waited, s"),
+                   Query("max(leitstand_status_writes_due)", "statuses waiting"),
+                   Query("sum(rate(leitstand_status_write_failures_total[$__rate_interval]))", "failed writes/s"),
+                   Query("sum(rate(leitstand_inform_failures_total[$__rate_interval]))", "dropped Events/s"))),
         PanelSpec("timeseries", "Kubernetes API requests by verb and status class",
                   "Requests per second the operator sends; 4xx/5xx/error are the API errors.",
                   (Query("sum by (verb, status_class) (rate(leitstand_kube_api_requests_total[$__rate_interval]))",

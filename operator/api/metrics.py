@@ -144,6 +144,13 @@ SPECS: tuple[MetricSpec, ...] = (
                "Per gang: seconds from its first pod create to its last bind (after the room was free).",
                BIND_BUCKETS),
     _counter("leitstand_bind_failures_total", (), "Gang binds that failed and were rolled back (retried later)."),
+    _counter("leitstand_status_write_failures_total", (),
+             "TrainingJob and Queue status writes the API server refused (each is tried again)."),
+    _gauge("leitstand_status_writes_due", (), "TrainingJob and Queue statuses waiting to be written."),
+    _gauge("leitstand_status_write_lag_seconds", (),
+           "How long the oldest status waiting to be written has waited (0 when none waits), seconds."),
+    _counter("leitstand_inform_failures_total", (),
+             "Events and pod conditions that could not be written (the API server did not answer) and were dropped."),
     _counter("leitstand_kube_api_requests_total", ("verb", "status_class"),
              "Requests to the Kubernetes API by HTTP verb and status class (2xx, 4xx, 5xx, error = no answer)."),
     _gauge("leitstand_leader", (), "1 while this process holds the Lease and schedules, else 0."),
@@ -165,7 +172,8 @@ SPECS: tuple[MetricSpec, ...] = (
     _gauge("leitstand_topology_gpus_allocated", ("level", "domain"), "GPUs held per topology domain, GPUs."),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
-READ_AT_SCRAPE = frozenset({"leitstand_bind_failures_total", "leitstand_kube_api_requests_total"})
+READ_AT_SCRAPE = frozenset({"leitstand_bind_failures_total", "leitstand_kube_api_requests_total",
+                            "leitstand_status_write_failures_total", "leitstand_inform_failures_total"})
 """Counters whose values the service keeps itself (binder stats, the client's counts): read, not counted."""
 
 
@@ -392,6 +400,11 @@ class Metrics:
         if self._last_cycle_at is not None:
             add("leitstand_last_cycle_timestamp_seconds", (), self._last_cycle_at)
         add("leitstand_bind_failures_total", (), float(scheduler.binder.stats.failures))
+        book = scheduler.book
+        add("leitstand_status_write_failures_total", (), float(book.errors))
+        add("leitstand_status_writes_due", (), float(book.due()))
+        add("leitstand_status_write_lag_seconds", (), book.oldest_due() or 0.0)
+        add("leitstand_inform_failures_total", (), float(scheduler.inform_failures))
         counts = getattr(self.client, "counts", None)
         if isinstance(counts, Mapping):
             for (verb, status_class), count in sorted(dict(counts).items()):

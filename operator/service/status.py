@@ -17,6 +17,13 @@ sixteen): binding is the critical path, and a status write costs the API server 
 Only objects whose status was handed out for editing (`view`, `touch`) since the last flush are
 compared with what was written: a flush costs what changed, not what exists.
 
+Order: a status the API server does not have yet goes first, a change of phase or reason next, a
+refreshed message last — but each wish ages: it is ranked by the moment it became due plus
+`AGING_SECONDS` per step of that order, so a refresh due a minute ago goes before a new status due now.
+Without the aging, the factory hour (docs/factory.md, round three) kept new statuses and changes of
+phase coming faster than two writes in flight could send, and the Queue objects' status (always a
+refresh after its first write) waited 41 minutes at the median.
+
 Events: at most one per object per change of reason, so a job that waits for an hour produces one
 Event, not one per cycle.
 """
@@ -35,6 +42,9 @@ from leitstand.operator.service.records import copy_json
 log = logging.getLogger(__name__)
 
 CONDITION_TYPES = ("Admitted", "Running", "Finished", "Preempted")
+AGING_SECONDS = 30.0
+"""One step of urgency (new status, change of phase or reason, refresh) is worth this much waiting: a
+wish due this long before another of the next more urgent kind is written first."""
 
 
 def rfc3339(seconds: float | None = None) -> str:
@@ -58,8 +68,10 @@ class StatusBook:
     """Desired status per object path; `flush` writes what differs from what was last written."""
 
     def __init__(self, client: Requester, concurrency: int = 16, *, busy: Callable[[], bool] = lambda: False,
-                 busy_concurrency: int = 2) -> None:
+                 busy_concurrency: int = 2, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
+        self.clock = clock
+        """Monotonic seconds: holds and how long a wish has been due."""
         self.busy = busy
         """True while binds are in flight: then at most `busy_concurrency` writes share the client with them."""
         self._busy_sem = asyncio.Semaphore(busy_concurrency)
@@ -73,6 +85,8 @@ class StatusBook:
         """Paths whose status may have been edited since the last `dirty()` (or whose write must be retried)."""
         self._held: dict[str, tuple[float, str]] = {}
         """Path → (monotonic deadline, reason): not written before the deadline while the status says reason."""
+        self._due: dict[str, float] = {}
+        """Path → monotonic moment its current wish became due (not held, differing from what was written)."""
         self.errors = 0
         self.writes = 0
 
@@ -85,6 +99,7 @@ class StatusBook:
             self.written[path] = copy_json(start)
             self._said.pop(path, None)
             self._held.pop(path, None)
+            self._due.pop(path, None)
         self._touched.add(path)
         return self.desired[path]
 
@@ -96,17 +111,17 @@ class StatusBook:
     def hold(self, path: str, seconds: float, reason: str) -> None:
         """Do not write `path` for `seconds` while its status still says `reason` (a newer reason goes out
         at once, and the held one with it)."""
-        self._held[path] = (time.monotonic() + seconds, reason)
+        self._held[path] = (self.clock() + seconds, reason)
         self._touched.add(path)
 
     def forget(self, path: str) -> None:
-        for table in (self.desired, self.written, self.uids, self._said, self._held):
+        for table in (self.desired, self.written, self.uids, self._said, self._held, self._due):
             table.pop(path, None)
         self._touched.discard(path)
 
     def dirty(self) -> list[str]:
         """Paths to write now; touched paths that are in flight or held stay candidates for later."""
-        now = time.monotonic()
+        now = self.clock()
         later: set[str] = set()
         out: list[str] = []
         for path in self._touched:
@@ -117,6 +132,7 @@ class StatusBook:
                 later.add(path)
                 continue
             if want == self.written.get(path):
+                self._due.pop(path, None)
                 continue
             held = self._held.get(path)
             if held is not None:
@@ -124,6 +140,7 @@ class StatusBook:
                     later.add(path)
                     continue
                 del self._held[path]
+            self._due.setdefault(path, now)
             out.append(path)
         self._touched = later
         return out
@@ -140,13 +157,26 @@ class StatusBook:
         want = self.desired.get(path) or {}
         return 1 if (want.get("phase"), want.get("reason")) != (before.get("phase"), before.get("reason")) else 2
 
+    def _rank(self, path: str) -> float:
+        """When the wish is due, pushed back by `AGING_SECONDS` per step of urgency: lowest first."""
+        return self._due.get(path, 0.0) + AGING_SECONDS * self._urgency(path)
+
+    def due(self) -> int:
+        """How many objects have a wish waiting to be written (as of the last flush)."""
+        return len(self._due)
+
+    def oldest_due(self) -> float | None:
+        """Seconds the oldest unwritten wish has been due (None: nothing is due)."""
+        return self.clock() - min(self._due.values()) if self._due else None
+
     async def flush(self, limit: int | None = None) -> bool:
         """Write what differs, most urgent first (objects without any status, then changes of phase or
-        reason, then refreshed messages), at most `limit` of them; True when more are left for the next
-        call. Without the order and the batch, a wave of message refreshes of a thousand waiting jobs
-        kept new jobs statusless for minutes while binds held the writes to two in flight (found by
-        `leitstand bench hostile`)."""
-        paths = sorted(self.dirty(), key=self._urgency)
+        reason, then refreshed messages, each aged by how long it has been due: `_rank`), at most
+        `limit` of them; True when more are left for the next call. Without the order and the batch, a
+        wave of message refreshes of a thousand waiting jobs kept new jobs statusless for minutes while
+        binds held the writes to two in flight (found by `leitstand bench hostile`); without the aging,
+        a steady stream of new statuses kept refreshes (the Queues' among them) waiting for good."""
+        paths = sorted(self.dirty(), key=self._rank)
         rest = paths[limit:] if limit is not None else []
         if rest:
             paths = paths[:limit]
@@ -157,6 +187,7 @@ class StatusBook:
         return bool(rest)
 
     async def _write(self, path: str) -> None:
+        sent = self.clock()
         self._inflight.add(path)
         want = copy_json(self.desired[path])
         before = self.written.get(path, {})
@@ -187,6 +218,10 @@ class StatusBook:
             done = True
             self.writes += 1
             self.written[path] = want
+            if self.desired.get(path) == want:
+                self._due.pop(path, None)
+            else:  # a newer wish came while this one was on its way: due at most since it was sent
+                self._due[path] = sent
         finally:
             self._inflight.discard(path)
             if not done and path in self.desired:

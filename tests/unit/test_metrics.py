@@ -262,6 +262,26 @@ def test_binds_api_requests_leader_and_ready() -> None:
     assert value(samples, "leitstand_kube_api_requests_total", verb="PATCH", status_class="error") == 1
     assert value(samples, "leitstand_leader") == 1 and value(samples, "leitstand_ready") == 1
     assert next(iter(samples["leitstand_build_info"].values())) == 1
+    assert value(samples, "leitstand_status_writes_due") == 0
+    assert value(samples, "leitstand_status_write_lag_seconds") == 0
+
+
+def test_status_writes_waiting_and_failed_and_dropped_events() -> None:
+    scheduler = make_scheduler()
+    metrics = Metrics(scheduler)
+    book = scheduler.book
+    clock = [100.0]
+    book.clock = lambda: clock[0]
+    for i in range(3):
+        book.view(f"/tj/{i}", f"u{i}", {}).update(phase="Pending")
+    book.dirty()  # what a flush sees first: three statuses due from now
+    clock[0] += 12.5
+    book.errors, scheduler.inform_failures = 4, 7
+    samples = scrape(metrics)
+    assert value(samples, "leitstand_status_writes_due") == 3
+    assert value(samples, "leitstand_status_write_lag_seconds") == 12.5
+    assert value(samples, "leitstand_status_write_failures_total") == 4
+    assert value(samples, "leitstand_inform_failures_total") == 7
 
 
 # -- the cluster ----------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from leitstand.operator.service.loop import (
     tj_path,
 )
 from leitstand.operator.service.records import pod_record
-from leitstand.operator.service.status import StatusBook
+from leitstand.operator.service.status import AGING_SECONDS, StatusBook
 from leitstand.scheduler.model import Binding, Eviction, EvictionKind, JobId, NodeName, Plan, ReplicaPlacement
 
 
@@ -73,6 +73,39 @@ def test_new_statuses_first_then_changes_then_refreshes_in_batches() -> None:
         assert sorted(api.patched[4:]) == [f"/tj/old-{i}" for i in range(5)]
         assert not await book.flush(limit=4)
         assert len(api.patched) == 9  # nothing written twice
+
+    asyncio.run(main())
+
+
+def test_a_refresh_waits_at_most_two_aging_steps_behind_a_stream_of_new_statuses() -> None:
+    """A Queue's status is a refresh after its first write; while new jobs keep arriving faster than the
+    writes go out (the factory hour, docs/factory.md), ranking by urgency alone never wrote it again (41
+    minutes behind at the median). Aged, it goes out once it has waited two steps (`AGING_SECONDS` each)
+    longer than the newest status, and the new statuses keep their lead until then."""
+    api = RecordingApiServer()
+    clock = [0.0]
+    book = StatusBook(api, clock=lambda: clock[0])
+
+    async def main() -> None:
+        book.view("/queues/team", "q", {}).update(allocated="0")
+        await book.flush()
+        api.patched.clear()
+        book.view("/queues/team", "q", None)["allocated"] = "8"  # a refresh, due from the next flush on
+        written_at: dict[str, float] = {}
+        for step in range(12):
+            clock[0] = 10.0 * step
+            for i in range(4):  # four new jobs every ten seconds; four writes per flush
+                book.view(f"/tj/new-{step}-{i}", f"n{step}{i}", {}).update(phase="Pending", reason="Queued")
+            await book.flush(limit=4)
+            for path in api.patched:
+                written_at.setdefault(path, clock[0])
+            assert book.oldest_due() is not None
+        # due at 0 s: it ties with the statuses due at 60 s and outranks those due later
+        assert 2 * AGING_SECONDS <= written_at["/queues/team"] <= 2 * AGING_SECONDS + 10.0
+        assert book.due() > 0
+        # the new ones before it were written in the order they came, none of them waited more than it did
+        waited = [written_at[p] - 10.0 * int(p.split("-")[1]) for p in written_at if p.startswith("/tj/")]
+        assert max(waited) <= 2 * AGING_SECONDS + 10.0
 
     asyncio.run(main())
 
