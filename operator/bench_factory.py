@@ -538,6 +538,8 @@ class Sampled:
     """Seconds since the oldest leaf Queue's status.lastUpdated, per sample."""
     cpu: list[tuple[float, float, float, dict[str, float]]] = field(default_factory=list)
     """(t, operator CPU s, operator RSS MiB, control-plane CPU s per process)."""
+    writes: list[tuple[float, float, float]] = field(default_factory=list)
+    """(t, statuses waiting to be written, seconds the oldest has waited) from the operator's /metrics."""
     errors: int = 0
 
 
@@ -628,6 +630,7 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
         queue_names = [t.queue for t in tenants]
 
         viewer = _token(run_folder, "tenant-a")
+        admin_token = _token(run_folder, "admin")  # /metrics: a tenant may not read it
 
         def sample() -> None:
             api = api_as(run_folder, "admin")
@@ -651,6 +654,11 @@ def run(opts: Options, progress: Report) -> dict[str, Any]:
                     sampled.queues.append(queue_sample(now, {i["name"]: i for i in body["items"]}, queue_names))
                 else:
                     sampled.errors += 1
+                waiting = metric_values(port, admin_token, ("leitstand_status_writes_due",
+                                                            "leitstand_status_write_lag_seconds"))
+                if len(waiting) == 2:
+                    sampled.writes.append((now, waiting["leitstand_status_writes_due"],
+                                           waiting["leitstand_status_write_lag_seconds"]))
                 assert operator is not None
                 operator.check()
                 sampled.cpu.append((now, operator.cpu_seconds(), operator.process.rss_mib(),
@@ -866,18 +874,42 @@ def summarize(opts: Options, shape: Shape, tenants: Sequence[Tenant], jobs: Sequ
     }
 
 
+def metric_values(port: int, token: str, names: Sequence[str]) -> dict[str, float]:
+    """The label-less series `names` from the operator's /metrics (those it serves; {} when it did not answer)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            text = reply.read().decode()
+    except (OSError, ValueError):
+        return {}
+    wanted = set(names)
+    return {sample.name: float(sample.value) for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name in wanted and not sample.labels}
+
+
 def status_lag(sampled: Sampled, top: Sequence[str]) -> dict[str, Any]:
     """How far the Queue objects' status trails the operator: the age of the oldest leaf's
-    status.lastUpdated, and |allocated (status) - allocated (operator)| summed over the top queues."""
+    status.lastUpdated (also old when a tenant's numbers did not change), |allocated (status) - allocated
+    (operator)| summed over the top queues, and how long the oldest status write waited in the operator
+    (TrainingJobs' and Queues', from its /metrics)."""
     live = {s.t: s for s in sampled.queues}
     gaps = [abs(sum(s.allocated.get(q, 0.0) for q in top) - sum(live[s.t].allocated.get(q, 0.0) for q in top))
             for s in sampled.status if s.t in live]
     ages = sampled.status_age
+    lags = [lag for _t, _due, lag in sampled.writes]
     return {"samples": len(sampled.status),
             "age_p50_s": None if not ages else round(percentile(ages, 0.5) or 0.0, 1),
             "age_max_s": round(max(ages), 1) if ages else None,
             "allocated_gap_mean_gpus": round(sum(gaps) / len(gaps), 1) if gaps else None,
-            "allocated_gap_max_gpus": round(max(gaps), 1) if gaps else None}
+            "allocated_gap_max_gpus": round(max(gaps), 1) if gaps else None,
+            "write_lag_p50_s": None if not lags else round(percentile(lags, 0.5) or 0.0, 1),
+            "write_lag_p99_s": None if not lags else round(percentile(lags, 0.99) or 0.0, 1),
+            "write_lag_max_s": round(max(lags), 1) if lags else None,
+            "writes_due_max": int(max((due for _t, due, _lag in sampled.writes), default=0))}
 
 
 def plot(folder: Path, sampled: Sampled, tenants: Sequence[Tenant], shape: Shape) -> Path:
@@ -975,6 +1007,10 @@ def render(report: Mapping[str, Any], console: Any) -> None:
         console.print(f"Queue objects' status vs the operator's view (/v1/queues): status.lastUpdated age p50 "
                       f"{qs['age_p50_s']} s, max {qs['age_max_s']} s; allocated GPUs (top queues) off by "
                       f"{qs['allocated_gap_mean_gpus']} on average, at most {qs['allocated_gap_max_gpus']}")
+    if qs.get("write_lag_p50_s") is not None:
+        console.print(f"status writes waiting in the operator (/metrics): oldest waited p50 {qs['write_lag_p50_s']} s, "
+                      f"p99 {qs['write_lag_p99_s']} s, max {qs['write_lag_max_s']} s; at most "
+                      f"{qs['writes_due_max']} statuses waiting")
     if report.get("plot"):
         console.print(f"plot: {report['plot']}")
 

@@ -240,3 +240,49 @@ def test_allocation_is_rebuilt_from_the_jobs_admission_and_end_on_the_api_server
     assert base is not None
     got = bf.allocation_from_jobs(intervals, [base + 5, base + 12, base + 16, base + 20], {"sme-a": "sme"})
     assert got == [{}, {"sme-a": 16.0, "sme": 16.0}, {"sme-a": 16.0, "sme": 16.0, "ind": 0.5}, {"ind": 0.5}]
+
+
+def test_status_lag_reports_the_operators_waiting_writes_beside_the_queue_objects_age() -> None:
+    sampled = bf.Sampled(status_age=[10.0, 30.0, 50.0],
+                         writes=[(0.0, 0, 0.0), (5.0, 120, 4.0), (10.0, 900, 40.0), (15.0, 30, 2.0)])
+    lag = bf.status_lag(sampled, ["team"])
+    assert lag["age_p50_s"] == 30.0 and lag["age_max_s"] == 50.0
+    assert lag["write_lag_p50_s"] == 3.0 and lag["write_lag_max_s"] == 40.0
+    assert lag["writes_due_max"] == 900
+    assert bf.status_lag(bf.Sampled(), ["team"])["write_lag_p50_s"] is None
+
+
+def test_metric_values_reads_label_less_series_and_gives_nothing_when_nobody_answers() -> None:
+    import http.server
+    import threading
+
+    text = ("# TYPE leitstand_status_writes_due gauge\nleitstand_status_writes_due 12.0\n"
+            "# TYPE leitstand_status_write_lag_seconds gauge\nleitstand_status_write_lag_seconds 3.5\n"
+            '# TYPE leitstand_binds_total counter\nleitstand_binds_total{x="y"} 4.0\n')
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            body = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        got = bf.metric_values(port, "tok", ("leitstand_status_writes_due", "leitstand_status_write_lag_seconds",
+                                             "leitstand_binds_total"))
+        assert got == {"leitstand_status_writes_due": 12.0, "leitstand_status_write_lag_seconds": 3.5}
+        assert seen == ["Bearer tok"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert bf.metric_values(port, "tok", ("leitstand_status_writes_due",)) == {}
