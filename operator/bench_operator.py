@@ -94,6 +94,8 @@ class Options:
     run: Path | None = None
     keep_cluster: bool = False
     skip_raw: bool = False
+    floor: bool = True
+    """Also time the TrainingJob floor: the requests any TrainingJob operator must make, no scheduling."""
     profile: Path | None = None
     log_dir: Path | None = None
     api_costs: int = 1000
@@ -379,7 +381,7 @@ def apiserver_flags(cmdline: Sequence[str]) -> dict[str, str]:
 class PhaseResult:
     workload: str
     path: str
-    """"raw" or "leitstand"."""
+    """"raw", "floor" or "leitstand"."""
     jobs_submitted: int
     pods_expected: int
     pods_bound: int = 0
@@ -431,11 +433,13 @@ class PhaseResult:
 
 
 def summarize(results: Sequence[PhaseResult]) -> dict[str, Any]:
-    """Rates per phase and overall, Leitstand's rate as % of the raw loop's on the same workload."""
+    """Rates per phase and overall, Leitstand's rate as % of the raw loop's on the same workload, and
+    both the floor's and Leitstand's as % of the raw loop's and Leitstand's as % of the floor's."""
     rows = []
     by_key = {(r.workload, r.path): r for r in results}
     ratios: dict[str, float | None] = {}
     cpu_ratios: dict[str, float] = {}
+    floor_ratios: dict[str, dict[str, float]] = {}
     for r in results:
         row = asdict(r)
         row["pods_per_second"] = round(r.pods_per_second, 1)
@@ -451,8 +455,16 @@ def summarize(results: Sequence[PhaseResult]) -> dict[str, Any]:
         )
         if raw and ours and raw.cpu_bound_rate > 0:
             cpu_ratios[workload] = round(100 * ours.cpu_bound_rate / raw.cpu_bound_rate, 1)
+        floor = by_key.get((workload, "floor"))
+        if floor and floor.pods_per_second > 0:
+            floor_ratios[workload] = {}
+            if raw and raw.pods_per_second > 0:
+                floor_ratios[workload]["floor_of_raw"] = round(100 * floor.pods_per_second / raw.pods_per_second, 1)
+            if ours:
+                floor_ratios[workload]["leitstand_of_floor"] = round(
+                    100 * ours.pods_per_second / floor.pods_per_second, 1)
     totals: dict[str, dict[str, float]] = {}
-    for path in ("raw", "leitstand"):
+    for path in ("raw", "floor", "leitstand"):
         mine = [r for r in results if r.path == path]
         if mine:
             pods = sum(r.pods_bound for r in mine)
@@ -461,8 +473,16 @@ def summarize(results: Sequence[PhaseResult]) -> dict[str, Any]:
                             "pods_per_second": round(pods / wall, 1) if wall > 0 else 0.0}
     if "raw" in totals and "leitstand" in totals and totals["raw"]["pods_per_second"] > 0:
         ratios["all"] = round(100 * totals["leitstand"]["pods_per_second"] / totals["raw"]["pods_per_second"], 1)
+    if "floor" in totals and totals["floor"]["pods_per_second"] > 0:
+        floor_ratios["all"] = {}
+        if "raw" in totals and totals["raw"]["pods_per_second"] > 0:
+            floor_ratios["all"]["floor_of_raw"] = round(
+                100 * totals["floor"]["pods_per_second"] / totals["raw"]["pods_per_second"], 1)
+        if "leitstand" in totals:
+            floor_ratios["all"]["leitstand_of_floor"] = round(
+                100 * totals["leitstand"]["pods_per_second"] / totals["floor"]["pods_per_second"], 1)
     return {"phases": rows, "totals": totals, "ratio_percent": ratios, "cpu_bound_ratio_percent": cpu_ratios,
-            "goal_percent": GOAL_PERCENT}
+            "floor_ratio_percent": floor_ratios, "goal_percent": GOAL_PERCENT}
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -493,31 +513,43 @@ def render(report: Mapping[str, Any], console: Console) -> None:
     ratios = report["ratio_percent"]
     cpu_ratios = report.get("cpu_bound_ratio_percent", {})
     table = Table(title="pods bound per second (first submission → last pod bound)")
+    floors = report.get("floor_ratio_percent") or {}
     for column in ("workload", "path", "jobs", "pods bound", "wall s", "submit s", "pods/s", "% of raw",
-                   "p50 ms", "p99 ms", "pod made→bound p50"):
+                   "% of floor", "p50 ms", "p99 ms", "pod made→bound p50"):
         table.add_column(column, justify="right" if column not in ("workload", "path") else "left")
     for row in report["phases"]:
         ours = row["path"] == "leitstand"
-        ratio = ratios.get(row["workload"]) if ours else None
+        floor = floors.get(row["workload"], {})
+        ratio = ratios.get(row["workload"]) if ours else floor.get("floor_of_raw") if row["path"] == "floor" else None
+        of_floor = floor.get("leitstand_of_floor") if ours else None
         lat, made = row["latency_ms"], row["pod_created_to_bound_ms"]
         bound = f"{row['pods_bound']}/{row['pods_expected']}" + ("" if row["complete"] else " (timeout)")
         table.add_row(
             row["workload"], row["path"], str(row["jobs_submitted"]), bound, _fmt(row["wall_seconds"], 2),
             _fmt(row["submit_seconds"], 2), _fmt(row["pods_per_second"]),
-            f"{ratio:.0f} %" if ratio is not None else "", _fmt(lat.get("p50"), 0), _fmt(lat.get("p99"), 0),
+            f"{ratio:.0f} %" if ratio is not None else "", f"{of_floor:.0f} %" if of_floor is not None else "",
+            _fmt(lat.get("p50"), 0), _fmt(lat.get("p99"), 0),
             _fmt(made.get("p50"), 0),
         )
+    every = floors.get("all", {})
     for path, total in report["totals"].items():
+        ratio = ratios.get("all") if path == "leitstand" else every.get("floor_of_raw") if path == "floor" else None
+        of_floor = every.get("leitstand_of_floor") if path == "leitstand" else None
         table.add_row("all", path, "", str(int(total["pods_bound"])), _fmt(total["wall_seconds"], 2), "",
-                      _fmt(total["pods_per_second"]),
-                      f"{ratios['all']:.0f} %" if path == "leitstand" and ratios.get("all") is not None else "",
-                      "", "", "")
+                      _fmt(total["pods_per_second"]), f"{ratio:.0f} %" if ratio is not None else "",
+                      f"{of_floor:.0f} %" if of_floor is not None else "", "", "", "")
     console.print(table)
     overall = ratios.get("all")
     if overall is not None:
         verdict = "meets" if overall >= report["goal_percent"] else "misses"
         console.print(f"Leitstand binds at {overall:.0f} % of the raw loop's rate overall ({verdict} the "
                       f"{report['goal_percent']:.0f} % goal).")
+    if every.get("floor_of_raw") is not None:
+        console.print(f"The TrainingJob floor (the tenant's TrainingJob, its pods and binds, one status write; no "
+                      f"scheduling, no watch) reaches {every['floor_of_raw']:.0f} % of the raw loop's rate: the most "
+                      "any operator of TrainingJobs could reach here"
+                      + (f"; Leitstand reaches {every['leitstand_of_floor']:.0f} % of the floor."
+                         if every.get("leitstand_of_floor") is not None else "."))
 
     cpu = Table(title="CPU seconds over each phase's window (/proc utime+stime; other = the rest of the machine); "
                 "client = leitstand run, or the bench process for the raw loop")
@@ -950,6 +982,71 @@ async def submit_raw(client: KubeClient, pods: Sequence[tuple[str, str, dict[str
     sub.finished = time.monotonic()
 
 
+FLOOR_PREFIX = "floor-"
+
+
+async def submit_floor(admin: KubeClient, client: KubeClient, workload: Workload,
+                       pods: Sequence[tuple[str, str, dict[str, Any]]], workers: int, sub: Submission) -> None:
+    """The TrainingJob floor: per job the requests any operator of TrainingJobs must make, and nothing
+    else — the tenant's TrainingJob POST (admin, as in Leitstand's path), then as leitstand-operator
+    its pods (owned by it, so the garbage collector follows them as it does ours), their bindings to the
+    chosen nodes, and one status merge-patch (Leitstand's one write per admission: Admitted and Running
+    together). No watch, no informer, no decision: an operator that cost nothing and knew the placement
+    in advance. `pods` are `raw_pods(workload, nodes, FLOOR_PREFIX)`: the same pods as the raw loop's."""
+    from leitstand.operator.service.status import rfc3339
+
+    per_job: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    for item in pods:
+        per_job.setdefault(str(item[2]["metadata"]["labels"][JOB_LABEL]), []).append(item)
+    base = f"{TJ_API}/namespaces/{NAMESPACE}/trainingjobs"
+
+    async def one(job: str) -> None:
+        replicas = per_job[job]
+        status, body = await admin.request("POST", base, trainingjob(job, workload.replicas, workload.gpus))
+        if status != 201:
+            sub.errors[f"create TrainingJob {status}"] += 1
+            return
+        owner = {"apiVersion": "leitstand.dev/v1alpha1", "kind": "TrainingJob", "name": job,
+                 "uid": body["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+        nodes = []
+        for name, node, manifest in replicas:
+            manifest = {**manifest, "metadata": {**manifest["metadata"], "ownerReferences": [owner]}}
+            status, _ = await client.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", manifest)
+            if status != 201:
+                sub.errors[f"create {status}"] += 1
+                return
+            sub.created[name] = time.monotonic()
+            nodes.append(node)
+        for name, node, _manifest in replicas:
+            binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": NAMESPACE},
+                       "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+            status, _ = await client.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/binding", binding)
+            if status not in (200, 201):
+                sub.errors[f"bind {status}"] += 1
+        now = rfc3339()
+        message = f"placed {len(replicas)} replicas on {', '.join(sorted(set(nodes)))}"
+        running = f"{len(replicas)} replicas running"
+        patch = {"status": {
+            "phase": "Running", "reason": "Running", "message": running, "queuedAt": now, "admittedAt": now,
+            "startedAt": now, "restarts": 0, "preemptions": 0, "gpus": str(workload.replicas * workload.gpus),
+            "placement": {"nodes": sorted(set(nodes)), "nodeCount": len(set(nodes)), "level": "node",
+                          "domain": nodes[0]},
+            "conditions": [
+                {"type": "Admitted", "status": "True", "reason": "Admitted", "message": message,
+                 "lastTransitionTime": now},
+                {"type": "Running", "status": "True", "reason": "Running", "message": running,
+                 "lastTransitionTime": now}],
+        }}
+        status, _ = await client.request("PATCH", f"{base}/{job}/status", patch,
+                                         content_type="application/merge-patch+json")
+        if status != 200:
+            sub.errors[f"status {status}"] += 1
+
+    sub.started = time.monotonic()
+    await _pool(list(per_job), workers, one)
+    sub.finished = time.monotonic()
+
+
 async def submit_jobs(client: KubeClient, workload: Workload, workers: int, sub: Submission) -> None:
     """Leitstand's path: POST the TrainingJobs (as admin, concurrently); the operator does the rest."""
 
@@ -1298,6 +1395,14 @@ async def bench(ctx: Context, workloads: Sequence[Workload]) -> list[PhaseResult
                 await submit_raw(ctx.op_client, pods, ctx.opts.concurrency, sub)
 
             results.append(await measure(ctx, workload, "raw", raw))
+        if ctx.opts.floor:
+            floor_pods = raw_pods(workload, ctx.nodes, FLOOR_PREFIX)
+
+            async def floor(sub: Submission, pods: list[tuple[str, str, dict[str, Any]]] = floor_pods,
+                            workload: Workload = workload) -> None:
+                await submit_floor(ctx.admin, ctx.op_client, workload, pods, ctx.opts.concurrency, sub)
+
+            results.append(await measure(ctx, workload, "floor", floor))
 
         async def jobs(sub: Submission, workload: Workload = workload) -> None:
             await submit_jobs(ctx.admin, workload, ctx.opts.concurrency, sub)
@@ -1312,7 +1417,8 @@ async def bench(ctx: Context, workloads: Sequence[Workload]) -> list[PhaseResult
 
 def _order(results: list[PhaseResult]) -> list[PhaseResult]:
     rank = {"single": 0, "gangs": 1}
-    return sorted(results, key=lambda r: (rank.get(r.workload, 9), r.path != "raw"))
+    paths = {"raw": 0, "floor": 1}
+    return sorted(results, key=lambda r: (rank.get(r.workload, 9), paths.get(r.path, 2)))
 
 
 def run(opts: Options, progress: Report) -> dict[str, Any]:
@@ -1443,7 +1549,9 @@ INTERPRETATION = (
     "each workload runs on an empty cluster, first as the raw loop, then through leitstand run (started for the "
     "phase); a gang workload larger than the cluster is timed until the gangs that fit at once are bound (all are "
     "submitted, the rest must stay Pending); the raw loop creates and binds the same number of pods of the same "
-    "shape with the same client, concurrency and identity"
+    "shape with the same client, concurrency and identity; the floor makes, per job, the requests any operator of "
+    "TrainingJobs must make (the tenant's TrainingJob, its pods, their binds, one status write) with no scheduling "
+    "and no watch, between the two"
 )
 
 
@@ -1466,6 +1574,8 @@ def operator_bench(
     ] = None,
     keep_cluster: Annotated[bool, typer.Option(help="Leave a cluster this command started running.")] = False,
     skip_raw: Annotated[bool, typer.Option(help="Only the operator's phases (e.g. with --profile).")] = False,
+    floor: Annotated[bool, typer.Option(help="Also time the TrainingJob floor (the requests any TrainingJob "
+                                              "operator must make, no scheduling).")] = True,
     profile: Annotated[
         Path | None, typer.Option(help="cProfile the operator's main thread during its phases into this file.")
     ] = None,
@@ -1478,7 +1588,7 @@ def operator_bench(
     """Pods bound per second by `leitstand run` next to a raw create+bind loop, on the local cluster."""
     opts = Options(nodes=nodes, single=single, gangs=gangs, gang_replicas=gang_replicas, gang_gpus=gang_gpus,
                    concurrency=concurrency, timeout=timeout, run=run_folder, keep_cluster=keep_cluster,
-                   skip_raw=skip_raw, profile=profile, log_dir=log_dir, api_costs=api_costs)
+                   skip_raw=skip_raw, floor=floor, profile=profile, log_dir=log_dir, api_costs=api_costs)
     try:
         check_options(opts)
     except ValueError as exc:

@@ -253,6 +253,54 @@ def test_summarize_and_render() -> None:
     assert "global-default" in text
 
 
+def test_the_floor_sits_between_the_raw_loop_and_leitstand_in_the_summary_and_the_table() -> None:
+    results = [result("single", "raw", 1000, 5.0), result("single", "floor", 1000, 7.5),
+               result("single", "leitstand", 1000, 10.0)]
+    summary = bo.summarize(bo._order(list(reversed(results))))
+    assert [row["path"] for row in summary["phases"]] == ["raw", "floor", "leitstand"]
+    assert summary["ratio_percent"]["single"] == 50.0  # Leitstand against the raw loop, as before
+    assert summary["floor_ratio_percent"]["single"] == {"floor_of_raw": 66.7, "leitstand_of_floor": 75.0}
+    assert summary["floor_ratio_percent"]["all"] == {"floor_of_raw": 66.7, "leitstand_of_floor": 75.0}
+    report = {"cluster": {"nodes": 256, "gpus": 2048, "kubernetes": "1.34.10", "cores": 2}, "concurrency": 64,
+              "workload_notes": [], "apf": {"flags": {}}, **summary}
+    console = Console(record=True, width=220)
+    bo.render(report, console)
+    text = console.export_text()
+    assert "67 %" in text and "75 %" in text
+    assert "floor (the tenant's TrainingJob, its pods and binds, one status write; no scheduling, no watch) reaches " \
+        "67 % of the raw loop's rate" in " ".join(text.split())
+    assert "Leitstand reaches 75 % of the floor" in " ".join(text.split())
+
+
+def test_the_floor_makes_each_jobs_trainingjob_pods_binds_and_one_status_write_in_order() -> None:
+    import asyncio
+
+    workload = bo.Workload("gangs", 2, 2, 8, 2, "")
+    pods = bo.raw_pods(workload, [("n1", 8), ("n2", 8), ("n3", 8), ("n4", 8)], bo.FLOOR_PREFIX)
+    calls: list[tuple[str, str]] = []
+    owners: list[Any] = []
+
+    class Api:
+        async def request(self, method: str, path: str, body: Any = None, *, params: Any = None,
+                          content_type: str = "application/json") -> tuple[int, Any]:
+            calls.append((method, path.rsplit("/", 2)[-2] if path.endswith(("/binding", "/status")) else path))
+            if path.endswith("/trainingjobs"):
+                return 201, {"metadata": {"uid": f"uid-{body['metadata']['name']}"}}
+            if path.endswith("/pods"):
+                owners.append(body["metadata"]["ownerReferences"][0])
+            return (200 if method == "PATCH" else 201), {}
+
+    sub = bo.Submission()
+    api = Api()
+    asyncio.run(bo.submit_floor(api, api, workload, pods, 1, sub))  # type: ignore[arg-type]
+    assert not sub.errors and len(sub.created) == 4
+    first = [m for m, _ in calls[:6]]
+    assert first == ["POST", "POST", "POST", "POST", "POST", "PATCH"]  # job, 2 pods, 2 binds, 1 status
+    assert len(calls) == 12
+    assert {o["uid"] for o in owners} == {"uid-floor-g-0000", "uid-floor-g-0001"}
+    assert all(o["kind"] == "TrainingJob" and o["controller"] for o in owners)
+
+
 def test_cost_rows_put_the_raw_pod_first() -> None:
     raw = result("single", "raw", 1000, 5.0)
     raw.cpu_seconds.update({"etcd": 0.5, "kube-controller-manager": 0.2})
