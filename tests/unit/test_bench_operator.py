@@ -272,7 +272,7 @@ def test_the_floor_sits_between_the_raw_loop_and_leitstand_in_the_summary_and_th
     assert "Leitstand reaches 75 % of the floor" in " ".join(text.split())
 
 
-def test_the_floor_makes_each_jobs_trainingjob_pods_binds_and_one_status_write_in_order() -> None:
+def test_the_floor_makes_each_jobs_trainingjob_pods_and_binds_then_one_status_write_per_job() -> None:
     import asyncio
 
     workload = bo.Workload("gangs", 2, 2, 8, 2, "")
@@ -294,9 +294,9 @@ def test_the_floor_makes_each_jobs_trainingjob_pods_binds_and_one_status_write_i
     api = Api()
     asyncio.run(bo.submit_floor(api, api, workload, pods, 1, sub))  # type: ignore[arg-type]
     assert not sub.errors and len(sub.created) == 4
-    first = [m for m, _ in calls[:6]]
-    assert first == ["POST", "POST", "POST", "POST", "POST", "PATCH"]  # job, 2 pods, 2 binds, 1 status
-    assert len(calls) == 12
+    # per job its TrainingJob, 2 pods, 2 binds; the status writes after every job is bound
+    assert [m for m, _ in calls] == ["POST"] * 10 + ["PATCH"] * 2
+    assert [p for _, p in calls[-2:]] == ["floor-g-0000", "floor-g-0001"]
     assert {o["uid"] for o in owners} == {"uid-floor-g-0000", "uid-floor-g-0001"}
     assert all(o["kind"] == "TrainingJob" and o["controller"] for o in owners)
 
