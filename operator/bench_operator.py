@@ -545,8 +545,9 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         console.print(f"Leitstand binds at {overall:.0f} % of the raw loop's rate overall ({verdict} the "
                       f"{report['goal_percent']:.0f} % goal).")
     if every.get("floor_of_raw") is not None:
-        console.print(f"The TrainingJob floor (the tenant's TrainingJob, its pods and binds, one status write; no "
-                      f"scheduling, no watch) reaches {every['floor_of_raw']:.0f} % of the raw loop's rate: the most "
+        console.print(f"The TrainingJob floor (the tenant's TrainingJob, its pods and binds; one status write each "
+                      f"after the last bind; no scheduling, no watch) reaches {every['floor_of_raw']:.0f} % of the raw "
+                      "loop's rate: the most "
                       "any operator of TrainingJobs could reach here"
                       + (f"; Leitstand reaches {every['leitstand_of_floor']:.0f} % of the floor."
                          if every.get("leitstand_of_floor") is not None else "."))

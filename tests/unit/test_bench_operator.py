@@ -267,8 +267,8 @@ def test_the_floor_sits_between_the_raw_loop_and_leitstand_in_the_summary_and_th
     bo.render(report, console)
     text = console.export_text()
     assert "67 %" in text and "75 %" in text
-    assert "floor (the tenant's TrainingJob, its pods and binds, one status write; no scheduling, no watch) reaches " \
-        "67 % of the raw loop's rate" in " ".join(text.split())
+    assert "floor (the tenant's TrainingJob, its pods and binds; one status write each after the last bind; no " \
+        "scheduling, no watch) reaches 67 % of the raw loop's rate" in " ".join(text.split())
     assert "Leitstand reaches 75 % of the floor" in " ".join(text.split())
 
 
