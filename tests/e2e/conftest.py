@@ -66,6 +66,26 @@ def cluster_cli(run: Path, *args: str, timeout: float = 3600) -> subprocess.Comp
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+LEITSTAND_CLI = [sys.executable, "-c", "from leitstand.operator.cli import main; main()"]
+
+own_cluster = pytest.mark.skipif(bool(os.environ.get("LEITSTAND_E2E_KUBECONFIG")),
+                                 reason="starts a cluster of its own (a benchmark's smoke run)")
+"""For a test that runs a `leitstand bench` command on a cluster the command starts itself."""
+
+
+def bench_json(tmp_path: Path, *args: str, timeout: float = 900) -> dict[str, Any]:
+    """`leitstand bench <args> --log-dir <tmp> --json` in a run folder of its own, which starts its own
+    cluster; the report, after checking it exited 0 and stopped what it started (`down` removed it)."""
+    run = tmp_path / "run"
+    proc = subprocess.run([*LEITSTAND_CLI, "bench", *args, "--log-dir", str(tmp_path), "--json"],
+                          env={**os.environ, "LEITSTAND_RUN": str(run)}, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not run.exists() or not (run / "state.json").exists(), "the cluster it started is still there"
+    report: dict[str, Any] = json.loads(proc.stdout)
+    return report
+
+
 @dataclass(frozen=True)
 class Cluster:
     run: Path

@@ -9,27 +9,14 @@ stranded, and kube-scheduler's client settings are stated (its defaults on the l
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-CLI = [sys.executable, "-c", "from leitstand.operator.cli import main; main()"]
+from .conftest import bench_json, own_cluster
 
 
-@pytest.mark.skipif(bool(os.environ.get("LEITSTAND_E2E_KUBECONFIG")),
-                    reason="starts a cluster of its own (16 simulated nodes with kube-scheduler)")
+@own_cluster
 def test_the_same_workload_four_ways_on_sixteen_nodes(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    env = {**os.environ, "LEITSTAND_RUN": str(run)}
-    proc = subprocess.run([*CLI, "bench", "e2e", "--nodes", "16", "--nodes-per-rack", "4", "--settle", "3",
-                           "--log-dir", str(tmp_path), "--json"],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    report = bench_json(tmp_path, "e2e", "--nodes", "16", "--nodes-per-rack", "4", "--settle", "3", timeout=600)
     assert report["cluster"]["nodes"] == 16 and report["cluster"]["gpus"] == 128
     side = report["side_by_side"]
     assert sum(kind["gpus"] for kind in side["workload"].values()) == 128
@@ -47,5 +34,3 @@ def test_the_same_workload_four_ways_on_sixteen_nodes(tmp_path: Path) -> None:
     assert "QPS 50 / burst 100" in rows["kube-scheduler"]["scheduler"]
     assert "defaults" in side["kube_scheduler_client"]
     assert side["ratios"]["percent_of_raw"] is not None
-    # everything it started is gone: the cluster's run folder was removed by `down`
-    assert not run.exists() or not (run / "state.json").exists()

@@ -9,28 +9,15 @@ server, and the ratios the closing notes quote are in the report."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-CLI = [sys.executable, "-c", "from leitstand.operator.cli import main; main()"]
+from .conftest import bench_json, own_cluster
 
 
-@pytest.mark.skipif(bool(os.environ.get("LEITSTAND_E2E_KUBECONFIG")),
-                    reason="starts a cluster of its own (8 simulated nodes)")
+@own_cluster
 def test_raw_floor_and_leitstand_bind_the_same_pods_on_eight_nodes(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    env = {**os.environ, "LEITSTAND_RUN": str(run)}
-    proc = subprocess.run([*CLI, "bench", "operator", "--nodes", "8", "--single", "24", "--gangs", "3",
-                           "--gang-replicas", "2", "--gang-gpus", "8", "--api-costs", "0", "--timeout", "180",
-                           "--log-dir", str(tmp_path), "--json"],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    report = bench_json(tmp_path, "operator", "--nodes", "8", "--single", "24", "--gangs", "3",
+                        "--gang-replicas", "2", "--gang-gpus", "8", "--api-costs", "0", "--timeout", "180")
     assert report["cluster"]["nodes"] == 8
     phases = {(row["workload"], row["path"]): row for row in report["phases"]}
     assert set(phases) == {(w, p) for w in ("single", "gangs") for p in ("raw", "floor", "leitstand")}
@@ -42,5 +29,3 @@ def test_raw_floor_and_leitstand_bind_the_same_pods_on_eight_nodes(tmp_path: Pat
     floors = report["floor_ratio_percent"]
     assert floors["all"]["floor_of_raw"] > 0 and floors["all"]["leitstand_of_floor"] > 0
     assert report["ratio_percent"]["all"] is not None
-    # everything it started is gone: the cluster's run folder was removed by `down`
-    assert not run.exists() or not (run / "state.json").exists()
