@@ -269,6 +269,10 @@ class SchedulerConfig:
     """Nodes repacked together in one migration try: their jobs can take each other's places. On
     openb (seed 42) 2 nodes and 20 tries gave +0.44 / +0.30 points of allocation over FGD at load
     1.0 / 1.2, 4 nodes and 60 tries +0.55 / +0.53 with moves free (docs/replay.md, "Migration")."""
+    migration_max_age_seconds: float | None = None
+    """Only jobs that have run at most this long (`Snapshot.now - RunningJob.started_at`) are moved by
+    migration; None: any job past its minimum runtime. A moved pod restarts, so a job without
+    checkpoints loses what it ran: this bounds what one move can cost to this age times its GPUs."""
     reserve_after_seconds: float | None = None
     """Reservations for starving gangs (`actions/reserve.py`, docs/cycle.md): a pending gang of at
     least `reserve_min_gpus` GPUs that has waited this long (`Snapshot.now - Job.created_at`) gets
@@ -294,6 +298,9 @@ class SchedulerConfig:
             )
         if self.migration_nodes_per_try < 1:
             raise ValueError(f"migration_nodes_per_try must be at least 1, got {self.migration_nodes_per_try}")
+        age = self.migration_max_age_seconds
+        if age is not None and not (0 <= age < float("inf")):
+            raise ValueError(f"migration_max_age_seconds must be a number of seconds >= 0 or None (any age), got {age}")
         if self.max_reserved_gangs < 0:
             raise ValueError(f"max_reserved_gangs must be >= 0 (0 turns holds off), got {self.max_reserved_gangs}")
 

@@ -90,6 +90,18 @@ class SchedulerSettings(BaseModel):
         "GPUs waiting this long gets one topology domain held for it; off (null) by default, since a hold "
         "idles GPUs until the gang starts.",
     )
+    migration: bool = Field(
+        default=False,
+        description="Repack the preemptible jobs of a few nodes with stranded GPU capacity so waiting jobs fit "
+        "(docs/replay.md, Migration). Off by default: a moved pod restarts and loses what it ran unless the "
+        "job checkpoints; bound what a move may cost with migration_max_age_seconds.",
+    )
+    max_migration_tries: int = Field(default=60, ge=0, description="Node sets tried per cycle (0: off).")
+    migration_nodes_per_try: int = Field(default=4, ge=1, description="Nodes repacked together in one try.")
+    migration_max_age_seconds: float | None = Field(
+        default=None, ge=0,
+        description="Only jobs that have run at most this long are moved (null: any past min_runtime_seconds).",
+    )
     reserve_min_gpus: int = Field(default=2, ge=1, description="Only gangs asking this many GPUs or more get a hold.")
     max_reserved_gangs: int = Field(default=2, ge=0, description="At most this many gangs hold capacity at once.")
     typical_shapes: tuple[TypicalShape, ...] = Field(
@@ -114,6 +126,10 @@ class SchedulerSettings(BaseModel):
             max_victims=self.max_victims,
             consolidation=self.consolidation,
             max_consolidation_moves=self.max_consolidation_moves,
+            migration=self.migration,
+            max_migration_tries=self.max_migration_tries,
+            migration_nodes_per_try=self.migration_nodes_per_try,
+            migration_max_age_seconds=self.migration_max_age_seconds,
             usage_half_life_seconds=self.usage_half_life_seconds,
             reserve_after_seconds=self.reserve_after_seconds,
             reserve_min_gpus=self.reserve_min_gpus,

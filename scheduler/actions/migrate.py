@@ -11,11 +11,12 @@ One try, at most `SchedulerConfig.max_migration_tries` per cycle:
 
 1. Take the next `SchedulerConfig.migration_nodes_per_try` candidate nodes: schedulable, not held
    for a starving gang, some GPU capacity free and some used, holding jobs that may move —
-   preemptible, past the minimum runtime, not bound, moved or resized in this cycle, on one node,
-   not elastic (at most `MAX_MOVES_PER_TRY` per node, smallest first). Jobs that may not move stay. All free capacity is
-   stranded at this point (allocate placed every waiting job that fit), so nodes with the most free
-   GPU milli come first. A set on which no waiting job would fit even with all its movable jobs
-   gone is skipped without a try (`_may_fit`).
+   preemptible, past the minimum runtime and not older than `migration_max_age_seconds`, not bound,
+   moved or resized in this cycle, on one node, not elastic (at most `MAX_MOVES_PER_TRY` per node,
+   smallest first). Jobs that may not move stay. All free capacity is stranded at this point
+   (allocate placed every waiting job that fit), so nodes with the most free GPU milli come first. A
+   set on which no waiting job would fit even with all its movable jobs gone is skipped without a
+   try (`_may_fit`).
 2. Evict the movable jobs of the set (kind CONSOLIDATE) and place each again, largest first, with
    the cycle's policy wherever its request allows (the set included: packed afresh, the jobs often
    need fewer GPUs; or onto slivers elsewhere). A job that finds no place may stay where it was if
@@ -196,11 +197,13 @@ def _candidate_nodes(ctx: CycleContext, stranded: NDArray[np.bool_]) -> list[_Ca
     """Nodes with stranded GPU capacity and jobs that may move, most stranded milli first (fewest
     moved milli on a tie).
 
-    A job may move if it is preemptible, past its minimum runtime, not touched in this cycle, on one
-    node and not elastic; at most `MAX_MOVES_PER_TRY` of a node's (smallest first). Jobs that may not
-    move stay where they are."""
+    A job may move if it is preemptible, past its minimum runtime (and not past
+    `migration_max_age_seconds`), not touched in this cycle, on one node and not elastic; at most
+    `MAX_MOVES_PER_TRY` of a node's (smallest first). Jobs that may not move stay where they are."""
     state = ctx.stmt.state
     index = state.node_index
+    max_age = ctx.config.migration_max_age_seconds
+    born_after = -np.inf if max_age is None else ctx.snapshot.now - max_age
     on_node: dict[int, list[RunningJob]] = {}
     for held in ctx.stmt.running.values():
         if len(held.placements) != 1:
@@ -210,6 +213,8 @@ def _candidate_nodes(ctx: CycleContext, stranded: NDArray[np.bool_]) -> list[_Ca
             continue
         job = held.job
         if not job.is_preemptible or job.min_replicas is not None or not ctx.is_victim_age(held):
+            continue
+        if held.started_at < born_after:  # ran too long to lose it all in a move
             continue
         on_node.setdefault(node, []).append(held)
     free_milli = state.gpu_free_milli.sum(axis=1, dtype=np.int64)

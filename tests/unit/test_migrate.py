@@ -113,3 +113,20 @@ def test_a_negative_number_of_tries_is_refused_by_name(tries: int) -> None:
 def test_a_try_of_no_nodes_is_refused_by_name(nodes: int) -> None:
     with pytest.raises(ValueError, match="migration_nodes_per_try"):
         SchedulerConfig(migration_nodes_per_try=nodes)
+
+
+def test_jobs_older_than_the_migration_age_stay() -> None:
+    # The halves started at 0 and it is 1000 now: 1000 s old. A move restarts a pod; a job that ran
+    # longer than migration_max_age_seconds would lose too much, so it stays (and w waits).
+    nodes, running = base_case()
+    snap = make_snapshot(nodes, [make_queue("a", quota_gpus=4)], [make_job("w", gpus=1)], running, now=1000)
+    too_old = run_cycle(snap, dataclasses.replace(CONFIG, migration_max_age_seconds=999))
+    assert too_old.evictions == () and too_old.bindings == ()
+    young_enough = run_cycle(snap, dataclasses.replace(CONFIG, migration_max_age_seconds=1000))
+    assert [b.job_id for b in young_enough.bindings if b.job_id == "w"] == ["w"]
+
+
+@pytest.mark.parametrize("age", [-1.0, float("inf"), float("nan")])
+def test_a_migration_age_that_is_not_a_number_of_seconds_is_refused_by_name(age: float) -> None:
+    with pytest.raises(ValueError, match="migration_max_age_seconds"):
+        SchedulerConfig(migration_max_age_seconds=age)

@@ -25,11 +25,26 @@ def test_reservations_for_starving_gangs_are_off_by_default_and_reach_the_core_w
     assert core.max_victims == 32 and core.min_runtime_seconds == 60  # the rest keep their defaults
 
 
+def test_the_operator_defaults_are_the_cores_and_migration_reaches_the_core_when_set(tmp_path: Path) -> None:
+    from leitstand.scheduler.model import SchedulerConfig
+
+    defaults = ServiceConfig().scheduler.core()
+    core_defaults = SchedulerConfig()
+    for knob in ("min_runtime_seconds", "max_victims", "consolidation", "max_consolidation_moves", "migration",
+                 "max_migration_tries", "migration_nodes_per_try", "migration_max_age_seconds",
+                 "reserve_after_seconds", "reserve_min_gpus", "max_reserved_gangs"):
+        assert getattr(defaults, knob) == getattr(core_defaults, knob), knob
+    config = load_config(write(tmp_path, "scheduler:\n  migration: true\n  migration_max_age_seconds: 900\n"))
+    core = config.scheduler.core()
+    assert core.migration and core.migration_max_age_seconds == 900 and core.max_migration_tries == 60
+
+
 @pytest.mark.parametrize(
     ("text", "field"),
     [
         ("scheduler:\n  reserve_after_seconds: -5\n", "scheduler.reserve_after_seconds"),
         ("scheduler:\n  reserve_min_gpus: 0\n", "scheduler.reserve_min_gpus"),
+        ("scheduler:\n  migration_max_age_seconds: -1\n", "scheduler.migration_max_age_seconds"),
         ("scheduler:\n  reserve_after: 60\n", "scheduler.reserve_after"),  # a misspelt knob is no silent no-op
     ],
 )
