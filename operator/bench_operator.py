@@ -961,6 +961,15 @@ class Submission:
     errors: Counter[str] = field(default_factory=Counter)
 
 
+async def _bind(client: KubeClient, name: str, node: str, sub: Submission) -> None:
+    """POST the pod's binding to `node`, the request the binder makes (`service.binder`); a refusal is counted."""
+    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": NAMESPACE},
+               "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+    status, _ = await client.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/binding", binding)
+    if status not in (200, 201):
+        sub.errors[f"bind {status}"] += 1
+
+
 async def submit_raw(client: KubeClient, pods: Sequence[tuple[str, str, dict[str, Any]]], workers: int,
                      sub: Submission) -> None:
     """The raw ceiling: per pod, POST it, then POST its binding to the chosen node."""
@@ -972,11 +981,7 @@ async def submit_raw(client: KubeClient, pods: Sequence[tuple[str, str, dict[str
             sub.errors[f"create {status}"] += 1
             return
         sub.created[name] = time.monotonic()
-        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": NAMESPACE},
-                   "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
-        status, _ = await client.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/binding", binding)
-        if status not in (200, 201):
-            sub.errors[f"bind {status}"] += 1
+        await _bind(client, name, node, sub)
 
     sub.started = time.monotonic()
     await _pool(pods, workers, one)
@@ -1024,11 +1029,7 @@ async def submit_floor(admin: KubeClient, client: KubeClient, workload: Workload
             sub.created[name] = time.monotonic()
             nodes.append(node)
         for name, node, _manifest in replicas:
-            binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": NAMESPACE},
-                       "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
-            status, _ = await client.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/binding", binding)
-            if status not in (200, 201):
-                sub.errors[f"bind {status}"] += 1
+            await _bind(client, name, node, sub)
         placed[job] = nodes
 
     async def write_status(job: str) -> None:
