@@ -909,7 +909,8 @@ def status_lag(sampled: Sampled, top: Sequence[str]) -> dict[str, Any]:
             "write_lag_p50_s": None if not lags else round(percentile(lags, 0.5) or 0.0, 1),
             "write_lag_p99_s": None if not lags else round(percentile(lags, 0.99) or 0.0, 1),
             "write_lag_max_s": round(max(lags), 1) if lags else None,
-            "writes_due_max": int(max((due for _t, due, _lag in sampled.writes), default=0))}
+            "writes_due_max": int(max((due for _t, due, _lag in sampled.writes), default=0)),
+            "writes_series": [[round(t, 1), int(due), round(lag, 1)] for t, due, lag in sampled.writes]}
 
 
 def plot(folder: Path, sampled: Sampled, tenants: Sequence[Tenant], shape: Shape) -> Path:

@@ -212,11 +212,13 @@ ROWS: tuple[RowSpec, ...] = (
                   "From the first pod create to the last bind of a gang: p50, p90, p99.",
                   _quantiles("leitstand_bind_duration_seconds", ""), unit="s"),
         PanelSpec("timeseries", "Status writes waiting",
-                  "TrainingJob and Queue statuses not yet on the API server, how long the oldest has waited, and "
-                  "writes that failed: status writes yield to binds, so a lag that keeps growing means tenants "
-                  "read stale status.",
+                  "TrainingJob and Queue statuses not yet on the API server, how long the oldest has waited, how "
+                  "many writes may be in flight, and writes that failed: status writes yield to binds (two "
+                  "writers) until the oldest has waited 10 s, then more join; a lag that keeps growing means "
+                  "tenants read stale status.",
                   (Query("max(leitstand_status_write_lag_seconds)", "oldest waited, s"),
                    Query("max(leitstand_status_writes_due)", "statuses waiting"),
+                   Query("max(leitstand_status_writers_allowed)", "writers allowed"),
                    Query("sum(rate(leitstand_status_write_failures_total[$__rate_interval]))", "failed writes/s"),
                    Query("sum(rate(leitstand_inform_failures_total[$__rate_interval]))", "dropped Events/s"))),
         PanelSpec("timeseries", "Kubernetes API requests by verb and status class",

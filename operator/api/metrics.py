@@ -149,6 +149,9 @@ SPECS: tuple[MetricSpec, ...] = (
     _gauge("leitstand_status_writes_due", (), "TrainingJob and Queue statuses waiting to be written."),
     _gauge("leitstand_status_write_lag_seconds", (),
            "How long the oldest status waiting to be written has waited (0 when none waits), seconds."),
+    _gauge("leitstand_status_writers_allowed", (),
+           "Status writes allowed in flight now: sixteen, or while binds are in flight two plus two per 10 s "
+           "the oldest waiting status has waited."),
     _counter("leitstand_inform_failures_total", (),
              "Events and pod conditions that could not be written (the API server did not answer) and were dropped."),
     _counter("leitstand_kube_api_requests_total", ("verb", "status_class"),
@@ -404,6 +407,7 @@ class Metrics:
         add("leitstand_status_write_failures_total", (), float(book.errors))
         add("leitstand_status_writes_due", (), float(book.due()))
         add("leitstand_status_write_lag_seconds", (), book.oldest_due() or 0.0)
+        add("leitstand_status_writers_allowed", (), float(book.writers_allowed()))
         add("leitstand_inform_failures_total", (), float(scheduler.inform_failures))
         counts = getattr(self.client, "counts", None)
         if isinstance(counts, Mapping):

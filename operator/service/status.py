@@ -11,8 +11,14 @@ in the common case the next thing to say ("Running") goes out in the same write.
 costs kube-apiserver ~3.5-4.5 ms of CPU (more than a pod create and bind together; measured in
 docs/operator-throughput.md), so two writes per admission were the largest API cost a job added.
 
-While the binder has gangs between create and bind, at most two status writes are in flight (else
-sixteen): binding is the critical path, and a status write costs the API server more than a bind.
+While the binder has gangs between create and bind, status writes yield to binds: at most two are in
+flight (else sixteen) — binding is the critical path, and a status write costs the API server more
+than a bind — as long as no wish has waited longer than `LAG_BOUND_SECONDS`. Past that bound two more
+writers join for every further `LAG_BOUND_SECONDS` the oldest wish has waited (up to sixteen), and
+fall back as the backlog drains (`busy_limit`). With a fixed two, the full factory hour
+(docs/factory.md, round four) kept binding gangs the whole hour and the backlog grew to ~20,000
+statuses, the oldest 23 minutes behind: the binds' priority must not mean that tenants read status
+from twenty minutes ago.
 
 Only objects whose status was handed out for editing (`view`, `touch`) since the last flush are
 compared with what was written: a flush costs what changed, not what exists.
@@ -31,9 +37,11 @@ Event, not one per cycle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -45,6 +53,9 @@ CONDITION_TYPES = ("Admitted", "Running", "Finished", "Preempted")
 AGING_SECONDS = 30.0
 """One step of urgency (new status, change of phase or reason, refresh) is worth this much waiting: a
 wish due this long before another of the next more urgent kind is written first."""
+LAG_BOUND_SECONDS = 10.0
+"""While binds are in flight, two more status writers are allowed per this many seconds the oldest wish
+has waited (`StatusBook.busy_limit`): a lag under it is the price of binds first, a lag past it is not."""
 
 
 def rfc3339(seconds: float | None = None) -> str:
@@ -73,8 +84,12 @@ class StatusBook:
         self.clock = clock
         """Monotonic seconds: holds and how long a wish has been due."""
         self.busy = busy
-        """True while binds are in flight: then at most `busy_concurrency` writes share the client with them."""
-        self._busy_sem = asyncio.Semaphore(busy_concurrency)
+        """True while binds are in flight: then at most `busy_limit()` writes share the client with them."""
+        self.concurrency = concurrency
+        self.busy_concurrency = busy_concurrency
+        self._busy_inflight = 0
+        self._busy_turn: asyncio.Condition | None = None
+        """Created on first use, inside the event loop that writes."""
         self.desired: dict[str, dict[str, Any]] = {}
         self.written: dict[str, dict[str, Any]] = {}
         self.uids: dict[str, str] = {}
@@ -87,6 +102,9 @@ class StatusBook:
         """Path → (monotonic deadline, reason): not written before the deadline while the status says reason."""
         self._due: dict[str, float] = {}
         """Path → monotonic moment its current wish became due (not held, differing from what was written)."""
+        self._due_heap: list[tuple[float, str]] = []
+        """(moment, path) for every moment set in `_due`; entries `_due` no longer has are dropped when they
+        reach the top, so the oldest is found without a pass over tens of thousands of waiting statuses."""
         self.errors = 0
         self.writes = 0
 
@@ -140,7 +158,8 @@ class StatusBook:
                     later.add(path)
                     continue
                 del self._held[path]
-            self._due.setdefault(path, now)
+            if path not in self._due:
+                self._set_due(path, now)
             out.append(path)
         self._touched = later
         return out
@@ -167,7 +186,31 @@ class StatusBook:
 
     def oldest_due(self) -> float | None:
         """Seconds the oldest unwritten wish has been due (None: nothing is due)."""
-        return self.clock() - min(self._due.values()) if self._due else None
+        heap = self._due_heap
+        while heap and self._due.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        if not heap:
+            return None
+        return self.clock() - heap[0][0]
+
+    def _set_due(self, path: str, moment: float) -> None:
+        self._due[path] = moment
+        if len(self._due_heap) > 2 * len(self._due) + 1024:  # mostly dropped entries below an old one: rebuild
+            self._due_heap = [(when, p) for p, when in self._due.items()]
+            heapq.heapify(self._due_heap)
+        else:
+            heapq.heappush(self._due_heap, (moment, path))
+
+    def busy_limit(self) -> int:
+        """Writes allowed in flight while binds are: `busy_concurrency`, plus two per `LAG_BOUND_SECONDS`
+        the oldest wish has waited beyond the first, at most `concurrency`."""
+        lag = self.oldest_due() or 0.0
+        extra = 2 * int(lag // LAG_BOUND_SECONDS)
+        return min(self.concurrency, self.busy_concurrency + extra)
+
+    def writers_allowed(self) -> int:
+        """Status writes allowed in flight at this moment (what the metric shows)."""
+        return self.busy_limit() if self.busy() else self.concurrency
 
     async def flush(self, limit: int | None = None) -> bool:
         """Write what differs, most urgent first (objects without any status, then changes of phase or
@@ -176,11 +219,14 @@ class StatusBook:
         wave of message refreshes of a thousand waiting jobs kept new jobs statusless for minutes while
         binds held the writes to two in flight (found by `leitstand bench hostile`); without the aging,
         a steady stream of new statuses kept refreshes (the Queues' among them) waiting for good."""
-        paths = sorted(self.dirty(), key=self._rank)
-        rest = paths[limit:] if limit is not None else []
-        if rest:
-            paths = paths[:limit]
+        dirty = self.dirty()
+        if limit is not None and len(dirty) > limit:
+            paths = heapq.nsmallest(limit, dirty, key=self._rank)
+            chosen = set(paths)
+            rest = [path for path in dirty if path not in chosen]
             self._touched.update(rest)
+        else:
+            paths, rest = sorted(dirty, key=self._rank), []
         tasks = [asyncio.create_task(self._write(path)) for path in paths]
         if tasks:
             await asyncio.gather(*tasks)
@@ -199,7 +245,7 @@ class StatusBook:
         try:
             async with self._sem:
                 if self.busy():  # binds first: a status write costs the API server more than a bind
-                    async with self._busy_sem:
+                    async with self._busy_slot():
                         status, body = await self.client.request(
                             "PATCH", f"{path}/status", {"status": patch}, content_type=MERGE_PATCH
                         )
@@ -221,11 +267,28 @@ class StatusBook:
             if self.desired.get(path) == want:
                 self._due.pop(path, None)
             else:  # a newer wish came while this one was on its way: due at most since it was sent
-                self._due[path] = sent
+                self._set_due(path, sent)
         finally:
             self._inflight.discard(path)
             if not done and path in self.desired:
                 self._touched.add(path)  # tried again at the next flush
+
+    @contextlib.asynccontextmanager
+    async def _busy_slot(self) -> AsyncIterator[None]:
+        """One of the `busy_limit()` writes allowed beside binds; waits for a write to end while at the
+        limit (the limit is looked at again each time one ends, so a growing lag lets more in)."""
+        if self._busy_turn is None:
+            self._busy_turn = asyncio.Condition()
+        turn = self._busy_turn
+        async with turn:
+            await turn.wait_for(lambda: self._busy_inflight < self.busy_limit() or not self.busy())
+            self._busy_inflight += 1
+        try:
+            yield
+        finally:
+            async with turn:
+                self._busy_inflight -= 1
+                turn.notify_all()
 
     # -- conditions and events ------------------------------------------------------------------
 

@@ -282,6 +282,9 @@ def test_status_writes_waiting_and_failed_and_dropped_events() -> None:
     assert value(samples, "leitstand_status_write_lag_seconds") == 12.5
     assert value(samples, "leitstand_status_write_failures_total") == 4
     assert value(samples, "leitstand_inform_failures_total") == 7
+    assert value(samples, "leitstand_status_writers_allowed") == 16  # no binds in flight
+    book.busy = lambda: True  # binds in flight: two, and two more per 10 s the oldest has waited
+    assert value(scrape(metrics), "leitstand_status_writers_allowed") == 4
 
 
 # -- the cluster ----------------------------------------------------------------------------------------

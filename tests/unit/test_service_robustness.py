@@ -27,7 +27,7 @@ from leitstand.operator.service.loop import (
     tj_path,
 )
 from leitstand.operator.service.records import pod_record
-from leitstand.operator.service.status import AGING_SECONDS, StatusBook
+from leitstand.operator.service.status import AGING_SECONDS, LAG_BOUND_SECONDS, StatusBook
 from leitstand.scheduler.model import Binding, Eviction, EvictionKind, JobId, NodeName, Plan, ReplicaPlacement
 
 
@@ -106,6 +106,77 @@ def test_a_refresh_waits_at_most_two_aging_steps_behind_a_stream_of_new_statuses
         # the new ones before it were written in the order they came, none of them waited more than it did
         waited = [written_at[p] - 10.0 * int(p.split("-")[1]) for p in written_at if p.startswith("/tj/")]
         assert max(waited) <= 2 * AGING_SECONDS + 10.0
+
+    asyncio.run(main())
+
+
+class HeldApiServer:
+    """An API server that answers each request only when the test releases it (oldest first)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[asyncio.Future[None]] = []
+        self.answered = 0
+
+    async def request(self, method: str, path: str, body: Any = None, *, params: Any = None,
+                      content_type: str = "application/json") -> tuple[int, Any]:
+        answer = asyncio.get_running_loop().create_future()
+        self.waiting.append(answer)
+        await answer
+        self.answered += 1
+        return 200, {}
+
+    def release(self, n: int) -> None:
+        for answer in self.waiting[:n]:
+            answer.set_result(None)
+        del self.waiting[:n]
+
+
+def test_status_writers_beside_binds_grow_with_the_lag_and_fall_back_when_it_is_gone() -> None:
+    """Two writes in flight beside binds while the oldest status has waited under LAG_BOUND_SECONDS; two
+    more per LAG_BOUND_SECONDS beyond (the full factory hour grew a backlog of ~20,000 statuses with a
+    fixed two, docs/factory.md); sixteen with no binds at all."""
+    api = HeldApiServer()
+    clock = [0.0]
+    binding = [True]
+    book = StatusBook(api, busy=lambda: binding[0], clock=lambda: clock[0])
+
+    async def settle() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        for i in range(40):
+            book.view(f"/tj/job-{i}", f"u{i}", {}).update(phase="Pending", reason="Queued")
+        flush = asyncio.create_task(book.flush())
+        await settle()
+        assert len(api.waiting) == 2 and book.writers_allowed() == 2
+        clock[0] = 3.5 * LAG_BOUND_SECONDS  # the oldest has now waited 35 s: 2 + 2 * 3 writers
+        api.release(1)
+        await settle()
+        assert len(api.waiting) == 8 and book.writers_allowed() == 8
+        clock[0] = 100 * LAG_BOUND_SECONDS  # never more than sixteen
+        api.release(1)
+        await settle()
+        assert len(api.waiting) == 16
+        while api.waiting:
+            api.release(len(api.waiting))
+            await settle()
+        await flush
+        assert api.answered == 40 and book.due() == 0 and book.writers_allowed() == 2
+        for i in range(20):  # the backlog is gone: two again beside binds ...
+            book.view(f"/tj/job-{i}", f"u{i}", None)["reason"] = "Admitted"
+        flush = asyncio.create_task(book.flush())
+        await settle()
+        assert len(api.waiting) == 2
+        binding[0] = False  # ... and sixteen without binds, once a write ends and the rest look again
+        api.release(1)
+        await settle()
+        assert len(api.waiting) == 16
+        while api.waiting:
+            api.release(len(api.waiting))
+            await settle()
+        await flush
+        assert api.answered == 60
 
     asyncio.run(main())
 
