@@ -2,12 +2,16 @@
 and (`--kai`) KAI Scheduler's published scale-test shapes, on the local cluster.
 
 Side by side (the default): one cluster (`--nodes` simulated 8-GPU nodes in racks of `--nodes-per-rack`,
-started here with kube-scheduler unless `--run` names a running one), one seeded workload, four paths
+started here with kube-scheduler unless `--run` names a running one), one seeded workload, five paths
 one after the other, each on an empty namespace:
 
 * **raw**: the create+bind loop of `leitstand bench operator` (imported from `bench_operator`: the
   operator's pod shape, its client and identity), binding every pod to a precomputed tight packing.
   No scheduling logic: the API server's ceiling for this workload.
+* **floor**: the TrainingJob floor of `leitstand bench operator` (`bench_operator.submit_floor`): per
+  job the tenant's TrainingJob POST, then as leitstand-operator its pods (owned by it) and their binds
+  to the same tight packing, one status write per job after the last bind; no watch, no decision. What
+  any operator of TrainingJobs must ask of the API server: the most such an operator could reach.
 * **kube-scheduler**: plain pods with `nvidia.com/gpu` limits and `schedulerName: default-scheduler`,
   scheduled by the kube-scheduler the cluster started (its client QPS/burst read from its command line;
   the local cluster passes none, so the defaults QPS 50 / burst 100 apply).
@@ -55,6 +59,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from leitstand.operator.bench_operator import (
+    FLOOR_PREFIX,
+    GPU_RESOURCE,
     JOB_LABEL,
     NAMESPACE,
     NODE_GPUS,
@@ -65,6 +71,7 @@ from leitstand.operator.bench_operator import (
     Workload,
     _pool,
     raw_pods,
+    submit_floor,
     submit_raw,
     trainingjob,
 )
@@ -78,13 +85,12 @@ if TYPE_CHECKING:
 Report = Callable[[str], None]
 
 GANG_REPLICAS = 4
-GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_SCHEDULER = "default-scheduler"
 RAISED_SCHEDULER = "bench-kube-scheduler-qps"
 KUBE_SCHEDULER_DEFAULT_QPS = 50.0
 KUBE_SCHEDULER_DEFAULT_BURST = 100
 IDENTITY = "leitstand-bench-e2e"
-PATHS = ("raw", "kube-scheduler", "kube-scheduler-qps", "leitstand")
+PATHS = ("raw", "floor", "kube-scheduler", "kube-scheduler-qps", "leitstand")
 GOAL_TIMES_KUBE = 5.0
 GOAL_PERCENT_RAW = 80.0
 
@@ -344,6 +350,16 @@ def summarize(results: Sequence[PathResult]) -> dict[str, Any]:
     raw = by_path.get("raw")
     ratios["percent_of_raw"] = (round(100 * ours.pods_per_second / raw.pods_per_second, 1)
                                 if ours and raw and raw.pods_per_second > 0 else None)
+    floor = by_path.get("floor")
+    ratios["percent_of_floor"] = (round(100 * ours.pods_per_second / floor.pods_per_second, 1)
+                                  if ours and floor and floor.pods_per_second > 0 else None)
+    # What no TrainingJob operator can beat here: the floor's own rate against the same references.
+    ratios["floor_percent_of_raw"] = (round(100 * floor.pods_per_second / raw.pods_per_second, 1)
+                                      if floor and raw and raw.pods_per_second > 0 else None)
+    for other in ("kube-scheduler", "kube-scheduler-qps"):
+        theirs = by_path.get(other)
+        ratios[f"floor_x_{other}"] = (round(floor.pods_per_second / theirs.pods_per_second, 2)
+                                      if floor and theirs and theirs.pods_per_second > 0 else None)
     return {"paths": rows, "ratios": ratios,
             "goals": {"x_kube_scheduler": GOAL_TIMES_KUBE, "percent_of_raw": GOAL_PERCENT_RAW}}
 
@@ -400,7 +416,7 @@ def render(report: Mapping[str, Any], console: Console) -> None:
     if side:
         for kind, entry in side["workload"].items():
             console.print(f"  • {kind}: {entry['jobs']} jobs, {entry['pods']} pods, {entry['gpus']} GPUs")
-        table = Table(title="the same workload, four ways (first submission → last pod bound)")
+        table = Table(title=f"the same workload, {len(side['paths'])} ways (first submission → last pod bound)")
         for column in ("path", "placed by", "pods bound", "time to all bound", "pods/s", "jobs waiting",
                        "gangs partly placed (GPUs held)", "free GPUs", "stranded GPUs", "scheduler CPU s",
                        "apiserver CPU s", "others' CPU s", "load avg"):
@@ -433,6 +449,17 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         if parts:
             console.print("Leitstand's pods/s: " + ", ".join(parts)
                           + f" (goals: ≥ {GOAL_TIMES_KUBE:.0f}× kube-scheduler, ≥ {GOAL_PERCENT_RAW:.0f} % of raw).")
+        floor_parts = []
+        for key, label in (("floor_x_kube-scheduler", "kube-scheduler (default QPS)"),
+                           ("floor_x_kube-scheduler-qps", "kube-scheduler (raised QPS)")):
+            if ratios.get(key) is not None:
+                floor_parts.append(f"{ratios[key]:.1f}× {label}")
+        if ratios.get("floor_percent_of_raw") is not None:
+            floor_parts.append(f"{ratios['floor_percent_of_raw']:.0f} % of raw")
+        if floor_parts:
+            ours_of_floor = ratios.get("percent_of_floor")
+            console.print("The TrainingJob floor (no operator can do less per job): " + ", ".join(floor_parts)
+                          + ("" if ours_of_floor is None else f"; Leitstand at {ours_of_floor:.0f} % of it") + ".")
         console.print(f"kube-scheduler's client: {side['kube_scheduler_client']}")
         for note in side.get("notes", []):
             console.print(f"[yellow]{note}[/]")
@@ -587,10 +614,11 @@ async def submit_kube_pods(client: KubeClient, jobs: Sequence[Job], scheduler_na
     sub.finished = time.monotonic()
 
 
-def raw_plan(jobs: Sequence[Job], nodes: Sequence[tuple[str, int]], seed: int) -> tuple[
+def raw_plan(jobs: Sequence[Job], nodes: Sequence[tuple[str, int]], seed: int, prefix: str = "raw-") -> tuple[
         list[tuple[str, str, dict[str, Any]]], list[Job]]:
     """The raw loop's pods (bench_operator.raw_pods: the operator's pod shape) on a tight packing, and
-    the jobs under the names those pods carry; the jobs in a seeded random order, a job's pods together."""
+    the jobs under the names those pods carry (`prefix` + kind + ...); the jobs in a seeded random order,
+    a job's pods together. The floor takes the same plan under its own prefix."""
     subsets = tight_packing(jobs, nodes)
     capacity = dict(nodes)
     pods: list[tuple[str, str, dict[str, Any]]] = []
@@ -601,10 +629,10 @@ def raw_plan(jobs: Sequence[Job], nodes: Sequence[tuple[str, int]], seed: int) -
             continue
         first = mine[0]
         workload = Workload(short, len(mine), first.replicas, first.gpus, len(mine), "")
-        prefix = f"raw-{kind}-"
-        made = raw_pods(workload, [(n, capacity[n]) for n in subsets[kind]], prefix=prefix)
+        named = f"{prefix}{kind}-"
+        made = raw_pods(workload, [(n, capacity[n]) for n in subsets[kind]], prefix=named)
         pods += made
-        renamed += [Job(prefix + workload.job_name(i), kind, first.replicas, first.gpus) for i in range(len(mine))]
+        renamed += [Job(named + workload.job_name(i), kind, first.replicas, first.gpus) for i in range(len(mine))]
     by_job: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
     for item in pods:
         by_job.setdefault(item[2]["metadata"]["labels"][JOB_LABEL], []).append(item)
@@ -775,6 +803,14 @@ async def side_by_side(ctx: Ctx, kube_client: dict[str, Any]) -> dict[str, Any]:
                 await submit_raw(ctx.op_client, pods, opts.concurrency, sub)
 
             results.append(await measure_path(ctx, "raw", "nobody: create + bind to a tight packing", renamed, raw))
+        elif path == "floor":
+            pods, renamed = raw_plan(jobs, ctx.nodes, opts.seed, prefix=FLOOR_PREFIX)
+
+            async def floor(sub: Submission, pods: list[tuple[str, str, dict[str, Any]]] = pods) -> None:
+                await submit_floor(ctx.admin, ctx.op_client, pods, opts.concurrency, sub)
+
+            results.append(await measure_path(ctx, "floor", "nobody: TrainingJob, its pods, binds (the floor)",
+                                              renamed, floor))
         elif path == "kube-scheduler":
             if "kube-scheduler" not in ctx.sampler.cluster_pids:
                 notes.append("kube-scheduler path skipped: the cluster runs no kube-scheduler "

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 NAMESPACE = "leitstand-bench"
 QUEUE = "leitstand-bench"
 TJ_API = "/apis/leitstand.dev/v1alpha1"
+GPU_RESOURCE = "nvidia.com/gpu"
 JOB_LABEL = "leitstand.dev/job"
 """= service.records.JOB_LABEL (not imported: this module's top stays import-light)."""
 GOAL_PERCENT = 80.0
@@ -874,7 +875,7 @@ async def gpu_nodes(admin: KubeClient) -> list[tuple[str, int]]:
     for node in body.get("items", []):
         status = node.get("status") or {}
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-        gpus = int((status.get("allocatable") or {}).get("nvidia.com/gpu", 0) or 0)
+        gpus = int((status.get("allocatable") or {}).get(GPU_RESOURCE, 0) or 0)
         if ready and gpus and not (node.get("spec") or {}).get("unschedulable"):
             out.append((str(node["metadata"]["name"]), gpus))
     return sorted(out)
@@ -991,8 +992,8 @@ async def submit_raw(client: KubeClient, pods: Sequence[tuple[str, str, dict[str
 FLOOR_PREFIX = "floor-"
 
 
-async def submit_floor(admin: KubeClient, client: KubeClient, workload: Workload,
-                       pods: Sequence[tuple[str, str, dict[str, Any]]], workers: int, sub: Submission) -> None:
+async def submit_floor(admin: KubeClient, client: KubeClient, pods: Sequence[tuple[str, str, dict[str, Any]]],
+                       workers: int, sub: Submission) -> None:
     """The TrainingJob floor: per job the requests any operator of TrainingJobs must make, and nothing
     else — the tenant's TrainingJob POST (admin, as in Leitstand's path), then as leitstand-operator
     its pods (owned by it, so the garbage collector follows them as it does ours) and their bindings to
@@ -1002,7 +1003,8 @@ async def submit_floor(admin: KubeClient, client: KubeClient, workload: Workload
     cost nothing and knew the placement in advance. (A first version wrote each job's status before
     its worker took the next job: 1,000 status patches inside the window made it slower than
     Leitstand, whose status writes yield to binds.) `pods` are `raw_pods(workload, nodes,
-    FLOOR_PREFIX)`: the same pods as the raw loop's."""
+    FLOOR_PREFIX)`: the same pods as the raw loop's; each job's TrainingJob asks for as many replicas
+    as it has pods, each with its first pod's `nvidia.com/gpu` limit (`bench e2e` mixes shapes)."""
     from leitstand.operator.service.status import rfc3339
 
     per_job: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
@@ -1011,9 +1013,12 @@ async def submit_floor(admin: KubeClient, client: KubeClient, workload: Workload
     base = f"{TJ_API}/namespaces/{NAMESPACE}/trainingjobs"
     placed: dict[str, list[str]] = {}
 
+    def gpus_of(job: str) -> int:
+        return int(per_job[job][0][2]["spec"]["containers"][0]["resources"]["limits"][GPU_RESOURCE])
+
     async def one(job: str) -> None:
         replicas = per_job[job]
-        status, body = await admin.request("POST", base, trainingjob(job, workload.replicas, workload.gpus))
+        status, body = await admin.request("POST", base, trainingjob(job, len(replicas), gpus_of(job)))
         if status != 201:
             sub.errors[f"create TrainingJob {status}"] += 1
             return
@@ -1039,7 +1044,7 @@ async def submit_floor(admin: KubeClient, client: KubeClient, workload: Workload
         running = f"{len(replicas)} replicas running"
         patch = {"status": {
             "phase": "Running", "reason": "Running", "message": running, "queuedAt": now, "admittedAt": now,
-            "startedAt": now, "restarts": 0, "preemptions": 0, "gpus": str(workload.replicas * workload.gpus),
+            "startedAt": now, "restarts": 0, "preemptions": 0, "gpus": str(len(replicas) * gpus_of(job)),
             "placement": {"nodes": sorted(set(nodes)), "nodeCount": len(set(nodes)), "level": "node",
                           "domain": nodes[0]},
             "conditions": [
@@ -1410,9 +1415,8 @@ async def bench(ctx: Context, workloads: Sequence[Workload]) -> list[PhaseResult
         if ctx.opts.floor:
             floor_pods = raw_pods(workload, ctx.nodes, FLOOR_PREFIX)
 
-            async def floor(sub: Submission, pods: list[tuple[str, str, dict[str, Any]]] = floor_pods,
-                            workload: Workload = workload) -> None:
-                await submit_floor(ctx.admin, ctx.op_client, workload, pods, ctx.opts.concurrency, sub)
+            async def floor(sub: Submission, pods: list[tuple[str, str, dict[str, Any]]] = floor_pods) -> None:
+                await submit_floor(ctx.admin, ctx.op_client, pods, ctx.opts.concurrency, sub)
 
             results.append(await measure(ctx, workload, "floor", floor))
 

@@ -59,6 +59,10 @@ def test_the_raw_loop_packs_every_pod_on_whole_nodes_without_overbooking() -> No
     assert len(subsets["gang"]) == 8 and len(subsets["8-gpu"]) == 4 and len(subsets["one-gpu"]) == 4
     pods, renamed = raw_plan(jobs, NODES, seed=3)
     assert len(pods) == sum(job.replicas for job in jobs)
+    floor, floor_jobs = raw_plan(jobs, NODES, seed=3, prefix="floor-")  # the floor: the same plan, its own names
+    assert [(node, m["metadata"]["labels"]["leitstand.dev/job"].removeprefix("floor-")) for _, node, m in floor] == [
+        (node, m["metadata"]["labels"]["leitstand.dev/job"].removeprefix("raw-")) for _, node, m in pods]
+    assert {j.name for j in floor_jobs} == {"floor-" + j.name.removeprefix("raw-") for j in renamed}
     used: Counter[str] = Counter()
     per_job: Counter[str] = Counter()
     gpus = {job.name: job.gpus for job in renamed}
@@ -142,7 +146,12 @@ def test_rates_and_ratios() -> None:
     rows = {r["path"]: r for r in summary["paths"]}
     assert rows["raw"]["pods_per_second"] == 100.0 and rows["leitstand"]["pods_per_second"] == 80.0
     assert rows["kube-scheduler"]["time_to_all_bound"] is None and rows["leitstand"]["time_to_all_bound"] == 1.25
-    assert summary["ratios"] == {"x_kube-scheduler": 2.67, "x_kube-scheduler-qps": 1.33, "percent_of_raw": 80.0}
+    assert summary["ratios"] == {"x_kube-scheduler": 2.67, "x_kube-scheduler-qps": 1.33, "percent_of_raw": 80.0,
+                                 "percent_of_floor": None, "floor_percent_of_raw": None,
+                                 "floor_x_kube-scheduler": None, "floor_x_kube-scheduler-qps": None}
+    with_floor = summarize([*results, _result("floor", 100, 1.1)])["ratios"]  # 90.9 pods/s
+    assert with_floor["percent_of_floor"] == 88.0 and with_floor["floor_percent_of_raw"] == 90.9
+    assert with_floor["floor_x_kube-scheduler"] == 3.03 and with_floor["floor_x_kube-scheduler-qps"] == 1.52
     assert _result("raw", 0, 0.0).pods_per_second == 0.0
     assert summarize([_result("leitstand", 10, 1.0)])["ratios"]["percent_of_raw"] is None
 
@@ -154,7 +163,8 @@ def test_kai_sizes_scale_with_the_cluster() -> None:
 
 
 def test_the_tables_render_every_path_and_shape() -> None:
-    results = [_result("raw", 100, 1.0), _result("kube-scheduler", 90, 3.0), _result("leitstand", 100, 1.25)]
+    results = [_result("raw", 100, 1.0), _result("floor", 100, 1.1), _result("kube-scheduler", 90, 3.0),
+               _result("leitstand", 100, 1.25)]
     report = {
         "cluster": {"nodes": 16, "gpus": 128, "nodes_per_rack": 32, "kubernetes": "1.34.10", "cores": 2},
         "commit": "abc1234",
@@ -171,7 +181,9 @@ def test_the_tables_render_every_path_and_shape() -> None:
     render(report, Console(file=out, width=250))
     text = out.getvalue()
     for needle in ("raw", "kube-scheduler", "leitstand", "never (10 unbound)", "2.7× kube-scheduler",
-                   "80 % of the raw", "6 min 37 s", "0/16 after 1 min 00.0 s", "leitstand run exited"):
+                   "80 % of the raw", "floor (no operator can do less per job): 3.0× kube-scheduler",
+                   "91 % of raw; Leitstand at 88 % of it", "6 min 37 s", "0/16 after 1 min 00.0 s",
+                   "leitstand run exited"):
         assert needle in text, needle
 
 

@@ -279,12 +279,14 @@ def test_the_floor_makes_each_jobs_trainingjob_pods_and_binds_then_one_status_wr
     pods = bo.raw_pods(workload, [("n1", 8), ("n2", 8), ("n3", 8), ("n4", 8)], bo.FLOOR_PREFIX)
     calls: list[tuple[str, str]] = []
     owners: list[Any] = []
+    shapes: list[tuple[int, int]] = []
 
     class Api:
         async def request(self, method: str, path: str, body: Any = None, *, params: Any = None,
                           content_type: str = "application/json") -> tuple[int, Any]:
             calls.append((method, path.rsplit("/", 2)[-2] if path.endswith(("/binding", "/status")) else path))
             if path.endswith("/trainingjobs"):
+                shapes.append((body["spec"]["replicas"], body["spec"]["gpus"]))
                 return 201, {"metadata": {"uid": f"uid-{body['metadata']['name']}"}}
             if path.endswith("/pods"):
                 owners.append(body["metadata"]["ownerReferences"][0])
@@ -292,12 +294,13 @@ def test_the_floor_makes_each_jobs_trainingjob_pods_and_binds_then_one_status_wr
 
     sub = bo.Submission()
     api = Api()
-    asyncio.run(bo.submit_floor(api, api, workload, pods, 1, sub))  # type: ignore[arg-type]
+    asyncio.run(bo.submit_floor(api, api, pods, 1, sub))  # type: ignore[arg-type]
     assert not sub.errors and len(sub.created) == 4
     # per job its TrainingJob, 2 pods, 2 binds; the status writes after every job is bound
     assert [m for m, _ in calls] == ["POST"] * 10 + ["PATCH"] * 2
     assert [p for _, p in calls[-2:]] == ["floor-g-0000", "floor-g-0001"]
     assert {o["uid"] for o in owners} == {"uid-floor-g-0000", "uid-floor-g-0001"}
+    assert shapes == [(2, 8), (2, 8)]  # each TrainingJob asks for its pods' shape
     assert all(o["kind"] == "TrainingJob" and o["controller"] for o in owners)
 
 
