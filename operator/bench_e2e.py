@@ -405,6 +405,19 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def _rate_parts(ratios: Mapping[str, Any], prefix: str, raw_words: str) -> list[str]:
+    """"3.6× kube-scheduler (default QPS)", ..., "51 % of raw" for Leitstand's (prefix "") or the floor's
+    ("floor_") ratios, the ones measured in this run."""
+    parts = []
+    for key, label in (("x_kube-scheduler", "kube-scheduler (default QPS)"),
+                       ("x_kube-scheduler-qps", "kube-scheduler (raised QPS)")):
+        if ratios.get(prefix + key) is not None:
+            parts.append(f"{ratios[prefix + key]:.1f}× {label}")
+    if ratios.get(prefix + "percent_of_raw") is not None:
+        parts.append(f"{ratios[prefix + 'percent_of_raw']:.0f} % {raw_words}")
+    return parts
+
+
 def render(report: Mapping[str, Any], console: Console) -> None:
     from rich.table import Table
 
@@ -439,23 +452,11 @@ def render(report: Mapping[str, Any], console: Console) -> None:
                           "every run: " + "; ".join(f"{row['path']} {row['runs_pods_per_second']}"
                                                     for row in side["paths"]))
         ratios = side["ratios"]
-        parts = []
-        for key, label in (("x_kube-scheduler", "kube-scheduler (default QPS)"),
-                           ("x_kube-scheduler-qps", "kube-scheduler (raised QPS)")):
-            if ratios.get(key) is not None:
-                parts.append(f"{ratios[key]:.1f}× {label}")
-        if ratios.get("percent_of_raw") is not None:
-            parts.append(f"{ratios['percent_of_raw']:.0f} % of the raw ceiling")
+        parts = _rate_parts(ratios, "", "of the raw ceiling")
         if parts:
             console.print("Leitstand's pods/s: " + ", ".join(parts)
                           + f" (goals: ≥ {GOAL_TIMES_KUBE:.0f}× kube-scheduler, ≥ {GOAL_PERCENT_RAW:.0f} % of raw).")
-        floor_parts = []
-        for key, label in (("floor_x_kube-scheduler", "kube-scheduler (default QPS)"),
-                           ("floor_x_kube-scheduler-qps", "kube-scheduler (raised QPS)")):
-            if ratios.get(key) is not None:
-                floor_parts.append(f"{ratios[key]:.1f}× {label}")
-        if ratios.get("floor_percent_of_raw") is not None:
-            floor_parts.append(f"{ratios['floor_percent_of_raw']:.0f} % of raw")
+        floor_parts = _rate_parts(ratios, "floor_", "of raw")
         if floor_parts:
             ours_of_floor = ratios.get("percent_of_floor")
             console.print("The TrainingJob floor (no operator can do less per job): " + ", ".join(floor_parts)

@@ -144,6 +144,12 @@ def test_status_writers_beside_binds_grow_with_the_lag_and_fall_back_when_it_is_
         for _ in range(20):
             await asyncio.sleep(0)
 
+    async def drain(flush: asyncio.Task[bool]) -> None:
+        while api.waiting:
+            api.release(len(api.waiting))
+            await settle()
+        await flush
+
     async def main() -> None:
         for i in range(40):
             book.view(f"/tj/job-{i}", f"u{i}", {}).update(phase="Pending", reason="Queued")
@@ -158,10 +164,7 @@ def test_status_writers_beside_binds_grow_with_the_lag_and_fall_back_when_it_is_
         api.release(1)
         await settle()
         assert len(api.waiting) == 16
-        while api.waiting:
-            api.release(len(api.waiting))
-            await settle()
-        await flush
+        await drain(flush)
         assert api.answered == 40 and book.due() == 0 and book.writers_allowed() == 2
         for i in range(20):  # the backlog is gone: two again beside binds ...
             book.view(f"/tj/job-{i}", f"u{i}", None)["reason"] = "Admitted"
@@ -172,10 +175,7 @@ def test_status_writers_beside_binds_grow_with_the_lag_and_fall_back_when_it_is_
         api.release(1)
         await settle()
         assert len(api.waiting) == 16
-        while api.waiting:
-            api.release(len(api.waiting))
-            await settle()
-        await flush
+        await drain(flush)
         assert api.answered == 60
 
     asyncio.run(main())
