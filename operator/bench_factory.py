@@ -927,11 +927,20 @@ def plot(folder: Path, sampled: Sampled, tenants: Sequence[Tenant], shape: Shape
     ts = [s.t for s in sampled.queues]
     top = [t.queue for t in tenants if not t.parent]
     ax = axes[0][0]
-    for a in axes[0][1:]:
+    for a in axes[0][2 if sampled.writes else 1:]:
         a.axis("off")
     ax.plot(ts, [100 * sum(s.allocated.get(q, 0) for q in top) / shape.total_gpus for s in sampled.queues])
     ax.set_title("cluster: allocated / all GPUs (%)", fontsize=9)
     ax.set_ylim(0, 105)
+    if sampled.writes:  # the operator's status backlog (its /metrics): how far the API server trails
+        ax = axes[0][1]
+        wt = [t for t, _due, _lag in sampled.writes]
+        ax.plot(wt, [due for _t, due, _lag in sampled.writes], label="statuses waiting")
+        ax.set_title("status writes: waiting (—), oldest waited s (--)", fontsize=9)
+        ax.tick_params(labelsize=7)
+        lag_ax = ax.twinx()
+        lag_ax.plot(wt, [lag for _t, _due, lag in sampled.writes], "--", color="tab:red")
+        lag_ax.tick_params(labelsize=7)
     for i, t in enumerate(shown):
         ax = axes[1 + i // cols][i % cols]
         ax.plot(ts, [s.allocated.get(t.queue, 0) for s in sampled.queues], label="allocated")

@@ -286,3 +286,18 @@ def test_metric_values_reads_label_less_series_and_gives_nothing_when_nobody_ans
         server.shutdown()
         server.server_close()
     assert bf.metric_values(port, "tok", ("leitstand_status_writes_due",)) == {}
+
+
+def test_the_plot_shows_every_tenant_and_the_status_backlog_when_it_was_sampled(tmp_path: Path) -> None:
+    shape = bf.Shape(nodes=20, research_nodes=4, industry=2)
+    tenants = bf.plan_tenants(shape, seed=1)
+    names = [t.queue for t in tenants]
+    sampled = bf.Sampled()
+    for t in (0.0, 5.0, 10.0):
+        eight = {q: 8.0 for q in names}
+        sampled.queues.append(bf.QueueSample(t, eight, dict(eight), {q: 0 for q in names}))
+    plain = bf.plot(tmp_path / "plain", sampled, tenants, shape)
+    sampled.writes = [(0.0, 0.0, 0.0), (5.0, 120.0, 12.5), (10.0, 3.0, 0.4)]
+    with_backlog = bf.plot(tmp_path / "backlog", sampled, tenants, shape)
+    assert plain.read_bytes()[:4] == with_backlog.read_bytes()[:4] == b"\x89PNG"
+    assert plain.read_bytes() != with_backlog.read_bytes()  # the backlog panel is drawn
