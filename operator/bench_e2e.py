@@ -341,25 +341,23 @@ def summarize(results: Sequence[PathResult]) -> dict[str, Any]:
         row["pods_per_second"] = round(r.pods_per_second, 1)
         row["time_to_all_bound"] = None if r.time_to_all_bound is None else round(r.time_to_all_bound, 2)
         rows.append(row)
-    ours = by_path.get("leitstand")
     ratios: dict[str, float | None] = {}
-    for other in ("kube-scheduler", "kube-scheduler-qps"):
-        theirs = by_path.get(other)
-        ratios[f"x_{other}"] = (round(ours.pods_per_second / theirs.pods_per_second, 2)
-                                if ours and theirs and theirs.pods_per_second > 0 else None)
-    raw = by_path.get("raw")
-    ratios["percent_of_raw"] = (round(100 * ours.pods_per_second / raw.pods_per_second, 1)
-                                if ours and raw and raw.pods_per_second > 0 else None)
-    floor = by_path.get("floor")
-    ratios["percent_of_floor"] = (round(100 * ours.pods_per_second / floor.pods_per_second, 1)
-                                  if ours and floor and floor.pods_per_second > 0 else None)
-    # What no TrainingJob operator can beat here: the floor's own rate against the same references.
-    ratios["floor_percent_of_raw"] = (round(100 * floor.pods_per_second / raw.pods_per_second, 1)
-                                      if floor and raw and raw.pods_per_second > 0 else None)
-    for other in ("kube-scheduler", "kube-scheduler-qps"):
-        theirs = by_path.get(other)
-        ratios[f"floor_x_{other}"] = (round(floor.pods_per_second / theirs.pods_per_second, 2)
-                                      if floor and theirs and theirs.pods_per_second > 0 else None)
+
+    def ratio(path: str, other: str, percent: bool) -> float | None:
+        """`path`'s pods/s over `other`'s (×, or % when `percent`); None unless both ran and `other` bound."""
+        mine, theirs = by_path.get(path), by_path.get(other)
+        if not (mine and theirs and theirs.pods_per_second > 0):
+            return None
+        value = mine.pods_per_second / theirs.pods_per_second
+        return round(100 * value, 1) if percent else round(value, 2)
+
+    # Leitstand's rate, and the floor's: what no TrainingJob operator can beat here, against the same references.
+    for path, prefix in (("leitstand", ""), ("floor", "floor_")):
+        for other in ("kube-scheduler", "kube-scheduler-qps"):
+            ratios[f"{prefix}x_{other}"] = ratio(path, other, percent=False)
+        ratios[f"{prefix}percent_of_raw"] = ratio(path, "raw", percent=True)
+        if path == "leitstand":
+            ratios["percent_of_floor"] = ratio("leitstand", "floor", percent=True)
     return {"paths": rows, "ratios": ratios,
             "goals": {"x_kube_scheduler": GOAL_TIMES_KUBE, "percent_of_raw": GOAL_PERCENT_RAW}}
 

@@ -202,8 +202,8 @@ class StatusBook:
             heapq.heappush(self._due_heap, (moment, path))
 
     def busy_limit(self) -> int:
-        """Writes allowed in flight while binds are: `busy_concurrency`, plus two per `LAG_BOUND_SECONDS`
-        the oldest wish has waited beyond the first, at most `concurrency`."""
+        """Writes allowed in flight while binds are: `busy_concurrency`, plus two per whole
+        `LAG_BOUND_SECONDS` the oldest wish has waited, at most `concurrency`."""
         lag = self.oldest_due() or 0.0
         extra = 2 * int(lag // LAG_BOUND_SECONDS)
         return min(self.concurrency, self.busy_concurrency + extra)
@@ -243,13 +243,9 @@ class StatusBook:
                 patch[key] = None
         done = False
         try:
-            async with self._sem:
-                if self.busy():  # binds first: a status write costs the API server more than a bind
-                    async with self._busy_slot():
-                        status, body = await self.client.request(
-                            "PATCH", f"{path}/status", {"status": patch}, content_type=MERGE_PATCH
-                        )
-                else:
+            async with self._sem:  # noqa: SIM117 - busy() is asked once a slot is ours, not before
+                # binds first: a status write costs the API server more than a bind
+                async with self._busy_slot() if self.busy() else contextlib.nullcontext():
                     status, body = await self.client.request(
                         "PATCH", f"{path}/status", {"status": patch}, content_type=MERGE_PATCH
                     )
