@@ -122,6 +122,10 @@ class ClusterState:
     request_cache: dict[Any, Any] = field(default_factory=dict)
     """Owned by `actions/context.py`: each pending job's gang request from earlier cycles, reused while
     the job, its queue's node-pool reservations and `schedulable` are unchanged (shared by copies)."""
+    cycle_cache: dict[Any, Any] = field(default_factory=dict)
+    """What a cycle leaves for the next (shared by copies): the columns of the last victim pool per
+    cost key (`victims.py`, keyed by the key function), failed consolidation shapes and when to try
+    them again (`actions/consolidate.py`, under "consolidate")."""
     max_node_gpus: int = -1
     """The most GPUs any one node has (static: computed once, shared by copies; placement asks on every call)."""
 
@@ -297,6 +301,7 @@ class ClusterState:
             mask_cache=self.mask_cache,
             fit_cache=self.fit_cache,
             request_cache=self.request_cache,
+            cycle_cache=self.cycle_cache,
             max_node_gpus=self.max_node_gpus,
         )
 

@@ -28,14 +28,15 @@ What it must not do: decide whether eviction is allowed at all (the action passe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from leitstand.scheduler.codes import NONE
-from leitstand.scheduler.model import GPU_MILLI, EvictionKind, JobId, QueueName, RunningJob
+from leitstand.scheduler.model import GPU_MILLI, EvictionKind, JobId, NodeName, QueueName, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, Unplaceable, place_gang
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.state import ClusterState
@@ -78,19 +79,148 @@ def move_cost(running: RunningJob) -> tuple[int, float, int, str]:
     return (running.job.gpu_milli_total, -running.started_at, running.job.priority, running.job.id)
 
 
-def _cost_order(
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """A pool's candidates flattened: one entry per job, its replicas' nodes as consecutive rows."""
+
+    ordered: list[RunningJob]
+    ids: NDArray[np.str_]
+    counts: NDArray[np.int64]
+    """Replicas per job (rows)."""
+    nodes: NDArray[np.int64]
+    """Per row: the node index of the replica."""
+    devices: NDArray[np.int64]
+    """Per job: devices one replica holds (at least 1)."""
+    queues: list[QueueName]
+    priority: NDArray[np.int64]
+    started: NDArray[np.float64]
+    milli: NDArray[np.int64]
+    rank: dict[JobId, int]
+    """Job id → its entry (meaningful once sorted)."""
+
+
+def _columns(candidates: Sequence[RunningJob], index: Mapping[NodeName, int]) -> _Columns:
+    """Every per-candidate column in one pass over the jobs, in the given order. (Separate generator
+    passes cost ~60 ms a pool at 25,000 candidates, and a contended cycle builds two pools.)"""
+    count_list: list[int] = []
+    node_list: list[int] = []
+    device_list: list[int] = []
+    queues: list[QueueName] = []
+    priority_list: list[int] = []
+    started_list: list[float] = []
+    milli_list: list[int] = []
+    id_list: list[str] = []
+    for v in candidates:
+        job = v.job
+        placements = v.placements
+        count_list.append(len(placements))
+        if len(placements) == 1:
+            node_list.append(index[placements[0].node])
+        else:
+            node_list.extend([index[p.node] for p in placements])
+        gpus = job.gpus
+        device_list.append(gpus if gpus > 1 else 1)
+        queues.append(job.queue)
+        priority_list.append(job.priority)
+        started_list.append(v.started_at)
+        milli_list.append(job.gpu_milli_total)
+        id_list.append(job.id)
+    return _Columns(
+        ordered=list(candidates),
+        ids=np.array(id_list, dtype=str),
+        counts=np.array(count_list, dtype=np.int64),
+        nodes=np.array(node_list, dtype=np.int64),
+        devices=np.array(device_list, dtype=np.int64),
+        queues=queues,
+        priority=np.array(priority_list, dtype=np.int64),
+        started=np.array(started_list, dtype=np.float64),
+        milli=np.array(milli_list, dtype=np.int64),
+        rank={},
+    )
+
+
+def _permute(cols: _Columns, perm: NDArray[np.int64]) -> _Columns:
+    """The columns with jobs in `perm` order (each job's rows follow it), ranked."""
+    counts = cols.counts[perm]
+    given_start = np.cumsum(cols.counts) - cols.counts
+    row_start = np.cumsum(counts) - counts
+    # row r of the new order is row (given_start[job] + offset in its job) of the given order
+    rows = np.arange(int(counts.sum()), dtype=np.int64)
+    given_rows = np.repeat(given_start[perm] - row_start, counts) + rows
+    order = perm.tolist()
+    ids = cols.ids[perm]
+    return _Columns(
+        ordered=[cols.ordered[i] for i in order],
+        ids=ids,
+        counts=counts,
+        nodes=cols.nodes[given_rows],
+        devices=cols.devices[perm],
+        queues=[cols.queues[i] for i in order],
+        priority=cols.priority[perm],
+        started=cols.started[perm],
+        milli=cols.milli[perm],
+        rank=dict(zip(ids.tolist(), range(len(order)), strict=True)),
+    )
+
+
+def _sort(cols: _Columns, key: Callable[[RunningJob], tuple[int, float, int, str]]) -> _Columns:
+    """The columns in the order `sorted(key=key)` gives, for the two keys above, as one `lexsort`
+    over their columns (the same order: ids are unique, numpy compares str by code point as Python
+    does)."""
+    if key is victim_cost:
+        fields = (cols.ids, cols.milli, -cols.started, cols.priority)
+    else:
+        fields = (cols.ids, cols.priority, -cols.started, cols.milli)
+    return _permute(cols, np.lexsort(fields).astype(np.int64))
+
+
+def _join(kept: _Columns, keep: NDArray[np.bool_], fresh: _Columns) -> _Columns:
+    """The `keep` entries of `kept` followed by `fresh` (unsorted, unranked)."""
+    at = np.flatnonzero(keep).tolist()
+    return _Columns(
+        ordered=[kept.ordered[i] for i in at] + fresh.ordered,
+        ids=np.concatenate((kept.ids[keep], fresh.ids)),
+        counts=np.concatenate((kept.counts[keep], fresh.counts)),
+        nodes=np.concatenate((kept.nodes[np.repeat(keep, kept.counts)], fresh.nodes)),
+        devices=np.concatenate((kept.devices[keep], fresh.devices)),
+        queues=[kept.queues[i] for i in at] + fresh.queues,
+        priority=np.concatenate((kept.priority[keep], fresh.priority)),
+        started=np.concatenate((kept.started[keep], fresh.started)),
+        milli=np.concatenate((kept.milli[keep], fresh.milli)),
+        rank={},
+    )
+
+
+def _kept_columns(
+    kept: dict[Any, Any],
+    candidates: Sequence[RunningJob],
+    index: Mapping[NodeName, int],
     key: Callable[[RunningJob], tuple[int, float, int, str]],
-    priority: NDArray[np.int64],
-    started: NDArray[np.float64],
-    milli: NDArray[np.int64],
-    ids: list[str],
-) -> NDArray[np.int64]:
-    """The permutation `sorted(key=key)` gives, for the two keys above, as one `lexsort` over their
-    columns (the same order: ids are unique, numpy compares str by code point as Python does)."""
-    id_array = np.array(ids, dtype=str)
-    fields = (id_array, milli, -started, priority) if key is victim_cost else (id_array, priority, -started, milli)
-    order: NDArray[np.int64] = np.lexsort(fields)
-    return order
+) -> _Columns:
+    """The sorted columns of `candidates`, from the last pool's where it holds the same job objects.
+
+    A pool between cycles differs by the jobs that ended, started, aged past the minimum runtime or
+    moved; a `RunningJob` is immutable, so the same object holds what it held then. Those are taken
+    from the last pool's arrays, the others read as in a fresh pool, and the whole sorted again
+    (numpy). When most candidates are new, a fresh pool is cheaper and is built instead."""
+    last: _Columns | None = kept.get(key)
+    keep: NDArray[np.bool_] | None = None
+    fresh: list[RunningJob] = []
+    if last is not None:
+        keep = np.zeros(len(last.ordered), dtype=np.bool_)
+        rank, ordered = last.rank, last.ordered
+        for held in candidates:
+            i = rank.get(held.job.id)
+            if i is not None and ordered[i] is held:
+                keep[i] = True
+            else:
+                fresh.append(held)
+    if keep is None or last is None or 2 * len(fresh) > len(candidates):
+        cols = _sort(_columns(candidates, index), key)
+    else:
+        cols = _sort(_join(last, keep, _columns(fresh, index)), key)
+    kept[key] = cols
+    return cols
 
 
 def _set_cost(victims: Sequence[RunningJob], preferred: bool) -> tuple[int, bool, int, int, float]:
@@ -122,64 +252,38 @@ class VictimPool:
         stmt: Statement,
         candidates: Sequence[RunningJob],
         key: Callable[[RunningJob], tuple[int, float, int, str]] = victim_cost,
+        *,
+        kept: dict[Any, Any] | None = None,
     ) -> None:
+        """`kept`, when given (with one of the two cost keys), is where pools of earlier cycles left
+        their columns (`ClusterState.cycle_cache`, one entry per key): only candidates that were not
+        in the last pool built there, as the same `RunningJob` object, are read job by job; the rest
+        is taken from the last pool's arrays (`_kept_columns`). The pool is the same either way."""
         state = stmt.state
-        # Every per-candidate column in one pass over the jobs, in the given order; then one
-        # permutation into cost order (numpy). Separate generator passes cost ~60 ms a pool at 25,000
-        # candidates, and a contended cycle builds two pools.
-        index = state.node_index
-        queue_index: dict[QueueName, int] = {}
-        count_list: list[int] = []
-        node_list: list[int] = []
-        device_list: list[int] = []
-        code_list: list[int] = []
-        priority_list: list[int] = []
-        started_list: list[float] = []
-        milli_list: list[int] = []
-        id_list: list[str] = []
-        for v in candidates:
-            job = v.job
-            placements = v.placements
-            count_list.append(len(placements))
-            if len(placements) == 1:
-                node_list.append(index[placements[0].node])
-            else:
-                node_list.extend([index[p.node] for p in placements])
-            gpus = job.gpus
-            device_list.append(gpus if gpus > 1 else 1)
-            code = queue_index.get(job.queue)
-            if code is None:
-                code = queue_index[job.queue] = len(queue_index)
-            code_list.append(code)
-            priority_list.append(job.priority)
-            started_list.append(v.started_at)
-            milli_list.append(job.gpu_milli_total)
-            id_list.append(job.id)
-        priority = np.array(priority_list, dtype=np.int64)
         if key is victim_cost or key is move_cost:
-            perm = _cost_order(
-                key, priority, np.array(started_list, dtype=np.float64), np.array(milli_list, dtype=np.int64), id_list
-            )
+            if kept is None:
+                cols = _sort(_columns(candidates, state.node_index), key)
+            else:
+                cols = _kept_columns(kept, candidates, state.node_index, key)
         else:
+            given = _columns(candidates, state.node_index)
             perm = np.array(sorted(range(len(candidates)), key=lambda i: key(candidates[i])), dtype=np.int64)
-        order = perm.tolist()
-        self.ordered: list[RunningJob] = [candidates[i] for i in order]
-        self.rank: dict[JobId, int] = dict(zip([id_list[i] for i in order], range(len(order)), strict=True))
+            cols = _permute(given, perm)
+        self.ordered: list[RunningJob] = cols.ordered
+        self.rank: dict[JobId, int] = cols.rank
+        queue_index: dict[QueueName, int] = {}
         self.queue_index = queue_index
-        given_counts = np.array(count_list, dtype=np.int64)
-        given_start = np.cumsum(given_counts) - given_counts
-        counts = given_counts[perm]
+        self.queue_code = np.array(
+            [queue_index.setdefault(q, len(queue_index)) for q in cols.queues], dtype=np.int64
+        )
+        counts = cols.counts
         self.row_job = np.repeat(np.arange(len(self.ordered), dtype=np.int64), counts)
         self.row_count = counts
         self.row_start = np.cumsum(counts) - counts
-        # row r of the cost order is row (given_start[job] + offset in its job) of the given order
-        rows = np.arange(int(counts.sum()), dtype=np.int64)
-        given_rows = np.repeat(given_start[perm] - self.row_start, counts) + rows
-        self.row_node = np.array(node_list, dtype=np.int64)[given_rows]
-        self.row_gpus = np.repeat(np.array(device_list, dtype=np.int64)[perm], counts)
+        self.row_node = cols.nodes
+        self.row_gpus = np.repeat(cols.devices, counts)
+        self.priority = cols.priority
         self.alive = np.ones(len(self.ordered), dtype=np.bool_)
-        self.queue_code = np.array(code_list, dtype=np.int64)[perm]
-        self.priority = priority[perm]
         self._shrinkable: NDArray[np.bool_] | None = None
         self.shrunk = np.zeros(len(self.ordered), dtype=np.bool_)
         """Candidates shrunk in this cycle: their entry here no longer matches what they hold, so

@@ -173,6 +173,7 @@ class CycleContext:
                     for held in self.stmt.running.values()
                     if held.job.is_preemptible and acc.knows(held.job.queue) and self.is_victim_age(held)
                 ],
+                kept=self.stmt.state.cycle_cache,
             )
         return self._victim_pool
 

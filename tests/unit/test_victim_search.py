@@ -171,6 +171,67 @@ def test_pool_order_is_the_cost_order_for_both_keys() -> None:
         assert [v.job.id for v in pool.ordered] == [v.job.id for v in sorted(candidates, key=key)]
 
 
+def _pool_view(pool: VictimPool) -> tuple[object, ...]:
+    """What decisions read from a pool (queue codes compared by the queue they name)."""
+    codes = {code: queue for queue, code in pool.queue_index.items()}
+    return (
+        [id(v) for v in pool.ordered],
+        pool.rank,
+        pool.row_node.tolist(),
+        pool.row_job.tolist(),
+        pool.row_count.tolist(),
+        pool.row_start.tolist(),
+        pool.row_gpus.tolist(),
+        pool.priority.tolist(),
+        [codes[c] for c in pool.queue_code.tolist()],
+    )
+
+
+def test_a_pool_kept_between_cycles_equals_a_fresh_pool_as_jobs_end_start_and_move() -> None:
+    """`VictimPool(kept=...)` takes the last pool's arrays for the same job objects and reads only the
+    rest: over 30 "cycles" where jobs end, start, and move (a new object for the same id), every pool
+    is the fresh pool of the same candidates, for both cost keys."""
+    stmt, _, _ = _rack_state()
+    rng = np.random.default_rng(17)
+    serial = 0
+
+    def started(job_id: str) -> RunningJob:
+        replicas = int(rng.choice([1, 2, 3]))
+        nodes = [f"n{int(n)}" for n in rng.choice(4, size=replicas, replace=False)]
+        return make_running(
+            make_job(job_id, str(rng.choice(["a", "b", "c"])), int(rng.choice([1, 2, 4])),
+                     replicas=replicas, priority=int(rng.choice([10, 50]))),
+            [(node, [int(rng.integers(0, 8))]) for node in nodes],
+            started_at=float(rng.choice([0.0, 5.0, 7.5])),
+        )
+
+    running: dict[str, RunningJob] = {}
+    for _ in range(40):
+        serial += 1
+        running[f"j{serial:03d}"] = started(f"j{serial:03d}")
+    for key in (victim_cost, move_cost):
+        kept: dict[object, object] = {}
+        for cycle in range(30):
+            ids = list(running)
+            ended = rng.choice(ids, size=min(len(ids), int(rng.integers(0, 6))), replace=False)
+            for job_id in ended.tolist():
+                del running[job_id]
+            moved = rng.choice(list(running), size=min(len(running), int(rng.integers(0, 3))), replace=False)
+            for job_id in moved.tolist():
+                running[job_id] = started(job_id)  # the same id, a new object
+            for _ in range(int(rng.integers(0, 6))):
+                serial += 1
+                running[f"j{serial:03d}"] = started(f"j{serial:03d}")  # started
+            if cycle == 12:
+                running = {job_id: started(job_id) for job_id in running}  # all new: built afresh
+            candidates = list(running.values())
+            rng.shuffle(candidates)
+            pool = VictimPool(stmt, candidates, key=key, kept=kept)
+            assert _pool_view(pool) == _pool_view(VictimPool(stmt, candidates, key=key))
+            assert [v.job.id for v in pool.ordered] == [v.job.id for v in sorted(candidates, key=key)]
+        assert kept  # the last pool's columns are there for the next cycle
+
+
 def test_pool_rows_follow_the_cost_order_for_gangs_of_several_replicas() -> None:
     """The pool gathers its columns in the given order and permutes them once: each row (replica) must
     still name the node and devices of the job at its place in the cost order."""
