@@ -541,6 +541,7 @@ def run_contended_cycle_bench(
     the largest rise of the resident size during one cycle (its peak reset before each run), and the
     process' resident size at the end.
     """
+    from leitstand.scheduler.actions import consolidate
     from leitstand.scheduler.cycle import run_cycle
     from leitstand.scheduler.model import EvictionKind, SchedulerConfig
 
@@ -557,6 +558,7 @@ def run_contended_cycle_bench(
     for _ in range(max(repeats, 1)):  # the same cycle again (it works on a copy); the fastest counts
         stats: dict[str, int] = {}
         state.request_cache.clear()  # cold: every pending job's request is built in this cycle
+        state.cycle_cache.clear()  # and no victim pool or consolidation failure kept from the run before
         rss_start, peak_known = _resident_mib(), _reset_peak_resident()
         start, start_cpu = time.perf_counter(), time.thread_time()
         plan = run_cycle(snapshot, config, state=state, stats=stats)
@@ -569,6 +571,9 @@ def run_contended_cycle_bench(
     seconds, cpu_seconds, plan, stats = best
     warm_cpu = math.inf  # requests kept from the previous cycle (the same backlog waited then too)
     for _ in range(max(repeats, 1)):
+        # The previous cycle's requests and victim pools, as in a steady state; but every waiting
+        # shape searched by consolidation again (at the same `now`, the retry interval would skip them).
+        state.cycle_cache.pop(consolidate.RETRY_CACHE_KEY, None)
         start_cpu = time.thread_time()
         run_cycle(snapshot, config, state=state)
         warm_cpu = min(warm_cpu, time.thread_time() - start_cpu)

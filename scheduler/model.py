@@ -256,6 +256,13 @@ class SchedulerConfig:
     """Run the consolidate action: move preemptible jobs elsewhere to make room for a waiting gang."""
     max_consolidation_moves: int = 4
     """At most this many running jobs are moved (evicted and re-placed) for one waiting gang."""
+    consolidation_retry_seconds: float = 30.0
+    """A waiting shape (`CycleContext.shape_key`) for which consolidation found no moves is not
+    searched again for this long (by `Snapshot.now`; remembered on the `ClusterState` kept between
+    cycles, as the operator and the replay keep it). It still takes its turn among the
+    `consolidate.MAX_ATTEMPTS` shapes a cycle looks at. Nearly every search fails (openb replay:
+    30 of 17,825 found moves), and a search costs ~0.5 ms; with 30 s the replay's consolidation
+    costs 60 % less with the same allocation (docs/cycle.md, "Cost and bounds"). 0: every cycle."""
     migration: bool = False
     """Run the migrate action (`actions/migrate.py`): repack the preemptible jobs of a few nodes with
     stranded GPU capacity and start waiting jobs in the room that frees; a try is kept only if every
@@ -292,6 +299,11 @@ class SchedulerConfig:
             raise ValueError(f"reserve_after_seconds must be a number of seconds >= 0 or None (off), got {after}")
         if self.reserve_min_gpus < 1:
             raise ValueError(f"reserve_min_gpus must be at least 1, got {self.reserve_min_gpus}")
+        retry = self.consolidation_retry_seconds
+        if not (0 <= retry < float("inf")):
+            raise ValueError(
+                f"consolidation_retry_seconds must be a number of seconds >= 0 (0: search every cycle), got {retry}"
+            )
         if self.max_migration_tries < 0:
             raise ValueError(
                 f"max_migration_tries must be >= 0 (0 turns migration off), got {self.max_migration_tries}"

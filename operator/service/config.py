@@ -83,6 +83,11 @@ class SchedulerSettings(BaseModel):
     max_victims: int = Field(default=64, ge=1)
     consolidation: bool = True
     max_consolidation_moves: int = Field(default=4, ge=0)
+    consolidation_retry_seconds: float = Field(
+        default=30.0, ge=0, allow_inf_nan=False,
+        description="A waiting shape for which consolidation found no moves is searched again only after this "
+        "long (0: every cycle). Nearly every such search fails and each costs CPU (docs/cycle.md).",
+    )
     usage_half_life_seconds: float | None = Field(default=None, gt=0)
     reserve_after_seconds: float | None = Field(
         default=None, ge=0,
@@ -126,6 +131,7 @@ class SchedulerSettings(BaseModel):
             max_victims=self.max_victims,
             consolidation=self.consolidation,
             max_consolidation_moves=self.max_consolidation_moves,
+            consolidation_retry_seconds=self.consolidation_retry_seconds,
             migration=self.migration,
             max_migration_tries=self.max_migration_tries,
             migration_nodes_per_try=self.migration_nodes_per_try,

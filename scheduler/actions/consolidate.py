@@ -8,6 +8,11 @@ every moved job is placed again somewhere else. Only then are the moves made: ea
 appears in the plan as an eviction of kind CONSOLIDATE and a new binding. Queue accounting is
 unchanged for the moved jobs, so no quota or fair-share rule is touched; the waiting gang passes the
 same admission checks as in allocate. Cheapest moves first: fewest GPUs, youngest, lowest priority.
+
+A shape for which no moves were found is not searched again for
+`SchedulerConfig.consolidation_retry_seconds` (30 s by default; the times are kept on the
+`ClusterState` between cycles): almost every search fails, the same waiting shapes come back cycle
+after cycle, and each search costs placement calls in up to 16 domains.
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
 from leitstand.scheduler.victims import VictimPool, choose_victims, move_cost
 
 __all__ = ["run"]
+
+RETRY_CACHE_KEY = "consolidate"
+"""Key of the retry times in `ClusterState.cycle_cache` (`SchedulerConfig.consolidation_retry_seconds`)."""
+_RETRY_PRUNE = 4096
+"""Past this many shapes, those already due are dropped at the start of a cycle."""
 
 MAX_ATTEMPTS = 32
 """Waiting gangs tried per cycle; consolidation is a search, bounded so a deep backlog stays cheap."""
@@ -37,6 +47,13 @@ def run(ctx: CycleContext) -> None:
     # would be passed over after them, and looking up a plain request changes nothing).
     hopeless: set[tuple[QueueName, tuple[object, ...]]] | None = None if ctx.plain_failed is None else set()
     attempts = 0
+    retry = ctx.config.consolidation_retry_seconds
+    now = stmt.now
+    # Shapes that found no moves in an earlier cycle → when to search them again (kept on the state).
+    due: dict[ShapeKey, float] | None = stmt.state.cycle_cache.setdefault(RETRY_CACHE_KEY, {}) if retry > 0 else None
+    if due is not None and len(due) > _RETRY_PRUNE:
+        for shape in [s for s, at in due.items() if at <= now]:
+            del due[shape]
     for waiting in ctx.work_queue():
         job = ctx.at_minimum(waiting)  # an elastic job asks for its minimum here
         pair = (job.queue, job.request_key)
@@ -52,12 +69,19 @@ def run(ctx: CycleContext) -> None:
             continue
         if attempts >= MAX_ATTEMPTS:
             break
-        attempts += 1
+        attempts += 1  # a shape not due yet takes its turn all the same: the search stays as deep
+        if due is not None and due.get(shape, now) > now:
+            ctx.count("consolidate_not_due")
+            failed.add(shape)
+            if hopeless is not None:
+                hopeless.add(pair)
+            continue
         if movable is None:
             movable = VictimPool(
                 stmt,
                 [held for held in stmt.running.values() if held.job.is_preemptible and ctx.is_victim_age(held)],
                 key=move_cost,
+                kept=stmt.state.cycle_cache,
             )
             if not len(movable):
                 return
@@ -101,6 +125,8 @@ def run(ctx: CycleContext) -> None:
         if choice is None:
             ctx.count("consolidate_search_failures")
             failed.add(shape)
+            if due is not None:
+                due[shape] = now + retry
             if hopeless is not None:
                 hopeless.add(pair)
             continue
@@ -116,6 +142,8 @@ def run(ctx: CycleContext) -> None:
             if hopeless is not None:
                 hopeless.add(pair)
             continue
+        if due is not None:
+            due.pop(shape, None)
         movable.changed(stmt.nodes_since(mark))
         ctx.bound.add(job.id)
         ctx.bound.update(m.job.id for m in choice.victims)

@@ -326,6 +326,51 @@ def test_consolidation_can_be_switched_off() -> None:
     assert "a1" in {b.job_id for b in by_migration.bindings}
 
 
+@pytest.mark.parametrize("retry", [0.0, 30.0])
+def test_a_shape_consolidation_could_not_help_is_searched_again_after_the_retry_interval(retry: float) -> None:
+    """a1 (8 GPUs) waits: b1 could move off n0, but n1 has no room for it while b2 and c1 run there.
+    With the interval (the default 30 s) the failed search is not repeated 10 and 20 s later, even
+    after c1 ends at 15 s; at 31 s b1 is moved and a1 starts. With 0 it is searched every cycle and
+    a1 starts as soon as c1 is gone. The state is kept between cycles, as the operator keeps it."""
+    queues = [make_queue("a", quota_gpus=8), make_queue("b", quota_gpus=8), make_queue("c", quota_gpus=0)]
+    nodes = [make_node("n0", 8), make_node("n1", 8)]
+    b1 = make_running(make_job("b1", "b", 4), [("n0", range(4))])
+    b2 = make_running(make_job("b2", "b", 4, preemptible=False), [("n1", range(4))])
+    c1 = make_running(make_job("c1", "c", 4, preemptible=False), [("n1", range(4, 8))])
+    a1 = make_job("a1", "a", 8, created_at=1000)
+    state = ClusterState.from_nodes(nodes)
+    for held in (b1, b2, c1):
+        state.allocate_job(held)
+    config = dataclasses.replace(SchedulerConfig(), consolidation_retry_seconds=retry)
+
+    def cycle(now: float, running: list) -> tuple[object, dict[str, int]]:
+        stats: dict[str, int] = {}
+        plan = run_cycle(make_snapshot(nodes, queues, [a1], running, now=now), config, state=state, stats=stats)
+        return plan, stats
+
+    first, stats = cycle(1000, [b1, b2, c1])
+    assert first.bindings == () and stats["consolidate_search_failures"] == 1
+    again, stats = cycle(1010, [b1, b2, c1])
+    assert again.bindings == ()
+    assert stats.get("consolidate_searches", 0) == (1 if retry == 0 else 0)
+    assert stats.get("consolidate_not_due", 0) == (0 if retry == 0 else 1)
+    state.release_job(c1)  # c1 ends: b1 now has a place on n1
+    after_c1, _ = cycle(1020, [b1, b2])
+    if retry == 0:
+        assert [(e.job_id, e.kind) for e in after_c1.evictions] == [("b1", EvictionKind.CONSOLIDATE)]
+        return
+    assert after_c1.bindings == ()  # not due until 1030
+    due, stats = cycle(1031, [b1, b2])
+    assert [(e.job_id, e.kind) for e in due.evictions] == [("b1", EvictionKind.CONSOLIDATE)]
+    assert {b.job_id for b in due.bindings} == {"a1", "b1"} and stats["consolidate_searches"] == 1
+
+
+def test_the_consolidation_retry_interval_must_be_seconds() -> None:
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="consolidation_retry_seconds"):
+            SchedulerConfig(consolidation_retry_seconds=bad)
+
+
 def test_reclaimed_queue_does_not_take_the_gpus_back_next_cycle() -> None:
     """Apply a reclaim, resubmit the victims, run again later: no eviction goes the other way."""
     from pathlib import Path

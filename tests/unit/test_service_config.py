@@ -30,7 +30,8 @@ def test_the_operator_defaults_are_the_cores_and_migration_reaches_the_core_when
 
     defaults = ServiceConfig().scheduler.core()
     core_defaults = SchedulerConfig()
-    for knob in ("min_runtime_seconds", "max_victims", "consolidation", "max_consolidation_moves", "migration",
+    for knob in ("min_runtime_seconds", "max_victims", "consolidation", "max_consolidation_moves",
+                 "consolidation_retry_seconds", "migration",
                  "max_migration_tries", "migration_nodes_per_try", "migration_max_age_seconds",
                  "reserve_after_seconds", "reserve_min_gpus", "max_reserved_gangs"):
         assert getattr(defaults, knob) == getattr(core_defaults, knob), knob
@@ -45,6 +46,7 @@ def test_the_operator_defaults_are_the_cores_and_migration_reaches_the_core_when
         ("scheduler:\n  reserve_after_seconds: -5\n", "scheduler.reserve_after_seconds"),
         ("scheduler:\n  reserve_min_gpus: 0\n", "scheduler.reserve_min_gpus"),
         ("scheduler:\n  migration_max_age_seconds: -1\n", "scheduler.migration_max_age_seconds"),
+        ("scheduler:\n  consolidation_retry_seconds: -1\n", "scheduler.consolidation_retry_seconds"),
         ("scheduler:\n  reserve_after: 60\n", "scheduler.reserve_after"),  # a misspelt knob is no silent no-op
     ],
 )
