@@ -15,6 +15,7 @@ Semantics are documented in `docs/cycle.md`; the Run:ai rules behind them in
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import time
@@ -76,7 +77,29 @@ def run_cycle(
 
     Raises `InvalidSpecError` for an invalid queue tree and `StateError` when the running jobs
     over-commit the nodes; everything else that cannot run becomes a `PendingReason`.
+
+    Python's cyclic garbage collector is paused while the cycle runs (and resumed after, if it was
+    on): a cycle allocates a reason, a key and a few tuples per pending job, and the collections
+    those allocations trigger scan the whole heap again and again for cycles the cycle never makes
+    (~3 s of the ~11 s allocate took over the openb replay at load 1.0; docs/cycle.md). Reference
+    counting frees its garbage as before; anything cyclic waits for the next collection after it.
     """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _run_cycle(snapshot, config, state, policy_context, stats)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run_cycle(
+    snapshot: Snapshot,
+    config: SchedulerConfig,
+    state: ClusterState | None,
+    policy_context: PolicyContext | None,
+    stats: dict[str, int] | None,
+) -> Plan:
     cycle_id = next(_cycle_ids)
     phases: dict[str, float] = {}
     clock = time.perf_counter

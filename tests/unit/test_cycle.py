@@ -5,11 +5,13 @@ readable for a newcomer, by the scenario files in tests/scenarios/."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 
 import numpy as np
 import pytest
 from builders import make_cluster, make_job, make_node, make_queue, make_running, make_snapshot
 
+from leitstand.scheduler import cycle
 from leitstand.scheduler.cycle import ACTIONS, run_cycle
 from leitstand.scheduler.errors import InvalidSpecError
 from leitstand.scheduler.fairshare import build_queue_tree, compute_fair_shares
@@ -67,6 +69,82 @@ def test_unknown_and_inner_queues_get_a_reason() -> None:
 def test_invalid_queue_tree_raises_invalid_spec() -> None:
     with pytest.raises(InvalidSpecError):
         run_cycle(make_snapshot(queues=[make_queue("a", "missing-parent")]))
+
+
+def test_jobs_behind_a_failed_shape_keep_their_own_admission_reasons() -> None:
+    """Allocate gives a job whose shape already failed that failure without its full visit, except
+    where a check could say otherwise. Here the first 2-GPU job of each queue finds no room, a
+    1-GPU job of the same queue then starts on the last free GPU of n2 or n3, and the next 2-GPU job
+    of that shape is over a limit (queue b) or over the in-quota GPUs of a non-preemptible job
+    (queue a): it says so, not "Insufficient"."""
+    queues = [
+        make_queue("a", quota_gpus=10),
+        make_queue("b", quota_gpus=8, limit_gpus=10),
+        make_queue("c", quota_gpus=14),
+    ]
+    nodes = [make_node(f"n{i}", 8) for i in range(4)]
+    running = [
+        make_running(make_job("r-a", "a", 8, preemptible=False), [("n0", range(8))]),
+        make_running(make_job("r-b", "b", 8, preemptible=False), [("n1", range(8))]),
+        make_running(make_job("r-c2", "c", 7, preemptible=False), [("n2", range(7))]),
+        make_running(make_job("r-c3", "c", 7, preemptible=False), [("n3", range(7))]),
+    ]
+    pending = [
+        make_job("a-first", "a", 2, preemptible=False, created_at=1),
+        make_job("a-mid", "a", 1, preemptible=False, created_at=2),
+        make_job("a-third", "a", 2, preemptible=False, created_at=3),
+        make_job("b-first", "b", 2, created_at=1),
+        make_job("b-mid", "b", 1, created_at=2),
+        make_job("b-third", "b", 2, created_at=3),
+    ]
+    plan = run_cycle(make_snapshot(nodes, queues, pending, running, now=1000),
+                     dataclasses.replace(SchedulerConfig(), consolidation=False))
+    assert {b.job_id for b in plan.bindings} == {"a-mid", "b-mid"}
+    codes = {p.job_id: p.code for p in plan.pending}
+    assert codes[JobId("a-first")] == codes[JobId("b-first")] == "Insufficient"
+    assert codes[JobId("a-third")] == "NonPreemptibleOverQuota"
+    assert codes[JobId("b-third")] == "QueueAtLimit"
+
+
+def test_a_limit_reached_after_a_job_failed_to_fit_becomes_its_reason() -> None:
+    """b-first (2 GPUs) finds no room; b-mid (1 GPU) then starts and takes queue b to 9 of its 10
+    GPUs. Reclaim's look over the waiting jobs (there are preemptible jobs it could take from, but
+    no queue to take them from) must see that b-first is now over the limit as well."""
+    queues = [make_queue("b", quota_gpus=8, limit_gpus=10), make_queue("c", quota_gpus=14)]
+    nodes = [make_node("n1", 8), make_node("n2", 8)]
+    running = [
+        make_running(make_job("r-b", "b", 8, preemptible=False), [("n1", range(8))]),
+        make_running(make_job("r-c", "c", 7, preemptible=True), [("n2", range(7))]),
+    ]
+    pending = [make_job("b-first", "b", 2, created_at=1), make_job("b-mid", "b", 1, created_at=2)]
+    plan = run_cycle(make_snapshot(nodes, queues, pending, running, now=1000),
+                     dataclasses.replace(SchedulerConfig(), consolidation=False))
+    assert [b.job_id for b in plan.bindings] == ["b-mid"] and plan.evictions == ()
+    assert [(p.job_id, p.code) for p in plan.pending] == [("b-first", "QueueAtLimit")]
+
+
+def test_the_cycle_pauses_the_garbage_collector_and_leaves_it_as_it_found_it() -> None:
+    """Collections are off while the cycle runs, back on after it (also when it raises), and a
+    caller that turned them off itself finds them still off."""
+    seen: list[bool] = []
+
+    def spy(ctx: object) -> None:
+        seen.append(gc.isenabled())
+
+    assert gc.isenabled()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cycle, "ACTIONS", (("allocate", spy),))
+        run_cycle(make_snapshot(pending=[make_job("x")]))
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(InvalidSpecError):
+        run_cycle(make_snapshot(queues=[make_queue("a", "missing-parent")]))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        run_cycle(make_snapshot(pending=[make_job("x")]))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_overcommitted_running_jobs_raise_state_error() -> None:
