@@ -209,13 +209,16 @@ def _kept_columns(
     if last is not None:
         keep = np.zeros(len(last.ordered), dtype=np.bool_)
         rank, ordered = last.rank, last.ordered
+        most = len(candidates) // 2
         for held in candidates:
             i = rank.get(held.job.id)
             if i is not None and ordered[i] is held:
                 keep[i] = True
             else:
                 fresh.append(held)
-    if keep is None or last is None or 2 * len(fresh) > len(candidates):
+                if len(fresh) > most:
+                    break  # mostly new objects (a caller that builds them afresh each cycle): build afresh
+    if keep is None or last is None or len(fresh) > len(candidates) // 2:
         cols = _sort(_columns(candidates, index), key)
     else:
         cols = _sort(_join(last, keep, _columns(fresh, index)), key)
