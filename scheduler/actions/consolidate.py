@@ -70,7 +70,8 @@ def run(ctx: CycleContext) -> None:
         if attempts >= MAX_ATTEMPTS:
             break
         attempts += 1  # a shape not due yet takes its turn all the same: the search stays as deep
-        if due is not None and due.get(shape, now) > now:
+        at = None if due is None else due.get(shape)
+        if at is not None and now < at <= now + retry:  # (an `at` further ahead: the clock went back)
             ctx.count("consolidate_not_due")
             failed.add(shape)
             if hopeless is not None:
