@@ -204,10 +204,9 @@ def _kept_columns(
     from the last pool's arrays, the others read as in a fresh pool, and the whole sorted again
     (numpy). When most candidates are new, a fresh pool is cheaper and is built instead."""
     last: _Columns | None = kept.get(key)
-    keep: NDArray[np.bool_] | None = None
+    keep = np.zeros(0 if last is None else len(last.ordered), dtype=np.bool_)
     fresh: list[RunningJob] = []
     if last is not None:
-        keep = np.zeros(len(last.ordered), dtype=np.bool_)
         rank, ordered = last.rank, last.ordered
         most = len(candidates) // 2
         for held in candidates:
@@ -218,7 +217,7 @@ def _kept_columns(
                 fresh.append(held)
                 if len(fresh) > most:
                     break  # mostly new objects (a caller that builds them afresh each cycle): build afresh
-    if keep is None or last is None or len(fresh) > len(candidates) // 2:
+    if last is None or len(fresh) > len(candidates) // 2:
         cols = _sort(_columns(candidates, index), key)
     else:
         cols = _sort(_join(last, keep, _columns(fresh, index)), key)

@@ -45,26 +45,20 @@ def run(ctx: CycleContext) -> None:
     ctx.plain_failed = same  # `_place` records there; later actions read it
     budget = ctx.config.max_jobs_per_cycle
     work = ctx.work_queue()
-    # Queues with no limit on their path: a job there is blocked at admission only by the in-quota
-    # rule (non-preemptible jobs), so a rigid job that passes it and whose pair already failed gets
-    # that failure at once — what the full visit below gives it, without the rest of its checks.
-    unlimited = {q for q in ctx.pending_by_queue if not acc.limited[q]} if same is not None else set()
     reasons, holders = ctx.reasons, ctx.holders
     for job in work:
         if budget <= 0:
             ctx.wait(job, Code.CYCLE_BUDGET, "not considered this cycle (max_jobs_per_cycle reached); next cycle")
             continue
         budget -= 1
-        if same and job.min_replicas is None and job.queue in unlimited:
+        if same and job.min_replicas is None:
+            # A rigid job whose pair already failed and that no admission check can block gets that
+            # failure at once: what the full visit below gives it, without the rest of its checks.
             failure = same.get((job.queue, job.request_key))
-            if (
-                failure is not None
-                and job.id not in holders
-                and (job.is_preemptible or acc.in_quota_block(job.queue, job.gpu_milli_total) is None)
-            ):
+            if failure is not None and job.id not in holders and ctx.surely_admitted(job):
                 reasons[job.id] = PendingReason(job.id, failure.code, failure.message)
                 continue
-        if job.id in ctx.holders:
+        if job.id in holders:
             continue  # capacity is held for it (`reserve`): it keeps its `Reserved` reason
         block = ctx.admission_block(job)
         size = job  # the size tried: the job itself, or an elastic job at the most replicas admissible

@@ -528,6 +528,18 @@ class CycleContext:
         request = self.request(job)
         return None if isinstance(request, PendingReason) else request
 
+    def surely_admitted(self, job: Job) -> bool:
+        """A cheap test that implies `admission_block(job) is None` (False: ask that): no per-model
+        quotas, no limit on the job's path, and a preemptible job or one within the in-quota GPUs.
+        Lets allocate and reclaim pass over a deep backlog behind failed shapes; keep it in step
+        with `admission_block`."""
+        acc = self.stmt.accounting
+        return (
+            not isinstance(acc, ModelAccounting)
+            and not acc.limited[job.queue]
+            and (job.is_preemptible or acc.in_quota_block(job.queue, job.gpu_milli_total) is None)
+        )
+
     def admission_block(self, job: Job, freed: Mapping[QueueName, int] | None = None) -> PendingReason | None:
         """Limit at every level, and non-preemptible jobs within quota; None when admissible."""
         acc = self.stmt.accounting

@@ -242,20 +242,15 @@ def _victim_queue_possible(ctx: CycleContext) -> bool:
 def _refresh_reasons(ctx: CycleContext) -> None:
     """What the reclaim loop does to a job it cannot help: record a block that appeared since allocate."""
     plain = ctx.plain_failed
-    limited = ctx.stmt.accounting.limited
     for jobs in ctx.still_pending().values():
         for job in jobs:
-            if (
-                plain is not None
-                and job.is_preemptible
-                and job.min_replicas is None
-                and not limited[job.queue]
-                and (job.queue, job.request_key) in plain
-            ):
-                continue  # no limit on its path and preemptible: no block can have appeared; no lookup
-            job = ctx.at_minimum(job)
             # A pair allocate saw fail has a request: only a block can be new (no lookup needed).
             known = plain is not None and (job.queue, job.request_key) in plain
+            if job.min_replicas is not None:  # an elastic job is checked at its minimum size
+                job = ctx.at_minimum(job)
+                known = plain is not None and (job.queue, job.request_key) in plain
+            elif known and ctx.surely_admitted(job):
+                continue  # no block can have appeared, and its request is known: nothing to record
             _admitted_request(ctx, job, ctx.reasons.get(job.id), has_request=known)
 
 
