@@ -7,7 +7,7 @@ Kueue-style numbered steps, each timed into `Plan.phase_seconds` under a cycle i
 
 What it must not do: log (the operator writes one INFO line per cycle from `phase_seconds`), read a
 clock other than for timings (`snapshot.now` is the scheduling time), or mutate the snapshot or the
-caller's `ClusterState` (it works on a copy).
+caller's `ClusterState` (it works on a copy; only what the state keeps for later cycles changes).
 
 Semantics are documented in `docs/cycle.md`; the Run:ai rules behind them in
 `docs/semantics.md`.
@@ -38,6 +38,7 @@ from leitstand.scheduler.model import (
 )
 from leitstand.scheduler.ordering import job_order_key
 from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.running import open_running
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import QueueAccounting, Statement
 
@@ -68,8 +69,10 @@ def run_cycle(
     """Decide what to bind, what to evict and why the rest waits.
 
     `state`, when given, is an incrementally maintained `ClusterState` that already reflects
-    `snapshot.running`; the cycle works on a copy of it. Without it, the state is built from the
-    snapshot. `policy_context`, when given, replaces `PolicyContext.build(state, config.policy)`
+    `snapshot.running`; the cycle works on a copy of it and changes only what the state keeps for
+    later cycles (its caches, and `running_log`, which it starts so that the next cycle sums only
+    the jobs that started and ended: `running.open_running`). Without it, the state is built from
+    the snapshot. `policy_context`, when given, replaces `PolicyContext.build(state, config.policy)`
     (a simulator that keeps its own typical-task table or seed). `stats`, when given, receives the
     cycle's counters (victim searches per action, their failures, placement calls in them, jobs a
     search budget cut off; `docs/cycle.md`) and the CPU time of each phase (`cpu_us_<phase>`), for
@@ -127,25 +130,12 @@ def _run_cycle(
     tree = build_queue_tree(snapshot.queues)
     accounting = QueueAccounting.empty(tree)
     stmt = Statement(state=work, accounting=accounting, now=snapshot.now)
-    growth: dict[QueueName, int] = {}  # per queue: milli-GPU running elastic jobs lack to reach full size
-    elastic = False
-    # Summed per queue and preemptibility, charged once each (two dicts, not a tuple key per job).
-    charged: dict[bool, dict[QueueName, int]] = {True: {}, False: {}}
-    running = stmt.running
-    for held in snapshot.running:
-        job = held.job
-        running[job.id] = held
-        sums = charged[job.is_preemptible]
-        if job.min_replicas is None:
-            sums[job.queue] = sums.get(job.queue, 0) + job.gpu_milli_total  # a rigid gang: charged whole, as ever
-        else:
-            sums[job.queue] = sums.get(job.queue, 0) + held.gpu_milli_total  # the replicas it holds
-            elastic = True
-            missing = held.missing_milli
-            if missing:
-                growth[job.queue] = growth.get(job.queue, 0) + missing
-    for preemptible, sums in charged.items():
-        for queue, milli in sums.items():
+    # The running jobs by id and their charges per queue: summed afresh, or, with a kept state, the
+    # last cycle's sums updated by the jobs that started and ended since (`running.open_running`).
+    sums = open_running(snapshot.running, state)
+    stmt.running.update(sums.by_id)
+    for preemptible, charged in sums.charged.items():
+        for queue, milli in charged.items():
             accounting.charge(queue, milli, preemptible=preemptible)
     lap("snapshot")
 
@@ -174,7 +164,7 @@ def _run_cycle(
     #    per GPU model when queues set model quotas); leaf demand = allocated + pending (`open_shares`).
     capacity = float(work.gpu_count[work.schedulable].sum()) * GPU_MILLI
     usage = _usage_share(snapshot, config, capacity)
-    shares = open_shares(tree, stmt, pending_by_queue, usage_share=usage, growth_milli=growth)
+    shares = open_shares(tree, stmt, pending_by_queue, usage_share=usage, growth_milli=sums.growth)
     lap("fair_share")
 
     # 4. The actions, in order, on one statement: allocate, reclaim, preempt, consolidate, migrate, grow.
@@ -192,7 +182,8 @@ def _run_cycle(
         pending_by_queue=pending_by_queue,
         reserved_pools=reserved,
         all_reserved=frozenset(p for p in reserved.values() if p is not None),
-        elastic=elastic or any(job.min_replicas is not None for job in snapshot.pending),
+        elastic=sums.elastic or any(job.min_replicas is not None for job in snapshot.pending),
+        running_priorities=sums.preemptible_priorities,
     )
     ctx.reasons.update(reasons)
     for name, action in ACTIONS:

@@ -126,6 +126,10 @@ class ClusterState:
     """What a cycle leaves for the next (shared by copies): the columns of the last victim pool per
     cost key (`victims.py`, keyed by the key function), failed consolidation shapes and when to try
     them again (`actions/consolidate.py`, under "consolidate")."""
+    running_log: list[tuple[bool, RunningJob]] | None = None
+    """Jobs started (True) and ended (False) by `allocate_job` / `release_job` since a cycle last read
+    this state (`running.open_running`, which starts the log); None: not recorded. Copies do not
+    record: a cycle's what-ifs are not the caller's jobs."""
     max_node_gpus: int = -1
     """The most GPUs any one node has (static: computed once, shared by copies; placement asks on every call)."""
 
@@ -380,12 +384,16 @@ class ClusterState:
             for node, gpus in done:
                 self.release(node, gpus, job.gpu_milli, job.cpu_milli, job.memory_mib)
             raise
+        if self.running_log is not None:
+            self.running_log.append((True, running))
 
     def release_job(self, running: RunningJob) -> None:
         job = running.job
         for placement in running.placements:
             node = self._node(placement.node)
             self.release(node, placement.gpu_indices, job.gpu_milli, job.cpu_milli, job.memory_mib)
+        if self.running_log is not None:
+            self.running_log.append((False, running))
 
     def _node(self, name: NodeName) -> int:
         try:

@@ -113,6 +113,9 @@ class CycleContext:
     """Set by allocate when requests are plain (no per-model quotas, no held nodes; else None): the
     placement failures by (queue, `Job.request_key`). A job whose pair is listed has a request (the
     same as the job that failed), so later actions need not look it up to know that."""
+    running_priorities: dict[QueueName, dict[int, int]] = field(default_factory=dict)
+    """Per queue: how many preemptible jobs of the snapshot run at each priority (the jobs this
+    cycle started are not counted; they are no victims in it)."""
     elastic: bool = False
     """Some pending or running job of this cycle is elastic (`Job.min_replicas`); False lets the
     shrink search and the grow action return at once."""
@@ -123,6 +126,7 @@ class CycleContext:
     (`_request_memo`; set at the first request)."""
     _model_requests: dict[tuple[JobId, str], GangRequest | PendingReason] = field(default_factory=dict)
     _cuts: dict[JobId, tuple[tuple[str, ...], PendingReason | None]] = field(default_factory=dict)
+    _still_pending: tuple[int, dict[QueueName, list[Job]]] | None = None
 
     # -- bookkeeping --------------------------------------------------------------------------------
 
@@ -150,7 +154,14 @@ class CycleContext:
         self.reasons[job.id] = PendingReason(job.id, code, message)
 
     def still_pending(self) -> dict[QueueName, list[Job]]:
-        return {q: [j for j in jobs if j.id not in self.bound] for q, jobs in self.pending_by_queue.items()}
+        """The pending jobs not bound in this cycle, per leaf queue in job order (do not mutate: the
+        lists are shared until the next bind; `bound` only grows, so its size says when)."""
+        kept = self._still_pending
+        if kept is not None and kept[0] == len(self.bound):
+            return kept[1]
+        still = {q: [j for j in jobs if j.id not in self.bound] for q, jobs in self.pending_by_queue.items()}
+        self._still_pending = (len(self.bound), still)
+        return still
 
     def work_queue(self, jobs_by_queue: Mapping[QueueName, Sequence[Job]] | None = None) -> WorkQueue:
         if jobs_by_queue is None:  # the still-pending jobs, already in job order

@@ -109,10 +109,17 @@ def _outranked_victim_exists(ctx: CycleContext) -> bool:
     """Does some pending job outrank a preemptible running job of its own leaf queue?
 
     If not, every job's `eligible` set below is empty and preempt changes nothing (not even a
-    reason), so the victim pool need not be built. O(pending + running), no allocation per job.
+    reason), so the victim pool need not be built. Reads the priorities the snapshot's preemptible
+    jobs run at per queue (`CycleContext.running_priorities`): jobs bound in this cycle are no
+    victims in it, and a job reclaim evicted only makes the answer yes where the full pass finds
+    nothing to do. O(queues + the jobs bound this cycle at the head of each queue).
     """
-    top: dict[QueueName, int] = {q: max(j.priority for j in jobs) for q, jobs in ctx.still_pending().items() if jobs}
-    return any(
-        held.job.is_preemptible and held.job.queue in top and held.job.priority < top[held.job.queue]
-        for held in ctx.stmt.running.values()
-    )
+    bound = ctx.bound
+    for queue, jobs in ctx.pending_by_queue.items():
+        running = ctx.running_priorities.get(queue)
+        if not running:
+            continue
+        top = next((job.priority for job in jobs if job.id not in bound), None)  # jobs are in job order
+        if top is not None and min(running) < top:
+            return True
+    return False

@@ -1,0 +1,161 @@
+"""The running jobs' sums kept between cycles (`running.open_running`) equal a fresh build.
+
+A simulator keeps its `ClusterState` between cycles and starts and ends jobs on it; the state logs
+that, and the next cycle updates last cycle's sums by the log. Whatever a caller does — jobs ending
+anywhere and starting at the end, a snapshot in another order, an id listed twice, a job the state
+was never told about, elastic jobs — the result must be what summing the snapshot afresh gives, in
+the same order.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from leitstand.scheduler.model import Job, JobId, Node, NodeName, QueueName, ReplicaPlacement, RunningJob
+from leitstand.scheduler.running import CACHE_KEY, RunningSums, open_running
+from leitstand.scheduler.state import ClusterState
+
+QUEUES = [QueueName(f"q{i}") for i in range(3)]
+NODES = 400
+
+
+def _state() -> ClusterState:
+    return ClusterState.from_nodes([Node(NodeName(f"n{k}"), 2, 64_000, 256_000) for k in range(NODES)])
+
+
+def _running(n: int, rng: random.Random, *, elastic: bool = False, started: float | None = None) -> RunningJob:
+    job = Job(
+        id=JobId(f"j{n}"),
+        queue=rng.choice(QUEUES),
+        gpus=rng.choice([0, 1, 2]),
+        gpu_milli=rng.choice([250, 500, 1000]),
+        priority=rng.choice([10, 50, 150]),
+        replicas=2 if elastic else 1,
+        min_replicas=1 if elastic else None,
+    )
+    where = ReplicaPlacement(NodeName(f"n{n % NODES}"), tuple(range(job.gpus)))
+    return RunningJob(job, (where,), float(n) if started is None else started)
+
+
+def _same(kept: RunningSums, fresh: RunningSums) -> None:
+    assert list(kept.by_id.items()) == list(fresh.by_id.items())  # same order, same objects
+    assert all(a is b for a, b in zip(kept.by_id.values(), fresh.by_id.values(), strict=True))
+    for preemptible in (True, False):  # a queue whose jobs all ended may stay listed with 0
+        assert {q: m for q, m in kept.charged[preemptible].items() if m} == {
+            q: m for q, m in fresh.charged[preemptible].items() if m
+        }
+    assert kept.preemptible_priorities == fresh.preemptible_priorities
+    assert kept.growth == fresh.growth and kept.elastic == fresh.elastic
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), steps=st.integers(1, 25))
+def test_kept_sums_equal_a_fresh_build_whatever_the_caller_does(seed: int, steps: int) -> None:
+    rng = random.Random(seed)
+    state = _state()
+    made = 0
+    jobs: list[RunningJob] = []  # the caller's running jobs, in the order its snapshots list them
+
+    def start(held: RunningJob, at: int | None = None) -> None:
+        state.allocate_job(held)
+        jobs.insert(len(jobs) if at is None else at, held)
+
+    for _ in range(rng.randint(0, 30)):
+        start(_running(made, rng))
+        made += 1
+    for _ in range(steps):
+        for _ in range(rng.randint(0, 3)):  # some end anywhere, some start at the end
+            if jobs:
+                state.release_job(jobs.pop(rng.randrange(len(jobs))))
+        for _ in range(rng.randint(0, 3)):
+            start(_running(made, rng))
+            made += 1
+        if rng.random() < 0.1 and jobs:  # a new job listed between old ones
+            start(_running(made, rng), rng.randrange(len(jobs)))
+            made += 1
+        if rng.random() < 0.1 and len(jobs) > 1:  # the snapshot lists jobs in another order
+            i, j = rng.sample(range(len(jobs)), 2)
+            jobs[i], jobs[j] = jobs[j], jobs[i]
+        if rng.random() < 0.1 and jobs:  # moved: ended, and started again as a new object
+            moved = jobs.pop(rng.randrange(len(jobs)))
+            state.release_job(moved)
+            start(RunningJob(moved.job, moved.placements, moved.started_at + 1))
+        if rng.random() < 0.05:  # an elastic job runs
+            start(_running(made, rng, elastic=True))
+            made += 1
+        snapshot = list(jobs)
+        if rng.random() < 0.05 and jobs:  # the snapshot lists an id twice (the state knows one)
+            snapshot.append(RunningJob(jobs[0].job, jobs[0].placements, 99.0))
+        if rng.random() < 0.05 and jobs:  # the caller ended a job without telling the state
+            jobs.pop(rng.randrange(len(jobs)))
+            snapshot = list(jobs)
+        _same(open_running(tuple(snapshot), state), open_running(tuple(snapshot)))
+
+
+def test_only_the_callers_state_logs_starts_and_ends() -> None:
+    rng = random.Random(1)
+    state = _state()
+    jobs = [_running(n, rng) for n in range(50)]
+    for held in jobs:
+        state.allocate_job(held)
+    assert state.running_log is None  # nothing is logged before a cycle read the state
+    first = open_running(tuple(jobs), state)
+    assert state.running_log == [] and state.cycle_cache[CACHE_KEY] is first
+    ended = jobs.pop(7)
+    state.release_job(ended)
+    jobs.append(_running(50, rng))
+    state.allocate_job(jobs[-1])
+    work = state.copy()
+    work.release_job(jobs[0])  # a cycle's what-if on its copy: not the caller's job ending
+    assert work.running_log is None
+    assert state.running_log == [(False, ended), (True, jobs[-1])]
+    second = open_running(tuple(jobs), state)
+    assert second is first  # updated in place, not built afresh
+    _same(second, open_running(tuple(jobs)))
+
+
+def test_the_last_preemptible_job_of_a_priority_ending_leaves_no_count() -> None:
+    state = _state()
+    low = RunningJob(Job(id=JobId("low"), queue=QUEUES[0], priority=10), (ReplicaPlacement(NodeName("n0"), (0,)),))
+    high = RunningJob(Job(id=JobId("high"), queue=QUEUES[0], priority=50), (ReplicaPlacement(NodeName("n1"), (0,)),))
+    for held in (low, high):
+        state.allocate_job(held)
+    assert open_running((low, high), state).preemptible_priorities == {QUEUES[0]: {10: 1, 50: 1}}
+    state.release_job(low)
+    assert open_running((high,), state).preemptible_priorities == {QUEUES[0]: {50: 1}}
+    state.release_job(high)
+    assert open_running((), state).preemptible_priorities == {}  # preempt reads the lowest priority left
+
+
+@pytest.mark.parametrize("case", ["reordered", "untold", "elastic", "started-twice", "unlisted-then-ended"])
+def test_what_the_log_cannot_account_for_is_built_afresh(case: str) -> None:
+    rng = random.Random(2)
+    state = _state()
+    jobs = [_running(n, rng) for n in range(20)]
+    for held in jobs:
+        state.allocate_job(held)
+    first = open_running(tuple(jobs), state)
+    if case == "reordered":
+        jobs[3], jobs[4] = jobs[4], jobs[3]
+    elif case == "untold":
+        del jobs[5]  # ended, but the state was not told
+    elif case == "started-twice":  # a second object of a running id, the first never released
+        elsewhere = ReplicaPlacement(NodeName("n300"), jobs[5].placements[0].gpu_indices)
+        jobs[5] = RunningJob(jobs[5].job, (elsewhere,), 42.0)
+        state.allocate_job(jobs[5])
+    elif case == "unlisted-then-ended":  # the state was told of a start the snapshot did not list
+        extra = _running(98, rng)
+        state.allocate_job(extra)
+        _same(open_running(tuple(jobs), state), open_running(tuple(jobs)))
+        state.release_job(extra)
+    else:
+        jobs.append(_running(99, rng, elastic=True))
+        state.allocate_job(jobs[-1])
+    again = open_running(tuple(jobs), state)
+    assert again is not first
+    _same(again, open_running(tuple(jobs)))
+    assert (CACHE_KEY in state.cycle_cache) == (case != "elastic")  # sums with elastic jobs are not kept
