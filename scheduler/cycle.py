@@ -143,19 +143,24 @@ def _run_cycle(
     #    unknown or inner queues wait here.
     reasons: dict[JobId, PendingReason] = {}
     pending_by_queue: dict[QueueName, list[Job]] = {}
+    refused: dict[QueueName, str] = {}  # unknown and inner queues: why their jobs wait
     for job in snapshot.pending:
-        if job.queue not in tree.queues:
-            reasons[job.id] = PendingReason(
-                job.id, Code.UNKNOWN_QUEUE, f"queue {job.queue} does not exist; create it or resubmit"
-            )
-        elif not tree.is_leaf(job.queue):
-            reasons[job.id] = PendingReason(
-                job.id,
-                Code.UNKNOWN_QUEUE,
-                f"queue {job.queue} has child queues and holds no jobs; submit to one of its leaf queues",
-            )
-        else:
-            pending_by_queue.setdefault(job.queue, []).append(job)
+        jobs = pending_by_queue.get(job.queue)
+        if jobs is not None:
+            jobs.append(job)
+            continue
+        why = refused.get(job.queue)
+        if why is None:
+            if job.queue not in tree.queues:
+                why = refused[job.queue] = f"queue {job.queue} does not exist; create it or resubmit"
+            elif not tree.is_leaf(job.queue):
+                why = refused[job.queue] = (
+                    f"queue {job.queue} has child queues and holds no jobs; submit to one of its leaf queues"
+                )
+            else:
+                pending_by_queue[job.queue] = [job]
+                continue
+        reasons[job.id] = PendingReason(job.id, Code.UNKNOWN_QUEUE, why)
     for jobs in pending_by_queue.values():
         jobs.sort(key=job_order_key)
     lap("queues")
@@ -195,12 +200,13 @@ def _run_cycle(
     # 5. Close: the statement's log is the plan; every pending job left unbound carries a reason.
     bindings = stmt.bindings()
     bound_now = {b.job_id for b in bindings}
-    pending = tuple(
-        ctx.reasons.get(job.id)
+    reason_of = ctx.reasons.get
+    pending = tuple([
+        reason_of(job.id)
         or PendingReason(job.id, "NotScheduled", "not placed this cycle; will be retried next cycle")
         for job in snapshot.pending
         if job.id not in bound_now
-    )
+    ])
     lap("close")
     phases["total"] = clock() - started
     return Plan(

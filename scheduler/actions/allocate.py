@@ -46,7 +46,10 @@ def run(ctx: CycleContext) -> None:
     budget = ctx.config.max_jobs_per_cycle
     work = ctx.work_queue()
     reasons, holders = ctx.reasons, ctx.holders
+    visited: list[Job] = []  # in the order of work; the part before the last bind may need a re-check
+    last_bind = 0
     for job in work:
+        visited.append(job)
         if budget <= 0:
             ctx.wait(job, Code.CYCLE_BUDGET, "not considered this cycle (max_jobs_per_cycle reached); next cycle")
             continue
@@ -71,6 +74,7 @@ def run(ctx: CycleContext) -> None:
             if block.code == Code.QUEUE_AT_LIMIT and acc.limit_block(job.queue, 1) is not None:
                 # No headroom at all: nothing else in this queue can start by allocation.
                 for rest in work.drain(job.queue):
+                    visited.append(rest)
                     ctx.reasons[rest.id] = ctx.admission_block(rest) or PendingReason(
                         rest.id, block.code, block.message
                     )
@@ -89,6 +93,10 @@ def run(ctx: CycleContext) -> None:
         ctx.stmt.bind(job, request, result)  # an elastic job with `request.replicas` of its replicas
         ctx.bound.add(job.id)
         ctx.reasons.pop(job.id, None)
+        last_bind = len(visited)
+    # Jobs visited after the last bind saw the accounting every later action starts from: their
+    # admission was checked against it already, so reclaim's reason refresh passes over them.
+    ctx.visited_before_last_bind = visited[:last_bind]
 
 
 _Same = dict[tuple[QueueName, tuple[object, ...]], Unplaceable]

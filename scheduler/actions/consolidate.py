@@ -80,7 +80,7 @@ def run(ctx: CycleContext) -> None:
         if movable is None:
             movable = VictimPool(
                 stmt,
-                [held for held in stmt.running.values() if held.job.is_preemptible and ctx.is_victim_age(held)],
+                ctx.preemptible_of_victim_age(),
                 key=move_cost,
                 kept=stmt.state.cycle_cache,
             )

@@ -113,6 +113,10 @@ class CycleContext:
     """Set by allocate when requests are plain (no per-model quotas, no held nodes; else None): the
     placement failures by (queue, `Job.request_key`). A job whose pair is listed has a request (the
     same as the job that failed), so later actions need not look it up to know that."""
+    visited_before_last_bind: list[Job] | None = None
+    """Set by allocate: the jobs it visited before its last bind, in the order of work (every other
+    still-pending job was visited after it, so its admission checks saw the accounting allocate left
+    behind). None before allocate ran."""
     running_priorities: dict[QueueName, dict[int, int]] = field(default_factory=dict)
     """Per queue: how many preemptible jobs of the snapshot run at each priority (the jobs this
     cycle started are not counted; they are no victims in it)."""
@@ -176,14 +180,10 @@ class CycleContext:
         cycle were never in it, and its memo of hopeless domains is invalidated by every commit.
         Code that evicts a job outside `evict_for` must call `remove` and `changed` on it."""
         if self._victim_pool is None:
-            acc = self.stmt.accounting
+            known = self.stmt.accounting.paths
             self._victim_pool = VictimPool(
                 self.stmt,
-                [
-                    held
-                    for held in self.stmt.running.values()
-                    if held.job.is_preemptible and acc.knows(held.job.queue) and self.is_victim_age(held)
-                ],
+                [held for held in self.preemptible_of_victim_age() if held.job.queue in known],
                 kept=self.stmt.state.cycle_cache,
             )
         return self._victim_pool
@@ -194,6 +194,16 @@ class CycleContext:
             running.job.id not in self.bound
             and self.snapshot.now - running.started_at >= self.config.min_runtime_seconds
         )
+
+    def preemptible_of_victim_age(self) -> list[RunningJob]:
+        """The running preemptible jobs that are of victim age (`is_victim_age`, inlined: one pass
+        over every running job per victim pool), in the statement's order."""
+        bound, now, least = self.bound, self.snapshot.now, self.config.min_runtime_seconds
+        return [
+            held
+            for held in self.stmt.running.values()
+            if held.job.is_preemptible and held.job.id not in bound and now - held.started_at >= least
+        ]
 
     def evict_for(
         self,

@@ -19,7 +19,7 @@ reclaimer's path and the victim's path differ (the split level and every level b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -240,9 +240,17 @@ def _victim_queue_possible(ctx: CycleContext) -> bool:
 
 
 def _refresh_reasons(ctx: CycleContext) -> None:
-    """What the reclaim loop does to a job it cannot help: record a block that appeared since allocate."""
+    """What the reclaim loop does to a job it cannot help: record a block that appeared since allocate.
+
+    Only jobs allocate visited before its last bind can have one (nothing was charged after the
+    others' visits), and capacity holders, which allocate passes over (`reserve`)."""
     plain = ctx.plain_failed
-    for jobs in ctx.still_pending().values():
+    if ctx.visited_before_last_bind is not None and not ctx.holders:
+        bound = ctx.bound
+        groups: Iterable[list[Job]] = ([j for j in ctx.visited_before_last_bind if j.id not in bound],)
+    else:
+        groups = ctx.still_pending().values()
+    for jobs in groups:
         for job in jobs:
             # A pair allocate saw fail has a request: only a block can be new (no lookup needed).
             known = plain is not None and (job.queue, job.request_key) in plain
