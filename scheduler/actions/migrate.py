@@ -49,7 +49,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from leitstand.scheduler.actions.context import CycleContext, ShapeKey
-from leitstand.scheduler.model import GPU_MILLI, EvictionKind, Job, RunningJob
+from leitstand.scheduler.model import GPU_MILLI, EvictionKind, Job, JobId, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang, replica_placements
 
 __all__ = ["run"]
@@ -250,41 +250,40 @@ def _try(ctx: CycleContext, chosen: list[int], moved: list[RunningJob], waiting:
     the chosen nodes included: packed afresh they often need fewer GPUs), admit waiting jobs into the
     room left on `chosen`; keep it only if every moved job found a home and a waiting job started.
 
+    Pruned before it is kept (`SchedulerConfig.migration_prune_moves` times at most): the moved job
+    with the most progress to lose is left where it is and the try redone; the redone try replaces
+    it if it starts at least as much GPU milli and loses less. Most tries move more jobs than the
+    room they make needs; a job left in place is a restart saved.
+
     Returns the nodes the kept try changed (empty when it was rolled back)."""
     stmt = ctx.stmt
-    state = stmt.state
     mark = stmt.checkpoint()
-    for held in moved:
-        stmt.evict(held, EvictionKind.CONSOLIDATE, held.job.id, "")  # provisional; redone on accept
-    homes: list[tuple[RunningJob, GangRequest, GangPlacement]] = []
-    for held in sorted(moved, key=lambda h: (-h.gpu_milli_total, -h.job.cpu_milli, str(h.job.id))):
-        request = ctx.request(held.job)
-        if not isinstance(request, GangRequest):
-            stmt.rollback(mark)
-            return set()
-        placed = place_gang(state, request, ctx.policy)
-        ctx.count("migrate_placements")
-        # Packed afresh it found no place: it may still stay where it was.
-        home = placed if isinstance(placed, GangPlacement) else _where_it_was(ctx, held, request)
-        if home is None:
-            ctx.count("migrate_fail_move")
-            stmt.rollback(mark)
-            return set()
-        stmt.bind(held.job, request, home)
-        homes.append((held, request, home))
-    admitted = _admit(ctx, chosen, waiting)
-    if sum(job.gpu_milli_total for job, _, _ in admitted) <= 0:  # allocated GPU capacity must rise
-        ctx.count("migrate_fail_admit")
-        stmt.rollback(mark)
+    outcome = _attempt(ctx, chosen, moved, waiting)
+    stmt.rollback(mark)
+    if outcome is None:
         return set()
+    now = ctx.snapshot.now
+    stays: set[JobId] = set()  # left in place by pruning
+    asked: set[JobId] = set()
+    for _ in range(ctx.config.migration_prune_moves):
+        costly = [held for held, _, _ in outcome.changed if held.job.id not in asked and _progress(now, held) > 0]
+        if not costly:
+            break
+        worst = max(costly, key=lambda held: (_progress(now, held), held.job.id)).job.id
+        asked.add(worst)
+        fewer = [held for held in moved if held.job.id not in stays and held.job.id != worst]
+        pruned = _attempt(ctx, chosen, fewer, waiting) if fewer else None
+        stmt.rollback(mark)
+        ctx.count("migrate_prune_tries")
+        if pruned is not None and pruned.gained >= outcome.gained and pruned.lost < outcome.lost:
+            ctx.count("migrate_pruned")
+            stays.add(worst)
+            outcome = pruned
+    admitted, changed = outcome.admitted, outcome.changed
     # Kept: redo it with the eviction records naming who the room was made for. A job placed again
     # exactly where it was is left alone (no move). Evictions first, then binds: every state on the
     # way holds a subset of the final one, which fitted, so no placement over-commits.
-    stmt.rollback(mark)
     first = admitted[0][0].id
-    changed = [
-        (held, request, home) for held, request, home in homes if replica_placements(state, home) != held.placements
-    ]
     for held, _, _ in changed:
         stmt.evict(
             held,
@@ -300,6 +299,55 @@ def _try(ctx: CycleContext, chosen: list[int], moved: list[RunningJob], waiting:
         ctx.bound.add(job.id)
         ctx.reasons.pop(job.id, None)
     return stmt.nodes_since(mark) | set(chosen)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What a try did, before it is kept or rolled back."""
+
+    changed: list[tuple[RunningJob, GangRequest, GangPlacement]]
+    """The moved jobs that really move (one placed again exactly where it was does not)."""
+    admitted: list[tuple[Job, GangRequest, GangPlacement]]
+    gained: int
+    """GPU milli the admitted jobs hold: how much allocated capacity rose."""
+    lost: float
+    """Progress the really moved jobs have made (milli-GPU seconds; what a restarting move loses)."""
+
+
+def _attempt(ctx: CycleContext, chosen: list[int], moved: list[RunningJob], waiting: _Waiting) -> _Outcome | None:
+    """One try on the working state, left there for the caller to roll back; None when a moved job
+    found no home or no job holding GPUs started."""
+    stmt = ctx.stmt
+    state = stmt.state
+    for held in moved:
+        stmt.evict(held, EvictionKind.CONSOLIDATE, held.job.id, "")  # provisional; redone on accept
+    homes: list[tuple[RunningJob, GangRequest, GangPlacement]] = []
+    for held in sorted(moved, key=lambda h: (-h.gpu_milli_total, -h.job.cpu_milli, str(h.job.id))):
+        request = ctx.request(held.job)
+        if not isinstance(request, GangRequest):
+            return None
+        placed = place_gang(state, request, ctx.policy)
+        ctx.count("migrate_placements")
+        # Packed afresh it found no place: it may still stay where it was.
+        home = placed if isinstance(placed, GangPlacement) else _where_it_was(ctx, held, request)
+        if home is None:
+            ctx.count("migrate_fail_move")
+            return None
+        stmt.bind(held.job, request, home)
+        homes.append((held, request, home))
+    admitted = _admit(ctx, chosen, waiting)
+    gained = sum(job.gpu_milli_total for job, _, _ in admitted)
+    if gained <= 0:  # allocated GPU capacity must rise
+        ctx.count("migrate_fail_admit")
+        return None
+    changed = [(held, req, home) for held, req, home in homes if replica_placements(state, home) != held.placements]
+    now = ctx.snapshot.now
+    return _Outcome(changed, admitted, gained, sum(_progress(now, held) for held, _, _ in changed))
+
+
+def _progress(now: float, held: RunningJob) -> float:
+    """What a job has run so far, in milli-GPU seconds: what a move that restarts it throws away."""
+    return max(0.0, now - held.started_at) * held.gpu_milli_total
 
 
 def _where_it_was(ctx: CycleContext, held: RunningJob, request: GangRequest) -> GangPlacement | None:

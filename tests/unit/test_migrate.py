@@ -130,3 +130,66 @@ def test_jobs_older_than_the_migration_age_stay() -> None:
 def test_a_migration_age_that_is_not_a_number_of_seconds_is_refused_by_name(age: float) -> None:
     with pytest.raises(ValueError, match="migration_max_age_seconds"):
         SchedulerConfig(migration_max_age_seconds=age)
+
+
+def quarters_and_halves() -> tuple[list[Node], list[RunningJob]]:
+    """Two 2-GPU nodes, every job preemptible: n0 GPU 0 holds two halves, GPU 1 two quarters (half
+    free); n1 GPU 0 two quarters (half free), GPU 1 two halves. Two moves free a whole GPU (e.g. one
+    node's two quarters join the other's); a try moves all eight jobs and re-packs them."""
+    nodes = [make_node("n0", 2), make_node("n1", 2)]
+
+    def job(name: str, gpu: float, node: str, device: int, started_at: float) -> RunningJob:
+        return make_running(make_job(name, gpu=gpu), [(node, [device])], started_at=started_at)
+
+    running = [
+        job("h0", 0.5, "n0", 0, 600), job("h1", 0.5, "n0", 0, 300),
+        job("q0", 0.25, "n0", 1, 300), job("q1", 0.25, "n0", 1, 600),
+        job("q2", 0.25, "n1", 0, 600), job("q3", 0.25, "n1", 0, 600),
+        job("h2", 0.5, "n1", 1, 300), job("h3", 0.5, "n1", 1, 600),
+    ]  # fmt: skip
+    return nodes, running
+
+
+def test_pruning_leaves_in_place_the_moves_the_room_does_not_need() -> None:
+    nodes, running = quarters_and_halves()
+    snap = make_snapshot(nodes, [make_queue("a", quota_gpus=4)], [make_job("w", gpus=1)], running, now=1000)
+    as_found = run_cycle(snap, CONFIG)
+    stats: dict[str, int] = {}
+    pruned = run_cycle(snap, dataclasses.replace(CONFIG, migration_prune_moves=16), stats=stats)
+    for plan in (as_found, pruned):
+        assert "w" in {b.job_id for b in plan.bindings}
+        assert {e.job_id for e in plan.evictions} <= {b.job_id for b in plan.bindings}  # every move re-placed
+    assert len(as_found.evictions) > 2  # the try as found moves more than the room needs
+    assert len(pruned.evictions) == 2  # pruned: two moves, as few as the room needs
+
+    def progress(plan: Plan) -> float:  # what the moved jobs had run (a restart throws it away)
+        started = {held.job.id: held.started_at for held in running}
+        return sum(1000 - started[e.job_id] for e in plan.evictions)
+
+    assert progress(pruned) < progress(as_found)
+    assert stats["migrate_pruned"] >= 1 and stats["migrate_prune_tries"] >= stats["migrate_pruned"]
+
+
+@pytest.mark.parametrize("prune", [-1, -16])
+def test_a_negative_number_of_pruning_steps_is_refused_by_name(prune: int) -> None:
+    with pytest.raises(ValueError, match="migration_prune_moves"):
+        SchedulerConfig(migration_prune_moves=prune)
+
+
+def test_pruning_never_keeps_a_try_that_loses_more_progress() -> None:
+    # n0 holds a half on GPU 0 (running 700 s) and a quarter on GPU 1 (400 s); n1 is full. Moving the
+    # quarter onto the half's GPU frees GPU 1 for w. Pruning asks whether the quarter can stay: then
+    # the half moves instead, which starts w as well but throws away more progress, so it is refused.
+    nodes = [make_node("n0", 2), make_node("n1", 2)]
+    running = [
+        make_running(make_job("half", gpu=0.5), [("n0", [0])], started_at=300),
+        make_running(make_job("quarter", gpu=0.25), [("n0", [1])], started_at=600),
+        make_running(make_job("f0", gpu=0.25), [("n1", [0])], started_at=600),
+        make_running(make_job("f1", gpu=0.75), [("n1", [0])], started_at=300),
+        make_running(make_job("f2", gpu=0.75), [("n1", [1])], started_at=600),
+        make_running(make_job("f3", gpu=0.25), [("n1", [1])], started_at=600),
+    ]
+    snap = make_snapshot(nodes, [make_queue("a", quota_gpus=8)], [make_job("w", gpus=1)], running, now=1000)
+    for prune in (0, 16):
+        plan = run_cycle(snap, dataclasses.replace(CONFIG, migration_prune_moves=prune))
+        assert [e.job_id for e in plan.evictions] == ["quarter"] and "w" in {b.job_id for b in plan.bindings}
