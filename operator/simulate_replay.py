@@ -137,7 +137,9 @@ def _input_error(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _scheduler(name: str, workload: Any, cycle_shapes: str = "defaults") -> Any:
+def _scheduler(
+    name: str, workload: Any, cycle_shapes: str = "defaults", migration: dict[str, Any] | None = None
+) -> Any:
     from leitstand.scheduler.policies import PolicyContext, typical_tasks_from_shapes
     from leitstand.scheduler.sim.replay import CycleScheduler, GreedyScheduler, cycle_config
 
@@ -153,7 +155,10 @@ def _scheduler(name: str, workload: Any, cycle_shapes: str = "defaults") -> Any:
 
     if key in CYCLE_SCHEDULERS:
         config = cycle_config(
-            policy="leitstand", consolidation=key != "leitstand-noconsolidation", migration=key == "leitstand"
+            policy="leitstand",
+            consolidation=key != "leitstand-noconsolidation",
+            migration=key == "leitstand",
+            **(migration or {}),
         )
         return CycleScheduler(
             workload.nodes, workload.queues, config, topology=workload.topology, name=key,
@@ -204,6 +209,17 @@ def replay(
         typer.Option(help="Typical shapes of our cycle's placement policy: defaults (DGX-style) or trace (the "
                      "trace's own, as the baselines get them; an operator sets scheduler.typical_shapes)."),
     ] = "defaults",
+    migration_tries: Annotated[
+        int, typer.Option(help="leitstand: node sets tried for migration per cycle (max_migration_tries).")
+    ] = 60,
+    migration_max_age: Annotated[
+        float | None,
+        typer.Option(help="leitstand: move only jobs that have run at most this many seconds "
+                     "(migration_max_age_seconds; with --move-cost restart, 600 bounds the loss) [default: any age]."),
+    ] = None,
+    migration_prune: Annotated[
+        int, typer.Option(help="leitstand: pruning steps per kept migration try (migration_prune_moves).")
+    ] = 16,
 ) -> None:
     """Replay a trace with arrivals, departures and queueing; compare schedulers on the same stream."""
     from leitstand.scheduler.sim.openb import TraceFormatError
@@ -214,6 +230,17 @@ def replay(
     _check_options(trace, window, warmup, horizon, interval, days, quota, start, move_cost)
     if cycle_shapes not in ("defaults", "trace"):
         _bad("--cycle-shapes", f"unknown {cycle_shapes!r}; choose defaults (DGX-style shapes) or trace")
+    if migration_tries < 0:
+        _bad("--migration-tries", f"{migration_tries}; give the node sets tried per cycle, ≥ 0 (default 60)")
+    if migration_max_age is not None and not (math.isfinite(migration_max_age) and migration_max_age >= 0):
+        _bad("--migration-max-age", f"{migration_max_age:g} s; give seconds ≥ 0, or leave it out for any age")
+    if migration_prune < 0:
+        _bad("--migration-prune", f"{migration_prune}; give pruning steps per kept try, ≥ 0 (0: none; default 16)")
+    migration = {
+        "max_migration_tries": migration_tries,
+        "migration_max_age_seconds": migration_max_age,
+        "migration_prune_moves": migration_prune,
+    }
     loads = parse_loads(load)
     names = parse_schedulers(schedulers)
     root = trace_files.resolve_root(traces)
@@ -229,7 +256,8 @@ def replay(
         _input_error(str(err))
 
     out: dict[str, Any] = {
-        "trace": trace, "interval_seconds": interval, "move_cost": move_cost, "cycle_shapes": cycle_shapes, "runs": []
+        "trace": trace, "interval_seconds": interval, "move_cost": move_cost, "cycle_shapes": cycle_shapes,
+        "migration": migration, "runs": [],
     }
     results_by_load: list[tuple[Any, list[Any], Any]] = []
     stop_at: float | None
@@ -263,7 +291,7 @@ def replay(
                 print(f"[{workload.name}] {name} ...", file=sys.stderr, flush=True)
             result = run_replay(
                 workload,
-                _scheduler(name, workload, cycle_shapes),
+                _scheduler(name, workload, cycle_shapes, migration),
                 interval_seconds=interval,
                 horizon_seconds=stop_at,
                 warmup_seconds=skip,

@@ -280,12 +280,13 @@ class SchedulerConfig:
     """Only jobs that have run at most this long (`Snapshot.now - RunningJob.started_at`) are moved by
     migration; None: any job past its minimum runtime. A moved pod restarts, so a job without
     checkpoints loses what it ran: this bounds what one move can cost to this age times its GPUs."""
-    migration_prune_moves: int = 0
+    migration_prune_moves: int = 16
     """Before a migration try is kept, up to this many times: leave its moved job with the most
     progress (run time × GPU milli) where it is and redo the try; keep the smaller try if it starts
-    at least as much GPU milli. Tries move more jobs than their room needs; on openb with restarting
-    moves 16 halves the moves and the progress lost and lifts allocation (docs/replay.md,
-    "Pruning moves"). Each pruning step costs one more try's placements. 0: keep tries as found."""
+    at least as much GPU milli and loses less progress. Tries move more jobs than their room needs:
+    on openb 16 halves the moves, and the progress restarting moves lose, with as much or more
+    allocation (docs/replay.md, "Pruning migration tries"). Each step costs one more try's
+    placements. 0: keep tries as found."""
     reserve_after_seconds: float | None = None
     """Reservations for starving gangs (`actions/reserve.py`, docs/cycle.md): a pending gang of at
     least `reserve_min_gpus` GPUs that has waited this long (`Snapshot.now - Job.created_at`) gets

@@ -107,6 +107,12 @@ class SchedulerSettings(BaseModel):
         default=None, ge=0,
         description="Only jobs that have run at most this long are moved (null: any past min_runtime_seconds).",
     )
+    migration_prune_moves: int = Field(
+        default=16, ge=0,
+        description="Before a migration try is kept, up to this many times leave its moved job with the most "
+        "progress in place and redo the try; the smaller try is kept if it starts as much (0: keep tries as "
+        "found). Halves the moves on the openb replay (docs/replay.md).",
+    )
     reserve_min_gpus: int = Field(default=2, ge=1, description="Only gangs asking this many GPUs or more get a hold.")
     max_reserved_gangs: int = Field(default=2, ge=0, description="At most this many gangs hold capacity at once.")
     typical_shapes: tuple[TypicalShape, ...] = Field(
@@ -136,6 +142,7 @@ class SchedulerSettings(BaseModel):
             max_migration_tries=self.max_migration_tries,
             migration_nodes_per_try=self.migration_nodes_per_try,
             migration_max_age_seconds=self.migration_max_age_seconds,
+            migration_prune_moves=self.migration_prune_moves,
             usage_half_life_seconds=self.usage_half_life_seconds,
             reserve_after_seconds=self.reserve_after_seconds,
             reserve_min_gpus=self.reserve_min_gpus,

@@ -76,6 +76,10 @@ SMALL = ("--load", "1.0", "--window", "300", "--warmup", "60", "--schedulers", "
         (("--trace", "philly", "--quota", "fair"), ["--quota", "demand or equal"]),
         (("--move-cost", "cheap"), ["--move-cost", "'cheap'", "free", "restart"]),
         (("--cycle-shapes", "dgx"), ["--cycle-shapes", "'dgx'", "defaults", "trace"]),
+        (("--migration-tries", "-1"), ["--migration-tries", "≥ 0"]),
+        (("--migration-max-age", "-5"), ["--migration-max-age", "seconds ≥ 0", "any age"]),
+        (("--migration-max-age", "inf"), ["--migration-max-age", "seconds ≥ 0"]),
+        (("--migration-prune", "-1"), ["--migration-prune", "≥ 0"]),
     ],
 )
 def test_a_bad_option_is_named_with_its_fix(tmp_path: Path, args: tuple[str, ...], expected: list[str]) -> None:
@@ -166,6 +170,15 @@ def test_the_move_cost_is_named_in_the_table_and_the_json(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc["move_cost"] == "restart"
+    assert doc["migration"] == {
+        "max_migration_tries": 60, "migration_max_age_seconds": None, "migration_prune_moves": 16
+    }
+    tuned = ["--migration-tries", "120", "--migration-max-age", "600", "--migration-prune", "0"]
+    result = CliRunner().invoke(simulate_app, [*options, *tuned])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["migration"] == {
+        "max_migration_tries": 120, "migration_max_age_seconds": 600.0, "migration_prune_moves": 0
+    }
     assert all(s["lost_gpu_hours"] >= 0.0 for s in doc["runs"][0]["results"].values())
 
 
