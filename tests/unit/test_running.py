@@ -159,3 +159,57 @@ def test_what_the_log_cannot_account_for_is_built_afresh(case: str) -> None:
     assert again is not first
     _same(again, open_running(tuple(jobs)))
     assert (CACHE_KEY in state.cycle_cache) == (case != "elastic")  # sums with elastic jobs are not kept
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_a_caller_keeping_its_state_gets_the_plans_of_one_that_does_not(seed: int) -> None:
+    """Cycle after cycle a caller applies each plan to its kept state (binds start, evictions end,
+    moves do both, some jobs finish): every plan equals the one `run_cycle` makes from the snapshot
+    alone, with reclaim, preemption, consolidation and migration at work (the consolidation retry off:
+    it is a memory of earlier cycles by design)."""
+    from builders import make_cluster, make_job, make_queue, make_snapshot
+
+    from leitstand.scheduler.cycle import run_cycle
+    from leitstand.scheduler.model import SchedulerConfig
+
+    rng = random.Random(seed)
+    nodes, topology = make_cluster(6, 8, racks=2)
+    queues = [make_queue("r", quota_gpus=0), make_queue("a", "r", quota_gpus=8), make_queue("b", "r", quota_gpus=40)]
+    config = SchedulerConfig(consolidation_retry_seconds=0, migration=True, min_runtime_seconds=0)
+    state = ClusterState.from_nodes(nodes, topology)
+    running: dict[JobId, RunningJob] = {}
+    pending: list[Job] = []
+    made = 0
+    for step in range(12):
+        now = 100.0 * (step + 1)
+        for _ in range(rng.randint(1, 6)):
+            size = rng.choice([0.25, 0.5, 1, 2, 4, 8])
+            gpu = {"gpu": size} if size < 1 else {"gpus": int(size)}
+            pending.append(
+                # "a" borrows the idle cluster first; "b" comes later and takes its quota back (reclaim)
+                make_job(f"j{made}", "a" if step < 4 else rng.choice("ab"), priority=rng.choice([10, 50, 150]),
+                         created_at=now, **gpu)
+            )
+            made += 1
+        for job_id in [j for j in running if rng.random() < 0.15]:  # finished
+            state.release_job(running.pop(job_id))
+        snapshot = make_snapshot(nodes, queues, pending, list(running.values()), topology=topology, now=now)
+        kept = run_cycle(snapshot, config, state=state)
+        alone = run_cycle(snapshot, config)
+        assert kept.bindings == alone.bindings and kept.evictions == alone.evictions
+        assert kept.pending == alone.pending
+        evicted: dict[JobId, RunningJob] = {}
+        for eviction in kept.evictions:
+            held = running.pop(eviction.job_id)
+            state.release_job(held)
+            evicted[held.job.id] = held
+        waiting = {job.id: job for job in pending}
+        for binding in kept.bindings:
+            moved = evicted.get(binding.job_id)  # a move keeps its start (and its progress)
+            job = waiting[binding.job_id] if moved is None else moved.job
+            held = RunningJob(job, binding.placements, now if moved is None else moved.started_at)
+            state.allocate_job(held)
+            running[job.id] = held
+        requeued = [held.job for job_id, held in evicted.items() if job_id not in running]
+        pending = [job for job in pending if job.id not in running] + requeued
