@@ -266,10 +266,14 @@ def _try(ctx: CycleContext, chosen: list[int], moved: list[RunningJob], waiting:
     stays: set[JobId] = set()  # left in place by pruning
     asked: set[JobId] = set()
     for _ in range(ctx.config.migration_prune_moves):
-        costly = [held for held, _, _ in outcome.changed if held.job.id not in asked and _progress(now, held) > 0]
+        costly = [
+            (progress, held.job.id)
+            for held, _, _ in outcome.changed
+            if held.job.id not in asked and (progress := _progress(now, held)) > 0
+        ]
         if not costly:
             break
-        worst = max(costly, key=lambda held: (_progress(now, held), held.job.id)).job.id
+        _, worst = max(costly)  # the most progress; the larger id on a tie
         asked.add(worst)
         fewer = [held for held in moved if held.job.id not in stays and held.job.id != worst]
         pruned = _attempt(ctx, chosen, fewer, waiting) if fewer else None

@@ -20,6 +20,7 @@ reclaimer's path and the victim's path differ (the split level and every level b
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import chain
 
 import numpy as np
 from numpy.typing import NDArray
@@ -245,21 +246,21 @@ def _refresh_reasons(ctx: CycleContext) -> None:
     Only jobs allocate visited before its last bind can have one (nothing was charged after the
     others' visits), and capacity holders, which allocate passes over (`reserve`)."""
     plain = ctx.plain_failed
+    jobs: Iterable[Job]
     if ctx.visited_before_last_bind is not None and not ctx.holders:
         bound = ctx.bound
-        groups: Iterable[list[Job]] = ([j for j in ctx.visited_before_last_bind if j.id not in bound],)
+        jobs = (job for job in ctx.visited_before_last_bind if job.id not in bound)
     else:
-        groups = ctx.still_pending().values()
-    for jobs in groups:
-        for job in jobs:
-            # A pair allocate saw fail has a request: only a block can be new (no lookup needed).
+        jobs = chain.from_iterable(ctx.still_pending().values())
+    for job in jobs:
+        # A pair allocate saw fail has a request: only a block can be new (no lookup needed).
+        known = plain is not None and (job.queue, job.request_key) in plain
+        if job.min_replicas is not None:  # an elastic job is checked at its minimum size
+            job = ctx.at_minimum(job)
             known = plain is not None and (job.queue, job.request_key) in plain
-            if job.min_replicas is not None:  # an elastic job is checked at its minimum size
-                job = ctx.at_minimum(job)
-                known = plain is not None and (job.queue, job.request_key) in plain
-            elif known and ctx.surely_admitted(job):
-                continue  # no block can have appeared, and its request is known: nothing to record
-            _admitted_request(ctx, job, ctx.reasons.get(job.id), has_request=known)
+        elif known and ctx.surely_admitted(job):
+            continue  # no block can have appeared, and its request is known: nothing to record
+        _admitted_request(ctx, job, ctx.reasons.get(job.id), has_request=known)
 
 
 def _admitted_request(
