@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -95,8 +96,6 @@ class _Columns:
     priority: NDArray[np.int64]
     started: NDArray[np.float64]
     milli: NDArray[np.int64]
-    rank: dict[JobId, int]
-    """Job id → its entry (meaningful once sorted)."""
 
 
 def _columns(candidates: Sequence[RunningJob], index: Mapping[NodeName, int]) -> _Columns:
@@ -135,12 +134,11 @@ def _columns(candidates: Sequence[RunningJob], index: Mapping[NodeName, int]) ->
         priority=np.array(priority_list, dtype=np.int64),
         started=np.array(started_list, dtype=np.float64),
         milli=np.array(milli_list, dtype=np.int64),
-        rank={},
     )
 
 
 def _permute(cols: _Columns, perm: NDArray[np.int64]) -> _Columns:
-    """The columns with jobs in `perm` order (each job's rows follow it), ranked."""
+    """The columns with jobs in `perm` order (each job's rows follow it)."""
     counts = cols.counts[perm]
     given_start = np.cumsum(cols.counts) - cols.counts
     row_start = np.cumsum(counts) - counts
@@ -148,18 +146,16 @@ def _permute(cols: _Columns, perm: NDArray[np.int64]) -> _Columns:
     rows = np.arange(int(counts.sum()), dtype=np.int64)
     given_rows = np.repeat(given_start[perm] - row_start, counts) + rows
     order = perm.tolist()
-    ids = cols.ids[perm]
     return _Columns(
-        ordered=[cols.ordered[i] for i in order],
-        ids=ids,
+        ordered=list(map(cols.ordered.__getitem__, order)),
+        ids=cols.ids[perm],
         counts=counts,
         nodes=cols.nodes[given_rows],
         devices=cols.devices[perm],
-        queues=[cols.queues[i] for i in order],
+        queues=list(map(cols.queues.__getitem__, order)),
         priority=cols.priority[perm],
         started=cols.started[perm],
         milli=cols.milli[perm],
-        rank=dict(zip(ids.tolist(), range(len(order)), strict=True)),
     )
 
 
@@ -174,21 +170,57 @@ def _sort(cols: _Columns, key: Callable[[RunningJob], tuple[int, float, int, str
     return _permute(cols, np.lexsort(fields).astype(np.int64))
 
 
+def _sort_keys(cols: _Columns, key: Callable[[RunningJob], tuple[int, float, int, str]]) -> NDArray[np.void]:
+    """Per job, its sort key (`victim_cost` or `move_cost`) as one record whose fields compare in
+    the key's order: numpy orders records field by field as Python orders the tuples, so
+    `searchsorted` finds where a job goes among jobs sorted by `_sort`."""
+    first, third = (cols.priority, cols.milli) if key is victim_cost else (cols.milli, cols.priority)
+    fields = [("a", np.int64), ("b", np.float64), ("c", np.int64), ("id", cols.ids.dtype)]
+    keys = np.empty(len(cols.ordered), dtype=fields)
+    keys["a"], keys["b"], keys["c"], keys["id"] = first, -cols.started, third, cols.ids
+    return keys
+
+
 def _join(kept: _Columns, keep: NDArray[np.bool_], fresh: _Columns) -> _Columns:
-    """The `keep` entries of `kept` followed by `fresh` (unsorted, unranked)."""
+    """The `keep` entries of `kept` followed by `fresh` (unsorted)."""
     at = np.flatnonzero(keep).tolist()
     return _Columns(
-        ordered=[kept.ordered[i] for i in at] + fresh.ordered,
+        ordered=list(map(kept.ordered.__getitem__, at)) + fresh.ordered,
         ids=np.concatenate((kept.ids[keep], fresh.ids)),
         counts=np.concatenate((kept.counts[keep], fresh.counts)),
         nodes=np.concatenate((kept.nodes[np.repeat(keep, kept.counts)], fresh.nodes)),
         devices=np.concatenate((kept.devices[keep], fresh.devices)),
-        queues=[kept.queues[i] for i in at] + fresh.queues,
+        queues=list(map(kept.queues.__getitem__, at)) + fresh.queues,
         priority=np.concatenate((kept.priority[keep], fresh.priority)),
         started=np.concatenate((kept.started[keep], fresh.started)),
         milli=np.concatenate((kept.milli[keep], fresh.milli)),
-        rank={},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _KeptPool:
+    """What a pool leaves in `ClusterState.cycle_cache` for the next one built with its key."""
+
+    cols: _Columns
+    """Sorted."""
+    keys: NDArray[np.void]
+    """`_sort_keys` of `cols`, ascending."""
+    where: dict[int, int]
+    """`id()` of each candidate object → its entry. The ids stay unique while `cols.ordered` holds the
+    objects, so an id found here is that very object."""
+
+
+def _where(ordered: list[RunningJob]) -> dict[int, int]:
+    """`id()` of each object → its place (built in C)."""
+    return dict(zip(map(id, ordered), range(len(ordered)), strict=True))
+
+
+_CostKey = Callable[[RunningJob], tuple[int, float, int, str]]
+
+
+def _keep(kept: dict[Any, Any], key: _CostKey, cols: _Columns, keys: NDArray[np.void]) -> _KeptPool:
+    pool = kept[key] = _KeptPool(cols, keys, _where(cols.ordered))
+    return pool
 
 
 def _kept_columns(
@@ -196,33 +228,36 @@ def _kept_columns(
     candidates: Sequence[RunningJob],
     index: Mapping[NodeName, int],
     key: Callable[[RunningJob], tuple[int, float, int, str]],
-) -> _Columns:
-    """The sorted columns of `candidates`, from the last pool's where it holds the same job objects.
+) -> _KeptPool:
+    """The sorted columns of `candidates` (kept in `kept` for the next pool), from the last pool's
+    where it holds the same job objects.
 
     A pool between cycles differs by the jobs that ended, started, aged past the minimum runtime or
     moved; a `RunningJob` is immutable, so the same object holds what it held then. Those are taken
-    from the last pool's arrays, the others read as in a fresh pool, and the whole sorted again
-    (numpy). When most candidates are new, a fresh pool is cheaper and is built instead."""
-    last: _Columns | None = kept.get(key)
-    keep = np.zeros(0 if last is None else len(last.ordered), dtype=np.bool_)
-    fresh: list[RunningJob] = []
+    from the last pool's arrays (still in order), the others read as in a fresh pool, sorted among
+    themselves and merged in by their keys (`searchsorted`: the result is the full sort's, as keys
+    are unique). Finding the kept objects is one lookup per candidate by `id()`, run in C. When
+    most candidates are new, a fresh pool is cheaper and is built instead."""
+    last: _KeptPool | None = kept.get(key)
     if last is not None:
-        rank, ordered = last.rank, last.ordered
-        most = len(candidates) // 2
-        for held in candidates:
-            i = rank.get(held.job.id)
-            if i is not None and ordered[i] is held:
-                keep[i] = True
-            else:
-                fresh.append(held)
-                if len(fresh) > most:
-                    break  # mostly new objects (a caller that builds them afresh each cycle): build afresh
-    if last is None or len(fresh) > len(candidates) // 2:
-        cols = _sort(_columns(candidates, index), key)
-    else:
-        cols = _sort(_join(last, keep, _columns(fresh, index)), key)
-    kept[key] = cols
-    return cols
+        n = len(candidates)
+        at = np.fromiter(map(last.where.get, map(id, candidates), repeat(-1, n)), dtype=np.int64, count=n)
+        new = np.flatnonzero(at < 0)
+        if new.size <= n // 2:
+            keep = np.zeros(len(last.cols.ordered), dtype=np.bool_)
+            keep[at[at >= 0]] = True
+            fresh = _sort(_columns([candidates[i] for i in new.tolist()], index), key)
+            fresh_keys, kept_keys = _sort_keys(fresh, key), last.keys[keep]
+            if fresh_keys.dtype != kept_keys.dtype:  # ids of another width: compare as the wider
+                wider = max(fresh_keys.dtype, kept_keys.dtype, key=lambda d: d.itemsize)
+                fresh_keys, kept_keys = fresh_keys.astype(wider), kept_keys.astype(wider)
+            at_kept = np.searchsorted(kept_keys, fresh_keys)
+            size = len(kept_keys)
+            perm = np.insert(np.arange(size, dtype=np.int64), at_kept, np.arange(size, size + len(fresh_keys)))
+            cols = _permute(_join(last.cols, keep, fresh), perm)
+            return _keep(kept, key, cols, np.insert(kept_keys, at_kept, fresh_keys))
+    cols = _sort(_columns(candidates, index), key)
+    return _keep(kept, key, cols, _sort_keys(cols, key))
 
 
 def _set_cost(victims: Sequence[RunningJob], preferred: bool) -> tuple[int, bool, int, int, float]:
@@ -262,21 +297,25 @@ class VictimPool:
         in the last pool built there, as the same `RunningJob` object, are read job by job; the rest
         is taken from the last pool's arrays (`_kept_columns`). The pool is the same either way."""
         state = stmt.state
+        where: dict[int, int] | None = None  # id() of a candidate → its entry, when known
         if key is victim_cost or key is move_cost:
             if kept is None:
                 cols = _sort(_columns(candidates, state.node_index), key)
             else:
-                cols = _kept_columns(kept, candidates, state.node_index, key)
+                kept_pool = _kept_columns(kept, candidates, state.node_index, key)
+                cols, where = kept_pool.cols, kept_pool.where
         else:
             given = _columns(candidates, state.node_index)
             perm = np.array(sorted(range(len(candidates)), key=lambda i: key(candidates[i])), dtype=np.int64)
             cols = _permute(given, perm)
         self.ordered: list[RunningJob] = cols.ordered
-        self.rank: dict[JobId, int] = cols.rank
-        queue_index: dict[QueueName, int] = {}
+        self._where = where
+        self._rank: dict[JobId, int] | None = None
+        # Queue → code, numbered in order of first appearance; the codes looked up in C.
+        queue_index: dict[QueueName, int] = {q: i for i, q in enumerate(dict.fromkeys(cols.queues))}
         self.queue_index = queue_index
-        self.queue_code = np.array(
-            [queue_index.setdefault(q, len(queue_index)) for q in cols.queues], dtype=np.int64
+        self.queue_code = np.fromiter(
+            map(queue_index.__getitem__, cols.queues), dtype=np.int64, count=len(cols.queues)
         )
         counts = cols.counts
         self.row_job = np.repeat(np.arange(len(self.ordered), dtype=np.int64), counts)
@@ -302,6 +341,19 @@ class VictimPool:
 
     def __len__(self) -> int:
         return int(self.alive.sum())
+
+    @property
+    def rank(self) -> dict[JobId, int]:
+        """Job id → its entry (built on first use: most pools never remove a job)."""
+        if self._rank is None:
+            self._rank = {held.job.id: i for i, held in enumerate(self.ordered)}
+        return self._rank
+
+    def entry(self, held: RunningJob) -> int:
+        """The entry of candidate `held` (this very object)."""
+        if self._where is None:
+            self._where = _where(self.ordered)
+        return self._where[id(held)]
 
     def remove(self, job_id: JobId) -> None:
         i = self.rank.get(job_id)
@@ -505,7 +557,7 @@ def choose_victims(
             )
             if found is None:
                 if hopeless:
-                    pool.failed[key] = (frozenset(pool.rank[v.job.id] for v in tried), pool.epoch)
+                    pool.failed[key] = (frozenset(map(pool.entry, tried)), pool.epoch)
                 continue
             successes += 1
             cost = _set_cost(found.victims, _in_preferred(state, request, found.placement))

@@ -188,9 +188,10 @@ def _pool_view(pool: VictimPool) -> tuple[object, ...]:
 
 
 def test_a_pool_kept_between_cycles_equals_a_fresh_pool_as_jobs_end_start_and_move() -> None:
-    """`VictimPool(kept=...)` takes the last pool's arrays for the same job objects and reads only the
+    """`VictimPool(kept=...)` takes the last pool's arrays for the same job objects and merges in the
     rest: over 30 "cycles" where jobs end, start, and move (a new object for the same id), every pool
-    is the fresh pool of the same candidates, for both cost keys."""
+    is the fresh pool of the same candidates, for both cost keys. Ids of several lengths (the merge
+    compares ids stored at different widths) and many equal costs (ties broken by id)."""
     stmt, _, _ = _rack_state()
     rng = np.random.default_rng(17)
     serial = 0
@@ -205,10 +206,13 @@ def test_a_pool_kept_between_cycles_equals_a_fresh_pool_as_jobs_end_start_and_mo
             started_at=float(rng.choice([0.0, 5.0, 7.5])),
         )
 
+    def name(serial: int) -> str:
+        return f"job-{serial}-of-a-longer-name" if serial % 7 == 0 else f"j{serial}"
+
     running: dict[str, RunningJob] = {}
     for _ in range(40):
         serial += 1
-        running[f"j{serial:03d}"] = started(f"j{serial:03d}")
+        running[name(serial)] = started(name(serial))
     for key in (victim_cost, move_cost):
         kept: dict[object, object] = {}
         for cycle in range(30):
@@ -221,15 +225,35 @@ def test_a_pool_kept_between_cycles_equals_a_fresh_pool_as_jobs_end_start_and_mo
                 running[job_id] = started(job_id)  # the same id, a new object
             for _ in range(int(rng.integers(0, 6))):
                 serial += 1
-                running[f"j{serial:03d}"] = started(f"j{serial:03d}")  # started
+                running[name(serial)] = started(name(serial))  # started
             if cycle == 12:
                 running = {job_id: started(job_id) for job_id in running}  # all new: built afresh
             candidates = list(running.values())
             rng.shuffle(candidates)
             pool = VictimPool(stmt, candidates, key=key, kept=kept)
             assert _pool_view(pool) == _pool_view(VictimPool(stmt, candidates, key=key))
+            assert [pool.entry(v) for v in pool.ordered] == list(range(len(candidates)))
             assert [v.job.id for v in pool.ordered] == [v.job.id for v in sorted(candidates, key=key)]
         assert kept  # the last pool's columns are there for the next cycle
+
+
+def test_a_kept_pool_keeps_long_ids_whole_for_later_merges() -> None:
+    """Equal costs are ordered by id. A kept pool whose ids are short takes in a job with a longer id;
+    the next cycle merges a job whose id sorts between that long id and its first two characters: it
+    must land before the long one, as in a fresh pool (fails if the kept keys cut ids to the width of
+    the shorter ones)."""
+    stmt, _, _ = _rack_state()
+
+    def held(job_id: str) -> RunningJob:
+        return make_running(make_job(job_id, "a", 1), [("n0", [0])], started_at=5.0)
+
+    a1, a3, long, between = held("a1"), held("a3"), held("a2zzzz"), held("a2b")
+    for key in (victim_cost, move_cost):
+        kept: dict[object, object] = {}
+        for candidates in ([a1, a3], [a1, a3, long], [a1, a3, long, between]):
+            pool = VictimPool(stmt, candidates, key=key, kept=kept)
+            assert [v.job.id for v in pool.ordered] == [v.job.id for v in sorted(candidates, key=key)]
+        assert [v.job.id for v in pool.ordered] == ["a1", "a2b", "a2zzzz", "a3"]
 
 
 def test_pool_rows_follow_the_cost_order_for_gangs_of_several_replicas() -> None:
