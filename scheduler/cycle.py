@@ -35,6 +35,7 @@ from leitstand.scheduler.model import (
     QueueName,
     SchedulerConfig,
     Snapshot,
+    pending_reason,
 )
 from leitstand.scheduler.ordering import job_order_key
 from leitstand.scheduler.policies import PolicyContext
@@ -203,7 +204,7 @@ def _run_cycle(
     reason_of = ctx.reasons.get
     pending = tuple([
         reason_of(job.id)
-        or PendingReason(job.id, "NotScheduled", "not placed this cycle; will be retried next cycle")
+        or pending_reason(job.id, "NotScheduled", "not placed this cycle; will be retried next cycle")
         for job in snapshot.pending
         if job.id not in bound_now
     ])

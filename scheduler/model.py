@@ -398,6 +398,24 @@ class PendingReason:
     message: str
 
 
+_new_object = object.__new__
+_set_reason_job, _set_reason_code, _set_reason_message = (
+    PendingReason.__dict__[name].__set__ for name in ("job_id", "code", "message")
+)
+
+
+def pending_reason(job_id: JobId, code: str, message: str) -> PendingReason:
+    """`PendingReason(job_id, code, message)`, made in about half the time: its three slots are set
+    directly rather than through the frozen dataclass's `__init__` (which does nothing else: no
+    `__post_init__`, checked by a test). A cycle makes one per waiting job per pass — millions in a
+    replay — so the hot paths use this."""
+    reason: PendingReason = _new_object(PendingReason)
+    _set_reason_job(reason, job_id)
+    _set_reason_code(reason, code)
+    _set_reason_message(reason, message)
+    return reason
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """The outcome of one cycle: what to bind, what to evict, why the rest waits.

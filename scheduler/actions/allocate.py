@@ -29,7 +29,7 @@ from dataclasses import replace
 from leitstand.scheduler.actions import reserve
 from leitstand.scheduler.actions.context import Code, CycleContext, ShapeKey
 from leitstand.scheduler.actions.shares import ModelAccounting
-from leitstand.scheduler.model import Job, PendingReason, QueueName
+from leitstand.scheduler.model import Job, PendingReason, QueueName, pending_reason
 from leitstand.scheduler.placement import GangPlacement, GangRequest, Unplaceable, place_gang
 
 __all__ = ["run"]
@@ -43,6 +43,10 @@ def run(ctx: CycleContext) -> None:
     # fail alike (a finer key than `shape_key`, known before the request is looked up).
     same: _Same | None = None if isinstance(acc, ModelAccounting) or ctx.held_nodes is not None else {}
     ctx.plain_failed = same  # `_place` records there; later actions read it
+    # Pairs of `same` whose admission was found sure since the last bind, with the job's
+    # preemptibility (the rest of what `surely_admitted` reads follows from the queue and the
+    # request key): only a bind charges the accounting here, so each bind clears it.
+    sure: dict[tuple[QueueName, tuple[object, ...], bool], Unplaceable] = {}
     budget = ctx.config.max_jobs_per_cycle
     work = ctx.work_queue()
     reasons, holders = ctx.reasons, ctx.holders
@@ -57,9 +61,16 @@ def run(ctx: CycleContext) -> None:
         if same and job.min_replicas is None:
             # A rigid job whose pair already failed and that no admission check can block gets that
             # failure at once: what the full visit below gives it, without the rest of its checks.
-            failure = same.get((job.queue, job.request_key))
-            if failure is not None and job.id not in holders and ctx.surely_admitted(job):
-                reasons[job.id] = PendingReason(job.id, failure.code, failure.message)
+            key = (job.queue, job.request_key, job.is_preemptible)
+            failure = sure.get(key)
+            if failure is None:
+                failure = same.get((job.queue, job.request_key))
+                if failure is not None and ctx.surely_admitted(job):
+                    sure[key] = failure
+                else:
+                    failure = None
+            if failure is not None and job.id not in holders:
+                reasons[job.id] = pending_reason(job.id, failure.code, failure.message)
                 continue
         if job.id in holders:
             continue  # capacity is held for it (`reserve`): it keeps its `Reserved` reason
@@ -91,6 +102,7 @@ def run(ctx: CycleContext) -> None:
             continue
         request, result = placed
         ctx.stmt.bind(job, request, result)  # an elastic job with `request.replicas` of its replicas
+        sure.clear()
         ctx.bound.add(job.id)
         ctx.reasons.pop(job.id, None)
         last_bind = len(visited)

@@ -28,6 +28,7 @@ from leitstand.scheduler.model import (
     RunningJob,
     SchedulerConfig,
     Snapshot,
+    pending_reason,
 )
 from leitstand.scheduler.ordering import WorkQueue
 from leitstand.scheduler.placement import NEVER_FITS, GangRequest
@@ -155,7 +156,7 @@ class CycleContext:
         )
 
     def wait(self, job: Job, code: str, message: str) -> None:
-        self.reasons[job.id] = PendingReason(job.id, code, message)
+        self.reasons[job.id] = pending_reason(job.id, code, message)
 
     def still_pending(self) -> dict[QueueName, list[Job]]:
         """The pending jobs not bound in this cycle, per leaf queue in job order (do not mutate: the
@@ -163,7 +164,11 @@ class CycleContext:
         kept = self._still_pending
         if kept is not None and kept[0] == len(self.bound):
             return kept[1]
-        still = {q: [j for j in jobs if j.id not in self.bound] for q, jobs in self.pending_by_queue.items()}
+        bound = self.bound
+        if bound:
+            still = {q: [j for j in jobs if j.id not in bound] for q, jobs in self.pending_by_queue.items()}
+        else:  # nothing bound yet (allocate's start): the lists as sorted
+            still = self.pending_by_queue
         self._still_pending = (len(self.bound), still)
         return still
 

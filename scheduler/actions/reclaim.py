@@ -252,14 +252,23 @@ def _refresh_reasons(ctx: CycleContext) -> None:
         jobs = (job for job in ctx.visited_before_last_bind if job.id not in bound)
     else:
         jobs = chain.from_iterable(ctx.still_pending().values())
+    # Per (queue, request key, preemptible): whether allocate saw the pair fail (so it has a request)
+    # and its admission is sure — all that is read of a rigid job below. Nothing is charged during
+    # the refresh, so it is asked once per key.
+    passed: dict[tuple[QueueName, tuple[object, ...], bool], bool] = {}
     for job in jobs:
+        if job.min_replicas is None:
+            key = (job.queue, job.request_key, job.is_preemptible)
+            passing = passed.get(key)
+            if passing is None:
+                known = plain is not None and (job.queue, job.request_key) in plain
+                passing = passed[key] = known and ctx.surely_admitted(job)
+            if passing:
+                continue  # no block can have appeared, and its request is known: nothing to record
+        else:  # an elastic job is checked at its minimum size
+            job = ctx.at_minimum(job)
         # A pair allocate saw fail has a request: only a block can be new (no lookup needed).
         known = plain is not None and (job.queue, job.request_key) in plain
-        if job.min_replicas is not None:  # an elastic job is checked at its minimum size
-            job = ctx.at_minimum(job)
-            known = plain is not None and (job.queue, job.request_key) in plain
-        elif known and ctx.surely_admitted(job):
-            continue  # no block can have appeared, and its request is known: nothing to record
         _admitted_request(ctx, job, ctx.reasons.get(job.id), has_request=known)
 
 

@@ -477,3 +477,66 @@ def test_reclaimed_queue_does_not_take_the_gpus_back_next_cycle() -> None:
     assert second.evictions == () and second.bindings == ()
     # Both queues sit exactly at their fair share: nobody borrows, so the victims simply wait for room.
     assert {p.code for p in second.pending} == {"Insufficient"}
+
+
+def test_a_bind_between_jobs_of_a_failed_shape_is_seen_by_the_later_ones() -> None:
+    """Allocate gives a job whose (queue, shape) already failed that failure without the full visit
+    when its admission is sure, and remembers the sure ones. A bind in between charges the queue: a
+    later non-preemptible job of the failed shape is then over the in-quota GPUs, and says so, while a
+    preemptible one (no in-quota rule) keeps the failure (fails if the remembered answers outlive the
+    bind, or are shared between preemptible and non-preemptible jobs)."""
+    nodes, topology = make_cluster(3)
+    held = make_running(make_job("b-held", "b", 8, preemptible=False), [("n0", range(8))])
+    big = dict(queue="a", gpus=8, replicas=2, preemptible=False)  # 16 GPUs: only n2 is whole
+    pending = [
+        make_job("x1", **big, created_at=1.0),
+        make_job("x2", **big, created_at=2.0),
+        make_job("y", "a", 8, preemptible=False, created_at=3.0),  # fits n1 or n2: binds
+        make_job("p", **{**big, "preemptible": True}, created_at=3.5),  # preemptible: no in-quota rule
+        make_job("x3", **big, created_at=4.0),
+    ]
+    half = make_running(make_job("b-half", "b", 4, preemptible=False), [("n1", range(4))])
+    snapshot = make_snapshot(
+        nodes,
+        [make_queue("a", quota_gpus=16), make_queue("b", quota_gpus=12)],
+        pending=pending,
+        running=[held, half],
+        topology=topology,
+    )
+    plan = run_cycle(snapshot, SchedulerConfig())
+    assert [b.job_id for b in plan.bindings] == ["y"]
+    codes = {r.job_id: r.code for r in plan.pending}
+    assert codes["x1"] == codes["x2"] == codes["p"] == "Insufficient"
+    assert codes["x3"] == "NonPreemptibleOverQuota", plan.pending
+
+
+def test_the_reason_refresh_tells_preemptible_and_non_preemptible_jobs_of_one_shape_apart() -> None:
+    """After allocate, reclaim re-checks the waiting jobs visited before the last bind for a block
+    that bind caused, asking once per (queue, shape, preemptible). A preemptible job and a
+    non-preemptible one of the same failed shape: only the non-preemptible one is now over the
+    in-quota GPUs (fails if the answer for one is reused for the other)."""
+    nodes, topology = make_cluster(4)
+    big = dict(queue="a", gpus=8, replicas=2)  # 16 GPUs: only n2 is whole
+    pending = [
+        make_job("p1", **big, preemptible=True, created_at=1.0),
+        make_job("x1", **big, preemptible=False, created_at=2.0),
+        make_job("y", "a", 8, preemptible=False, created_at=3.0),  # binds on n2
+    ]
+    running = [
+        make_running(make_job("b-held", "b", 8, preemptible=False), [("n0", range(8))]),
+        make_running(make_job("b-half", "b", 4, preemptible=False), [("n1", range(4))]),
+        make_running(make_job("b-one", "b", 1, preemptible=False), [("n3", [0])]),
+        make_running(make_job("a-small", "a", 1, preemptible=True), [("n1", [4])]),  # a candidate: refresh runs
+    ]
+    snapshot = make_snapshot(
+        nodes,
+        [make_queue("a", quota_gpus=16), make_queue("b", quota_gpus=16)],  # neither over its share
+        pending=pending,
+        running=running,
+        topology=topology,
+        now=600.0,
+    )
+    plan = run_cycle(snapshot, SchedulerConfig())
+    assert [b.job_id for b in plan.bindings] == ["y"] and not plan.evictions
+    codes = {r.job_id: r.code for r in plan.pending}
+    assert codes == {"p1": "Insufficient", "x1": "NonPreemptibleOverQuota"}, plan.pending
