@@ -11,7 +11,7 @@ between cycles (the replay, the acme simulator) starts and ends jobs on it with 
 the next cycle takes the last cycle's sums and applies only the jobs that started or ended.
 
 Exact, and checked: the kept result is used only if its jobs are the snapshot's running jobs, the
-very same objects in the same order (one comparison of their `id()`s, run in C) — else, or when an
+very same objects in the same order (one identity comparison per job, run in C) — else, or when an
 elastic job runs or a job id repeats, the sums are built afresh from the snapshot. A caller whose
 state and snapshot disagree therefore gets what it got before, a fresh build, never stale sums.
 """
@@ -19,6 +19,7 @@ state and snapshot disagree therefore gets what it got before, a fresh build, ne
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import is_
 from typing import TYPE_CHECKING
 
 from leitstand.scheduler.model import Job, JobId, QueueName, RunningJob
@@ -114,7 +115,7 @@ def _updated(
                 return None
             del by_id[job.id]
             _charge(charged, priorities, job, -1)
-    if len(by_id) != len(running) or list(map(id, by_id.values())) != list(map(id, running)):
+    if len(by_id) != len(running) or not all(map(is_, by_id.values(), running)):
         return None
     return last
 
