@@ -361,6 +361,12 @@ def _print_tables(
         if move_cost == "restart":
             table.add_column("lost GPU-h", justify="right")  # progress moved tasks lost, whole run
         table.add_column("runtime s", justify="right")
+        # The scheduler's own time (wall time inside its passes; the rest is the simulator), and
+        # against the greedy loop with our policy when it ran at this load (issue 10's cost measure).
+        table.add_column("sched s", justify="right")
+        greedy = next((r.scheduler_seconds for r in results if r.scheduler == "greedy-leitstand"), None)
+        if greedy:
+            table.add_column("× greedy", justify="right")
         for r in results:
             row = [
                 r.scheduler,
@@ -388,7 +394,9 @@ def _print_tables(
                 row += [f"{r.waiting_at_window_end:,}", f"{r.moves:,}"]
             if move_cost == "restart":
                 row.append(f"{r.lost_gpu_hours:,.1f}")
-            row.append(f"{r.wall_seconds:.1f}")
+            row += [f"{r.wall_seconds:.1f}", f"{r.scheduler_seconds:.1f}"]
+            if greedy:
+                row.append(f"{r.scheduler_seconds / greedy:.1f}×")
             table.add_row(*row)
         console.print(table)
         if trace == "philly":

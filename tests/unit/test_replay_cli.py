@@ -182,6 +182,21 @@ def test_the_move_cost_is_named_in_the_table_and_the_json(tmp_path: Path) -> Non
     assert all(s["lost_gpu_hours"] >= 0.0 for s in doc["runs"][0]["results"].values())
 
 
+def test_the_table_shows_each_schedulers_time_and_its_ratio_to_the_greedy_loop(tmp_path: Path) -> None:
+    """The cost measure of the replay: scheduler seconds, and × the greedy loop with our policy when
+    that ran at the same load (no ratio column without it)."""
+    root = write_traces(tmp_path)
+    args = ("--load", "1.0", "--window", "300", "--warmup", "60")
+    code, text = run(root, *args, "--schedulers", "leitstand,greedy-leitstand")
+    assert code == 0, text
+    assert "sched s" in text and "× greedy" in text
+    greedy_row = next(line for line in text.splitlines() if "greedy-leitstand" in line)
+    assert "1.0×" in greedy_row
+    code, text = run(root, *args, "--schedulers", "leitstand,fgd")
+    assert code == 0, text
+    assert "sched s" in text and "× greedy" not in text
+
+
 def test_our_cycle_can_take_the_traces_typical_shapes_and_says_which_it_used(tmp_path: Path) -> None:
     root = write_traces(tmp_path)
     args = ("--load", "1.0", "--window", "300", "--warmup", "60", "--schedulers", "leitstand,fgd")
