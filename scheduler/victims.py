@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import repeat
+from operator import is_
 from typing import Any
 
 import numpy as np
@@ -236,22 +237,27 @@ def _kept_columns(
     moved; a `RunningJob` is immutable, so the same object holds what it held then. Those are taken
     from the last pool's arrays (still in order), the others read as in a fresh pool, sorted among
     themselves and merged in by their keys (`searchsorted`: the result is the full sort's, as keys
-    are unique). Finding the kept objects is one lookup per candidate by `id()`, run in C. When
-    most candidates are new, a fresh pool is cheaper and is built instead."""
+    are unique; a new candidate goes after a kept one with an equal record, as a stable sort of the
+    kept entries followed by the new ones puts it). Finding the kept objects is one lookup per
+    candidate by `id()`, and each one found is checked to be that very object, all in C (a copied or
+    unpickled cache holds ids of objects that may be gone). When most candidates are new, or a
+    check fails, a fresh pool is built instead."""
     last: _KeptPool | None = kept.get(key)
     if last is not None:
         n = len(candidates)
         at = np.fromiter(map(last.where.get, map(id, candidates), repeat(-1, n)), dtype=np.int64, count=n)
+        found = np.flatnonzero(at >= 0)
         new = np.flatnonzero(at < 0)
-        if new.size <= n // 2:
+        was = map(last.cols.ordered.__getitem__, at[found].tolist())
+        if new.size <= n // 2 and all(map(is_, was, map(candidates.__getitem__, found.tolist()))):
             keep = np.zeros(len(last.cols.ordered), dtype=np.bool_)
-            keep[at[at >= 0]] = True
+            keep[at[found]] = True
             fresh = _sort(_columns([candidates[i] for i in new.tolist()], index), key)
             fresh_keys, kept_keys = _sort_keys(fresh, key), last.keys[keep]
             if fresh_keys.dtype != kept_keys.dtype:  # ids of another width: compare as the wider
                 wider = max(fresh_keys.dtype, kept_keys.dtype, key=lambda d: d.itemsize)
                 fresh_keys, kept_keys = fresh_keys.astype(wider), kept_keys.astype(wider)
-            at_kept = np.searchsorted(kept_keys, fresh_keys)
+            at_kept = np.searchsorted(kept_keys, fresh_keys, side="right")
             size = len(kept_keys)
             perm = np.insert(np.arange(size, dtype=np.int64), at_kept, np.arange(size, size + len(fresh_keys)))
             cols = _permute(_join(last.cols, keep, fresh), perm)

@@ -3,6 +3,8 @@ proofs that the shortcuts (hopeless-domain memo, un-evicting during pruning) cha
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from builders import make_cluster, make_job, make_node, make_queue, make_running, make_snapshot
@@ -254,6 +256,24 @@ def test_a_kept_pool_keeps_long_ids_whole_for_later_merges() -> None:
             pool = VictimPool(stmt, candidates, key=key, kept=kept)
             assert [v.job.id for v in pool.ordered] == [v.job.id for v in sorted(candidates, key=key)]
         assert [v.job.id for v in pool.ordered] == ["a1", "a2b", "a2zzzz", "a3"]
+
+
+def test_a_copied_cache_is_not_trusted_for_the_objects_it_names() -> None:
+    """A kept pool names its jobs by `id()`; a copied (or unpickled) cache holds the ids of the
+    objects it was copied from, next to copies of them. Its pool must still be built from the
+    candidates themselves, as a fresh pool is (fails if the ids are trusted without checking that
+    each names the very object)."""
+    stmt, _, _ = _rack_state()
+    candidates = [
+        make_running(make_job(f"j{i}", "a", 1 + i % 2), [("n0", [i % 8])], started_at=float(i % 3))
+        for i in range(12)
+    ]
+    for key in (victim_cost, move_cost):
+        kept: dict[object, object] = {}
+        VictimPool(stmt, candidates, key=key, kept=kept)
+        copied = copy.deepcopy(kept)
+        pool = VictimPool(stmt, candidates, key=key, kept=copied)
+        assert _pool_view(pool) == _pool_view(VictimPool(stmt, candidates, key=key))
 
 
 def test_pool_rows_follow_the_cost_order_for_gangs_of_several_replicas() -> None:
