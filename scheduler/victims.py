@@ -81,6 +81,10 @@ def move_cost(running: RunningJob) -> tuple[int, float, int, str]:
     return (running.job.gpu_milli_total, -running.started_at, running.job.priority, running.job.id)
 
 
+_CostKey = Callable[[RunningJob], tuple[int, float, int, str]]
+"""`victim_cost` or `move_cost` (a pool sorts by either in numpy; any other key in Python)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Columns:
     """A pool's candidates flattened: one entry per job, its replicas' nodes as consecutive rows."""
@@ -160,26 +164,24 @@ def _permute(cols: _Columns, perm: NDArray[np.int64]) -> _Columns:
     )
 
 
-def _sort(cols: _Columns, key: Callable[[RunningJob], tuple[int, float, int, str]]) -> _Columns:
-    """The columns in the order `sorted(key=key)` gives, for the two keys above, as one `lexsort`
-    over their columns (the same order: ids are unique, numpy compares str by code point as Python
-    does)."""
-    if key is victim_cost:
-        fields = (cols.ids, cols.milli, -cols.started, cols.priority)
-    else:
-        fields = (cols.ids, cols.priority, -cols.started, cols.milli)
-    return _permute(cols, np.lexsort(fields).astype(np.int64))
-
-
-def _sort_keys(cols: _Columns, key: Callable[[RunningJob], tuple[int, float, int, str]]) -> NDArray[np.void]:
+def _sort_keys(cols: _Columns, key: _CostKey) -> NDArray[np.void]:
     """Per job, its sort key (`victim_cost` or `move_cost`) as one record whose fields compare in
     the key's order: numpy orders records field by field as Python orders the tuples, so
-    `searchsorted` finds where a job goes among jobs sorted by `_sort`."""
+    `searchsorted` finds where a job goes among jobs sorted by `_sorted`."""
     first, third = (cols.priority, cols.milli) if key is victim_cost else (cols.milli, cols.priority)
     fields = [("a", np.int64), ("b", np.float64), ("c", np.int64), ("id", cols.ids.dtype)]
     keys = np.empty(len(cols.ordered), dtype=fields)
     keys["a"], keys["b"], keys["c"], keys["id"] = first, -cols.started, third, cols.ids
     return keys
+
+
+def _sorted(cols: _Columns, key: _CostKey) -> tuple[_Columns, NDArray[np.void]]:
+    """The columns in the order `sorted(key=key)` gives, for the two keys above, and their records
+    (`_sort_keys`) in that order: one `lexsort` over the records' fields, last field first (the same
+    order: ids are unique, numpy compares str by code point as Python does)."""
+    keys = _sort_keys(cols, key)
+    perm = np.lexsort((keys["id"], keys["c"], keys["b"], keys["a"])).astype(np.int64)
+    return _permute(cols, perm), keys[perm]
 
 
 def _join(kept: _Columns, keep: NDArray[np.bool_], fresh: _Columns) -> _Columns:
@@ -216,9 +218,6 @@ def _where(ordered: list[RunningJob]) -> dict[int, int]:
     return dict(zip(map(id, ordered), range(len(ordered)), strict=True))
 
 
-_CostKey = Callable[[RunningJob], tuple[int, float, int, str]]
-
-
 def _keep(kept: dict[Any, Any], key: _CostKey, cols: _Columns, keys: NDArray[np.void]) -> _KeptPool:
     pool = kept[key] = _KeptPool(cols, keys, _where(cols.ordered))
     return pool
@@ -228,7 +227,7 @@ def _kept_columns(
     kept: dict[Any, Any],
     candidates: Sequence[RunningJob],
     index: Mapping[NodeName, int],
-    key: Callable[[RunningJob], tuple[int, float, int, str]],
+    key: _CostKey,
 ) -> _KeptPool:
     """The sorted columns of `candidates` (kept in `kept` for the next pool), from the last pool's
     where it holds the same job objects.
@@ -252,8 +251,8 @@ def _kept_columns(
         if new.size <= n // 2 and all(map(is_, was, map(candidates.__getitem__, found.tolist()))):
             keep = np.zeros(len(last.cols.ordered), dtype=np.bool_)
             keep[at[found]] = True
-            fresh = _sort(_columns([candidates[i] for i in new.tolist()], index), key)
-            fresh_keys, kept_keys = _sort_keys(fresh, key), last.keys[keep]
+            fresh, fresh_keys = _sorted(_columns([candidates[i] for i in new.tolist()], index), key)
+            kept_keys = last.keys[keep]
             if fresh_keys.dtype != kept_keys.dtype:  # ids of another width: compare as the wider
                 wider = max(fresh_keys.dtype, kept_keys.dtype, key=lambda d: d.itemsize)
                 fresh_keys, kept_keys = fresh_keys.astype(wider), kept_keys.astype(wider)
@@ -262,8 +261,7 @@ def _kept_columns(
             perm = np.insert(np.arange(size, dtype=np.int64), at_kept, np.arange(size, size + len(fresh_keys)))
             cols = _permute(_join(last.cols, keep, fresh), perm)
             return _keep(kept, key, cols, np.insert(kept_keys, at_kept, fresh_keys))
-    cols = _sort(_columns(candidates, index), key)
-    return _keep(kept, key, cols, _sort_keys(cols, key))
+    return _keep(kept, key, *_sorted(_columns(candidates, index), key))
 
 
 def _set_cost(victims: Sequence[RunningJob], preferred: bool) -> tuple[int, bool, int, int, float]:
@@ -306,7 +304,7 @@ class VictimPool:
         where: dict[int, int] | None = None  # id() of a candidate → its entry, when known
         if key is victim_cost or key is move_cost:
             if kept is None:
-                cols = _sort(_columns(candidates, state.node_index), key)
+                cols, _ = _sorted(_columns(candidates, state.node_index), key)
             else:
                 kept_pool = _kept_columns(kept, candidates, state.node_index, key)
                 cols, where = kept_pool.cols, kept_pool.where
