@@ -190,6 +190,7 @@ def _run_cycle(
         all_reserved=frozenset(p for p in reserved.values() if p is not None),
         elastic=sums.elastic or any(job.min_replicas is not None for job in snapshot.pending),
         running_priorities=sums.preemptible_priorities,
+        running_sums=sums,
     )
     ctx.reasons.update(reasons)
     for name, action in ACTIONS:

@@ -172,6 +172,9 @@ class Statement:
     _ops: list[_Bind | _Restore | _Grow | _Evict] = field(default_factory=list)
     running: dict[JobId, RunningJob] = field(default_factory=dict)
     """Jobs holding resources in the working state, keyed by id (snapshot's running + new binds)."""
+    touched: set[JobId] = field(default_factory=set)
+    """Every job whose entry in `running` an operation changed since the statement was made, even if
+    it was rolled back: the other entries are still the ones `running` started with."""
 
     def checkpoint(self) -> int:
         return len(self._ops)
@@ -199,6 +202,7 @@ class Statement:
         running = RunningJob(job=job, placements=replica_placements(self.state, placement), started_at=self.now)
         self.accounting.add(job, 1, running.gpu_milli_total)
         self.running[job.id] = running
+        self.touched.add(job.id)
         self._ops.append(_Bind(running))
         return running
 
@@ -208,6 +212,7 @@ class Statement:
         added = RunningJob(held.job, replica_placements(self.state, placement), held.started_at)
         self.accounting.add(held.job, 1, added.gpu_milli_total)
         self.running[held.job.id] = RunningJob(held.job, held.placements + added.placements, held.started_at)
+        self.touched.add(held.job.id)
         self._ops.append(_Grow(added, held))
         return added
 
@@ -223,6 +228,7 @@ class Statement:
         else:  # a part of an elastic job: the rest keeps running
             rest = _without(before.placements, running.placements)
             self.running[job_id] = RunningJob(before.job, rest, before.started_at)
+        self.touched.add(job_id)
         self._ops.append(_Evict(running, Eviction(job_id, kind, for_job, reason), before))
 
     def restore(self, running: RunningJob) -> None:
@@ -240,6 +246,7 @@ class Statement:
             self.running[job_id] = running
         else:
             self.running[job_id] = RunningJob(before.job, before.placements + running.placements, before.started_at)
+        self.touched.add(job_id)
         self._ops.append(_Restore(running, before))
 
     def nodes_since(self, mark: int) -> set[int]:

@@ -41,6 +41,7 @@ from leitstand.scheduler.codes import NONE
 from leitstand.scheduler.model import GPU_MILLI, EvictionKind, JobId, NodeName, QueueName, RunningJob
 from leitstand.scheduler.placement import GangPlacement, GangRequest, Unplaceable, place_gang
 from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.running import VictimSlots
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import Statement
 
@@ -101,9 +102,13 @@ class _Columns:
     priority: NDArray[np.int64]
     started: NDArray[np.float64]
     milli: NDArray[np.int64]
+    slot: NDArray[np.int64]
+    """Per job: its slot in the `VictimSlots` the pool was built from, -1 when it has none."""
 
 
-def _columns(candidates: Sequence[RunningJob], index: Mapping[NodeName, int]) -> _Columns:
+def _columns(
+    candidates: Sequence[RunningJob], index: Mapping[NodeName, int], slot: NDArray[np.int64] | None = None
+) -> _Columns:
     """Every per-candidate column in one pass over the jobs, in the given order. (Separate generator
     passes cost ~60 ms a pool at 25,000 candidates, and a contended cycle builds two pools.)"""
     count_list: list[int] = []
@@ -139,6 +144,7 @@ def _columns(candidates: Sequence[RunningJob], index: Mapping[NodeName, int]) ->
         priority=np.array(priority_list, dtype=np.int64),
         started=np.array(started_list, dtype=np.float64),
         milli=np.array(milli_list, dtype=np.int64),
+        slot=np.full(len(candidates), -1, dtype=np.int64) if slot is None else slot,
     )
 
 
@@ -161,6 +167,7 @@ def _permute(cols: _Columns, perm: NDArray[np.int64]) -> _Columns:
         priority=cols.priority[perm],
         started=cols.started[perm],
         milli=cols.milli[perm],
+        slot=cols.slot[perm],
     )
 
 
@@ -197,29 +204,37 @@ def _join(kept: _Columns, keep: NDArray[np.bool_], fresh: _Columns) -> _Columns:
         priority=np.concatenate((kept.priority[keep], fresh.priority)),
         started=np.concatenate((kept.started[keep], fresh.started)),
         milli=np.concatenate((kept.milli[keep], fresh.milli)),
+        slot=np.concatenate((kept.slot[keep], fresh.slot)),
     )
 
 
-@dataclass(frozen=True, slots=True)
 class _KeptPool:
     """What a pool leaves in `ClusterState.cycle_cache` for the next one built with its key."""
 
-    cols: _Columns
-    """Sorted."""
-    keys: NDArray[np.void]
-    """`_sort_keys` of `cols`, ascending."""
-    where: dict[int, int]
-    """`id()` of each candidate object → its entry. The ids stay unique while `cols.ordered` holds the
-    objects, so an id found here is that very object."""
+    __slots__ = ("_where", "cols", "keys", "slots")
+
+    def __init__(self, cols: _Columns, keys: NDArray[np.void], slots: VictimSlots | None) -> None:
+        self.cols = cols
+        """Sorted."""
+        self.keys = keys
+        """`_sort_keys` of `cols`, ascending."""
+        self.slots = slots
+        """The `VictimSlots` that `cols.slot` refers to (None: no candidate has a slot)."""
+        self._where: dict[int, int] | None = None
+
+    @property
+    def where(self) -> dict[int, int]:
+        """`id()` of each candidate object → its entry (built on first use). The ids stay unique
+        while `cols.ordered` holds the objects, so an id found here is that very object."""
+        if self._where is None:
+            self._where = dict(zip(map(id, self.cols.ordered), range(len(self.cols.ordered)), strict=True))
+        return self._where
 
 
-def _where(ordered: list[RunningJob]) -> dict[int, int]:
-    """`id()` of each object → its place (built in C)."""
-    return dict(zip(map(id, ordered), range(len(ordered)), strict=True))
-
-
-def _keep(kept: dict[Any, Any], key: _CostKey, cols: _Columns, keys: NDArray[np.void]) -> _KeptPool:
-    pool = kept[key] = _KeptPool(cols, keys, _where(cols.ordered))
+def _keep(
+    kept: dict[Any, Any], key: _CostKey, cols: _Columns, keys: NDArray[np.void], slots: VictimSlots | None
+) -> _KeptPool:
+    pool = kept[key] = _KeptPool(cols, keys, slots)
     return pool
 
 
@@ -228,6 +243,7 @@ def _kept_columns(
     candidates: Sequence[RunningJob],
     index: Mapping[NodeName, int],
     key: _CostKey,
+    slots: tuple[VictimSlots, NDArray[np.int64]] | None = None,
 ) -> _KeptPool:
     """The sorted columns of `candidates` (kept in `kept` for the next pool), from the last pool's
     where it holds the same job objects.
@@ -237,21 +253,46 @@ def _kept_columns(
     from the last pool's arrays (still in order), the others read as in a fresh pool, sorted among
     themselves and merged in by their keys (`searchsorted`: the result is the full sort's, as keys
     are unique; a new candidate goes after a kept one with an equal record, as a stable sort of the
-    kept entries followed by the new ones puts it). Finding the kept objects is one lookup per
-    candidate by `id()`, and each one found is checked to be that very object, all in C (a copied or
-    unpickled cache holds ids of objects that may be gone). When most candidates are new, or a
-    check fails, a fresh pool is built instead."""
+    kept entries followed by the new ones puts it).
+
+    Which candidates the last pool holds: with `slots` (the `VictimSlots` the candidates come from
+    and each one's slot there, -1 for one without) and a last pool built from the same
+    `VictimSlots`, by slot — a slot never changes its job while that object lives, so this is array
+    indexing, no look-up per job. Otherwise one look-up per candidate by `id()`, each one found
+    checked to be that very object, all in C (a copied or unpickled cache holds ids of objects that
+    may be gone). When most candidates are new, or a check fails, a fresh pool is built instead."""
+    source, slot = (None, None) if slots is None else slots
     last: _KeptPool | None = kept.get(key)
     if last is not None:
         n = len(candidates)
-        at = np.fromiter(map(last.where.get, map(id, candidates), repeat(-1, n)), dtype=np.int64, count=n)
-        found = np.flatnonzero(at >= 0)
-        new = np.flatnonzero(at < 0)
-        was = map(last.cols.ordered.__getitem__, at[found].tolist())
-        if new.size <= n // 2 and all(map(is_, was, map(candidates.__getitem__, found.tolist()))):
-            keep = np.zeros(len(last.cols.ordered), dtype=np.bool_)
-            keep[at[found]] = True
-            fresh, fresh_keys = _sorted(_columns([candidates[i] for i in new.tolist()], index), key)
+        keep: NDArray[np.bool_] | None = None
+        if source is not None and slot is not None and last.slots is source:
+            size = len(source.jobs) + 1  # the last entry stands for "no slot" (-1) and stays False
+            now_in = np.zeros(size, dtype=np.bool_)
+            now_in[slot] = True
+            now_in[-1] = False
+            keep = now_in[last.cols.slot]
+            had = np.zeros(size, dtype=np.bool_)
+            had[last.cols.slot] = True
+            had[-1] = False
+            new = np.flatnonzero(~had[slot])
+        else:
+            at = np.fromiter(map(last.where.get, map(id, candidates), repeat(-1, n)), dtype=np.int64, count=n)
+            found = np.flatnonzero(at >= 0)
+            new = np.flatnonzero(at < 0)
+            was = map(last.cols.ordered.__getitem__, at[found].tolist())
+            if all(map(is_, was, map(candidates.__getitem__, found.tolist()))):
+                keep = np.zeros(len(last.cols.ordered), dtype=np.bool_)
+                keep[at[found]] = True
+                # the kept entries' slots are those of the candidates they are (or none)
+                relabel = np.full(len(last.cols.ordered), -1, dtype=np.int64)
+                if slot is not None:
+                    relabel[at[found]] = slot[found]
+                last = _KeptPool(replace(last.cols, slot=relabel), last.keys, source)
+        if keep is not None and new.size <= n // 2:
+            fresh, fresh_keys = _sorted(
+                _columns([candidates[i] for i in new.tolist()], index, None if slot is None else slot[new]), key
+            )
             kept_keys = last.keys[keep]
             if fresh_keys.dtype != kept_keys.dtype:  # ids of another width: compare as the wider
                 wider = max(fresh_keys.dtype, kept_keys.dtype, key=lambda d: d.itemsize)
@@ -260,8 +301,8 @@ def _kept_columns(
             size = len(kept_keys)
             perm = np.insert(np.arange(size, dtype=np.int64), at_kept, np.arange(size, size + len(fresh_keys)))
             cols = _permute(_join(last.cols, keep, fresh), perm)
-            return _keep(kept, key, cols, np.insert(kept_keys, at_kept, fresh_keys))
-    return _keep(kept, key, *_sorted(_columns(candidates, index), key))
+            return _keep(kept, key, cols, np.insert(kept_keys, at_kept, fresh_keys), source)
+    return _keep(kept, key, *_sorted(_columns(candidates, index, slot), key), source)
 
 
 def _set_cost(victims: Sequence[RunningJob], preferred: bool) -> tuple[int, bool, int, int, float]:
@@ -295,25 +336,27 @@ class VictimPool:
         key: Callable[[RunningJob], tuple[int, float, int, str]] = victim_cost,
         *,
         kept: dict[Any, Any] | None = None,
+        slots: tuple[VictimSlots, NDArray[np.int64]] | None = None,
     ) -> None:
         """`kept`, when given (with one of the two cost keys), is where pools of earlier cycles left
         their columns (`ClusterState.cycle_cache`, one entry per key): only candidates that were not
         in the last pool built there, as the same `RunningJob` object, are read job by job; the rest
-        is taken from the last pool's arrays (`_kept_columns`). The pool is the same either way."""
+        is taken from the last pool's arrays (`_kept_columns`). `slots`: where the candidates come
+        from (`CycleContext.victim_candidates`), so that the last pool's are found by slot. The pool
+        is the same either way."""
         state = stmt.state
-        where: dict[int, int] | None = None  # id() of a candidate → its entry, when known
         if key is victim_cost or key is move_cost:
             if kept is None:
-                cols, _ = _sorted(_columns(candidates, state.node_index), key)
+                self._kept = _KeptPool(*_sorted(_columns(candidates, state.node_index), key), None)
             else:
-                kept_pool = _kept_columns(kept, candidates, state.node_index, key)
-                cols, where = kept_pool.cols, kept_pool.where
+                self._kept = _kept_columns(kept, candidates, state.node_index, key, slots)
+            cols = self._kept.cols
         else:
             given = _columns(candidates, state.node_index)
             perm = np.array(sorted(range(len(candidates)), key=lambda i: key(candidates[i])), dtype=np.int64)
             cols = _permute(given, perm)
+            self._kept = _KeptPool(cols, np.empty(0, dtype=np.void), None)  # (its keys are never read)
         self.ordered: list[RunningJob] = cols.ordered
-        self._where = where
         self._rank: dict[JobId, int] | None = None
         # Queue → code, numbered in order of first appearance; the codes looked up in C.
         queue_index: dict[QueueName, int] = {q: i for i, q in enumerate(dict.fromkeys(cols.queues))}
@@ -355,9 +398,7 @@ class VictimPool:
 
     def entry(self, held: RunningJob) -> int:
         """The entry of candidate `held` (this very object)."""
-        if self._where is None:
-            self._where = _where(self.ordered)
-        return self._where[id(held)]
+        return self._kept.where[id(held)]
 
     def remove(self, job_id: JobId) -> None:
         i = self.rank.get(job_id)

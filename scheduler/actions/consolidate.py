@@ -78,12 +78,8 @@ def run(ctx: CycleContext) -> None:
                 hopeless.add(pair)
             continue
         if movable is None:
-            movable = VictimPool(
-                stmt,
-                ctx.preemptible_of_victim_age(),
-                key=move_cost,
-                kept=stmt.state.cycle_cache,
-            )
+            candidates, slots = ctx.victim_candidates()
+            movable = VictimPool(stmt, candidates, key=move_cost, kept=stmt.state.cycle_cache, slots=slots)
             if not len(movable):
                 return
 

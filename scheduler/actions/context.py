@@ -9,7 +9,7 @@ pending messages read the same whichever action found them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +33,7 @@ from leitstand.scheduler.model import (
 from leitstand.scheduler.ordering import WorkQueue
 from leitstand.scheduler.placement import NEVER_FITS, GangRequest
 from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.running import RunningSums, VictimSlots
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import Statement, gpus
 from leitstand.scheduler.victims import Accept, Admissible, VictimChoice, VictimPool, choose_victims, search_tiers
@@ -124,6 +125,9 @@ class CycleContext:
     elastic: bool = False
     """Some pending or running job of this cycle is elastic (`Job.min_replicas`); False lets the
     shrink search and the grow action return at once."""
+    running_sums: RunningSums | None = None
+    """The snapshot's running jobs as `cycle.run_cycle` opened them (`running.open_running`); the
+    victim pools take their candidates from its `VictimSlots`. None: taken from `stmt.running`."""
     _requests: dict[JobId, GangRequest | PendingReason] = field(default_factory=dict)
     _victim_pool: VictimPool | None = None
     _request_memo_checked: tuple[dict[Any, Any], dict[Any, Any]] | None = None
@@ -186,11 +190,8 @@ class CycleContext:
         Code that evicts a job outside `evict_for` must call `remove` and `changed` on it."""
         if self._victim_pool is None:
             known = self.stmt.accounting.paths
-            self._victim_pool = VictimPool(
-                self.stmt,
-                [held for held in self.preemptible_of_victim_age() if held.job.queue in known],
-                kept=self.stmt.state.cycle_cache,
-            )
+            candidates, slots = self.victim_candidates(known)
+            self._victim_pool = VictimPool(self.stmt, candidates, kept=self.stmt.state.cycle_cache, slots=slots)
         return self._victim_pool
 
     def is_victim_age(self, running: RunningJob) -> bool:
@@ -200,15 +201,52 @@ class CycleContext:
             and self.snapshot.now - running.started_at >= self.config.min_runtime_seconds
         )
 
-    def preemptible_of_victim_age(self) -> list[RunningJob]:
-        """The running preemptible jobs that are of victim age (`is_victim_age`, inlined: one pass
-        over every running job per victim pool), in the statement's order."""
+    def victim_candidates(
+        self, queues: Container[QueueName] | None = None
+    ) -> tuple[list[RunningJob], tuple[VictimSlots, NDArray[np.int64]] | None]:
+        """The running preemptible jobs of victim age (`is_victim_age`) in `stmt.running` (of
+        `queues` when given), and, when they come from the `VictimSlots` of `running_sums`, those
+        slots and each candidate's slot there (-1: none) for `VictimPool`.
+
+        From the slots: the statement's `running` started as the snapshot's running jobs, which the
+        slots hold, so every job no operation of this cycle `touched` is a candidate exactly when
+        its slot is live and of age (one array comparison); a touched or bound one is judged from
+        `stmt.running` as `is_victim_age` would judge it. Without `running_sums`: a pass over
+        `stmt.running`."""
         bound, now, least = self.bound, self.snapshot.now, self.config.min_runtime_seconds
-        return [
-            held
-            for held in self.stmt.running.values()
-            if held.job.is_preemptible and held.job.id not in bound and now - held.started_at >= least
-        ]
+
+        def candidate(held: RunningJob) -> bool:
+            return (
+                held.job.is_preemptible
+                and held.job.id not in bound
+                and now - held.started_at >= least
+                and (queues is None or held.job.queue in queues)
+            )
+
+        if self.running_sums is None:
+            return [held for held in self.stmt.running.values() if candidate(held)], None
+        slots = self.running_sums.slots
+        chosen = slots.aged(now, least)
+        extra: list[RunningJob] = []
+        running = self.stmt.running
+        for job_id in self.stmt.touched | bound:
+            at = slots.slot.get(job_id)
+            held = running.get(job_id)
+            now_candidate = held is not None and candidate(held)
+            if at is not None and held is slots.jobs[at]:
+                chosen[at] = now_candidate
+                continue
+            if at is not None:  # not the job its slot holds (gone, or another object for the id)
+                chosen[at] = False
+            if now_candidate:
+                extra.append(held)  # type: ignore[arg-type]
+        where = np.flatnonzero(chosen)
+        picked: list[RunningJob] = list(map(slots.jobs.__getitem__, where.tolist()))  # type: ignore[arg-type]
+        if queues is not None:
+            of = np.fromiter((held.job.queue in queues for held in picked), dtype=np.bool_, count=len(picked))
+            where = where[of]
+            picked = list(map(slots.jobs.__getitem__, where.tolist()))  # type: ignore[arg-type]
+        return picked + extra, (slots, np.concatenate((where, np.full(len(extra), -1, dtype=np.int64))))
 
     def evict_for(
         self,

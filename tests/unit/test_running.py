@@ -10,13 +10,16 @@ the same order.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Container
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from leitstand.scheduler import running as running_module
 from leitstand.scheduler.model import Job, JobId, Node, NodeName, QueueName, ReplicaPlacement, RunningJob
-from leitstand.scheduler.running import CACHE_KEY, RunningSums, open_running
+from leitstand.scheduler.running import CACHE_KEY, RunningSums, VictimSlots, open_running
 from leitstand.scheduler.state import ClusterState
 
 QUEUES = [QueueName(f"q{i}") for i in range(3)]
@@ -50,6 +53,22 @@ def _same(kept: RunningSums, fresh: RunningSums) -> None:
         }
     assert kept.preemptible_priorities == fresh.preemptible_priorities
     assert kept.growth == fresh.growth and kept.elastic == fresh.elastic
+    _same_slots(kept.slots, fresh.slots)
+
+
+def _same_slots(kept: VictimSlots, fresh: VictimSlots) -> None:
+    """The same preemptible jobs, each (the very object) at its slot with its start time; holes and
+    the unused tail never of victim age."""
+    live = {i: held for i, held in enumerate(kept.jobs) if held is not None}
+    assert sorted(held.job.id for held in live.values()) == sorted(held.job.id for held in fresh.jobs if held)
+    fresh_by_id = {held.job.id: held for held in fresh.jobs if held is not None}
+    for i, held in live.items():
+        assert held is fresh_by_id[held.job.id] and kept.slot[held.job.id] == i
+        assert kept.started[i] == held.started_at
+    assert len(kept.slot) == len(live)
+    dead = [i for i in range(kept.started.shape[0]) if i not in live]
+    assert np.isinf(kept.started[dead]).all()
+    assert not kept.aged(1e12, 0.0)[[i for i in dead if i < len(kept.jobs)]].any()
 
 
 @settings(max_examples=60, deadline=None)
@@ -94,6 +113,55 @@ def test_kept_sums_equal_a_fresh_build_whatever_the_caller_does(seed: int, steps
             jobs.pop(rng.randrange(len(jobs)))
             snapshot = list(jobs)
         _same(open_running(tuple(snapshot), state), open_running(tuple(snapshot)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_kept_victim_slots_follow_the_log_and_start_over_when_crowded(seed: int) -> None:
+    """The slots kept with the sums (built once, then updated by the log) hold the snapshot's
+    preemptible jobs as a fresh build does; a slot is never given to another job; when holes
+    outnumber live jobs the slots are built afresh (a new object, so pools kept by slot start over)."""
+    rng = random.Random(seed)
+    state = _state()
+    jobs = [_running(n, rng) for n in range(40)]
+    for held in jobs:
+        state.allocate_job(held)
+    made = len(jobs)
+    slots = open_running(tuple(jobs), state).slots
+    owner: dict[int, JobId] = {}  # every slot ever used → the job it was given to
+    for _ in range(15):
+        for _ in range(rng.randint(0, 12)):
+            if jobs:
+                state.release_job(jobs.pop(rng.randrange(len(jobs))))
+        for _ in range(rng.randint(0, 4)):
+            jobs.append(_running(made, rng))
+            state.allocate_job(jobs[-1])
+            made += 1
+        sums = open_running(tuple(jobs), state)
+        _same(sums, open_running(tuple(jobs)))
+        if sums.slots is not slots:
+            assert slots.holes > running_module._COMPACT_AT or sums.slots.holes == 0
+            slots, owner = sums.slots, {}
+        for i, held in enumerate(slots.jobs):
+            if held is not None:
+                assert owner.setdefault(i, held.job.id) == held.job.id
+
+
+def test_crowded_slots_are_built_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(running_module, "_COMPACT_AT", 4)
+    rng = random.Random(3)
+    state = _state()
+    jobs = [_running(n, rng) for n in range(30)]
+    for held in jobs:
+        state.allocate_job(held)
+    first = open_running(tuple(jobs), state).slots
+    preemptible = [held for held in jobs if held.job.is_preemptible]
+    for held in preemptible[: len(preemptible) // 2 + 1]:  # more holes than live jobs
+        state.release_job(held)
+        jobs.remove(held)
+    sums = open_running(tuple(jobs), state)
+    assert sums.slots is not first and sums.slots.holes == 0
+    _same(sums, open_running(tuple(jobs)))
 
 
 def test_only_the_callers_state_logs_starts_and_ends() -> None:
@@ -161,13 +229,11 @@ def test_what_the_log_cannot_account_for_is_built_afresh(case: str) -> None:
     assert (CACHE_KEY in state.cycle_cache) == (case != "elastic")  # sums with elastic jobs are not kept
 
 
-@settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000))
-def test_a_caller_keeping_its_state_gets_the_plans_of_one_that_does_not(seed: int) -> None:
-    """Cycle after cycle a caller applies each plan to its kept state (binds start, evictions end,
-    moves do both, some jobs finish): every plan equals the one `run_cycle` makes from the snapshot
-    alone, with reclaim, preemption, consolidation and migration at work (the consolidation retry off:
-    it is a memory of earlier cycles by design)."""
+def _kept_state_cycles(seed: int, min_runtime: float, check: Callable[..., None] | None = None) -> None:
+    """12 cycles on a kept state; a caller applies each plan to it (binds start, evictions end, moves
+    do both and keep their start, some jobs finish), with reclaim, preemption, consolidation and
+    migration at work (the consolidation retry off: it is a memory of earlier cycles by design).
+    `check(snapshot, config, plan)` after each cycle."""
     from builders import make_cluster, make_job, make_queue, make_snapshot
 
     from leitstand.scheduler.cycle import run_cycle
@@ -176,7 +242,7 @@ def test_a_caller_keeping_its_state_gets_the_plans_of_one_that_does_not(seed: in
     rng = random.Random(seed)
     nodes, topology = make_cluster(6, 8, racks=2)
     queues = [make_queue("r", quota_gpus=0), make_queue("a", "r", quota_gpus=8), make_queue("b", "r", quota_gpus=40)]
-    config = SchedulerConfig(consolidation_retry_seconds=0, migration=True, min_runtime_seconds=0)
+    config = SchedulerConfig(consolidation_retry_seconds=0, migration=True, min_runtime_seconds=min_runtime)
     state = ClusterState.from_nodes(nodes, topology)
     running: dict[JobId, RunningJob] = {}
     pending: list[Job] = []
@@ -196,9 +262,8 @@ def test_a_caller_keeping_its_state_gets_the_plans_of_one_that_does_not(seed: in
             state.release_job(running.pop(job_id))
         snapshot = make_snapshot(nodes, queues, pending, list(running.values()), topology=topology, now=now)
         kept = run_cycle(snapshot, config, state=state)
-        alone = run_cycle(snapshot, config)
-        assert kept.bindings == alone.bindings and kept.evictions == alone.evictions
-        assert kept.pending == alone.pending
+        if check is not None:
+            check(snapshot, config, kept)
         evicted: dict[JobId, RunningJob] = {}
         for eviction in kept.evictions:
             held = running.pop(eviction.job_id)
@@ -213,3 +278,60 @@ def test_a_caller_keeping_its_state_gets_the_plans_of_one_that_does_not(seed: in
             running[job.id] = held
         requeued = [held.job for job_id, held in evicted.items() if job_id not in running]
         pending = [job for job in pending if job.id not in running] + requeued
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_a_caller_keeping_its_state_gets_the_plans_of_one_that_does_not(seed: int) -> None:
+    """Cycle after cycle (`_kept_state_cycles`) every plan equals the one `run_cycle` makes from the
+    snapshot alone."""
+    from leitstand.scheduler.cycle import run_cycle
+
+    def same_as_alone(snapshot: object, config: object, kept: object) -> None:
+        alone = run_cycle(snapshot, config)  # type: ignore[arg-type]
+        assert kept.bindings == alone.bindings and kept.evictions == alone.evictions  # type: ignore[attr-defined]
+        assert kept.pending == alone.pending  # type: ignore[attr-defined]
+
+    _kept_state_cycles(seed, 0.0, same_as_alone)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), least=st.sampled_from([0.0, 150.0]))
+def test_victim_candidates_from_slots_are_the_running_jobs_of_victim_age(seed: int, least: float) -> None:
+    """Every time an action asks for victim candidates (reclaim's and preempt's pool, consolidation's),
+    and after every action (evictions, binds, moves and what-if searches rolled back), the candidates
+    taken from the kept slots are exactly the jobs of `stmt.running` that `is_victim_age` and
+    preemptible select (all, and those of the known queues as reclaim's pool asks), and each one
+    named by a slot is the job at that slot."""
+    from leitstand.scheduler import cycle
+    from leitstand.scheduler.actions.context import CycleContext
+
+    asked: list[tuple[int, int]] = []
+    original = CycleContext.victim_candidates
+
+    def checked(ctx: CycleContext, queues: Container[QueueName] | None = None) -> object:
+        candidates, slots = original(ctx, queues)
+        expected = [
+            held for held in ctx.stmt.running.values()
+            if held.job.is_preemptible and ctx.is_victim_age(held) and (queues is None or held.job.queue in queues)
+        ]
+        assert sorted(map(id, candidates)) == sorted(map(id, expected))
+        assert slots is not None and len(slots[1]) == len(candidates)
+        for held, at in zip(candidates, slots[1].tolist(), strict=True):
+            assert at == -1 or slots[0].jobs[at] is held
+        asked.append((len(ctx.stmt.touched), len(candidates)))
+        return candidates, slots
+
+    def then_asked(action: Callable[[CycleContext], None]) -> Callable[[CycleContext], None]:
+        def run(ctx: CycleContext) -> None:
+            action(ctx)
+            ctx.victim_candidates()
+            ctx.victim_candidates({QueueName("a")})
+
+        return run
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CycleContext, "victim_candidates", checked)
+        patch.setattr(cycle, "ACTIONS", [(name, then_asked(action)) for name, action in cycle.ACTIONS])
+        _kept_state_cycles(seed, least)
+    assert any(touched for touched, _ in asked) and any(n for _, n in asked)  # the check had work to do

@@ -16,6 +16,7 @@ from leitstand.scheduler.fairshare import build_queue_tree
 from leitstand.scheduler.model import EvictionKind, Job, JobId, QueueName, RunningJob, SchedulerConfig, Snapshot
 from leitstand.scheduler.placement import GangRequest
 from leitstand.scheduler.policies import PolicyContext
+from leitstand.scheduler.running import VictimSlots
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import QueueAccounting, Statement
 from leitstand.scheduler.victims import VictimChoice, VictimPool, choose_victims, move_cost, victim_cost
@@ -237,6 +238,55 @@ def test_a_pool_kept_between_cycles_equals_a_fresh_pool_as_jobs_end_start_and_mo
             assert [pool.entry(v) for v in pool.ordered] == list(range(len(candidates)))
             assert [v.job.id for v in pool.ordered] == [v.job.id for v in sorted(candidates, key=key)]
         assert kept  # the last pool's columns are there for the next cycle
+
+
+def test_a_pool_kept_by_slot_equals_a_fresh_pool() -> None:
+    """Candidates named by their `VictimSlots` slot: over 30 "cycles" where jobs end (a hole), start
+    (a new slot), move (a new object at a new slot) and some candidates come without a slot (-1), the
+    pool kept by slot is the fresh pool of the same candidates. Halfway the slots are built afresh
+    with the same jobs at other slots: the last pool's slot numbers must not be trusted then (fails
+    if they are), and the pool after that is kept by slot again."""
+    stmt, _, _ = _rack_state()
+    rng = np.random.default_rng(5)
+    serial = 0
+
+    def started(job_id: str) -> RunningJob:
+        return make_running(
+            make_job(job_id, str(rng.choice(["a", "b"])), int(rng.choice([1, 2])), priority=int(rng.choice([10, 50]))),
+            [(f"n{int(rng.integers(0, 4))}", [int(rng.integers(0, 8))])],
+            started_at=float(rng.choice([0.0, 5.0])),
+        )
+
+    slots = VictimSlots()
+    for _ in range(40):
+        serial += 1
+        slots.add(started(f"j{serial}"))
+    for key in (victim_cost, move_cost):
+        kept: dict[object, object] = {}
+        for cycle in range(30):
+            live = [held for held in slots.jobs if held is not None]
+            for i in rng.choice(len(live), size=min(len(live), int(rng.integers(0, 5))), replace=False).tolist():
+                slots.drop(live[i])
+            for held in [h for h in slots.jobs if h is not None and rng.random() < 0.05]:
+                slots.drop(held)
+                slots.add(started(held.job.id))  # moved: the same id, a new object
+            for _ in range(int(rng.integers(0, 5))):
+                serial += 1
+                slots.add(started(f"j{serial}"))
+            if cycle == 15:  # built afresh: the same jobs, other slots (a job's old slot now names another)
+                live = [held for held in slots.jobs if held is not None]
+                rng.shuffle(live)
+                slots = VictimSlots.of(live)
+            at = np.array([i for i, held in enumerate(slots.jobs) if held is not None and rng.random() < 0.8],
+                          dtype=np.int64)
+            candidates = [slots.jobs[i] for i in at.tolist()]
+            serial += 1
+            extra = [started(f"x{serial}")] if cycle % 3 != 1 else []  # no slot (often two cycles in a row)
+            given = [held for held in candidates if held is not None] + extra
+            slot = np.concatenate((at, np.full(len(extra), -1, dtype=np.int64)))
+            pool = VictimPool(stmt, given, key=key, kept=kept, slots=(slots, slot))
+            assert _pool_view(pool) == _pool_view(VictimPool(stmt, given, key=key))
+            assert [pool.entry(v) for v in pool.ordered] == list(range(len(given)))
 
 
 def test_a_kept_pool_keeps_long_ids_whole_for_later_merges() -> None:
