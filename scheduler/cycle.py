@@ -134,7 +134,7 @@ def _run_cycle(
     # The running jobs by id and their charges per queue: summed afresh, or, with a kept state, the
     # last cycle's sums updated by the jobs that started and ended since (`running.open_running`).
     sums = open_running(snapshot.running, state)
-    stmt.running.update(sums.by_id)
+    stmt.running = sums.by_id.copy()  # (a copy clones the table; `update` into an empty dict inserts one by one)
     for preemptible, charged in sums.charged.items():
         for queue, milli in charged.items():
             accounting.charge(queue, milli, preemptible=preemptible)

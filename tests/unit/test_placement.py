@@ -154,6 +154,35 @@ def test_insufficient_says_what_is_missing(engine: str) -> None:
     assert "too little free CPU" in result.message
 
 
+def test_a_failure_message_is_the_same_for_a_request_asked_again_and_an_equal_new_one() -> None:
+    """What a failure says of the request itself is kept per request object (`_request_text`): asked
+    again as the state changes, and with other requests failing in between, each request's message is
+    the one an equal, never-seen request gets (fails if the kept text is not checked to be the same
+    request's, or outlives a change it depends on)."""
+    nodes, topology = make_cluster(2)
+    state = ClusterState.from_nodes(nodes, topology)
+    policy = PolicyContext.build(state)
+    asks = [
+        {"gpus": 4, "replicas": 3, "cpu_milli": 100_000},
+        {"gpus": 8, "replicas": 2, "memory_mib": 1},
+        {"gpus": 1, "gpu": 0.5, "replicas": 40},
+        {"gpus": 16},  # never fits: no node has 16 GPUs
+    ]
+    kept = [GangRequest.for_job(state, make_job(**ask)) for ask in asks]  # type: ignore[arg-type]
+    done: list[tuple[int, list[int]]] = []
+    for node, gpus in [(0, list(range(8))), (1, list(range(2))), (1, list(range(2, 7)))]:
+        state.allocate(node, gpus, 1000, 0, 0)
+        done.append((node, gpus))
+        for request, ask in zip(kept, asks, strict=True):
+            again = place_gang(state, request, policy)
+            unseen = ClusterState.from_nodes(nodes, topology)  # nothing kept: the message made from scratch
+            for n, g in done:
+                unseen.allocate(n, g, 1000, 0, 0)
+            fresh = place_gang(unseen, GangRequest.for_job(unseen, make_job(**ask)), PolicyContext.build(unseen))  # type: ignore[arg-type]
+            assert isinstance(again, Unplaceable) and again == fresh
+    assert {place_gang(state, r, policy).code for r in kept} == {INSUFFICIENT, NEVER_FITS}  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_no_matching_nodes(engine: str) -> None:
     state = _state()
