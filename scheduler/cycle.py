@@ -15,7 +15,6 @@ Semantics are documented in `docs/cycle.md`; the Run:ai rules behind them in
 
 from __future__ import annotations
 
-import gc
 import itertools
 import math
 import time
@@ -30,12 +29,13 @@ from leitstand.scheduler.model import (
     Job,
     JobId,
     PendingReason,
+    PendingReasons,
     Plan,
     Queue,
     QueueName,
     SchedulerConfig,
     Snapshot,
-    pending_reason,
+    collector_paused,
 )
 from leitstand.scheduler.ordering import job_order_key
 from leitstand.scheduler.policies import PolicyContext
@@ -88,13 +88,8 @@ def run_cycle(
     (~3 s of the ~11 s allocate took over the openb replay at load 1.0; docs/cycle.md). Reference
     counting frees its garbage as before; anything cyclic waits for the next collection after it.
     """
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         return _run_cycle(snapshot, config, state, policy_context, stats)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _run_cycle(
@@ -202,13 +197,7 @@ def _run_cycle(
     # 5. Close: the statement's log is the plan; every pending job left unbound carries a reason.
     bindings = stmt.bindings()
     bound_now = {b.job_id for b in bindings}
-    reason_of = ctx.reasons.get
-    pending = tuple([
-        reason_of(job.id)
-        or pending_reason(job.id, "NotScheduled", "not placed this cycle; will be retried next cycle")
-        for job in snapshot.pending
-        if job.id not in bound_now
-    ])
+    pending = PendingReasons(snapshot.pending, bound_now, ctx.reasons)  # reasons made when read
     lap("close")
     phases["total"] = clock() - started
     return Plan(

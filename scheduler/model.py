@@ -13,8 +13,11 @@ clock of its own).
 from __future__ import annotations
 
 import enum
+import gc
+from collections.abc import Container, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NewType
+from typing import NewType, Protocol, overload
 
 GPU_MILLI = 1000
 """Milli-GPU in one whole GPU."""
@@ -416,6 +419,128 @@ def pending_reason(job_id: JobId, code: str, message: str) -> PendingReason:
     return reason
 
 
+class Why(Protocol):
+    """A reason's code and message without the job (`PendingReason`, or a placement failure that a
+    whole shape's jobs share): what a cycle records per waiting job as it goes."""
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the block (and on again after, if it was on). A cycle
+    makes millions of small objects that live on; each collection they trigger walks every object of
+    the process, which cost a third of the cycle's time in the openb replay (docs/cycle.md).
+    Reference counting frees garbage as before; anything cyclic waits for the next collection."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """A code and a message (`Why`) not tied to one job."""
+
+    code: str
+    message: str
+
+
+NOT_SCHEDULED = Reason("NotScheduled", "not placed this cycle; will be retried next cycle")
+"""The reason of a waiting job for which no action recorded one."""
+
+
+class PendingReasons(Sequence[PendingReason]):
+    """`Plan.pending` of a cycle: a `PendingReason` for every job of the snapshot the plan leaves
+    waiting, in snapshot order — made when first read.
+
+    The cycle records what each waiting job waits for as it goes (`Why` per job id; behind a failed
+    shape, the same placement failure object for all its jobs) and hands that over as it is; the
+    reason objects (~0.25 µs each) are made on the first read, once. A caller that reads every
+    reason (the operator does, every cycle) pays that then; one that reads none (the replay, which
+    measures decisions) never does. Equal to any sequence of the same reasons (`plan.pending == ()`
+    holds for a plan that leaves nobody waiting)."""
+
+    __slots__ = ("_jobs", "_left_out", "_made", "_why")
+
+    def __init__(self, jobs: Sequence[Job], left_out: Container[JobId], why: Mapping[JobId, Why]) -> None:
+        self._jobs = jobs
+        self._left_out = left_out
+        self._why = why
+        self._made: tuple[PendingReason, ...] | None = None
+
+    def _all(self) -> tuple[PendingReason, ...]:
+        made = self._made
+        if made is None:
+            jobs, left_out, get = self._jobs, self._left_out, self._why.get
+            reasons = []
+            with collector_paused():  # (as `run_cycle` is: millions of reasons in a replay)
+                for job in jobs:
+                    if job.id in left_out:
+                        continue
+                    given = get(job.id, NOT_SCHEDULED)
+                    if type(given) is PendingReason:
+                        reasons.append(given)
+                    else:
+                        reasons.append(pending_reason(job.id, given.code, given.message))
+                made = self._made = tuple(reasons)  # (two threads reading at once make equal tuples; one stays)
+        return made
+
+    def items(self) -> Iterator[tuple[JobId, Why]]:
+        """(job id, what it waits for) per waiting job, in order, without making the `PendingReason`s
+        (a caller that wants codes and messages, as the operator does, reads them this way)."""
+        if self._made is not None:
+            for reason in self._made:
+                yield reason.job_id, reason
+            return
+        left_out, get = self._left_out, self._why.get
+        for job in self._jobs:
+            if job.id not in left_out:
+                yield job.id, get(job.id, NOT_SCHEDULED)
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    @overload
+    def __getitem__(self, index: int) -> PendingReason: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[PendingReason, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> PendingReason | tuple[PendingReason, ...]:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[PendingReason]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PendingReasons):
+            return self._all() == other._all()
+        if isinstance(other, tuple):
+            return self._all() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # (like a list's: compared by content)
+
+    def __repr__(self) -> str:
+        return f"PendingReasons({self._all()!r})"
+
+
+def reasons_by_job(pending: Sequence[PendingReason]) -> Iterator[tuple[JobId, Why]]:
+    """(job id, what it waits for) of a plan's `pending`: `PendingReasons.items`, or the reasons of
+    any other sequence (a plan built by hand)."""
+    if isinstance(pending, PendingReasons):
+        return pending.items()
+    return ((reason.job_id, reason) for reason in pending)
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """The outcome of one cycle: what to bind, what to evict, why the rest waits.
@@ -429,7 +554,8 @@ class Plan:
     evictions: tuple[Eviction, ...] = ()
     shrinks: tuple[Shrink, ...] = ()
     grows: tuple[Growth, ...] = ()
-    pending: tuple[PendingReason, ...] = ()
+    pending: Sequence[PendingReason] = ()
+    """Why each waiting job waits (a `PendingReasons` from `run_cycle`: made when first read)."""
     fair_share_milli: dict[QueueName, float] = field(default_factory=dict)
     model_fair_share_milli: dict[str, dict[QueueName, float]] = field(default_factory=dict)
     """Per GPU model named in some queue's `model_quotas`: each queue's fair share of that model."""

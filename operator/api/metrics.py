@@ -47,7 +47,7 @@ from prometheus_client.exposition import choose_encoder
 
 from leitstand.operator.service.jobs import QueueSpec, SpecError, parse_queue
 from leitstand.scheduler.codes import NONE
-from leitstand.scheduler.model import GPU_MILLI, Job, Plan
+from leitstand.scheduler.model import GPU_MILLI, Job, Plan, reasons_by_job
 
 if TYPE_CHECKING:
     from leitstand.operator.service.audit import Decision
@@ -260,7 +260,7 @@ class Metrics:
         scheduler = self.scheduler
         now = scheduler.clock()
         pending = {job.id: job for job in scheduler.last_pending}
-        left = {reason.job_id: reason.code for reason in plan.pending} if plan is not None else {}
+        left = {job_id: why.code for job_id, why in reasons_by_job(plan.pending)} if plan is not None else {}
         by_reason: Counter[tuple[str, str]] = Counter()
         seen: Counter[str] = Counter()
         for job_id, code in left.items():

@@ -28,7 +28,7 @@ from leitstand.operator.service.jobs import QueueSpec, SpecError, TrainingJobSpe
 from leitstand.operator.service.loop import Scheduler, Tracked, gpus_text, tj_path
 from leitstand.operator.service.records import timestamp
 from leitstand.operator.service.status import condition, rfc3339
-from leitstand.scheduler.model import GPU_MILLI, NODE_LEVEL
+from leitstand.scheduler.model import GPU_MILLI, NODE_LEVEL, reasons_by_job
 
 EVICTION_KINDS = frozenset({"reclaim", "preempt", "move", "shrink"})
 QUEUE_JOBS_SHOWN = 100
@@ -381,7 +381,7 @@ def plan_reasons(scheduler: Scheduler) -> dict[str, tuple[str, str]]:
         return {}
     memo = _reasons_memo.get(scheduler)
     if memo is None or memo[0] is not plan:
-        memo = (plan, {str(r.job_id): (r.code, r.message) for r in plan.pending})
+        memo = (plan, {str(job_id): (why.code, why.message) for job_id, why in reasons_by_job(plan.pending)})
         _reasons_memo[scheduler] = memo
     return memo[1]
 

@@ -96,6 +96,7 @@ from leitstand.scheduler.model import (
     RunningJob,
     Shrink,
     Snapshot,
+    reasons_by_job,
 )
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.state import ClusterState, StateError
@@ -485,8 +486,8 @@ class Scheduler:
             report.cycle_id = plan.cycle_id
             report.phase_seconds.update({f"core_{k}": v for k, v in plan.phase_seconds.items() if k != "total"})
             self._apply(plan, plain, report)
-            for reason in plan.pending:
-                waiting[reason.job_id] = (reason.code, reason.message)
+            for job_id, why in reasons_by_job(plan.pending):  # (no reason objects made)
+                waiting[job_id] = (why.code, why.message)
         for job_id, (code, message) in waiting.items():
             self._say_pending(job_id, code, message, plain)
             report.reasons[code] += 1

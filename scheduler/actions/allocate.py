@@ -29,7 +29,7 @@ from dataclasses import replace
 from leitstand.scheduler.actions import reserve
 from leitstand.scheduler.actions.context import Code, CycleContext, ShapeKey
 from leitstand.scheduler.actions.shares import ModelAccounting
-from leitstand.scheduler.model import Job, PendingReason, QueueName, pending_reason
+from leitstand.scheduler.model import Job, PendingReason, QueueName
 from leitstand.scheduler.placement import GangPlacement, GangRequest, Unplaceable, place_gang
 
 __all__ = ["run"]
@@ -70,7 +70,7 @@ def run(ctx: CycleContext) -> None:
                 else:
                     failure = None
             if failure is not None and job.id not in holders:
-                reasons[job.id] = pending_reason(job.id, failure.code, failure.message)
+                reasons[job.id] = failure  # the shape's failure itself: its reason is made when read
                 continue
         if job.id in holders:
             continue  # capacity is held for it (`reserve`): it keeps its `Reserved` reason
@@ -92,7 +92,7 @@ def run(ctx: CycleContext) -> None:
             continue
         known = None if same is None else same.get((size.queue, size.request_key))
         if known is not None:
-            ctx.wait(job, known.code, known.message)
+            reasons[job.id] = known
             placed = None
         else:
             placed = _place(ctx, size, failed)
@@ -144,7 +144,7 @@ def _place_any(
             shape = (*shape, "unheld")
         known = failed.get(shape)
         if known is not None:
-            ctx.wait(job, known.code, known.message)
+            ctx.reasons[job.id] = known
             outcome = known
             continue
         result = place_gang(ctx.stmt.state, request, ctx.policy)
@@ -153,7 +153,7 @@ def _place_any(
                 why = reserve.held_reason(ctx, job, PendingReason(job.id, result.code, result.message))
                 result = Unplaceable(why.code, why.message)
             failed[shape] = outcome = result
-            ctx.wait(job, result.code, result.message)
+            ctx.reasons[job.id] = result
             continue
         assert isinstance(result, GangPlacement)
         if model is not None:

@@ -28,6 +28,7 @@ from leitstand.scheduler.model import (
     RunningJob,
     SchedulerConfig,
     Snapshot,
+    Why,
     pending_reason,
 )
 from leitstand.scheduler.ordering import WorkQueue
@@ -97,7 +98,7 @@ class CycleContext:
     reserved_pools: dict[QueueName, str | None]
     """Effective reservation of each queue (its own `node_pool` or its nearest ancestor's)."""
     all_reserved: frozenset[str]
-    reasons: dict[JobId, PendingReason] = field(default_factory=dict)
+    reasons: dict[JobId, Why] = field(default_factory=dict)
     bound: set[JobId] = field(default_factory=set)
     """Jobs bound, moved, shrunk or grown in this cycle: never victims in the same cycle."""
     stats: dict[str, int] = field(default_factory=dict)
@@ -134,7 +135,7 @@ class CycleContext:
     """(this cycle's, the previous cycle's) requests by (`Job.request_key`, queue, reservation)
     (`_request_memo`; set at the first request)."""
     _model_requests: dict[tuple[JobId, str], GangRequest | PendingReason] = field(default_factory=dict)
-    _cuts: dict[JobId, tuple[tuple[str, ...], PendingReason | None]] = field(default_factory=dict)
+    _cuts: dict[JobId, tuple[tuple[str, ...], Why | None]] = field(default_factory=dict)
     _still_pending: tuple[int, dict[QueueName, list[Job]]] | None = None
 
     # -- bookkeeping --------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ class CycleContext:
     def count(self, key: str, amount: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + amount
 
-    def budget_cut(self, job: Job, action: str, current: PendingReason | None) -> None:
+    def budget_cut(self, job: Job, action: str, current: Why | None) -> None:
         """Record that `action`'s victim-search budget ran out before `job` was searched.
 
         The job's reason before the first cut (e.g. `Insufficient` from allocate) is kept in the

@@ -32,7 +32,7 @@ from leitstand.scheduler.actions.context import (
     ShapeKey,
 )
 from leitstand.scheduler.fairshare import saturation
-from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob
+from leitstand.scheduler.model import EvictionKind, Job, PendingReason, QueueName, RunningJob, Why
 from leitstand.scheduler.placement import GangRequest
 from leitstand.scheduler.statement import gpus
 
@@ -273,7 +273,7 @@ def _refresh_reasons(ctx: CycleContext) -> None:
 
 
 def _admitted_request(
-    ctx: CycleContext, job: Job, current: PendingReason | None, *, has_request: bool = False
+    ctx: CycleContext, job: Job, current: Why | None, *, has_request: bool = False
 ) -> GangRequest | None:
     """The job's request if reclaim may act for it; else None, with a new block or request reason
     recorded (a reason in POLICY_BLOCKS is kept as it is). `has_request`: the caller knows the job

@@ -44,6 +44,7 @@ from leitstand.scheduler.model import (
     SchedulerConfig,
     Snapshot,
     Topology,
+    reasons_by_job,
 )
 from leitstand.scheduler.sim.openb import TraceFormatError
 from leitstand.scheduler.state import ClusterState
@@ -348,7 +349,7 @@ def simulate(
             )
             plan = run_cycle(snapshot, config, state=state)
             result.cycles += 1
-            if any(p.code == "Reserved" for p in plan.pending):
+            if any(why.code == "Reserved" for _, why in reasons_by_job(plan.pending)):
                 result.reserved_cycles += 1
             for ev in plan.evictions:
                 held = running.pop(ev.job_id)
