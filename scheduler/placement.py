@@ -468,18 +468,29 @@ def place_gang(
     engine: Engine = "numba",
     nonce: int = 0,
     score_cache: bool = True,
+    remember_failure: bool = False,
 ) -> GangPlacement | Unplaceable:
-    """Choose nodes and GPUs for all replicas, or none. Does not modify `state` (its score cache aside).
+    """Choose nodes and GPUs for all replicas, or none. Does not modify `state` (its caches aside).
 
     `nonce` varies the per-node random numbers Random sees (`rand_u64`; other policies get a
     fixed stream and must not read it) between calls; with the same state, request, policy and
     nonce the result is deterministic.
     `score_cache`: reuse policy scores of nodes unchanged since they were last scored for the same
     request shape and policy (never for Random); the result is identical either way.
+    `remember_failure` (with `score_cache` and the compiled engine): a one-replica request that fits
+    no node is remembered with the node stamps it was judged at, and asked again (the same object)
+    only the nodes changed since are judged (`_insufficient_again`); the result is identical either
+    way. For callers that ask with the same request objects again and again, as allocate does every
+    cycle for the shapes that wait; a victim search's per-domain requests would only fill the memo.
     """
     problem = _validate(state, request)
     if problem is not None:
         return Unplaceable(INVALID_REQUEST, problem)
+    remember = remember_failure and score_cache and engine == "numba" and _one_replica_test(request)
+    if remember:
+        known = _insufficient_again(state, request)
+        if known is not None:
+            return known
     width = max(request.gpus, 1)
     if request.replicas > MAX_GANG_REPLICAS or width > state.max_node_gpus:
         # Sized by the request, the answer's arrays would take gigabytes for a gang of 2^31 replicas
@@ -527,13 +538,116 @@ def place_gang(
         diag,
     )
     if status != K.STATUS_OK:
-        return _unplaceable(state, request, int(status), diag)
+        failure = _unplaceable(state, request, int(status), diag)
+        if remember and status == K.STATUS_INSUFFICIENT and failure.code == INSUFFICIENT:
+            _remember_insufficient(state, request, diag, failure)
+        return failure
     return GangPlacement(
         nodes=nodes,
         gpus=gpus,
         level=int(diag[K.DIAG_LEVEL_USED]),
         domain=int(diag[K.DIAG_DOMAIN_USED]),
     )
+
+
+_MAX_FAILURES = 256
+"""Failures kept in `ClusterState.fail_cache` at most (then it starts over)."""
+
+
+def _one_replica_test(request: GangRequest) -> bool:
+    """Is the kernel's verdict on `request` a per-node test? One replica, no required level, and not
+    several slices per replica: a node holds it exactly when it passes the kernel's first test."""
+    return (
+        request.replicas == 1
+        and request.required_level == NONE
+        and not (request.gpus > 1 and request.gpu_milli < GPU_MILLI)
+    )
+
+
+@dataclass(slots=True)
+class _Insufficient:
+    """A one-replica request that fit no node, as judged at `stamps` (`place_gang`'s failure memo)."""
+
+    request: GangRequest
+    """The very request (kept so that its `id()`, the key, is not reused)."""
+    stamps: NDArray[np.int64]
+    """`node_version` of every node when it was last judged."""
+    mask: NDArray[np.bool_]
+    lack: NDArray[np.int8]
+    """Per matching node what it lacks (bit 0 CPU, 1 memory, 2 GPUs), as the kernel counts it."""
+    counts: NDArray[np.int64]
+    """Matching nodes lacking CPU, memory, GPUs (the diagnosis' three counts)."""
+    diag: NDArray[np.int64]
+    failure: Unplaceable
+    said: list[int]
+    """The three counts `failure` says (`counts` may have moved on in a call that found room)."""
+
+
+def _gpu_milli(request: GangRequest) -> int:
+    return request.gpu_milli if request.gpus else 0
+
+
+def _remember_insufficient(
+    state: ClusterState, request: GangRequest, diag: NDArray[np.int64], failure: Unplaceable
+) -> None:
+    """Keep the kernel's Insufficient verdict on a one-replica request with what each node lacks."""
+    mask = np.ascontiguousarray(request.node_mask, dtype=np.bool_)
+    cpu = state.cpu_free_milli < request.cpu_milli
+    memory = state.memory_free_mib < request.memory_mib
+    if request.gpus > 0 and request.gpu_milli >= GPU_MILLI:
+        gpu = state.gpu_whole_free < request.gpus
+    elif request.gpus == 1:
+        gpu = state.gpu_max_free_milli < request.gpu_milli
+    else:
+        gpu = np.zeros(state.n_nodes, dtype=np.bool_)
+    counts = np.array([(cpu & mask).sum(), (memory & mask).sum(), (gpu & mask).sum()], dtype=np.int64)
+    said = [int(diag[K.DIAG_LACK_CPU]), int(diag[K.DIAG_LACK_MEMORY]), int(diag[K.DIAG_LACK_GPU])]
+    if counts.tolist() != said:  # not the kernel's own count: do not remember what cannot be redone
+        return
+    lack = (cpu.astype(np.int8) | (memory.astype(np.int8) << 1) | (gpu.astype(np.int8) << 2)) * mask
+    cache = state.fail_cache
+    if len(cache) >= _MAX_FAILURES:
+        cache.clear()
+    cache[id(request)] = _Insufficient(
+        request, state.node_version.copy(), mask, lack.astype(np.int8), counts, diag.copy(), failure, said
+    )
+
+
+def _insufficient_again(state: ClusterState, request: GangRequest) -> Unplaceable | None:
+    """The remembered failure of `request` (this object) when it still fits no node, else None.
+
+    Only nodes whose stamp changed since are judged (`still_insufficient_kernel`: a ~1 µs loop and
+    one small call, where the full placement call costs ~20 µs); what they lack updates the counts,
+    and a failure with the new counts is made when they changed. A node's stamp changes with every
+    change of its free resources (`ClusterState.node_version`, unique across copies), so a node
+    with the stamp it was judged at still lacks what it lacked."""
+    known: _Insufficient | None = state.fail_cache.get(id(request))
+    if known is None or known.request is not request or known.stamps.shape[0] != state.n_nodes:
+        return None
+    counts = known.counts
+    still = K.still_insufficient_kernel(
+        state.node_version,
+        known.stamps,
+        known.mask,
+        state.cpu_free_milli,
+        state.memory_free_mib,
+        state.gpu_whole_free,
+        state.gpu_max_free_milli,
+        request.gpus,
+        _gpu_milli(request),
+        request.cpu_milli,
+        request.memory_mib,
+        known.lack,
+        counts,
+    )
+    if not still:
+        return None
+    now = counts.tolist()
+    if now != known.said:
+        diag = known.diag
+        diag[K.DIAG_LACK_CPU], diag[K.DIAG_LACK_MEMORY], diag[K.DIAG_LACK_GPU] = now
+        known.failure, known.said = _unplaceable(state, request, K.STATUS_INSUFFICIENT, diag), now
+    return known.failure
 
 
 def _replicas(placement: GangPlacement, replicas: int | None = None) -> list[tuple[int, list[int]]]:

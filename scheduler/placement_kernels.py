@@ -542,6 +542,51 @@ def _fill_domain(
 
 
 @njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
+def still_insufficient_kernel(
+    node_version: NDArray[np.int64],
+    stamps: NDArray[np.int64],
+    node_mask: NDArray[np.bool_],
+    cpu_free_milli: NDArray[np.int64],
+    memory_free_mib: NDArray[np.int64],
+    gpu_whole_free: NDArray[np.int32],
+    gpu_max_free_milli: NDArray[np.int32],
+    req_gpus: int,
+    req_milli: int,
+    req_cpu: int,
+    req_mem: int,
+    lack: NDArray[np.int8],
+    counts: NDArray[np.int64],
+) -> bool:
+    """A one-replica request without a required level (and not several slices per replica) that no
+    node held when the nodes had `stamps`: does it still fit nowhere? Only the nodes whose
+    `node_version` changed since are judged again, as `place_gang_kernel` judges a node for such a
+    request (its capacity is exactly the pass-1 test). For each, `lack[n]` (bit 0: CPU, 1: memory,
+    2: GPUs, what the node lacks) and `counts` (nodes lacking CPU, memory, GPUs among the matching
+    ones) are brought up to date and the stamp taken. False as soon as a changed matching node lacks
+    nothing (the caller places the request; nodes judged so far stay up to date)."""
+    for n in range(node_version.shape[0]):
+        if node_version[n] == stamps[n]:
+            continue
+        if node_mask[n]:
+            cpu = 1 if cpu_free_milli[n] < req_cpu else 0
+            mem = 1 if memory_free_mib[n] < req_mem else 0
+            gpu = 0
+            if req_gpus > 0 and req_milli >= GPU_MILLI:
+                gpu = 1 if gpu_whole_free[n] < req_gpus else 0
+            elif req_gpus == 1:
+                gpu = 1 if gpu_max_free_milli[n] < req_milli else 0
+            if cpu + mem + gpu == 0:
+                return False
+            old = int(lack[n])
+            counts[0] += cpu - (old & 1)
+            counts[1] += mem - ((old >> 1) & 1)
+            counts[2] += gpu - ((old >> 2) & 1)
+            lack[n] = cpu | (mem << 1) | (gpu << 2)
+        stamps[n] = node_version[n]
+    return True
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def place_gang_kernel(
     gpu_free_milli: NDArray[np.int32],
     gpu_count: NDArray[np.int32],

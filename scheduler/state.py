@@ -119,6 +119,9 @@ class ClusterState:
     fit_cache: dict[Any, Any] = field(default_factory=dict)
     """Owned by `placement.py`: "never fits" diagnoses per request shape and node mask. They read
     only static arrays (capacities, domains), so copies share them."""
+    fail_cache: dict[Any, Any] = field(default_factory=dict)
+    """Owned by `placement.py`: one-replica requests that found no node, with the node stamps they
+    were judged at (`placement._still_insufficient`). Checked against `node_version`, so copies share it."""
     request_cache: dict[Any, Any] = field(default_factory=dict)
     """Owned by `actions/context.py`: each pending job's gang request from earlier cycles, reused while
     the job, its queue's node-pool reservations and `schedulable` are unchanged (shared by copies)."""
@@ -304,6 +307,7 @@ class ClusterState:
             score_cache=self.score_cache,
             mask_cache=self.mask_cache,
             fit_cache=self.fit_cache,
+            fail_cache=self.fail_cache,
             request_cache=self.request_cache,
             cycle_cache=self.cycle_cache,
             max_node_gpus=self.max_node_gpus,

@@ -147,7 +147,7 @@ def _place_any(
             ctx.reasons[job.id] = known
             outcome = known
             continue
-        result = place_gang(ctx.stmt.state, request, ctx.policy)
+        result = place_gang(ctx.stmt.state, request, ctx.policy, remember_failure=True)
         if isinstance(result, Unplaceable):
             if job.id in ctx.unheld:  # non-preemptible, kept off nodes held for a starving gang
                 why = reserve.held_reason(ctx, job, PendingReason(job.id, result.code, result.message))

@@ -131,3 +131,42 @@ def test_never_fits_means_an_empty_cluster_cannot_hold_the_gang(seed: int, n_nod
             assert ever.code in (NEVER_FITS, NO_MATCHING_NODES, FRAGMENTED), ever
             if ever.code == FRAGMENTED:
                 assert request.gpus > 1 and request.gpu_milli < GPU_MILLI, ever
+
+
+def _same_outcome(a: GangPlacement | Unplaceable, b: GangPlacement | Unplaceable) -> bool:
+    if isinstance(a, Unplaceable) or isinstance(b, Unplaceable):
+        return a == b
+    return bool((a.nodes == b.nodes).all() and (a.gpus == b.gpus).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n_nodes=st.integers(2, 24), fill=st.floats(0.3, 1.0))
+def test_a_remembered_failure_is_what_placing_again_says(seed: int, n_nodes: int, fill: float) -> None:
+    """`place_gang(remember_failure=True)`, asked again and again with the same request objects while
+    replicas come and go (on the state and on copies of it, as a cycle's working copy), says what a
+    placement without the memo says: the same placement, or the same failure with the same counts
+    of nodes short of CPU, memory and GPUs. Fails if a changed node is missed, if counts moved on in
+    a call that found room are not said, or if a copy's change leaks into the original's answer."""
+    state = random_state(seed, n_nodes, fill)
+    rng = np.random.default_rng(seed)
+    policy = PolicyContext.build(state, PolicyCode.LEITSTAND)
+    requests = [dataclasses.replace(random_request(state, rng), replicas=1, required_level=-1) for _ in range(6)]
+    placed: list[tuple[ClusterState, GangRequest, GangPlacement]] = []
+    work = state
+    remembered = 0
+    for _ in range(40):
+        if rng.random() < 0.15:
+            work = state.copy() if work is state else state  # a cycle's copy, then the original again
+        for request in requests:
+            got = place_gang(work, request, policy, remember_failure=True)
+            assert _same_outcome(got, place_gang(work, request, policy))
+            remembered += isinstance(got, Unplaceable) and id(request) in work.fail_cache
+            if isinstance(got, GangPlacement) and rng.random() < 0.5:
+                apply_placement(work, request, got)  # it starts: the nodes fill up
+                placed.append((work, request, got))
+        for _ in range(int(rng.integers(0, 3))):  # some end: room appears
+            if placed:
+                where, request, placement = placed.pop(int(rng.integers(0, len(placed))))
+                if where is work:
+                    release_placement(work, request, placement)
+    event(f"remembered failures asked again: {'some' if remembered else 'none'}")
