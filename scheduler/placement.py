@@ -583,33 +583,46 @@ class _Insufficient:
     """The three counts `failure` says (`counts` may have moved on in a call that found room)."""
 
 
-def _gpu_milli(request: GangRequest) -> int:
-    return request.gpu_milli if request.gpus else 0
-
-
 def _remember_insufficient(
     state: ClusterState, request: GangRequest, diag: NDArray[np.int64], failure: Unplaceable
 ) -> None:
-    """Keep the kernel's Insufficient verdict on a one-replica request with what each node lacks."""
-    mask = np.ascontiguousarray(request.node_mask, dtype=np.bool_)
-    cpu = state.cpu_free_milli < request.cpu_milli
-    memory = state.memory_free_mib < request.memory_mib
-    if request.gpus > 0 and request.gpu_milli >= GPU_MILLI:
-        gpu = state.gpu_whole_free < request.gpus
-    elif request.gpus == 1:
-        gpu = state.gpu_max_free_milli < request.gpu_milli
-    else:
-        gpu = np.zeros(state.n_nodes, dtype=np.bool_)
-    counts = np.array([(cpu & mask).sum(), (memory & mask).sum(), (gpu & mask).sum()], dtype=np.int64)
-    said = [int(diag[K.DIAG_LACK_CPU]), int(diag[K.DIAG_LACK_MEMORY]), int(diag[K.DIAG_LACK_GPU])]
-    if counts.tolist() != said:  # not the kernel's own count: do not remember what cannot be redone
-        return
-    lack = (cpu.astype(np.int8) | (memory.astype(np.int8) << 1) | (gpu.astype(np.int8) << 2)) * mask
+    """Keep the kernel's Insufficient verdict on a one-replica request with what each node lacks
+    (judged by `still_insufficient_kernel` from no stamps at all: every node once)."""
+    known = _Insufficient(
+        request,
+        np.full(state.n_nodes, -1, dtype=np.int64),  # (stamps start at 1: every node is judged)
+        np.ascontiguousarray(request.node_mask, dtype=np.bool_),
+        np.zeros(state.n_nodes, dtype=np.int8),
+        np.zeros(3, dtype=np.int64),
+        diag.copy(),
+        failure,
+        [int(diag[K.DIAG_LACK_CPU]), int(diag[K.DIAG_LACK_MEMORY]), int(diag[K.DIAG_LACK_GPU])],
+    )
+    if not _judge(state, request, known) or known.counts.tolist() != known.said:
+        return  # not the kernel's own verdict: do not remember what cannot be redone
     cache = state.fail_cache
     if len(cache) >= _MAX_FAILURES:
         cache.clear()
-    cache[id(request)] = _Insufficient(
-        request, state.node_version.copy(), mask, lack.astype(np.int8), counts, diag.copy(), failure, said
+    cache[id(request)] = known
+
+
+def _judge(state: ClusterState, request: GangRequest, known: _Insufficient) -> bool:
+    return bool(
+        K.still_insufficient_kernel(
+            state.node_version,
+            known.stamps,
+            known.mask,
+            state.cpu_free_milli,
+            state.memory_free_mib,
+            state.gpu_whole_free,
+            state.gpu_max_free_milli,
+            request.gpus,
+            request.gpu_milli if request.gpus else 0,
+            request.cpu_milli,
+            request.memory_mib,
+            known.lack,
+            known.counts,
+        )
     )
 
 
@@ -624,25 +637,9 @@ def _insufficient_again(state: ClusterState, request: GangRequest) -> Unplaceabl
     known: _Insufficient | None = state.fail_cache.get(id(request))
     if known is None or known.request is not request or known.stamps.shape[0] != state.n_nodes:
         return None
-    counts = known.counts
-    still = K.still_insufficient_kernel(
-        state.node_version,
-        known.stamps,
-        known.mask,
-        state.cpu_free_milli,
-        state.memory_free_mib,
-        state.gpu_whole_free,
-        state.gpu_max_free_milli,
-        request.gpus,
-        _gpu_milli(request),
-        request.cpu_milli,
-        request.memory_mib,
-        known.lack,
-        counts,
-    )
-    if not still:
+    if not _judge(state, request, known):
         return None
-    now = counts.tolist()
+    now = known.counts.tolist()
     if now != known.said:
         diag = known.diag
         diag[K.DIAG_LACK_CPU], diag[K.DIAG_LACK_MEMORY], diag[K.DIAG_LACK_GPU] = now
