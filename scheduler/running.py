@@ -53,6 +53,8 @@ class RunningSums:
     preemptible_priorities: dict[QueueName, dict[int, int]]
     """Per queue: how many preemptible jobs run at each priority."""
     _slots: VictimSlots | None = field(default=None, repr=False)
+    _deleted: int = field(default=0, repr=False)
+    """Jobs deleted from `by_id` since it was last compacted (see `_updated`)."""
 
     @property
     def slots(self) -> VictimSlots:
@@ -188,11 +190,17 @@ def _updated(
             if by_id.get(job.id) is not held:
                 return None
             del by_id[job.id]
+            last._deleted += 1
             _charge(charged, priorities, job, -1)
             if slots is not None and job.is_preemptible:
                 slots.drop(held)
     if len(by_id) != len(running) or not all(map(is_, by_id.values(), running)):
         return None
+    if 3 * last._deleted > len(by_id):
+        # A dict keeps a hole per deleted key until it grows; with holes past a third, `copy()` (the
+        # statement's `running`, every cycle) inserts key by key (~0.3 ms at 7,500 jobs) instead of
+        # cloning the table (~0.03 ms). Rebuilt in the same order, holes gone.
+        last.by_id, last._deleted = dict(by_id), 0
     return last
 
 
