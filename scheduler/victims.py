@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from itertools import repeat
+from itertools import compress, repeat
 from operator import is_
 from typing import Any
 
@@ -191,20 +191,40 @@ def _sorted(cols: _Columns, key: _CostKey) -> tuple[_Columns, NDArray[np.void]]:
     return _permute(cols, perm), keys[perm]
 
 
-def _join(kept: _Columns, keep: NDArray[np.bool_], fresh: _Columns) -> _Columns:
-    """The `keep` entries of `kept` followed by `fresh` (unsorted)."""
-    at = np.flatnonzero(keep).tolist()
+def _merged(kept: _Columns, keep: NDArray[np.bool_], fresh: _Columns, at: NDArray[np.int64]) -> _Columns:
+    """The `keep` entries of `kept` (in their order) with fresh entry i inserted before kept entry
+    `at[i]` of them (`at` ascending; entries with the same `at` in fresh order): one `np.insert` per
+    column, the Python lists spliced by slices, each fresh job's rows inserted before the rows of the
+    kept job it precedes."""
+    ordered = list(compress(kept.ordered, keep))
+    queues = list(compress(kept.queues, keep))
+    positions = at.tolist()
+    if positions:
+        merged_ordered: list[RunningJob] = []
+        merged_queues: list[QueueName] = []
+        start = 0
+        for i, position in enumerate(positions):
+            merged_ordered += ordered[start:position]
+            merged_ordered.append(fresh.ordered[i])
+            merged_queues += queues[start:position]
+            merged_queues.append(fresh.queues[i])
+            start = position
+        ordered = merged_ordered + ordered[start:]
+        queues = merged_queues + queues[start:]
+    counts = kept.counts[keep]
+    row_at = np.concatenate(([0], np.cumsum(counts)))[at]  # the first row of the kept job each precedes
     return _Columns(
-        ordered=list(map(kept.ordered.__getitem__, at)) + fresh.ordered,
-        ids=np.concatenate((kept.ids[keep], fresh.ids)),
-        counts=np.concatenate((kept.counts[keep], fresh.counts)),
-        nodes=np.concatenate((kept.nodes[np.repeat(keep, kept.counts)], fresh.nodes)),
-        devices=np.concatenate((kept.devices[keep], fresh.devices)),
-        queues=list(map(kept.queues.__getitem__, at)) + fresh.queues,
-        priority=np.concatenate((kept.priority[keep], fresh.priority)),
-        started=np.concatenate((kept.started[keep], fresh.started)),
-        milli=np.concatenate((kept.milli[keep], fresh.milli)),
-        slot=np.concatenate((kept.slot[keep], fresh.slot)),
+        ordered=ordered,
+        # (`np.insert` cuts values to the array's width: the wider of the two, as concatenation gives)
+        ids=np.insert(kept.ids[keep].astype(np.result_type(kept.ids, fresh.ids)), at, fresh.ids),
+        counts=np.insert(counts, at, fresh.counts),
+        nodes=np.insert(kept.nodes[np.repeat(keep, kept.counts)], np.repeat(row_at, fresh.counts), fresh.nodes),
+        devices=np.insert(kept.devices[keep], at, fresh.devices),
+        queues=queues,
+        priority=np.insert(kept.priority[keep], at, fresh.priority),
+        started=np.insert(kept.started[keep], at, fresh.started),
+        milli=np.insert(kept.milli[keep], at, fresh.milli),
+        slot=np.insert(kept.slot[keep], at, fresh.slot),
     )
 
 
@@ -298,9 +318,7 @@ def _kept_columns(
                 wider = max(fresh_keys.dtype, kept_keys.dtype, key=lambda d: d.itemsize)
                 fresh_keys, kept_keys = fresh_keys.astype(wider), kept_keys.astype(wider)
             at_kept = np.searchsorted(kept_keys, fresh_keys, side="right")
-            size = len(kept_keys)
-            perm = np.insert(np.arange(size, dtype=np.int64), at_kept, np.arange(size, size + len(fresh_keys)))
-            cols = _permute(_join(last.cols, keep, fresh), perm)
+            cols = _merged(last.cols, keep, fresh, at_kept)
             return _keep(kept, key, cols, np.insert(kept_keys, at_kept, fresh_keys), source)
     return _keep(kept, key, *_sorted(_columns(candidates, index, slot), key), source)
 
