@@ -465,8 +465,10 @@ class PendingReasons(Sequence[PendingReason]):
     shape, the same placement failure object for all its jobs) and hands that over as it is; the
     reason objects (~0.25 µs each) are made on the first read, once. A caller that reads every
     reason (the operator does, every cycle) pays that then; one that reads none (the replay, which
-    measures decisions) never does. Equal to any sequence of the same reasons (`plan.pending == ()`
-    holds for a plan that leaves nobody waiting)."""
+    measures decisions) never does. Equal to a tuple or `PendingReasons` of the same reasons
+    (`plan.pending == ()` holds for a plan that leaves nobody waiting). Making them pauses the
+    process's collector like a cycle does; made in one thread while a cycle runs in another, the
+    collector may come back on before that cycle ends (slower, nothing else)."""
 
     __slots__ = ("_jobs", "_left_out", "_made", "_why")
 
@@ -555,7 +557,10 @@ class Plan:
     shrinks: tuple[Shrink, ...] = ()
     grows: tuple[Growth, ...] = ()
     pending: Sequence[PendingReason] = ()
-    """Why each waiting job waits (a `PendingReasons` from `run_cycle`: made when first read)."""
+    """Why each waiting job waits (a `PendingReasons` from `run_cycle`: made when first read). A
+    sequence, not a tuple: it compares equal to the tuple of its reasons, but `tuple(plan.pending)`
+    is what concatenates, hashes or goes through `dataclasses.asdict`; `reasons_by_job` reads codes
+    and messages without making the reasons."""
     fair_share_milli: dict[QueueName, float] = field(default_factory=dict)
     model_fair_share_milli: dict[str, dict[QueueName, float]] = field(default_factory=dict)
     """Per GPU model named in some queue's `model_quotas`: each queue's fair share of that model."""

@@ -121,7 +121,7 @@ class ClusterState:
     only static arrays (capacities, domains), so copies share them."""
     fail_cache: dict[Any, Any] = field(default_factory=dict)
     """Owned by `placement.py`: one-replica requests that found no node, with the node stamps they
-    were judged at (`placement._still_insufficient`). Checked against `node_version`, so copies share it."""
+    were judged at (`placement._insufficient_again`). Checked against `node_version`, so copies share it."""
     request_cache: dict[Any, Any] = field(default_factory=dict)
     """Owned by `actions/context.py`: each pending job's gang request from earlier cycles, reused while
     the job, its queue's node-pool reservations and `schedulable` are unchanged (shared by copies)."""

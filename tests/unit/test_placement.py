@@ -316,3 +316,36 @@ def test_greedy_fill_that_fails_is_fragmented_and_all_or_nothing(engine: str) ->
     result = place_gang(state, request, PolicyContext.build(state), engine=engine)
     assert isinstance(result, Unplaceable) and result.code == FRAGMENTED
     assert np.array_equal(before, state.gpu_free_milli)
+
+
+def test_a_remembered_failure_is_redone_without_the_placement_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Allocate's way of asking (`remember_failure=True`): a one-replica request that fits no node is
+    answered again from the nodes changed since, without the placement kernel, with the counts a
+    fresh placement gives; once a changed node has room, the kernel places it."""
+    from leitstand.scheduler import placement
+
+    nodes, topology = make_cluster(4)
+    state = ClusterState.from_nodes(nodes, topology)
+    policy = PolicyContext.build(state)
+    for node in range(4):
+        state.allocate(node, list(range(8)), 1000, 0, 0)  # every GPU taken
+    request = GangRequest.for_job(state, make_job(gpus=1, cpu_milli=1000))
+    first = place_gang(state, request, policy, remember_failure=True)
+    assert isinstance(first, Unplaceable) and first.code == INSUFFICIENT
+    assert id(request) in state.fail_cache
+
+    kernel = placement.K.place_gang_kernel
+
+    def not_called(*args: object) -> int:
+        raise AssertionError("the placement kernel was asked")
+
+    monkeypatch.setattr(placement.K, "place_gang_kernel", not_called)
+    assert place_gang(state, request, policy, remember_failure=True) is first  # nothing changed
+    state.allocate(2, [], 0, state.cpu_capacity_milli[2], 0)  # node 2 now short of CPU as well
+    again = place_gang(state, request, policy, remember_failure=True)
+    monkeypatch.setattr(placement.K, "place_gang_kernel", kernel)
+    fresh = place_gang(state, GangRequest.for_job(state, make_job(gpus=1, cpu_milli=1000)), policy)
+    assert again == fresh and again != first and "1 nodes with too little free CPU" in again.message
+    state.release(3, [5], 1000, 0, 0)  # room on node 3
+    placed = place_gang(state, request, policy, remember_failure=True)
+    assert isinstance(placed, GangPlacement) and placed.nodes.tolist() == [3]

@@ -120,7 +120,8 @@ def test_kept_sums_equal_a_fresh_build_whatever_the_caller_does(seed: int, steps
 def test_kept_victim_slots_follow_the_log_and_start_over_when_crowded(seed: int) -> None:
     """The slots kept with the sums (built once, then updated by the log) hold the snapshot's
     preemptible jobs as a fresh build does; a slot is never given to another job; when holes
-    outnumber live jobs the slots are built afresh (a new object, so pools kept by slot start over)."""
+    outnumber live jobs (and `_COMPACT_AT`, lowered here so that it happens within the run) the
+    slots are built afresh (a new object, so pools kept by slot start over)."""
     rng = random.Random(seed)
     state = _state()
     jobs = [_running(n, rng) for n in range(40)]
@@ -129,22 +130,24 @@ def test_kept_victim_slots_follow_the_log_and_start_over_when_crowded(seed: int)
     made = len(jobs)
     slots = open_running(tuple(jobs), state).slots
     owner: dict[int, JobId] = {}  # every slot ever used → the job it was given to
-    for _ in range(15):
-        for _ in range(rng.randint(0, 12)):
-            if jobs:
-                state.release_job(jobs.pop(rng.randrange(len(jobs))))
-        for _ in range(rng.randint(0, 4)):
-            jobs.append(_running(made, rng))
-            state.allocate_job(jobs[-1])
-            made += 1
-        sums = open_running(tuple(jobs), state)
-        _same(sums, open_running(tuple(jobs)))
-        if sums.slots is not slots:
-            assert slots.holes > running_module._COMPACT_AT or sums.slots.holes == 0
-            slots, owner = sums.slots, {}
-        for i, held in enumerate(slots.jobs):
-            if held is not None:
-                assert owner.setdefault(i, held.job.id) == held.job.id
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(running_module, "_COMPACT_AT", 4)
+        for _ in range(15):
+            for _ in range(rng.randint(0, 12)):
+                if jobs:
+                    state.release_job(jobs.pop(rng.randrange(len(jobs))))
+            for _ in range(rng.randint(0, 4)):
+                jobs.append(_running(made, rng))
+                state.allocate_job(jobs[-1])
+                made += 1
+            sums = open_running(tuple(jobs), state)
+            _same(sums, open_running(tuple(jobs)))
+            if sums.slots is not slots:
+                assert slots.holes > running_module._COMPACT_AT and sums.slots.holes == 0
+                slots, owner = sums.slots, {}
+            for i, held in enumerate(slots.jobs):
+                if held is not None:
+                    assert owner.setdefault(i, held.job.id) == held.job.id
 
 
 def test_crowded_slots_are_built_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
