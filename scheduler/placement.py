@@ -578,9 +578,9 @@ class _Insufficient:
     counts: NDArray[np.int64]
     """Matching nodes lacking CPU, memory, GPUs (the diagnosis' three counts)."""
     diag: NDArray[np.int64]
+    """The kernel's diagnosis, its three counts those `failure` says (`counts` may have moved on in
+    a call that found room)."""
     failure: Unplaceable
-    said: list[int]
-    """The three counts `failure` says (`counts` may have moved on in a call that found room)."""
 
 
 def _remember_insufficient(
@@ -596,9 +596,8 @@ def _remember_insufficient(
         np.zeros(3, dtype=np.int64),
         diag.copy(),
         failure,
-        [int(diag[K.DIAG_LACK_CPU]), int(diag[K.DIAG_LACK_MEMORY]), int(diag[K.DIAG_LACK_GPU])],
     )
-    if not _judge(state, request, known) or known.counts.tolist() != known.said:
+    if not _judge(state, request, known) or known.counts.tolist() != _said(known.diag):
         return  # not the kernel's own verdict: do not remember what cannot be redone
     cache = state.fail_cache
     if len(cache) >= _MAX_FAILURES:
@@ -640,11 +639,16 @@ def _insufficient_again(state: ClusterState, request: GangRequest) -> Unplaceabl
     if not _judge(state, request, known):
         return None
     now = known.counts.tolist()
-    if now != known.said:
-        diag = known.diag
+    diag = known.diag
+    if now != _said(diag):
         diag[K.DIAG_LACK_CPU], diag[K.DIAG_LACK_MEMORY], diag[K.DIAG_LACK_GPU] = now
-        known.failure, known.said = _unplaceable(state, request, K.STATUS_INSUFFICIENT, diag), now
+        known.failure = _unplaceable(state, request, K.STATUS_INSUFFICIENT, diag)
     return known.failure
+
+
+def _said(diag: NDArray[np.int64]) -> list[int]:
+    """The diagnosis' counts of matching nodes short of CPU, memory and GPUs (`_Insufficient.counts`' order)."""
+    return [int(diag[K.DIAG_LACK_CPU]), int(diag[K.DIAG_LACK_MEMORY]), int(diag[K.DIAG_LACK_GPU])]
 
 
 def _replicas(placement: GangPlacement, replicas: int | None = None) -> list[tuple[int, list[int]]]:

@@ -91,7 +91,6 @@ class _Columns:
     """A pool's candidates flattened: one entry per job, its replicas' nodes as consecutive rows."""
 
     ordered: list[RunningJob]
-    ids: NDArray[np.str_]
     counts: NDArray[np.int64]
     """Replicas per job (rows)."""
     nodes: NDArray[np.int64]
@@ -108,9 +107,10 @@ class _Columns:
 
 def _columns(
     candidates: Sequence[RunningJob], index: Mapping[NodeName, int], slot: NDArray[np.int64] | None = None
-) -> _Columns:
-    """Every per-candidate column in one pass over the jobs, in the given order. (Separate generator
-    passes cost ~60 ms a pool at 25,000 candidates, and a contended cycle builds two pools.)"""
+) -> tuple[_Columns, NDArray[np.str_]]:
+    """Every per-candidate column in one pass over the jobs, in the given order, and the job ids
+    (only sorting reads them: `_sorted`). (Separate generator passes cost ~60 ms a pool at 25,000
+    candidates, and a contended cycle builds two pools.)"""
     count_list: list[int] = []
     node_list: list[int] = []
     device_list: list[int] = []
@@ -134,9 +134,8 @@ def _columns(
         started_list.append(v.started_at)
         milli_list.append(job.gpu_milli_total)
         id_list.append(job.id)
-    return _Columns(
+    cols = _Columns(
         ordered=list(candidates),
-        ids=np.array(id_list, dtype=str),
         counts=np.array(count_list, dtype=np.int64),
         nodes=np.array(node_list, dtype=np.int64),
         devices=np.array(device_list, dtype=np.int64),
@@ -146,6 +145,7 @@ def _columns(
         milli=np.array(milli_list, dtype=np.int64),
         slot=np.full(len(candidates), -1, dtype=np.int64) if slot is None else slot,
     )
+    return cols, np.array(id_list, dtype=str)
 
 
 def _permute(cols: _Columns, perm: NDArray[np.int64]) -> _Columns:
@@ -159,7 +159,6 @@ def _permute(cols: _Columns, perm: NDArray[np.int64]) -> _Columns:
     order = perm.tolist()
     return _Columns(
         ordered=list(map(cols.ordered.__getitem__, order)),
-        ids=cols.ids[perm],
         counts=counts,
         nodes=cols.nodes[given_rows],
         devices=cols.devices[perm],
@@ -171,22 +170,22 @@ def _permute(cols: _Columns, perm: NDArray[np.int64]) -> _Columns:
     )
 
 
-def _sort_keys(cols: _Columns, key: _CostKey) -> NDArray[np.void]:
+def _sort_keys(cols: _Columns, ids: NDArray[np.str_], key: _CostKey) -> NDArray[np.void]:
     """Per job, its sort key (`victim_cost` or `move_cost`) as one record whose fields compare in
     the key's order: numpy orders records field by field as Python orders the tuples, so
     `searchsorted` finds where a job goes among jobs sorted by `_sorted`."""
     first, third = (cols.priority, cols.milli) if key is victim_cost else (cols.milli, cols.priority)
-    fields = [("a", np.int64), ("b", np.float64), ("c", np.int64), ("id", cols.ids.dtype)]
+    fields = [("a", np.int64), ("b", np.float64), ("c", np.int64), ("id", ids.dtype)]
     keys = np.empty(len(cols.ordered), dtype=fields)
-    keys["a"], keys["b"], keys["c"], keys["id"] = first, -cols.started, third, cols.ids
+    keys["a"], keys["b"], keys["c"], keys["id"] = first, -cols.started, third, ids
     return keys
 
 
-def _sorted(cols: _Columns, key: _CostKey) -> tuple[_Columns, NDArray[np.void]]:
+def _sorted(cols: _Columns, ids: NDArray[np.str_], key: _CostKey) -> tuple[_Columns, NDArray[np.void]]:
     """The columns in the order `sorted(key=key)` gives, for the two keys above, and their records
     (`_sort_keys`) in that order: one `lexsort` over the records' fields, last field first (the same
     order: ids are unique, numpy compares str by code point as Python does)."""
-    keys = _sort_keys(cols, key)
+    keys = _sort_keys(cols, ids, key)
     perm = np.lexsort((keys["id"], keys["c"], keys["b"], keys["a"])).astype(np.int64)
     return _permute(cols, perm), keys[perm]
 
@@ -215,8 +214,6 @@ def _merged(kept: _Columns, keep: NDArray[np.bool_], fresh: _Columns, at: NDArra
     row_at = np.concatenate(([0], np.cumsum(counts)))[at]  # the first row of the kept job each precedes
     return _Columns(
         ordered=ordered,
-        # (`np.insert` cuts values to the array's width: the wider of the two, as concatenation gives)
-        ids=np.insert(kept.ids[keep].astype(np.result_type(kept.ids, fresh.ids)), at, fresh.ids),
         counts=np.insert(counts, at, fresh.counts),
         nodes=np.insert(kept.nodes[np.repeat(keep, kept.counts)], np.repeat(row_at, fresh.counts), fresh.nodes),
         devices=np.insert(kept.devices[keep], at, fresh.devices),
@@ -311,7 +308,7 @@ def _kept_columns(
                 last = _KeptPool(replace(last.cols, slot=relabel), last.keys, source)
         if keep is not None and new.size <= n // 2:
             fresh, fresh_keys = _sorted(
-                _columns([candidates[i] for i in new.tolist()], index, None if slot is None else slot[new]), key
+                *_columns([candidates[i] for i in new.tolist()], index, None if slot is None else slot[new]), key
             )
             kept_keys = last.keys[keep]
             if fresh_keys.dtype != kept_keys.dtype:  # ids of another width: compare as the wider
@@ -320,7 +317,7 @@ def _kept_columns(
             at_kept = np.searchsorted(kept_keys, fresh_keys, side="right")
             cols = _merged(last.cols, keep, fresh, at_kept)
             return _keep(kept, key, cols, np.insert(kept_keys, at_kept, fresh_keys), source)
-    return _keep(kept, key, *_sorted(_columns(candidates, index, slot), key), source)
+    return _keep(kept, key, *_sorted(*_columns(candidates, index, slot), key), source)
 
 
 def _set_cost(victims: Sequence[RunningJob], preferred: bool) -> tuple[int, bool, int, int, float]:
@@ -365,12 +362,12 @@ class VictimPool:
         state = stmt.state
         if key is victim_cost or key is move_cost:
             if kept is None:
-                self._kept = _KeptPool(*_sorted(_columns(candidates, state.node_index), key), None)
+                self._kept = _KeptPool(*_sorted(*_columns(candidates, state.node_index), key), None)
             else:
                 self._kept = _kept_columns(kept, candidates, state.node_index, key, slots)
             cols = self._kept.cols
         else:
-            given = _columns(candidates, state.node_index)
+            given, _ = _columns(candidates, state.node_index)
             perm = np.array(sorted(range(len(candidates)), key=lambda i: key(candidates[i])), dtype=np.int64)
             cols = _permute(given, perm)
             self._kept = _KeptPool(cols, np.empty(0, dtype=np.void), None)  # (its keys are never read)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -244,9 +245,8 @@ class CycleContext:
         where = np.flatnonzero(chosen)
         picked: list[RunningJob] = list(map(slots.jobs.__getitem__, where.tolist()))  # type: ignore[arg-type]
         if queues is not None:
-            of = np.fromiter((held.job.queue in queues for held in picked), dtype=np.bool_, count=len(picked))
-            where = where[of]
-            picked = list(map(slots.jobs.__getitem__, where.tolist()))  # type: ignore[arg-type]
+            of = [held.job.queue in queues for held in picked]
+            where, picked = where[np.array(of, dtype=np.bool_)], list(compress(picked, of))
         return picked + extra, (slots, np.concatenate((where, np.full(len(extra), -1, dtype=np.int64))))
 
     def evict_for(
