@@ -71,6 +71,12 @@ class JobPhase(enum.Enum):
     RUNNING = "Running"
 
 
+_FIFO_KEYS: dict[tuple[object, ...], tuple[object, ...]] = {}
+"""Every `Job.fifo_key` made so far, each the one shared object for its value (started over past
+`_FIFO_KEYS_MAX`: a factory has a few hundred distinct shapes, not tens of thousands)."""
+_FIFO_KEYS_MAX = 1 << 16
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """A gang: `replicas` identical pods that start together or not at all.
@@ -118,7 +124,13 @@ class Job:
     """Every field the job's placement request is built from (`GangRequest.for_job`): jobs with equal
     keys (in queues with the same reservation) get the same request, so a cycle builds, memoises
     and tries one request per key instead of one per job (`CycleContext.request`, `shape_key`)."""
-    # The last four are derived once here: a cycle reads them millions of times (every pending job in
+    fifo_key: tuple[object, ...] = field(init=False, repr=False, compare=False)
+    """(`request_key`, `is_preemptible`, `min_replicas`): jobs of one queue with equal fifo keys are
+    handled alike by allocate while they wait behind a failed request (`actions/allocate.py`). The
+    tuple is shared among equal keys (interned, `_FIFO_KEYS`), so jobs are grouped by its `id()`
+    without hashing it; a key that is equal but not shared (an unpickled job, or one made after the
+    table started over) only splits a group in two, which costs a visit, never a decision."""
+    # The last five are derived once here: a cycle reads them millions of times (every pending job in
     # every action and sort, every running job in the snapshot), and properties recomputed them.
 
     def __post_init__(self) -> None:
@@ -150,6 +162,10 @@ class Job:
                 self.allowed_nodes,
             ),
         )
+        fifo = (self.request_key, self.is_preemptible, self.min_replicas)
+        if len(_FIFO_KEYS) >= _FIFO_KEYS_MAX:
+            _FIFO_KEYS.clear()
+        object.__setattr__(self, "fifo_key", _FIFO_KEYS.setdefault(fifo, fifo))
 
     @property
     def is_elastic(self) -> bool:

@@ -139,6 +139,20 @@ class WorkQueue:
                     break
                 # No other queue is waiting: this one goes next whatever its key, so none is computed.
 
+    def lone_rest(self, queue: QueueName) -> list[Job] | None:
+        """When `queue`, whose job was just handed out, is the only one with jobs left: that job and
+        the rest of the queue's jobs, in order, taken out of the order (the iteration ends); else
+        None. From here the order is the queue's job order whatever the caller does, so a caller may
+        go through the rest its own way (allocate, `_lone_queue`)."""
+        if self._heap:
+            return None
+        i = self._next.get(queue, 0)
+        jobs = self._jobs.get(queue, [])
+        if not 0 < i <= len(jobs):
+            return None
+        self._next[queue] = len(jobs)
+        return jobs[i - 1 :]
+
     def drain(self, queue: QueueName) -> list[Job]:
         """Take the rest of `queue`'s jobs out of the order (e.g. the queue is at its limit)."""
         i = self._next.get(queue, 0)

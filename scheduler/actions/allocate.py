@@ -24,12 +24,19 @@ non-preemptible job that fails only because held nodes are left out of its reque
 
 from __future__ import annotations
 
+import heapq
+from collections import defaultdict
 from dataclasses import replace
+from itertools import count, repeat
+from operator import attrgetter
+
+import numpy as np
+from numpy.typing import NDArray
 
 from leitstand.scheduler.actions import reserve
-from leitstand.scheduler.actions.context import Code, CycleContext, ShapeKey
+from leitstand.scheduler.actions.context import Code, CycleContext, ShapeKey, Visited
 from leitstand.scheduler.actions.shares import ModelAccounting
-from leitstand.scheduler.model import Job, PendingReason, QueueName
+from leitstand.scheduler.model import Job, JobId, PendingReason, QueueName
 from leitstand.scheduler.placement import GangPlacement, GangRequest, Unplaceable, place_gang
 
 __all__ = ["run"]
@@ -37,27 +44,22 @@ __all__ = ["run"]
 
 def run(ctx: CycleContext) -> None:
     reserve.run(ctx)  # holds for starving gangs first (returns at once unless reserve_after_seconds is set)
-    failed: dict[ShapeKey, Unplaceable] = {}
-    acc = ctx.stmt.accounting
-    # Plain requests: a job's request follows from its queue and `request_key` alone, so equal pairs
-    # fail alike (a finer key than `shape_key`, known before the request is looked up).
-    same: _Same | None = None if isinstance(acc, ModelAccounting) or ctx.held_nodes is not None else {}
-    ctx.plain_failed = same  # `_place` records there; later actions read it
-    # Pairs of `same` whose admission was found sure since the last bind, with the job's
-    # preemptibility (the rest of what `surely_admitted` reads follows from the queue and the
-    # request key): only a bind charges the accounting here, so each bind clears it.
-    sure: dict[tuple[QueueName, tuple[object, ...], bool], Unplaceable] = {}
-    budget = ctx.config.max_jobs_per_cycle
-    work = ctx.work_queue()
-    reasons, holders = ctx.reasons, ctx.holders
-    visited: list[Job] = []  # in the order of work; the part before the last bind may need a re-check
-    last_bind = 0
+    walk = _Walk(ctx)
+    same, sure, reasons, holders, visited = walk.same, walk.sure, ctx.reasons, ctx.holders, walk.visited
+    work = walk.work
+    lone = same is not None and not holders and _LONE_QUEUE  # see `_lone_queue`
+    limited = ctx.stmt.accounting.limited
     for job in work:
+        if lone and not limited[job.queue]:
+            rest = work.lone_rest(job.queue)
+            if rest is not None:
+                _lone_queue(walk, job.queue, rest)
+                break
         visited.append(job)
-        if budget <= 0:
-            ctx.wait(job, Code.CYCLE_BUDGET, "not considered this cycle (max_jobs_per_cycle reached); next cycle")
+        if walk.budget <= 0:
+            ctx.wait(job, Code.CYCLE_BUDGET, _BUDGET_MESSAGE)
             continue
-        budget -= 1
+        walk.budget -= 1
         if same and job.min_replicas is None:
             # A rigid job whose pair already failed and that no admission check can block gets that
             # failure at once: what the full visit below gives it, without the rest of its checks.
@@ -72,8 +74,56 @@ def run(ctx: CycleContext) -> None:
             if failure is not None and job.id not in holders:
                 reasons[job.id] = failure  # the shape's failure itself: its reason is made when read
                 continue
-        if job.id in holders:
-            continue  # capacity is held for it (`reserve`): it keeps its `Reserved` reason
+        if walk.visit(job):
+            walk.last_bind = len(visited)
+    # Jobs visited after the last bind saw the accounting every later action starts from: their
+    # admission was checked against it already, so reclaim's reason refresh passes over them.
+    if walk.lone_fifos is None:
+        ctx.visited_before_last_bind = Visited(walked=visited[: walk.last_bind])
+    else:
+        ctx.visited_before_last_bind = Visited(walked=visited, rest=walk.lone_rest, fifos=walk.lone_fifos)
+
+
+_LONE_QUEUE = True
+"""Go through a lone queue's jobs by fifo key (`_lone_queue`); False: job by job (the tests compare)."""
+
+_BUDGET_MESSAGE = "not considered this cycle (max_jobs_per_cycle reached); next cycle"
+
+_Same = dict[tuple[QueueName, tuple[object, ...]], Unplaceable]
+"""Failures by (queue, `Job.request_key`), for plain requests only (see `run`)."""
+
+
+class _Walk:
+    """What allocate keeps while it goes through the order of work."""
+
+    def __init__(self, ctx: CycleContext) -> None:
+        self.ctx = ctx
+        self.failed: dict[ShapeKey, Unplaceable] = {}
+        # Plain requests: a job's request follows from its queue and `request_key` alone, so equal
+        # pairs fail alike (a finer key than `shape_key`, known before the request is looked up).
+        acc = ctx.stmt.accounting
+        plain = not isinstance(acc, ModelAccounting) and ctx.held_nodes is None
+        self.same: _Same | None = {} if plain else None
+        ctx.plain_failed = self.same  # `_place` records there; later actions read it
+        # Pairs of `same` whose admission was found sure since the last bind, with the job's
+        # preemptibility (the rest of what `surely_admitted` reads follows from the queue and the
+        # request key): only a bind charges the accounting here, so each bind clears it.
+        self.sure: dict[tuple[QueueName, tuple[object, ...], bool], Unplaceable] = {}
+        self.budget = ctx.config.max_jobs_per_cycle
+        self.work = ctx.work_queue()
+        self.visited: list[Job] = []  # in the order of work; the part before the last bind may need a re-check
+        self.last_bind = 0
+        self.lone_rest: list[Job] = []
+        self.lone_fifos: list[NDArray[np.int64]] | None = None
+        """Set when the last bind was made by `_lone_queue`: its FIFOs' positions in `lone_rest` up
+        to that bind (the walked jobs in `visited` all precede them)."""
+
+    def visit(self, job: Job) -> bool:
+        """The full visit of one job (counted against the budget, and not a holder's or a sure
+        failure's short cut): admission checks, placement, bind. True when it was bound."""
+        ctx = self.ctx
+        if job.id in ctx.holders:
+            return False  # capacity is held for it (`reserve`): it keeps its `Reserved` reason
         block = ctx.admission_block(job)
         size = job  # the size tried: the job itself, or an elastic job at the most replicas admissible
         if block is not None and job.is_elastic:
@@ -82,37 +132,108 @@ def run(ctx: CycleContext) -> None:
                 block, size = None, smaller
         if block is not None:
             ctx.reasons[job.id] = block
-            if block.code == Code.QUEUE_AT_LIMIT and acc.limit_block(job.queue, 1) is not None:
+            if block.code == Code.QUEUE_AT_LIMIT and ctx.stmt.accounting.limit_block(job.queue, 1) is not None:
                 # No headroom at all: nothing else in this queue can start by allocation.
-                for rest in work.drain(job.queue):
-                    visited.append(rest)
+                for rest in self.work.drain(job.queue):
+                    self.visited.append(rest)
                     ctx.reasons[rest.id] = ctx.admission_block(rest) or PendingReason(
                         rest.id, block.code, block.message
                     )
-            continue
-        known = None if same is None else same.get((size.queue, size.request_key))
+            return False
+        known = None if self.same is None else self.same.get((size.queue, size.request_key))
         if known is not None:
-            reasons[job.id] = known
+            ctx.reasons[job.id] = known
             placed = None
         else:
-            placed = _place(ctx, size, failed)
+            placed = _place(ctx, size, self.failed)
         if placed is None and size.is_elastic:
-            placed = _place_smaller(ctx, size, failed)
+            placed = _place_smaller(ctx, size, self.failed)
         if placed is None:
-            continue
+            return False
         request, result = placed
         ctx.stmt.bind(job, request, result)  # an elastic job with `request.replicas` of its replicas
-        sure.clear()
+        self.sure.clear()
         ctx.bound.add(job.id)
         ctx.reasons.pop(job.id, None)
-        last_bind = len(visited)
-    # Jobs visited after the last bind saw the accounting every later action starts from: their
-    # admission was checked against it already, so reclaim's reason refresh passes over them.
-    ctx.visited_before_last_bind = visited[:last_bind]
+        return True
 
 
-_Same = dict[tuple[QueueName, tuple[object, ...]], Unplaceable]
-"""Failures by (queue, `Job.request_key`), for plain requests only (see `run`)."""
+_FIFO_KEY = attrgetter("fifo_key")
+_ID = attrgetter("id")
+
+
+def _lone_queue(walk: _Walk, queue: QueueName, rest: list[Job]) -> None:
+    """The rest of the order when one queue is left (`WorkQueue.lone_rest`: its jobs in job order,
+    no other queue to interleave), with plain requests, no holds and no limit on the queue's path.
+
+    Decides exactly what the job-by-job walk in `run` decides, without visiting the jobs that wait
+    behind a failed request. The jobs are grouped by `Job.fifo_key` (one FIFO per key, in job
+    order); the heads of the FIFOs are merged by position. When a head is a rigid job whose pair
+    already failed and whose admission is sure (`surely_admitted`), the walk would give it and every
+    later job of its FIFO that failure without a look — for a preemptible job whatever is bound
+    meanwhile (with no limit on the path, its admission is sure for good), for a non-preemptible one
+    as long as its queue's in-quota room holds its GPUs (which only shrinks as jobs bind: each bind
+    checks the suspended FIFO that asks most first) — so the FIFO is suspended and its jobs get the
+    failure in one dictionary update. Every other head gets the walk's full visit (`_Walk.visit`).
+    The first failure of a pair is kept for the whole action (`_place`), so a suspended FIFO's
+    failure is what the walk would have read. Jobs past the cycle's budget wait as in the walk.
+    Cost: O(jobs) in C (grouping, the updates) plus O(FIFOs · log FIFOs) and the full visits in
+    Python; the walk costs a Python visit per job."""
+    ctx, same, reasons, acc = walk.ctx, walk.same, walk.ctx.reasons, walk.ctx.stmt.accounting
+    assert same is not None
+    cut = rest[walk.budget :] if walk.budget < len(rest) else []
+    if cut:
+        rest = rest[: walk.budget]
+    walk.budget -= len(rest)
+    codes: defaultdict[int, int] = defaultdict(count().__next__)
+    group = np.fromiter(map(codes.__getitem__, map(id, map(_FIFO_KEY, rest))), dtype=np.int64, count=len(rest))
+    order = np.argsort(group, kind="stable")  # positions grouped by FIFO, in job order inside each
+    bounds = np.searchsorted(group[order], np.arange(len(codes) + 1)).tolist()
+    fifos = [order[bounds[g] : bounds[g + 1]] for g in range(len(codes))]
+    heads = [(int(f[0]), g, 0) for g, f in enumerate(fifos)]
+    heapq.heapify(heads)
+    ids: list[JobId] | None = None
+    # Suspended non-preemptible FIFOs, most GPUs first: (-GPUs, FIFO, index of its first suspended job, failure).
+    held: list[tuple[int, int, int, Unplaceable]] = []
+    last_bind = -1
+
+    def fail(fifo: int, first: int, end: int | None, failure: Unplaceable) -> None:
+        nonlocal ids
+        if ids is None:
+            ids = list(map(_ID, rest))
+        positions = fifos[fifo][first:end].tolist()
+        reasons.update(zip(map(ids.__getitem__, positions), repeat(failure)))
+
+    while heads:
+        position, fifo, index = heapq.heappop(heads)
+        job = rest[position]
+        if job.min_replicas is None:
+            failure = same.get((job.queue, job.request_key))
+            if failure is not None and ctx.surely_admitted(job):
+                if job.is_preemptible:
+                    fail(fifo, index, None, failure)  # sure for good
+                else:
+                    heapq.heappush(held, (-job.gpu_milli_total, fifo, index, failure))
+                continue
+        if walk.visit(job):
+            last_bind = position
+            while held and acc.in_quota_block(queue, -held[0][0]) is not None:
+                _, lost, first, failure = heapq.heappop(held)
+                at = int(np.searchsorted(fifos[lost], position))  # its first job after this bind
+                fail(lost, first, at, failure)
+                if at < len(fifos[lost]):
+                    heapq.heappush(heads, (int(fifos[lost][at]), lost, at))
+        index += 1
+        if index < len(fifos[fifo]):
+            heapq.heappush(heads, (int(fifos[fifo][index]), fifo, index))
+    for _, fifo, first, failure in held:
+        fail(fifo, first, None, failure)
+    if last_bind >= 0:  # (the jobs walked before all precede the last bind then)
+        walk.lone_rest = rest
+        before = (f[: int(np.searchsorted(f, last_bind, side="right"))] for f in fifos)
+        walk.lone_fifos = [f for f in before if f.size]
+    for job in cut:  # (never before the last bind: not listed as visited)
+        ctx.wait(job, Code.CYCLE_BUDGET, _BUDGET_MESSAGE)
 
 
 def _place(
@@ -123,7 +244,9 @@ def _place(
     placed = _place_any(ctx, job, failed)
     if isinstance(placed, Unplaceable):
         if ctx.plain_failed is not None:
-            ctx.plain_failed[(job.queue, job.request_key)] = placed
+            # The first failure of a pair stays (capacity only shrinks while allocate runs): a job
+            # that takes its pair's failure gets the same object whenever it is visited.
+            ctx.plain_failed.setdefault((job.queue, job.request_key), placed)
         return None
     return placed
 

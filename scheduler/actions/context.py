@@ -9,8 +9,9 @@ pending messages read the same whichever action found them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import compress
 from typing import Any
 
@@ -39,6 +40,34 @@ from leitstand.scheduler.running import RunningSums, VictimSlots
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import Statement, gpus
 from leitstand.scheduler.victims import Accept, Admissible, VictimChoice, VictimPool, choose_victims, search_tiers
+
+
+@dataclass(frozen=True)
+class Visited:
+    """The jobs allocate visited before its last bind (`CycleContext.visited_before_last_bind`):
+    those it walked one by one (`walked`, in the order of work), then those of a lone queue it went
+    through by FIFO (`actions/allocate.py`, `_lone_queue`): `fifos` holds, per FIFO, the positions
+    in `rest` of its jobs before the last bind (every job of a FIFO shares its `Job.fifo_key`)."""
+
+    walked: Sequence[Job] = ()
+    rest: Sequence[Job] = ()
+    fifos: Sequence[NDArray[np.int64]] = ()
+
+    def by_fifo(self) -> Iterator[tuple[Job, Callable[[], list[Job]]]]:
+        """Per FIFO of the lone queue: its first job, and a call that lists all its jobs."""
+        rest = self.rest
+        for positions in self.fifos:
+            yield rest[int(positions[0])], partial(_take, rest, positions)
+
+    def __iter__(self) -> Iterator[Job]:
+        """Every job (the walked ones in order, then the lone queue's FIFO by FIFO)."""
+        yield from self.walked
+        for _, jobs in self.by_fifo():
+            yield from jobs()
+
+
+def _take(jobs: Sequence[Job], positions: NDArray[np.int64]) -> list[Job]:
+    return list(map(jobs.__getitem__, positions.tolist()))
 
 
 class Code:
@@ -117,7 +146,7 @@ class CycleContext:
     """Set by allocate when requests are plain (no per-model quotas, no held nodes; else None): the
     placement failures by (queue, `Job.request_key`). A job whose pair is listed has a request (the
     same as the job that failed), so later actions need not look it up to know that."""
-    visited_before_last_bind: list[Job] | None = None
+    visited_before_last_bind: Visited | None = None
     """Set by allocate: the jobs it visited before its last bind, in the order of work (every other
     still-pending job was visited after it, so its admission checks saw the accounting allocate left
     behind). None before allocate ran."""

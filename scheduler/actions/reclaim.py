@@ -246,24 +246,33 @@ def _refresh_reasons(ctx: CycleContext) -> None:
     Only jobs allocate visited before its last bind can have one (nothing was charged after the
     others' visits), and capacity holders, which allocate passes over (`reserve`)."""
     plain = ctx.plain_failed
-    jobs: Iterable[Job]
-    if ctx.visited_before_last_bind is not None and not ctx.holders:
-        bound = ctx.bound
-        jobs = (job for job in ctx.visited_before_last_bind if job.id not in bound)
-    else:
-        jobs = chain.from_iterable(ctx.still_pending().values())
     # Per (queue, request key, preemptible): whether allocate saw the pair fail (so it has a request)
     # and its admission is sure — all that is read of a rigid job below. Nothing is charged during
     # the refresh, so it is asked once per key.
     passed: dict[tuple[QueueName, tuple[object, ...], bool], bool] = {}
+
+    def passing(job: Job) -> bool:
+        key = (job.queue, job.request_key, job.is_preemptible)
+        sure = passed.get(key)
+        if sure is None:
+            known = plain is not None and (job.queue, job.request_key) in plain
+            sure = passed[key] = known and ctx.surely_admitted(job)
+        return sure
+
+    jobs: Iterable[Job]
+    visited = ctx.visited_before_last_bind
+    if visited is not None and not ctx.holders:
+        bound = ctx.bound
+        jobs = [job for job in visited.walked if job.id not in bound]
+        for head, fifo in visited.by_fifo():  # a FIFO's jobs share the key: one look at its first job
+            if head.min_replicas is None and passing(head):
+                continue
+            jobs.extend(job for job in fifo() if job.id not in bound)
+    else:
+        jobs = chain.from_iterable(ctx.still_pending().values())
     for job in jobs:
         if job.min_replicas is None:
-            key = (job.queue, job.request_key, job.is_preemptible)
-            passing = passed.get(key)
-            if passing is None:
-                known = plain is not None and (job.queue, job.request_key) in plain
-                passing = passed[key] = known and ctx.surely_admitted(job)
-            if passing:
+            if passing(job):
                 continue  # no block can have appeared, and its request is known: nothing to record
         else:  # an elastic job is checked at its minimum size
             job = ctx.at_minimum(job)
