@@ -19,6 +19,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 
 from leitstand.scheduler.actions import allocate, consolidate, grow, migrate, preempt, reclaim
 from leitstand.scheduler.actions.context import Code, CycleContext
@@ -42,6 +43,8 @@ from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.running import open_running
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import QueueAccounting, Statement
+
+_MIN_REPLICAS = attrgetter("min_replicas")
 
 __all__ = ["ACTIONS", "run_cycle"]
 
@@ -183,7 +186,8 @@ def _run_cycle(
         pending_by_queue=pending_by_queue,
         reserved_pools=reserved,
         all_reserved=frozenset(p for p in reserved.values() if p is not None),
-        elastic=sums.elastic or any(job.min_replicas is not None for job in snapshot.pending),
+        # (`min_replicas` is None or at least 1: truthy exactly for elastic jobs; tested in C)
+        elastic=sums.elastic or any(map(_MIN_REPLICAS, snapshot.pending)),
         running_priorities=sums.preemptible_priorities,
         running_sums=sums,
     )

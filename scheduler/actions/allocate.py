@@ -31,7 +31,6 @@ from itertools import count, repeat
 from operator import attrgetter
 
 import numpy as np
-from numpy.typing import NDArray
 
 from leitstand.scheduler.actions import reserve
 from leitstand.scheduler.actions.context import Code, CycleContext, ShapeKey, Visited
@@ -78,10 +77,8 @@ def run(ctx: CycleContext) -> None:
             walk.last_bind = len(visited)
     # Jobs visited after the last bind saw the accounting every later action starts from: their
     # admission was checked against it already, so reclaim's reason refresh passes over them.
-    if walk.lone_fifos is None:
-        ctx.visited_before_last_bind = Visited(walked=visited[: walk.last_bind])
-    else:
-        ctx.visited_before_last_bind = Visited(walked=visited, rest=walk.lone_rest, fifos=walk.lone_fifos)
+    lone_visit = walk.lone
+    ctx.visited_before_last_bind = lone_visit if lone_visit is not None else Visited(walked=visited[: walk.last_bind])
 
 
 _LONE_QUEUE = True
@@ -113,10 +110,8 @@ class _Walk:
         self.work = ctx.work_queue()
         self.visited: list[Job] = []  # in the order of work; the part before the last bind may need a re-check
         self.last_bind = 0
-        self.lone_rest: list[Job] = []
-        self.lone_fifos: list[NDArray[np.int64]] | None = None
-        """Set when the last bind was made by `_lone_queue`: its FIFOs' positions in `lone_rest` up
-        to that bind (the walked jobs in `visited` all precede them)."""
+        self.lone: Visited | None = None
+        """Set when the last bind was made by `_lone_queue`: the jobs visited before it."""
 
     def visit(self, job: Job) -> bool:
         """The full visit of one job (counted against the budget, and not a holder's or a sure
@@ -229,9 +224,7 @@ def _lone_queue(walk: _Walk, queue: QueueName, rest: list[Job]) -> None:
     for _, fifo, first, failure in held:
         fail(fifo, first, None, failure)
     if last_bind >= 0:  # (the jobs walked before all precede the last bind then)
-        walk.lone_rest = rest
-        before = (f[: int(np.searchsorted(f, last_bind, side="right"))] for f in fifos)
-        walk.lone_fifos = [f for f in before if f.size]
+        walk.lone = Visited(walked=walk.visited, rest=rest, fifos=fifos, end=last_bind + 1)
     for job in cut:  # (never before the last bind: not listed as visited)
         ctx.wait(job, Code.CYCLE_BUDGET, _BUDGET_MESSAGE)
 

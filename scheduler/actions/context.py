@@ -47,17 +47,21 @@ class Visited:
     """The jobs allocate visited before its last bind (`CycleContext.visited_before_last_bind`):
     those it walked one by one (`walked`, in the order of work), then those of a lone queue it went
     through by FIFO (`actions/allocate.py`, `_lone_queue`): `fifos` holds, per FIFO, the positions
-    in `rest` of its jobs before the last bind (every job of a FIFO shares its `Job.fifo_key`)."""
+    in `rest` of its jobs (every job of a FIFO shares its `Job.fifo_key`), of which those before
+    `end` were visited before the last bind."""
 
     walked: Sequence[Job] = ()
     rest: Sequence[Job] = ()
     fifos: Sequence[NDArray[np.int64]] = ()
+    end: int = 0
 
     def by_fifo(self) -> Iterator[tuple[Job, Callable[[], list[Job]]]]:
-        """Per FIFO of the lone queue: its first job, and a call that lists all its jobs."""
-        rest = self.rest
+        """Per FIFO of the lone queue with a job before `end`: its first job, and a call that lists
+        its jobs before `end`."""
+        rest, end = self.rest, self.end
         for positions in self.fifos:
-            yield rest[int(positions[0])], partial(_take, rest, positions)
+            if positions[0] < end:
+                yield rest[int(positions[0])], partial(_take, rest, positions, end)
 
     def __iter__(self) -> Iterator[Job]:
         """Every job (the walked ones in order, then the lone queue's FIFO by FIFO)."""
@@ -66,8 +70,8 @@ class Visited:
             yield from jobs()
 
 
-def _take(jobs: Sequence[Job], positions: NDArray[np.int64]) -> list[Job]:
-    return list(map(jobs.__getitem__, positions.tolist()))
+def _take(jobs: Sequence[Job], positions: NDArray[np.int64], end: int) -> list[Job]:
+    return list(map(jobs.__getitem__, positions[: int(np.searchsorted(positions, end))].tolist()))
 
 
 class Code:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import numpy as np
 
@@ -31,6 +32,8 @@ from leitstand.scheduler.fairshare import (
 from leitstand.scheduler.model import GPU_MILLI, Job, JobId, QueueName
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import QueueAccounting, Statement
+
+_GPU_MILLI_TOTAL = attrgetter("gpu_milli_total")
 
 __all__ = ["OTHER_MODELS", "ModelAccounting", "model_options", "open_shares"]
 
@@ -155,7 +158,7 @@ def open_shares(
         if queue in demand:
             demand[queue] += missing
     for queue, jobs in pending_by_queue.items():
-        demand[queue] += sum(j.gpu_milli_total for j in jobs)
+        demand[queue] += sum(map(_GPU_MILLI_TOTAL, jobs))
     gpus = np.where(state.schedulable, state.gpu_count, 0).astype(np.float64) * GPU_MILLI
     reservation = effective_reservations(tree)
     reserved = sorted({p for p in reservation.values() if p is not None})
