@@ -44,6 +44,7 @@ from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.running import VictimSlots
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import Statement
+from leitstand.scheduler.victim_kernels import node_candidates_kernel
 
 Admissible = Callable[[RunningJob, Sequence[RunningJob]], bool]
 """May this candidate join the victims already taken? Called with `taken` already evicted on the
@@ -690,10 +691,13 @@ def _candidate_domains(
     chosen: NDArray[np.bool_],
     level: int,
     cap: int | None = None,
+    *,
+    compiled: bool = True,
 ) -> list[tuple[int, NDArray[np.int64], NDArray[np.bool_] | None, NDArray[np.int64]]]:
     """(domain id, its allowed nodes, its node mask or None when it is just those nodes, candidate
     indices cheapest first) per domain worth searching at `level`, most free room first, at most
-    `MAX_DOMAINS`.
+    `MAX_DOMAINS`. At the node level the compiled `_node_candidates` answers (`compiled=False`: the
+    array passes below, which give the same list; the tests compare the two).
 
     A domain is worth searching when its nodes could hold the gang with every candidate there gone:
     per node, the replicas that fit in its free device-slots plus the slots its candidates hold
@@ -706,6 +710,8 @@ def _candidate_domains(
     over those candidates only). It never drops a domain the search could succeed in.
     """
     state = stmt.state
+    if level == state.n_levels and compiled:  # a domain is one node: compiled (`victim_kernels`)
+        return _node_candidates(stmt, request, pool, chosen, cap)
     mask = request.node_mask if level == NONE else request.node_mask & pool.labelled(state, level)
     rows = pool.rows_of(chosen)
     rows = rows[mask[pool.row_node[rows]]]
@@ -757,39 +763,83 @@ def _candidate_domains(
         # CPU and memory then free allow (the placement's per-replica checks). (Searches with an
         # admissibility filter may evict any of a domain's candidates: the bound over all of them
         # above is what they get; measured, the device count saves them nothing.)
-        if level == state.n_levels:
-            # A domain is a node: what its first candidates hold is kept per pool state, and only
-            # the listed nodes (at most MAX_DOMAINS) are counted.
-            _, held_milli, cpu_freed, memory_freed = pool.first_held(state, chosen, cap, order)
-            room = slots_now[order] // width
-            held = held_milli[order]
-            touched = held.any(axis=1)
-            if touched.any():
-                free_then = np.minimum(state.gpu_free_milli[order[touched]] + held[touched], GPU_MILLI)
-                room[touched] = _slots(free_then, request.gpu_milli) // width
-            for need, free, freed in (
-                (request.cpu_milli, state.cpu_free_milli, cpu_freed),
-                (request.memory_mib, state.memory_free_mib, memory_freed),
-            ):
-                if need > 0:  # and no more replicas than the node's CPU and memory hold with them gone
-                    np.minimum(room, (free[order] + freed[order]) // need, out=room)
-            viable = (room >= request.replicas).tolist()
-        else:
-            top = (np.arange(kept_pos.size) - bounds[kept_pos]) < cap
-            n_jobs = len(pool.ordered)
-            dom_rows = rows[keep][np.isin(where[keep] * n_jobs + row_job[keep], kept_pos[top] * n_jobs + kept_job[top])]
-            dev_node, dev_gpu, dev_milli, cpu, memory = pool.held_by(dom_rows)
-            room = _replicas_then(state, request, slots_now // width, dev_node, dev_gpu, dev_milli)
-            at = pool.row_node[dom_rows]
-            for need, free, held_by_rows in (
-                (request.cpu_milli, state.cpu_free_milli, cpu),
-                (request.memory_mib, state.memory_free_mib, memory),
-            ):
-                if need > 0:  # and no more replicas than the node's CPU and memory hold with them gone
-                    then = free + np.bincount(at, weights=held_by_rows, minlength=state.n_nodes)
-                    np.minimum(room, (then // need).astype(np.int64), out=room)
-            viable = (np.bincount(ids, weights=room[mask], minlength=n_domains)[order] >= request.replicas).tolist()
+        top = (np.arange(kept_pos.size) - bounds[kept_pos]) < cap
+        n_jobs = len(pool.ordered)
+        dom_rows = rows[keep][np.isin(where[keep] * n_jobs + row_job[keep], kept_pos[top] * n_jobs + kept_job[top])]
+        dev_node, dev_gpu, dev_milli, cpu, memory = pool.held_by(dom_rows)
+        room = _replicas_then(state, request, slots_now // width, dev_node, dev_gpu, dev_milli)
+        at = pool.row_node[dom_rows]
+        for need, free, held_by_rows in (
+            (request.cpu_milli, state.cpu_free_milli, cpu),
+            (request.memory_mib, state.memory_free_mib, memory),
+        ):
+            if need > 0:  # and no more replicas than the node's CPU and memory hold with them gone
+                then = free + np.bincount(at, weights=held_by_rows, minlength=state.n_nodes)
+                np.minimum(room, (then // need).astype(np.int64), out=room)
+        viable = (np.bincount(ids, weights=room[mask], minlength=n_domains)[order] >= request.replicas).tolist()
     return list(_domains(state, level, mask, order.tolist(), kept_job, bounds.tolist(), viable))
+
+
+def _node_candidates(
+    stmt: Statement,
+    request: GangRequest,
+    pool: VictimPool,
+    chosen: NDArray[np.bool_],
+    cap: int | None,
+) -> list[tuple[int, NDArray[np.int64], NDArray[np.bool_] | None, NDArray[np.int64]]]:
+    """`_candidate_domains` at the node level, where a domain is one node: the same bound, ranking
+    and candidate lists, computed by `victim_kernels.node_candidates_kernel`; then, with `cap`, the
+    device-by-device bound over each listed node's `cap` cheapest candidates (what they hold is
+    kept per pool state, `VictimPool.first_held`, and only the listed nodes are counted)."""
+    state = stmt.state
+    width = max(request.gpus, 1)
+    by_devices = request.gpus > 0 and request.gpu_milli > 0
+    slots_now = _node_slots(stmt, request)
+    listed = np.empty(MAX_DOMAINS, dtype=np.int64)
+    jobs = np.empty(pool.row_job.size, dtype=np.int64)
+    bounds = np.empty(MAX_DOMAINS + 1, dtype=np.int64)
+    count, _ = node_candidates_kernel(
+        pool.row_job,
+        pool.row_node,
+        pool.row_gpus,
+        chosen,
+        np.ascontiguousarray(request.node_mask, dtype=np.bool_),
+        slots_now,
+        state.gpu_count,
+        by_devices,
+        _units_per_gpu(request),
+        width,
+        request.replicas,
+        MAX_DOMAINS,
+        listed,
+        jobs,
+        bounds,
+    )
+    if not count:
+        return []
+    order = listed[:count]
+    viable: list[bool] | None = None
+    if cap is not None and by_devices:
+        _, held_milli, cpu_freed, memory_freed = pool.first_held(state, chosen, cap, order)
+        room = slots_now[order] // width
+        held = held_milli[order]
+        touched = held.any(axis=1)
+        if touched.any():
+            free_then = np.minimum(state.gpu_free_milli[order[touched]] + held[touched], GPU_MILLI)
+            room[touched] = _slots(free_then, request.gpu_milli) // width
+        for need, free, freed in (
+            (request.cpu_milli, state.cpu_free_milli, cpu_freed),
+            (request.memory_mib, state.memory_free_mib, memory_freed),
+        ):
+            if need > 0:  # and no more replicas than the node's CPU and memory hold with them gone
+                np.minimum(room, (free[order] + freed[order]) // need, out=room)
+        viable = (room >= request.replicas).tolist()
+    ends = bounds[: count + 1].tolist()
+    return [
+        (node, np.array([node], dtype=np.int64), None, jobs[ends[k] : ends[k + 1]])
+        for k, node in enumerate(order.tolist())
+        if viable is None or viable[k]
+    ]
 
 
 def _replicas_then(

@@ -16,8 +16,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from builders import make_node, make_queue
 
+from leitstand.scheduler import victims
+from leitstand.scheduler.codes import NONE
 from leitstand.scheduler.fairshare import build_queue_tree
 from leitstand.scheduler.model import Job, JobId, NodeName, QueueName, ReplicaPlacement, RunningJob, Topology
 from leitstand.scheduler.placement import GangRequest
@@ -161,3 +164,32 @@ def test_the_node_level_bound_kept_between_searches_matches_a_fresh_one() -> Non
                     assert kept == again, (seed, level, cap)
                     compared += 1
     assert compared > 500, compared
+
+
+def test_the_compiled_node_level_list_matches_the_array_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the node level `_candidate_domains` answers with a compiled kernel (`victim_kernels`): the
+    nodes it lists, their order, their candidates and which of them the cap's bound keeps must be
+    what the general array passes give — with a short list (`MAX_DOMAINS` 1–3, so that the ranking
+    by free room decides which nodes are listed), chosen subsets of the pool and every cap."""
+    compared = listed = 0
+    for seed in SEEDS:
+        rng = np.random.default_rng(2000 + seed)
+        stmt, state, running = _cluster(rng)
+        if not running:
+            continue
+        pool = VictimPool(stmt, running, key=move_cost if rng.random() < 0.5 else victim_cost)
+        for request in _requests(rng, state) + _requests(rng, state):
+            request = replace(request, replicas=1, required_level=NONE, preferred_level=NONE)
+            for most in (1, 3, 16):
+                monkeypatch.setattr(victims, "MAX_DOMAINS", most)
+                chosen = pool.alive & (rng.random(len(pool.ordered)) < 0.8)
+                for cap in (None, 1, 2, 4):
+                    level = state.n_levels
+                    fast = _candidate_domains(stmt, request, pool, chosen, level, cap)
+                    slow = _candidate_domains(stmt, request, pool, chosen, level, cap, compiled=False)
+                    assert [(d, n.tolist(), m, c.tolist()) for d, n, m, c in fast] == [
+                        (d, n.tolist(), m, c.tolist()) for d, n, m, c in slow
+                    ], (seed, most, cap)
+                    compared += 1
+                    listed += len(fast)
+    assert compared > 1000 and listed > 1000, (compared, listed)
