@@ -63,12 +63,6 @@ class Visited:
             if positions[0] < end:
                 yield rest[int(positions[0])], partial(_take, rest, positions, end)
 
-    def __iter__(self) -> Iterator[Job]:
-        """Every job (the walked ones in order, then the lone queue's FIFO by FIFO)."""
-        yield from self.walked
-        for _, jobs in self.by_fifo():
-            yield from jobs()
-
 
 def _take(jobs: Sequence[Job], positions: NDArray[np.int64], end: int) -> list[Job]:
     return list(map(jobs.__getitem__, positions[: int(np.searchsorted(positions, end))].tolist()))

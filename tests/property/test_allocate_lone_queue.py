@@ -23,6 +23,7 @@ from leitstand.scheduler.cycle import run_cycle
 from leitstand.scheduler.model import (
     GPU_MILLI,
     Job,
+    Plan,
     QueueName,
     RunningJob,
     SchedulerConfig,
@@ -104,11 +105,8 @@ def worlds(draw: st.DrawFn) -> tuple[Snapshot, SchedulerConfig]:
     return snapshot, config
 
 
-
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(worlds())
-def test_lone_queue_pass_decides_what_the_walk_decides(world: tuple[Snapshot, SchedulerConfig]) -> None:
-    snapshot, config = world
+def _cycle_counting_lone_passes(snapshot: Snapshot, config: SchedulerConfig) -> tuple[Plan, list[int]]:
+    """The cycle's plan, and how many jobs each lone-queue pass of allocate was handed."""
     calls: list[int] = []
     lone = allocate._lone_queue
 
@@ -117,7 +115,14 @@ def test_lone_queue_pass_decides_what_the_walk_decides(world: tuple[Snapshot, Sc
         lone(walk, queue, rest)
 
     with patch.object(allocate, "_lone_queue", counted):
-        fast = run_cycle(snapshot, config)
+        return run_cycle(snapshot, config), calls
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(worlds())
+def test_lone_queue_pass_decides_what_the_walk_decides(world: tuple[Snapshot, SchedulerConfig]) -> None:
+    snapshot, config = world
+    fast, calls = _cycle_counting_lone_passes(snapshot, config)
     with patch.object(allocate, "_LONE_QUEUE", False):
         walked = run_cycle(snapshot, config)
     assert fast.bindings == walked.bindings
@@ -147,15 +152,7 @@ def test_a_bind_that_uses_up_the_quota_ends_a_non_preemptible_fifo_s_short_cut()
     pending = [big(0), big(1), make_job("small", "big", 3, preemptible=False, created_at=2.0), big(3), big(4)]
     snapshot = make_snapshot(nodes, [make_queue("big", quota_gpus=8.0)], pending, running, now=NOW)
     config = SchedulerConfig()
-    calls: list[int] = []
-    lone = allocate._lone_queue
-
-    def counted(walk: allocate._Walk, queue: QueueName, rest: list[Job]) -> None:
-        calls.append(len(rest))
-        lone(walk, queue, rest)
-
-    with patch.object(allocate, "_lone_queue", counted):
-        plan = run_cycle(snapshot, config)
+    plan, calls = _cycle_counting_lone_passes(snapshot, config)
     assert calls == [5]
     assert [b.job_id for b in plan.bindings] == ["small"]
     codes = {r.job_id: r.code for r in plan.pending}
