@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from itertools import compress
-from typing import Any
+from itertools import chain, compress
+from typing import Any, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -62,6 +62,41 @@ class Visited:
         for positions in self.fifos:
             if positions[0] < end:
                 yield rest[int(positions[0])], partial(_take, rest, positions, end)
+
+
+class _FromSlots(Sequence[RunningJob]):
+    """Victim candidates as slots (`CycleContext.victim_candidates`): the jobs at `where` in the
+    slots' job list, then `extra`; an entry is read from the list when asked for, so a victim pool
+    kept from the last cycle (`victims._kept_columns`), which asks only for the candidates it did
+    not hold, does not list them all."""
+
+    __slots__ = ("_extra", "_jobs", "_where")
+
+    def __init__(self, jobs: Sequence[RunningJob | None], where: NDArray[np.int64], extra: list[RunningJob]) -> None:
+        self._jobs, self._where, self._extra = jobs, where, extra
+
+    def __len__(self) -> int:
+        return len(self._where) + len(self._extra)
+
+    @overload
+    def __getitem__(self, i: int) -> RunningJob: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[RunningJob]: ...
+    def __getitem__(self, i: int | slice) -> RunningJob | list[RunningJob]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i < len(self._where):
+            held = self._jobs[int(self._where[i])]
+            assert held is not None
+            return held
+        return self._extra[i - len(self._where)]
+
+    def __iter__(self) -> Iterator[RunningJob]:
+        return chain(map(self._jobs.__getitem__, self._where.tolist()), self._extra)  # type: ignore[arg-type]
 
 
 def _take(jobs: Sequence[Job], positions: NDArray[np.int64], end: int) -> list[Job]:
@@ -232,7 +267,7 @@ class CycleContext:
 
     def victim_candidates(
         self, queues: Container[QueueName] | None = None
-    ) -> tuple[list[RunningJob], tuple[VictimSlots, NDArray[np.int64]] | None]:
+    ) -> tuple[Sequence[RunningJob], tuple[VictimSlots, NDArray[np.int64]] | None]:
         """The running preemptible jobs of victim age (`is_victim_age`) in `stmt.running` (of
         `queues` when given), and, when they come from the `VictimSlots` of `running_sums`, those
         slots and each candidate's slot there (-1: none) for `VictimPool`.
@@ -270,11 +305,16 @@ class CycleContext:
             if now_candidate:
                 extra.append(held)  # type: ignore[arg-type]
         where = np.flatnonzero(chosen)
-        picked: list[RunningJob] = list(map(slots.jobs.__getitem__, where.tolist()))  # type: ignore[arg-type]
         if queues is not None:
+            picked: list[RunningJob] = list(map(slots.jobs.__getitem__, where.tolist()))  # type: ignore[arg-type]
             of = [held.job.queue in queues for held in picked]
             where, picked = where[np.array(of, dtype=np.bool_)], list(compress(picked, of))
-        return picked + extra, (slots, np.concatenate((where, np.full(len(extra), -1, dtype=np.int64))))
+            return picked + extra, (slots, np.concatenate((where, np.full(len(extra), -1, dtype=np.int64))))
+        # Not listed: a pool kept from the last cycle reads only the candidates it did not hold.
+        return _FromSlots(slots.jobs, where, extra), (
+            slots,
+            np.concatenate((where, np.full(len(extra), -1, dtype=np.int64))),
+        )
 
     def evict_for(
         self,
