@@ -319,6 +319,7 @@ def test_victim_candidates_from_slots_are_the_running_jobs_of_victim_age(seed: i
             if held.job.is_preemptible and ctx.is_victim_age(held) and (queues is None or held.job.queue in queues)
         ]
         assert sorted(map(id, candidates)) == sorted(map(id, expected))
+        assert all(candidates[i] is held for i, held in enumerate(candidates))  # (read by position too)
         assert slots is not None and len(slots[1]) == len(candidates)
         for held, at in zip(candidates, slots[1].tolist(), strict=True):
             assert at == -1 or slots[0].jobs[at] is held
