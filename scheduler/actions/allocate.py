@@ -7,9 +7,11 @@ runs, so a shape that did not fit once will not fit later (identical gangs cost 
 Where requests are plain (no per-model quotas, no held nodes), a job whose queue and request fields
 (`Job.request_key`) match one that failed gets that failure at once, without its request being
 looked up: most of a deep backlog waits behind a few shapes, and this visit is what it costs.
-A queue whose limit has no headroom left has the rest of its jobs marked at once. When queues set
-per-GPU-model quotas, a job that names no single model is tried per model option in turn
-(`CycleContext.model_choices`); the first that fits is the model it is charged to.
+A queue whose limit has no headroom left has the rest of its jobs marked at once. Once only one
+queue has jobs left, its rest is gone through by FIFO of equal jobs instead of job by job, with the
+same decisions (`_lone_queue`: a failed FIFO's jobs get the failure in one dictionary update).
+When queues set per-GPU-model quotas, a job that names no single model is tried per model option
+in turn (`CycleContext.model_choices`); the first that fits is the model it is charged to.
 
 Every job that stays pending gets a reason here; later actions may overwrite it with a better one.
 Elastic gangs (`Job.min_replicas`): a job whose full size is blocked or does not fit starts with
