@@ -38,8 +38,8 @@ def node_candidates_kernel(
     out_nodes: NDArray[np.int64],
     out_jobs: NDArray[np.int64],
     out_bounds: NDArray[np.int64],
-) -> tuple[int, int]:
-    """Nodes worth searching and their candidates; returns (nodes, candidate entries) written.
+) -> int:
+    """Nodes worth searching and their candidates; returns how many nodes were written.
 
     Rows are the pool's replicas in row order (`VictimPool.row_job` ascends: a job's rows are
     adjacent); a row counts when its job is `chosen` and its node is in `mask`. Per node, the
@@ -71,7 +71,7 @@ def node_candidates_kernel(
             useful[count] = node
             count += 1
     if count == 0:
-        return 0, 0
+        return 0
     keys = np.empty(count, np.int64)
     for k in range(count):
         node = useful[k]
@@ -105,4 +105,4 @@ def node_candidates_kernel(
             out_jobs[fill[k]] = job
             fill[k] += 1
             last[k] = job
-    return n_out, out_bounds[n_out]
+    return n_out

@@ -798,7 +798,7 @@ def _node_candidates(
     listed = np.empty(MAX_DOMAINS, dtype=np.int64)
     jobs = np.empty(pool.row_job.size, dtype=np.int64)
     bounds = np.empty(MAX_DOMAINS + 1, dtype=np.int64)
-    count, _ = node_candidates_kernel(
+    count = node_candidates_kernel(
         pool.row_job,
         pool.row_node,
         pool.row_gpus,

@@ -305,16 +305,15 @@ class CycleContext:
             if now_candidate:
                 extra.append(held)  # type: ignore[arg-type]
         where = np.flatnonzero(chosen)
+        candidates: Sequence[RunningJob]
         if queues is not None:
             picked: list[RunningJob] = list(map(slots.jobs.__getitem__, where.tolist()))  # type: ignore[arg-type]
             of = [held.job.queue in queues for held in picked]
             where, picked = where[np.array(of, dtype=np.bool_)], list(compress(picked, of))
-            return picked + extra, (slots, np.concatenate((where, np.full(len(extra), -1, dtype=np.int64))))
-        # Not listed: a pool kept from the last cycle reads only the candidates it did not hold.
-        return _FromSlots(slots.jobs, where, extra), (
-            slots,
-            np.concatenate((where, np.full(len(extra), -1, dtype=np.int64))),
-        )
+            candidates = picked + extra
+        else:  # not listed: a pool kept from the last cycle reads only the candidates it did not hold
+            candidates = _FromSlots(slots.jobs, where, extra)
+        return candidates, (slots, np.concatenate((where, np.full(len(extra), -1, dtype=np.int64))))
 
     def evict_for(
         self,
