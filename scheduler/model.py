@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import enum
 import gc
+import itertools
 from collections.abc import Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import NewType, Protocol, overload
 
 GPU_MILLI = 1000
@@ -71,10 +72,13 @@ class JobPhase(enum.Enum):
     RUNNING = "Running"
 
 
-_FIFO_KEYS: dict[tuple[object, ...], tuple[object, ...]] = {}
-"""Every `Job.fifo_key` made so far, each the one shared object for its value (started over past
-`_FIFO_KEYS_MAX`: a factory has a few hundred distinct shapes, not tens of thousands)."""
+_FIFO_KEYS: dict[tuple[object, ...], int] = {}
+"""The `Job.fifo_key` of every (request key, preemptible, min_replicas) seen so far (started over
+past `_FIFO_KEYS_MAX`: a factory has a few hundred distinct shapes, not tens of thousands)."""
 _FIFO_KEYS_MAX = 1 << 16
+_FIFO_CODES = itertools.count()
+"""Where the next new `Job.fifo_key` comes from: never reused in this process, also after the table
+started over (a value seen again then gets a new number; a key is never given to two values)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +128,14 @@ class Job:
     """Every field the job's placement request is built from (`GangRequest.for_job`): jobs with equal
     keys (in queues with the same reservation) get the same request, so a cycle builds, memoises
     and tries one request per key instead of one per job (`CycleContext.request`, `shape_key`)."""
-    fifo_key: tuple[object, ...] = field(init=False, repr=False, compare=False)
-    """(`request_key`, `is_preemptible`, `min_replicas`): jobs of one queue with equal fifo keys are
-    handled alike by allocate while they wait behind a failed request (`actions/allocate.py`). The
-    tuple is shared among equal keys (interned, `_FIFO_KEYS`), so jobs are grouped by its `id()`
-    without hashing it; a key that is equal but not shared (an unpickled job, or one made after the
-    table started over) only splits a group in two, which costs a visit, never a decision."""
+    fifo_key: int = field(init=False, repr=False, compare=False)
+    """A number for (`request_key`, `is_preemptible`, `min_replicas`) in this process: jobs of one
+    queue with equal fifo keys are handled alike by allocate while they wait behind a failed
+    request (`actions/allocate.py`), which groups them by this int without hashing the tuple. Jobs
+    with different values never share a number (`_FIFO_CODES`; a pickled job is made anew where it
+    is loaded, `__reduce__`, so it never carries another process's number); equal values may get
+    two (after the table started over, or when two threads meet a new value at once), which only
+    splits a group in two: it costs a visit, never a decision."""
     # The last five are derived once here: a cycle reads them millions of times (every pending job in
     # every action and sort, every running job in the snapshot), and properties recomputed them.
 
@@ -163,9 +169,17 @@ class Job:
             ),
         )
         fifo = (self.request_key, self.is_preemptible, self.min_replicas)
-        if len(_FIFO_KEYS) >= _FIFO_KEYS_MAX:
-            _FIFO_KEYS.clear()
-        object.__setattr__(self, "fifo_key", _FIFO_KEYS.setdefault(fifo, fifo))
+        code = _FIFO_KEYS.get(fifo)
+        if code is None:
+            if len(_FIFO_KEYS) >= _FIFO_KEYS_MAX:
+                _FIFO_KEYS.clear()
+            code = _FIFO_KEYS[fifo] = next(_FIFO_CODES)
+        object.__setattr__(self, "fifo_key", code)
+
+    def __reduce__(self) -> tuple[type[Job], tuple[object, ...]]:
+        """Pickled and copied by its fields: made anew where it is loaded, so the derived fields
+        (`fifo_key` above all, a number of this process) are that process's."""
+        return type(self), tuple(getattr(self, name) for name in _JOB_FIELDS)
 
     @property
     def is_elastic(self) -> bool:
@@ -175,6 +189,10 @@ class Job:
     @property
     def gpu_milli_per_replica(self) -> int:
         return self.gpus * self.gpu_milli
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(Job) if f.init)
+"""`Job`'s own fields in the order its constructor takes them (`Job.__reduce__`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,24 +504,41 @@ class PendingReasons(Sequence[PendingReason]):
     process's collector like a cycle does; made in one thread while a cycle runs in another, the
     collector may come back on before that cycle ends (slower, nothing else)."""
 
-    __slots__ = ("_jobs", "_left_out", "_made", "_why")
+    __slots__ = ("_behind", "_jobs", "_left_out", "_made", "_why")
 
-    def __init__(self, jobs: Sequence[Job], left_out: Container[JobId], why: Mapping[JobId, Why]) -> None:
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        left_out: Container[JobId],
+        why: Mapping[JobId, Why],
+        behind: Mapping[tuple[QueueName, tuple[object, ...]], Why] | None = None,
+    ) -> None:
+        """`why`: per job id what it waits for; a rigid job without an entry waits with
+        `behind[(queue, request_key)]` when given and listed there (allocate leaves the jobs behind
+        a failed request out of `why`), else `NOT_SCHEDULED`."""
         self._jobs = jobs
         self._left_out = left_out
         self._why = why
+        self._behind = behind
         self._made: tuple[PendingReason, ...] | None = None
+
+    def _behind_of(self, job: Job) -> Why:
+        """What `job` (not left out, without an entry in `why`) waits for."""
+        behind = self._behind
+        if behind is None or job.min_replicas is not None:
+            return NOT_SCHEDULED
+        return behind.get((job.queue, job.request_key), NOT_SCHEDULED)
 
     def _all(self) -> tuple[PendingReason, ...]:
         made = self._made
         if made is None:
-            jobs, left_out, get = self._jobs, self._left_out, self._why.get
+            jobs, left_out, get, behind_of = self._jobs, self._left_out, self._why.get, self._behind_of
             reasons = []
             with collector_paused():  # (as `run_cycle` is: millions of reasons in a replay)
                 for job in jobs:
                     if job.id in left_out:
                         continue
-                    given = get(job.id, NOT_SCHEDULED)
+                    given = get(job.id) or behind_of(job)
                     if type(given) is PendingReason:
                         reasons.append(given)
                     else:
@@ -518,10 +553,10 @@ class PendingReasons(Sequence[PendingReason]):
             for reason in self._made:
                 yield reason.job_id, reason
             return
-        left_out, get = self._left_out, self._why.get
+        left_out, get, behind_of = self._left_out, self._why.get, self._behind_of
         for job in self._jobs:
             if job.id not in left_out:
-                yield job.id, get(job.id, NOT_SCHEDULED)
+                yield job.id, get(job.id) or behind_of(job)
 
     def __len__(self) -> int:
         return len(self._all())

@@ -9,7 +9,7 @@ Where requests are plain (no per-model quotas, no held nodes), a job whose queue
 looked up: most of a deep backlog waits behind a few shapes, and this visit is what it costs.
 A queue whose limit has no headroom left has the rest of its jobs marked at once. Once only one
 queue has jobs left, its rest is gone through by FIFO of equal jobs instead of job by job, with the
-same decisions (`_lone_queue`: a failed FIFO's jobs get the failure in one dictionary update).
+same decisions (`_lone_queue`: a failed FIFO's jobs wait with its failure, no entry per job).
 When queues set per-GPU-model quotas, a job that names no single model is tried per model option
 in turn (`CycleContext.model_choices`); the first that fits is the model it is charged to.
 
@@ -27,17 +27,16 @@ non-preemptible job that fails only because held nodes are left out of its reque
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
 from dataclasses import replace
-from itertools import count, repeat
 from operator import attrgetter
 
 import numpy as np
+from numpy.typing import NDArray
 
 from leitstand.scheduler.actions import reserve
 from leitstand.scheduler.actions.context import Code, CycleContext, ShapeKey, Visited
 from leitstand.scheduler.actions.shares import ModelAccounting
-from leitstand.scheduler.model import Job, JobId, PendingReason, QueueName
+from leitstand.scheduler.model import Job, PendingReason, QueueName
 from leitstand.scheduler.placement import GangPlacement, GangRequest, Unplaceable, place_gang
 
 __all__ = ["run"]
@@ -156,7 +155,6 @@ class _Walk:
 
 
 _FIFO_KEY = attrgetter("fifo_key")
-_ID = attrgetter("id")
 
 
 def _lone_queue(walk: _Walk, queue: QueueName, rest: list[Job]) -> None:
@@ -165,70 +163,71 @@ def _lone_queue(walk: _Walk, queue: QueueName, rest: list[Job]) -> None:
 
     Decides exactly what the job-by-job walk in `run` decides, without visiting the jobs that wait
     behind a failed request. The jobs are grouped by `Job.fifo_key` (one FIFO per key, in job
-    order); the heads of the FIFOs are merged by position. When a head is a rigid job whose pair
+    order, `_fifos`); the heads of the FIFOs are merged by position. When a head is a rigid job whose pair
     already failed and whose admission is sure (`surely_admitted`), the walk would give it and every
     later job of its FIFO that failure without a look — for a preemptible job whatever is bound
     meanwhile (with no limit on the path, its admission is sure for good), for a non-preemptible one
     as long as its queue's in-quota room holds its GPUs (which only shrinks as jobs bind: each bind
-    checks the suspended FIFO that asks most first) — so the FIFO is suspended and its jobs get the
-    failure in one dictionary update. Every other head gets the walk's full visit (`_Walk.visit`).
+    checks the suspended FIFO that asks most first) — so the FIFO is suspended, and its jobs are
+    left without an entry in `ctx.reasons`: a rigid job without one waits with its pair's failure
+    (`CycleContext.reason_of`; `PendingReasons` reads it into the plan), so a suspended FIFO costs
+    nothing per job. Every other head gets the walk's full visit (`_Walk.visit`).
     The first failure of a pair is kept for the whole action (`_place`), so a suspended FIFO's
     failure is what the walk would have read. Jobs past the cycle's budget wait as in the walk.
-    Cost: O(jobs) in C (grouping, the updates) plus O(FIFOs · log FIFOs) and the full visits in
-    Python; the walk costs a Python visit per job."""
-    ctx, same, reasons, acc = walk.ctx, walk.same, walk.ctx.reasons, walk.ctx.stmt.accounting
+    Cost: O(jobs) in C (grouping) plus O(FIFOs · log FIFOs) and the full visits in Python; the walk
+    costs a Python visit per job."""
+    ctx, same, acc = walk.ctx, walk.same, walk.ctx.stmt.accounting
     assert same is not None
     cut = rest[walk.budget :] if walk.budget < len(rest) else []
     if cut:
         rest = rest[: walk.budget]
     walk.budget -= len(rest)
-    codes: defaultdict[int, int] = defaultdict(count().__next__)
-    group = np.fromiter(map(codes.__getitem__, map(id, map(_FIFO_KEY, rest))), dtype=np.int64, count=len(rest))
-    order = np.argsort(group, kind="stable")  # positions grouped by FIFO, in job order inside each
-    bounds = np.searchsorted(group[order], np.arange(len(codes) + 1)).tolist()
-    fifos = [order[bounds[g] : bounds[g + 1]] for g in range(len(codes))]
+    fifos = _fifos(rest)
     heads = [(int(f[0]), g, 0) for g, f in enumerate(fifos)]
     heapq.heapify(heads)
-    ids: list[JobId] | None = None
-    # Suspended non-preemptible FIFOs, most GPUs first: (-GPUs, FIFO, index of its first suspended job, failure).
-    held: list[tuple[int, int, int, Unplaceable]] = []
+    # Suspended non-preemptible FIFOs, most GPUs first: (-GPUs, FIFO).
+    held: list[tuple[int, int]] = []
     last_bind = -1
-
-    def fail(fifo: int, first: int, end: int | None, failure: Unplaceable) -> None:
-        nonlocal ids
-        if ids is None:
-            ids = list(map(_ID, rest))
-        positions = fifos[fifo][first:end].tolist()
-        reasons.update(zip(map(ids.__getitem__, positions), repeat(failure)))
-
     while heads:
         position, fifo, index = heapq.heappop(heads)
         job = rest[position]
-        if job.min_replicas is None:
-            failure = same.get((job.queue, job.request_key))
-            if failure is not None and ctx.surely_admitted(job):
-                if job.is_preemptible:
-                    fail(fifo, index, None, failure)  # sure for good
-                else:
-                    heapq.heappush(held, (-job.gpu_milli_total, fifo, index, failure))
-                continue
+        if job.min_replicas is None and (job.queue, job.request_key) in same and ctx.surely_admitted(job):
+            # The FIFO's jobs from here on wait with the pair's failure: no entry in `reasons`
+            # (`CycleContext.reason_of`, `PendingReasons`), as long as it stays suspended.
+            if not job.is_preemptible:
+                heapq.heappush(held, (-job.gpu_milli_total, fifo))
+            continue  # (a preemptible FIFO for good)
         if walk.visit(job):
             last_bind = position
             while held and acc.in_quota_block(queue, -held[0][0]) is not None:
-                _, lost, first, failure = heapq.heappop(held)
+                lost = heapq.heappop(held)[1]
                 at = int(np.searchsorted(fifos[lost], position))  # its first job after this bind
-                fail(lost, first, at, failure)
                 if at < len(fifos[lost]):
                     heapq.heappush(heads, (int(fifos[lost][at]), lost, at))
         index += 1
         if index < len(fifos[fifo]):
             heapq.heappush(heads, (int(fifos[fifo][index]), fifo, index))
-    for _, fifo, first, failure in held:
-        fail(fifo, first, None, failure)
     if last_bind >= 0:  # (the jobs walked before all precede the last bind then)
         walk.lone = Visited(walked=walk.visited, rest=rest, fifos=fifos, end=last_bind + 1)
     for job in cut:  # (never before the last bind: not listed as visited)
         ctx.wait(job, Code.CYCLE_BUDGET, _BUDGET_MESSAGE)
+
+
+def _fifos(rest: list[Job]) -> list[NDArray[np.intp]]:
+    """Per FIFO of `rest` (equal `Job.fifo_key`), the positions of its jobs in ascending order; the
+    FIFOs in the order of their first jobs. One stable sort of the keys: a radix sort when they span
+    fewer than 2^16 numbers, as a factory's few hundred shapes do."""
+    if not rest:
+        return []
+    keys = np.fromiter(map(_FIFO_KEY, rest), dtype=np.int64, count=len(rest))
+    low = int(keys.min())
+    if int(keys.max()) - low < 1 << 16:
+        keys = (keys - low).astype(np.uint16)  # (numpy sorts 16-bit integers stably by radix)
+    order = np.argsort(keys, kind="stable")  # positions grouped by key, in job order inside each
+    ranked = keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], ranked[1:] != ranked[:-1])))
+    bounds = [*starts.tolist(), len(rest)]
+    return [order[bounds[k] : bounds[k + 1]] for k in np.argsort(order[starts]).tolist()]
 
 
 def _place(

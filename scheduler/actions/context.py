@@ -162,6 +162,9 @@ class CycleContext:
     """Effective reservation of each queue (its own `node_pool` or its nearest ancestor's)."""
     all_reserved: frozenset[str]
     reasons: dict[JobId, Why] = field(default_factory=dict)
+    """What each waiting job waits for, by id — except the jobs of a lone queue's FIFO that allocate
+    suspended behind its pair's failure (`actions/allocate.py`, `_lone_queue`): those are left out
+    and wait with `plain_failed[(queue, request_key)]`. Read a job's reason with `reason_of`."""
     bound: set[JobId] = field(default_factory=set)
     """Jobs bound, moved, shrunk or grown in this cycle: never victims in the same cycle."""
     stats: dict[str, int] = field(default_factory=dict)
@@ -222,6 +225,17 @@ class CycleContext:
             f"not searched for {' or '.join(actions)} victims this cycle: the budget of {self.search_budget} "
             f"victim searches per action ran out before this job's turn; searched again next cycle{before}",
         )
+
+    def reason_of(self, job: Job) -> Why | None:
+        """What `job` waits for so far in this cycle (None: nothing recorded, or bound): its entry
+        in `reasons`, else, for a rigid job not bound, its pair's placement failure when allocate
+        recorded one (`plain_failed`). Exact: every still-pending job allocate went through gets an
+        entry, except those a suspended FIFO passed over, whose failure is their pair's (only rigid
+        jobs are suspended); the plan's `PendingReasons` reads them the same way."""
+        why = self.reasons.get(job.id)
+        if why is None and job.min_replicas is None and self.plain_failed is not None and job.id not in self.bound:
+            why = self.plain_failed.get((job.queue, job.request_key))
+        return why
 
     def wait(self, job: Job, code: str, message: str) -> None:
         self.reasons[job.id] = pending_reason(job.id, code, message)
@@ -651,7 +665,7 @@ class CycleContext:
         """The request of `job` when it waits for room only — no policy block as its reason, admissible
         (limits, the in-quota rule) and a request can be formed — else None. Consolidate and migrate
         make room only for such jobs."""
-        current = self.reasons.get(job.id)
+        current = self.reason_of(job)
         if current is not None and current.code in POLICY_BLOCKS:
             return None
         if self.admission_block(job) is not None:

@@ -51,7 +51,7 @@ def run(ctx: CycleContext) -> None:
     searches = 0
     for waiting in ctx.work_queue():
         job = ctx.at_minimum(waiting)  # an elastic job asks for its minimum here
-        current = ctx.reasons.get(job.id)
+        current = ctx.reason_of(job)
         if current is not None and current.code in POLICY_BLOCKS and current.code not in _CURABLE:
             continue
         # The candidates of (queue, priority) change only when a search commits (the pool's epoch).

@@ -136,7 +136,7 @@ def run(ctx: CycleContext) -> None:
     searches = 0
     for waiting in ctx.work_queue():
         job = ctx.at_minimum(waiting)  # an elastic job asks for its minimum here
-        current = ctx.reasons.get(job.id)
+        current = ctx.reason_of(job)
         request = _admitted_request(ctx, job, current)
         if request is None:
             continue
@@ -278,7 +278,7 @@ def _refresh_reasons(ctx: CycleContext) -> None:
             job = ctx.at_minimum(job)
         # A pair allocate saw fail has a request: only a block can be new (no lookup needed).
         known = plain is not None and (job.queue, job.request_key) in plain
-        _admitted_request(ctx, job, ctx.reasons.get(job.id), has_request=known)
+        _admitted_request(ctx, job, ctx.reason_of(job), has_request=known)
 
 
 def _admitted_request(

@@ -70,3 +70,74 @@ def test_a_plans_reasons_are_made_when_read_and_say_what_was_recorded() -> None:
     assert reasons == PendingReasons(jobs, {JobId("j1")}, again)
     assert reasons != expected[:3]
     assert PendingReasons(jobs, {j.id for j in jobs}, {}) == ()
+
+
+def test_a_rigid_job_without_an_entry_waits_with_its_request_s_failure() -> None:
+    """Allocate leaves the jobs of a suspended FIFO out of the reasons it records (`_lone_queue`):
+    `PendingReasons` gives a rigid job without an entry the failure listed for its (queue, request
+    key), read and made alike; an entry of its own wins; an elastic job, a job whose pair is not
+    listed and a plan without the listing fall back to NotScheduled."""
+    import dataclasses as dc
+
+    from builders import make_job
+
+    from leitstand.scheduler.model import NOT_SCHEDULED, PendingReasons, reasons_by_job
+    from leitstand.scheduler.placement import Unplaceable
+
+    small = [make_job(f"s{i}", "a", 1) for i in range(3)]
+    other_queue = make_job("q", "b", 1)
+    elastic = dc.replace(make_job("e", "a", 1, 2), min_replicas=1)
+    large = make_job("l", "a", 2)
+    jobs = [*small, other_queue, elastic, large]
+    failed = Unplaceable("Insufficient", "1 × 1 GPU does not fit")
+    own = PendingReason(JobId("s1"), "QueueAtLimit", "queue a is at its limit")
+    behind = {(small[0].queue, small[0].request_key): failed}
+    reasons = PendingReasons(jobs, {JobId("s2")}, {JobId("s1"): own}, behind)
+    expected = [
+        ("s0", "Insufficient", failed.message),
+        ("s1", "QueueAtLimit", own.message),
+        ("q", NOT_SCHEDULED.code, NOT_SCHEDULED.message),
+        ("e", NOT_SCHEDULED.code, NOT_SCHEDULED.message),
+        ("l", NOT_SCHEDULED.code, NOT_SCHEDULED.message),
+    ]
+    assert [(j, w.code, w.message) for j, w in reasons_by_job(reasons)] == expected
+    assert [(r.job_id, r.code, r.message) for r in reasons] == expected
+    assert reasons[0] == PendingReason(JobId("s0"), "Insufficient", failed.message)
+    without = PendingReasons(jobs, {JobId("s2")}, {JobId("s1"): own})
+    assert [r.code for r in without] == [NOT_SCHEDULED.code, "QueueAtLimit"] + [NOT_SCHEDULED.code] * 3
+
+
+def test_fifo_keys_are_equal_exactly_for_equal_requests_and_are_made_anew_when_loaded() -> None:
+    """`Job.fifo_key` is a number of this process: equal for jobs allocate may treat alike (request
+    key, preemptibility, min_replicas), different otherwise, and a pickled or copied job is made
+    anew, so it carries the number this process gives its values — never another's, which could be
+    the number of a different request here."""
+    import copy
+    import dataclasses as dc
+    import pickle
+
+    from builders import make_job
+
+    from leitstand.scheduler import model
+
+    a = make_job("a", "q", 1, created_at=1.0)
+    twin = make_job("b", "other", 1, created_at=2.0, priority=60)  # queue, age and id are not in the key
+    assert a.fifo_key == twin.fifo_key
+    different = [
+        make_job("c", "q", 2),
+        make_job("d", "q", 1, preemptible=False),
+        dc.replace(make_job("e", "q", 1, 2), min_replicas=1),
+        make_job("f", "q", 1, cpu_milli=500),
+    ]
+    keys = {a.fifo_key, *(j.fifo_key for j in different)}
+    assert len(keys) == 1 + len(different)
+    data = pickle.dumps(a)
+    given = set(model._FIFO_KEYS.values())
+    model._FIFO_KEYS.clear()  # as in a process that never saw `a`'s value: it gets a new number
+    fresh = make_job("g", "q", 8)  # a value that could take `a`'s old number if numbers were reused
+    loaded = pickle.loads(data)
+    assert loaded == a and loaded.order_key == a.order_key and loaded.request_key == a.request_key
+    assert fresh.fifo_key not in given and loaded.fifo_key not in given | {fresh.fifo_key}
+    assert loaded.fifo_key == make_job("h", "q", 1).fifo_key
+    for copied in (copy.copy(loaded), copy.deepcopy(loaded)):
+        assert copied == loaded and copied.fifo_key == loaded.fifo_key
