@@ -213,6 +213,31 @@ def _request_text(state: ClusterState, request: GangRequest) -> tuple[str, str, 
     return text
 
 
+def _insufficient_text(state: ClusterState, request: GangRequest, diag: NDArray[np.int64]) -> str:
+    """An Insufficient failure's message up to what the nodes lack (`_lacking`)."""
+    shape, where, _ = _request_text(state, request)
+    of = f" of {where}" if where else ""
+    scope = f"the {int(diag[K.DIAG_MATCHING_NODES])} matching nodes{of}"
+    if request.required_level >= 0:
+        scope = (
+            f"the {int(diag[K.DIAG_LABELLED_NODES])} matching nodes{of} with a "
+            f"{_level_name(state, request.required_level)} label"
+        )
+    return f"{shape} does not fit: {scope} hold {int(diag[K.DIAG_TOTAL_REPLICAS])} of {request.replicas} replicas"
+
+
+def _lacking(cpu: int, memory: int, gpu: int) -> str:
+    """The end of an Insufficient failure's message: how many matching nodes lack what (`_said` order)."""
+    lacks = []
+    if gpu:
+        lacks.append(f"{gpu} nodes with too few free GPUs")
+    if cpu:
+        lacks.append(f"{cpu} nodes with too little free CPU")
+    if memory:
+        lacks.append(f"{memory} nodes with too little free memory")
+    return f" ({'; '.join(lacks)})" if lacks else ""
+
+
 def _unplaceable(state: ClusterState, request: GangRequest, status: int, diag: NDArray[np.int64]) -> Unplaceable:
     if status == K.STATUS_NO_MATCHING_NODES:
         return _no_matching_nodes(state, request)
@@ -220,27 +245,10 @@ def _unplaceable(state: ClusterState, request: GangRequest, status: int, diag: N
     of = f" of {where}" if where else ""
     if status in (K.STATUS_INSUFFICIENT, K.STATUS_NO_TOPOLOGY_DOMAIN) and never is not None:
         return never
-    matching = int(diag[K.DIAG_MATCHING_NODES])
     total = int(diag[K.DIAG_TOTAL_REPLICAS])
     if status == K.STATUS_INSUFFICIENT:
-        lacks = []
-        if diag[K.DIAG_LACK_GPU]:
-            lacks.append(f"{diag[K.DIAG_LACK_GPU]} nodes with too few free GPUs")
-        if diag[K.DIAG_LACK_CPU]:
-            lacks.append(f"{diag[K.DIAG_LACK_CPU]} nodes with too little free CPU")
-        if diag[K.DIAG_LACK_MEMORY]:
-            lacks.append(f"{diag[K.DIAG_LACK_MEMORY]} nodes with too little free memory")
-        scope = f"the {matching} matching nodes{of}"
-        if request.required_level >= 0:
-            scope = (
-                f"the {int(diag[K.DIAG_LABELLED_NODES])} matching nodes{of} with a "
-                f"{_level_name(state, request.required_level)} label"
-            )
-        return Unplaceable(
-            INSUFFICIENT,
-            f"{shape} does not fit: {scope} hold {total} of {request.replicas} replicas"
-            + (f" ({'; '.join(lacks)})" if lacks else ""),
-        )
+        lacking = _lacking(*_said(diag))
+        return Unplaceable(INSUFFICIENT, _insufficient_text(state, request, diag) + lacking)
     if status == K.STATUS_NO_TOPOLOGY_DOMAIN:
         level = _level_name(state, request.required_level)
         if diag[K.DIAG_LABELLED_NODES] == 0:
@@ -483,14 +491,16 @@ def place_gang(
     way. For callers that ask with the same request objects again and again, as allocate does every
     cycle for the shapes that wait; a victim search's per-domain requests would only fill the memo.
     """
-    problem = _validate(state, request)
-    if problem is not None:
-        return Unplaceable(INVALID_REQUEST, problem)
-    remember = remember_failure and score_cache and engine == "numba" and _one_replica_test(request)
+    remember = remember_failure and score_cache and engine == "numba"
     if remember:
+        # Only requests remembered here are found: validated then, the same object since.
         known = _insufficient_again(state, request)
         if known is not None:
             return known
+    problem = _validate(state, request)
+    if problem is not None:
+        return Unplaceable(INVALID_REQUEST, problem)
+    remember = remember and _one_replica_test(request)
     width = max(request.gpus, 1)
     if request.replicas > MAX_GANG_REPLICAS or width > state.max_node_gpus:
         # Sized by the request, the answer's arrays would take gigabytes for a gang of 2^31 replicas
@@ -581,6 +591,11 @@ class _Insufficient:
     """The kernel's diagnosis, its three counts those `failure` says (`counts` may have moved on in
     a call that found room)."""
     failure: Unplaceable
+    said: list[int]
+    """The three counts of `diag` as ints (`_said`), compared with `counts` on every ask."""
+    text: str
+    """`failure`'s message up to what the nodes lack (`_insufficient_text`): the same for every
+    count, so a failure with new counts only writes the end anew (`_lacking`)."""
 
 
 def _remember_insufficient(
@@ -596,8 +611,10 @@ def _remember_insufficient(
         np.zeros(3, dtype=np.int64),
         diag.copy(),
         failure,
+        _said(diag),
+        _insufficient_text(state, request, diag),
     )
-    if not _judge(state, request, known) or known.counts.tolist() != _said(known.diag):
+    if not _judge(state, request, known) or known.counts.tolist() != known.said:
         return  # not the kernel's own verdict: do not remember what cannot be redone
     cache = state.fail_cache
     if len(cache) >= _MAX_FAILURES:
@@ -639,10 +656,11 @@ def _insufficient_again(state: ClusterState, request: GangRequest) -> Unplaceabl
     if not _judge(state, request, known):
         return None
     now = known.counts.tolist()
-    diag = known.diag
-    if now != _said(diag):
+    if now != known.said:  # what `_unplaceable` makes of the diagnosis with the new counts
+        diag = known.diag
         diag[K.DIAG_LACK_CPU], diag[K.DIAG_LACK_MEMORY], diag[K.DIAG_LACK_GPU] = now
-        known.failure = _unplaceable(state, request, K.STATUS_INSUFFICIENT, diag)
+        known.failure = Unplaceable(INSUFFICIENT, known.text + _lacking(*now))
+        known.said = now
     return known.failure
 
 
