@@ -28,6 +28,7 @@ What it must not do: decide whether eviction is allowed at all (the action passe
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import compress, repeat
@@ -98,7 +99,6 @@ class _Columns:
     """Per row: the node index of the replica."""
     devices: NDArray[np.int64]
     """Per job: devices one replica holds (at least 1)."""
-    queues: list[QueueName]
     priority: NDArray[np.int64]
     started: NDArray[np.float64]
     milli: NDArray[np.int64]
@@ -115,7 +115,6 @@ def _columns(
     count_list: list[int] = []
     node_list: list[int] = []
     device_list: list[int] = []
-    queues: list[QueueName] = []
     priority_list: list[int] = []
     started_list: list[float] = []
     milli_list: list[int] = []
@@ -130,7 +129,6 @@ def _columns(
             node_list.extend([index[p.node] for p in placements])
         gpus = job.gpus
         device_list.append(gpus if gpus > 1 else 1)
-        queues.append(job.queue)
         priority_list.append(job.priority)
         started_list.append(v.started_at)
         milli_list.append(job.gpu_milli_total)
@@ -140,7 +138,6 @@ def _columns(
         counts=np.array(count_list, dtype=np.int64),
         nodes=np.array(node_list, dtype=np.int64),
         devices=np.array(device_list, dtype=np.int64),
-        queues=queues,
         priority=np.array(priority_list, dtype=np.int64),
         started=np.array(started_list, dtype=np.float64),
         milli=np.array(milli_list, dtype=np.int64),
@@ -163,7 +160,6 @@ def _permute(cols: _Columns, perm: NDArray[np.int64]) -> _Columns:
         counts=counts,
         nodes=cols.nodes[given_rows],
         devices=cols.devices[perm],
-        queues=list(map(cols.queues.__getitem__, order)),
         priority=cols.priority[perm],
         started=cols.started[perm],
         milli=cols.milli[perm],
@@ -171,58 +167,67 @@ def _permute(cols: _Columns, perm: NDArray[np.int64]) -> _Columns:
     )
 
 
-def _sort_keys(cols: _Columns, ids: NDArray[np.str_], key: _CostKey) -> NDArray[np.void]:
-    """Per job, its sort key (`victim_cost` or `move_cost`) as one record whose fields compare in
-    the key's order: numpy orders records field by field as Python orders the tuples, so
-    `searchsorted` finds where a job goes among jobs sorted by `_sorted`."""
+_Key = tuple[int, float, int, str]
+"""A candidate's cost key as `victim_cost` or `move_cost` gives it."""
+
+
+def _sort_keys(cols: _Columns, ids: NDArray[np.str_], key: _CostKey) -> list[_Key]:
+    """Per job, its key (`victim_cost` or `move_cost`) as the tuple the key function gives, built
+    from the columns (a kept pool finds where new jobs go among its sorted keys by `bisect`)."""
     first, third = (cols.priority, cols.milli) if key is victim_cost else (cols.milli, cols.priority)
-    fields = [("a", np.int64), ("b", np.float64), ("c", np.int64), ("id", ids.dtype)]
-    keys = np.empty(len(cols.ordered), dtype=fields)
-    keys["a"], keys["b"], keys["c"], keys["id"] = first, -cols.started, third, ids
-    return keys
+    return list(zip(first.tolist(), (-cols.started).tolist(), third.tolist(), ids.tolist(), strict=True))
 
 
-def _sorted(cols: _Columns, ids: NDArray[np.str_], key: _CostKey) -> tuple[_Columns, NDArray[np.void]]:
-    """The columns in the order `sorted(key=key)` gives, for the two keys above, and their records
-    (`_sort_keys`) in that order: one `lexsort` over the records' fields, last field first (the same
-    order: ids are unique, numpy compares str by code point as Python does)."""
-    keys = _sort_keys(cols, ids, key)
-    perm = np.lexsort((keys["id"], keys["c"], keys["b"], keys["a"])).astype(np.int64)
-    return _permute(cols, perm), keys[perm]
+def _sorted(cols: _Columns, ids: NDArray[np.str_], key: _CostKey) -> tuple[_Columns, NDArray[np.str_]]:
+    """The columns and ids in the order `sorted(key=key)` gives, for the two keys above: one
+    `lexsort` over the key's fields, last field first (ids are unique; numpy compares str by code
+    point as Python does)."""
+    first, third = (cols.priority, cols.milli) if key is victim_cost else (cols.milli, cols.priority)
+    perm = np.lexsort((ids, third, -cols.started, first)).astype(np.int64)
+    return _permute(cols, perm), ids[perm]
 
 
-def _merged(kept: _Columns, keep: NDArray[np.bool_], fresh: _Columns, at: NDArray[np.int64]) -> _Columns:
+def _spliced(kept: list[Any], fresh: list[Any], at: list[int]) -> list[Any]:
+    """`kept` with fresh item i inserted before kept item `at[i]` (`at` ascending; items with the
+    same `at` in fresh order), by slices (C-level copies, one Python step per fresh item)."""
+    out: list[Any] = []
+    start = 0
+    for item, position in zip(fresh, at, strict=True):
+        out += kept[start:position]
+        out.append(item)
+        start = position
+    out += kept[start:]
+    return out
+
+
+def _merged(kept: _Columns, keep: NDArray[np.bool_], fresh: _Columns, at: list[int]) -> _Columns:
     """The `keep` entries of `kept` (in their order) with fresh entry i inserted before kept entry
-    `at[i]` of them (`at` ascending; entries with the same `at` in fresh order): one `np.insert` per
-    column, the Python lists spliced by slices, each fresh job's rows inserted before the rows of the
-    kept job it precedes."""
-    ordered = list(compress(kept.ordered, keep))
-    queues = list(compress(kept.queues, keep))
-    positions = at.tolist()
-    if positions:
-        merged_ordered: list[RunningJob] = []
-        merged_queues: list[QueueName] = []
-        start = 0
-        for i, position in enumerate(positions):
-            merged_ordered += ordered[start:position]
-            merged_ordered.append(fresh.ordered[i])
-            merged_queues += queues[start:position]
-            merged_queues.append(fresh.queues[i])
-            start = position
-        ordered = merged_ordered + ordered[start:]
-        queues = merged_queues + queues[start:]
+    `at[i]` of them (`at` ascending; entries with the same `at` in fresh order). Each column is
+    written once by where its entries go (kept entry j goes `j` plus the fresh entries at or before
+    it further; fresh entry i goes to `at[i] + i`); each fresh job's rows are inserted before the
+    rows of the kept job it precedes."""
+    n_kept, n_fresh = int(np.count_nonzero(keep)), len(at)
+    at_array = np.array(at, dtype=np.int64)
+    fresh_to = at_array + np.arange(n_fresh, dtype=np.int64)
+    kept_to = np.arange(n_kept, dtype=np.int64) + np.searchsorted(at_array, np.arange(n_kept), side="right")
+
+    def column(old: NDArray[Any], new: NDArray[Any]) -> NDArray[Any]:
+        out = np.empty(n_kept + n_fresh, dtype=old.dtype)
+        out[kept_to] = old[keep]
+        out[fresh_to] = new
+        return out
+
     counts = kept.counts[keep]
-    row_at = np.concatenate(([0], np.cumsum(counts)))[at]  # the first row of the kept job each precedes
+    row_at = np.concatenate(([0], np.cumsum(counts)))[at_array]  # the first row of the kept job each precedes
     return _Columns(
-        ordered=ordered,
-        counts=np.insert(counts, at, fresh.counts),
+        ordered=_spliced(list(compress(kept.ordered, keep.tolist())), fresh.ordered, at),
+        counts=column(kept.counts, fresh.counts),
         nodes=np.insert(kept.nodes[np.repeat(keep, kept.counts)], np.repeat(row_at, fresh.counts), fresh.nodes),
-        devices=np.insert(kept.devices[keep], at, fresh.devices),
-        queues=queues,
-        priority=np.insert(kept.priority[keep], at, fresh.priority),
-        started=np.insert(kept.started[keep], at, fresh.started),
-        milli=np.insert(kept.milli[keep], at, fresh.milli),
-        slot=np.insert(kept.slot[keep], at, fresh.slot),
+        devices=column(kept.devices, fresh.devices),
+        priority=column(kept.priority, fresh.priority),
+        started=column(kept.started, fresh.started),
+        milli=column(kept.milli, fresh.milli),
+        slot=column(kept.slot, fresh.slot),
     )
 
 
@@ -231,11 +236,11 @@ class _KeptPool:
 
     __slots__ = ("_where", "cols", "keys", "slots")
 
-    def __init__(self, cols: _Columns, keys: NDArray[np.void], slots: VictimSlots | None) -> None:
+    def __init__(self, cols: _Columns, keys: list[_Key], slots: VictimSlots | None) -> None:
         self.cols = cols
         """Sorted."""
         self.keys = keys
-        """`_sort_keys` of `cols`, ascending."""
+        """`_sort_keys` of `cols`, ascending (empty for a pool that is not kept)."""
         self.slots = slots
         """The `VictimSlots` that `cols.slot` refers to (None: no candidate has a slot)."""
         self._where: dict[int, int] | None = None
@@ -250,7 +255,7 @@ class _KeptPool:
 
 
 def _keep(
-    kept: dict[Any, Any], key: _CostKey, cols: _Columns, keys: NDArray[np.void], slots: VictimSlots | None
+    kept: dict[Any, Any], key: _CostKey, cols: _Columns, keys: list[_Key], slots: VictimSlots | None
 ) -> _KeptPool:
     pool = kept[key] = _KeptPool(cols, keys, slots)
     return pool
@@ -269,9 +274,10 @@ def _kept_columns(
     A pool between cycles differs by the jobs that ended, started, aged past the minimum runtime or
     moved; a `RunningJob` is immutable, so the same object holds what it held then. Those are taken
     from the last pool's arrays (still in order), the others read as in a fresh pool, sorted among
-    themselves and merged in by their keys (`searchsorted`: the result is the full sort's, as keys
-    are unique; a new candidate goes after a kept one with an equal record, as a stable sort of the
-    kept entries followed by the new ones puts it).
+    themselves and merged in by their keys (kept as the tuples the key function gives, `_sort_keys`;
+    `bisect_right`: the result is the full sort's, as keys are unique; a new candidate goes after a
+    kept one with an equal key, as a stable sort of the kept entries followed by the new ones puts
+    it).
 
     Which candidates the last pool holds: with `slots` (the `VictimSlots` the candidates come from
     and each one's slot there, -1 for one without) and a last pool built from the same
@@ -308,17 +314,20 @@ def _kept_columns(
                     relabel[at[found]] = slot[found]
                 last = _KeptPool(replace(last.cols, slot=relabel), last.keys, source)
         if keep is not None and new.size <= n // 2:
-            fresh, fresh_keys = _sorted(
+            fresh, fresh_ids = _sorted(
                 *_columns([candidates[i] for i in new.tolist()], index, None if slot is None else slot[new]), key
             )
-            kept_keys = last.keys[keep]
-            if fresh_keys.dtype != kept_keys.dtype:  # ids of another width: compare as the wider
-                wider = max(fresh_keys.dtype, kept_keys.dtype, key=lambda d: d.itemsize)
-                fresh_keys, kept_keys = fresh_keys.astype(wider), kept_keys.astype(wider)
-            at_kept = np.searchsorted(kept_keys, fresh_keys, side="right")
-            cols = _merged(last.cols, keep, fresh, at_kept)
-            return _keep(kept, key, cols, np.insert(kept_keys, at_kept, fresh_keys), source)
-    return _keep(kept, key, *_sorted(*_columns(candidates, index, slot), key), source)
+            fresh_keys = _sort_keys(fresh, fresh_ids, key)
+            kept_keys = list(compress(last.keys, keep.tolist()))
+            before: list[int] = []  # per fresh job, the kept entry it goes before
+            low = 0
+            for fresh_key in fresh_keys:  # (ascending: each search starts where the last one ended)
+                low = bisect_right(kept_keys, fresh_key, low)
+                before.append(low)
+            cols = _merged(last.cols, keep, fresh, before)
+            return _keep(kept, key, cols, _spliced(kept_keys, fresh_keys, before), source)
+    cols, ids = _sorted(*_columns(candidates, index, slot), key)
+    return _keep(kept, key, cols, _sort_keys(cols, ids, key), source)
 
 
 def _set_cost(victims: Sequence[RunningJob], preferred: bool) -> tuple[int, bool, int, int, float]:
@@ -363,7 +372,7 @@ class VictimPool:
         state = stmt.state
         if key is victim_cost or key is move_cost:
             if kept is None:
-                self._kept = _KeptPool(*_sorted(*_columns(candidates, state.node_index), key), None)
+                self._kept = _KeptPool(_sorted(*_columns(candidates, state.node_index), key)[0], [], None)
             else:
                 self._kept = _kept_columns(kept, candidates, state.node_index, key, slots)
             cols = self._kept.cols
@@ -371,15 +380,10 @@ class VictimPool:
             given, _ = _columns(candidates, state.node_index)
             perm = np.array(sorted(range(len(candidates)), key=lambda i: key(candidates[i])), dtype=np.int64)
             cols = _permute(given, perm)
-            self._kept = _KeptPool(cols, np.empty(0, dtype=np.void), None)  # (its keys are never read)
+            self._kept = _KeptPool(cols, [], None)  # (its keys are never read)
         self.ordered: list[RunningJob] = cols.ordered
         self._rank: dict[JobId, int] | None = None
-        # Queue → code, numbered in order of first appearance; the codes looked up in C.
-        queue_index: dict[QueueName, int] = {q: i for i, q in enumerate(dict.fromkeys(cols.queues))}
-        self.queue_index = queue_index
-        self.queue_code = np.fromiter(
-            map(queue_index.__getitem__, cols.queues), dtype=np.int64, count=len(cols.queues)
-        )
+        self._queues: tuple[dict[QueueName, int], NDArray[np.int64]] | None = None
         counts = cols.counts
         self.row_job = np.repeat(np.arange(len(self.ordered), dtype=np.int64), counts)
         self.row_count = counts
@@ -404,6 +408,28 @@ class VictimPool:
 
     def __len__(self) -> int:
         return int(self.alive.sum())
+
+    @property
+    def queue_index(self) -> dict[QueueName, int]:
+        """Queue → code, numbered in order of first appearance in `ordered` (built on first use, with
+        `queue_code`: consolidation, which takes any queue's jobs, never asks)."""
+        return self._queue_codes()[0]
+
+    @property
+    def queue_code(self) -> NDArray[np.int64]:
+        """Per entry, its job's queue code (`queue_index`)."""
+        return self._queue_codes()[1]
+
+    def _queue_codes(self) -> tuple[dict[QueueName, int], NDArray[np.int64]]:
+        known = self._queues
+        if known is None:
+            queues = [held.job.queue for held in self.ordered]
+            index = {q: i for i, q in enumerate(dict.fromkeys(queues))}
+            known = self._queues = (
+                index,
+                np.fromiter(map(index.__getitem__, queues), dtype=np.int64, count=len(queues)),
+            )
+        return known
 
     @property
     def rank(self) -> dict[JobId, int]:
