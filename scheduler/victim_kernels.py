@@ -72,13 +72,29 @@ def node_candidates_kernel(
             count += 1
     if count == 0:
         return 0
-    keys = np.empty(count, np.int64)
+    # The `max_nodes` smallest keys in order, by insertion into a short sorted list (no sort of all
+    # `count` keys: most one-node searches find hundreds of nodes and list 16).
+    n_out = min(count, max_nodes)
+    best = np.empty(n_out, np.int64)
+    ranked = np.empty(n_out, np.int64)
+    filled = 0
     for k in range(count):
         node = useful[k]
         now = slots_now[node] // width if by_devices else slots_now[node]
-        keys[k] = -now * (n_nodes + 1) + node  # more room first, then the lower index (keys are unique)
-    ranked = np.argsort(keys)
-    n_out = min(count, max_nodes)
+        key = -now * (n_nodes + 1) + node  # more room first, then the lower index (keys are unique)
+        if filled < n_out:
+            j = filled
+            filled += 1
+        elif key < best[n_out - 1]:
+            j = n_out - 1
+        else:
+            continue
+        while j > 0 and best[j - 1] > key:
+            best[j] = best[j - 1]
+            ranked[j] = ranked[j - 1]
+            j -= 1
+        best[j] = key
+        ranked[j] = k
     position = np.full(n_nodes, -1, np.int64)
     for k in range(n_out):
         node = useful[ranked[k]]
