@@ -94,13 +94,19 @@ class _LeafKey:
         )
 
 
+def _listed(jobs: Sequence[Job]) -> list[Job]:
+    """`jobs` itself when it is a list (read, never changed here), else a list of them."""
+    return jobs if isinstance(jobs, list) else list(jobs)
+
+
 class WorkQueue:
     """Hands out pending jobs one at a time in the order of work; re-keys a queue after each job.
 
     Cost: a queue's key is computed only when another queue competes with it — while a single
     queue has jobs left (e.g. one-queue clusters), its jobs are handed out in job order with no
     key at all. `presorted=True` says every list is already in `job_order_key` order (the cycle
-    sorts the pending jobs once), so they are not sorted again.
+    sorts the pending jobs once), so they are not sorted again — nor copied: the order reads them
+    and never changes them, and the caller must not change them while it hands jobs out.
     """
 
     def __init__(
@@ -111,8 +117,10 @@ class WorkQueue:
         *,
         presorted: bool = False,
     ) -> None:
-        self._jobs = {
-            q: list(jobs) if presorted else sorted(jobs, key=job_order_key) for q, jobs in jobs_by_queue.items() if jobs
+        self._jobs: dict[QueueName, list[Job]] = {
+            q: _listed(jobs) if presorted else sorted(jobs, key=job_order_key)
+            for q, jobs in jobs_by_queue.items()
+            if jobs
         }
         self._keys = {q: _LeafKey(accounting, shares, q) for q in self._jobs}
         self._next = dict.fromkeys(self._jobs, 0)
