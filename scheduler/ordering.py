@@ -21,9 +21,10 @@ from __future__ import annotations
 import heapq
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 from leitstand.scheduler.fairshare import FairShares, saturation
-from leitstand.scheduler.model import Job, QueueName
+from leitstand.scheduler.model import Job, JobId, QueueName
 from leitstand.scheduler.statement import QueueAccounting
 
 _EPS_MILLI = 1e-6
@@ -107,6 +108,8 @@ class WorkQueue:
     key at all. `presorted=True` says every list is already in `job_order_key` order (the cycle
     sorts the pending jobs once), so they are not sorted again — nor copied: the order reads them
     and never changes them, and the caller must not change them while it hands jobs out.
+    `skip`: jobs by id left out as if not in the lists (passed over when reached, so a caller that
+    stops early never looks at the rest; the cycle's jobs bound so far, `CycleContext.work_queue`).
     """
 
     def __init__(
@@ -116,7 +119,9 @@ class WorkQueue:
         shares: FairShares,
         *,
         presorted: bool = False,
+        skip: AbstractSet[JobId] = frozenset(),
     ) -> None:
+        self._skip = skip
         self._jobs: dict[QueueName, list[Job]] = {
             q: _listed(jobs) if presorted else sorted(jobs, key=job_order_key)
             for q, jobs in jobs_by_queue.items()
@@ -128,8 +133,19 @@ class WorkQueue:
         for q in self._jobs:
             self._push(q)
 
-    def _push(self, queue: QueueName) -> None:
+    def _first(self, queue: QueueName) -> int:
+        """The index of the queue's next job that is not skipped (the queue's place moves there)."""
         i = self._next[queue]
+        skip = self._skip
+        if skip:
+            jobs = self._jobs[queue]
+            while i < len(jobs) and jobs[i].id in skip:
+                i += 1
+            self._next[queue] = i
+        return i
+
+    def _push(self, queue: QueueName) -> None:
+        i = self._first(queue)
         jobs = self._jobs[queue]
         if i < len(jobs):
             heapq.heappush(self._heap, (self._keys[queue](jobs[i]), queue))
@@ -138,8 +154,7 @@ class WorkQueue:
         while self._heap:
             _, queue = heapq.heappop(self._heap)
             jobs = self._jobs[queue]
-            while self._next[queue] < len(jobs):
-                i = self._next[queue]
+            while (i := self._first(queue)) < len(jobs):
                 self._next[queue] = i + 1
                 yield jobs[i]
                 if self._heap:
@@ -159,7 +174,7 @@ class WorkQueue:
         if not 0 < i <= len(jobs):
             return None
         self._next[queue] = len(jobs)
-        return jobs[i - 1 :]
+        return self._kept(jobs[i - 1 :])
 
     def drain(self, queue: QueueName) -> list[Job]:
         """Take the rest of `queue`'s jobs out of the order (e.g. the queue is at its limit)."""
@@ -167,4 +182,8 @@ class WorkQueue:
         jobs = self._jobs.get(queue, [])
         rest = jobs[i:]
         self._next[queue] = len(jobs)
-        return rest
+        return self._kept(rest)
+
+    def _kept(self, jobs: list[Job]) -> list[Job]:
+        skip = self._skip
+        return [job for job in jobs if job.id not in skip] if skip else jobs

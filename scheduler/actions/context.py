@@ -255,9 +255,19 @@ class CycleContext:
         return still
 
     def work_queue(self, jobs_by_queue: Mapping[QueueName, Sequence[Job]] | None = None) -> WorkQueue:
-        if jobs_by_queue is None:  # the still-pending jobs, already in job order
-            return WorkQueue(self.still_pending(), self.stmt.accounting, self.shares, presorted=True)
+        if jobs_by_queue is None:
+            # The still-pending jobs, already in job order: the sorted lists with the jobs bound so
+            # far passed over as they are reached (an action that stops early, as consolidation
+            # does after its attempts, never filters the rest of a deep backlog).
+            skip = frozenset(self.bound)
+            return WorkQueue(self.pending_by_queue, self.stmt.accounting, self.shares, presorted=True, skip=skip)
         return WorkQueue(jobs_by_queue, self.stmt.accounting, self.shares)
+
+    def queues_waiting(self) -> list[QueueName]:
+        """The leaf queues with a pending job not bound in this cycle (the queues of `still_pending`
+        with jobs, in the same order; each found at its first unbound job)."""
+        bound = self.bound
+        return [q for q, jobs in self.pending_by_queue.items() if any(job.id not in bound for job in jobs)]
 
     def victim_pool(self) -> VictimPool:
         """Reclaim's and preempt's candidates: preemptible running jobs of known queues past their

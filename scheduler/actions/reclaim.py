@@ -236,7 +236,7 @@ def _victim_queue_possible(ctx: CycleContext) -> bool:
     share = ctx.shares.share_milli
     deserved = ctx.shares.deserved_milli
     over = {q for q in ctx.tree.order if acc.allocated_milli[q] > min(deserved[q], share[q]) + _EPS}
-    waiting = [q for q, jobs in ctx.still_pending().items() if jobs]
+    waiting = ctx.queues_waiting()
     return any(not over.issubset(acc.paths[q]) for q in waiting)
 
 

@@ -10,12 +10,14 @@ import gc
 import numpy as np
 import pytest
 from builders import make_cluster, make_job, make_node, make_queue, make_running, make_snapshot
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from leitstand.scheduler import cycle
 from leitstand.scheduler.cycle import ACTIONS, run_cycle
 from leitstand.scheduler.errors import InvalidSpecError
 from leitstand.scheduler.fairshare import build_queue_tree, compute_fair_shares
-from leitstand.scheduler.model import EvictionKind, JobId, QueueName, SchedulerConfig
+from leitstand.scheduler.model import EvictionKind, Job, JobId, QueueName, SchedulerConfig
 from leitstand.scheduler.ordering import WorkQueue, _LeafKey, job_order_key, queue_order_key
 from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
 from leitstand.scheduler.policies import PolicyContext
@@ -327,6 +329,52 @@ def test_work_queue_keys_equal_queue_order_key_and_one_queue_needs_none() -> Non
     work = WorkQueue(only, acc, shares, presorted=True)
     work._keys = {}  # any key computation after the first push would fail
     assert [j.id for j in work] == ["y", "x"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_a_work_queue_that_skips_bound_jobs_hands_out_what_one_over_filtered_lists_does(data: st.DataObject) -> None:
+    """`WorkQueue(skip=...)` (what `CycleContext.work_queue` builds: the sorted lists, the jobs bound
+    so far passed over as they are reached) equals a `WorkQueue` over the lists with those jobs taken
+    out: the same jobs in the same order while the caller charges some of them (which re-keys the
+    queues), and the same rest from `lone_rest` and `drain` wherever the caller asks."""
+    names = [QueueName(q) for q in ("a", "b", "c")]
+    queues = [make_queue(q, quota_gpus=data.draw(st.sampled_from([0, 2, 8]))) for q in names]
+    shares = compute_fair_shares(queues, dict.fromkeys(names, 16_000), 16_000)
+    def drawn_job(q: QueueName, k: int) -> Job:
+        gpus = data.draw(st.sampled_from([1, 2, 4]))
+        return make_job(f"{q}{k}", q, gpus, created_at=float(data.draw(st.integers(0, 9))))
+
+    jobs = {
+        q: sorted((drawn_job(q, k) for k in range(data.draw(st.integers(0, 8)))), key=job_order_key) for q in names
+    }
+    every = [job.id for listed in jobs.values() for job in listed]
+    skip = frozenset(data.draw(st.lists(st.sampled_from(every), unique=True)) if every else [])
+    charge = data.draw(st.lists(st.booleans(), min_size=len(every), max_size=len(every)))
+    stop = data.draw(st.sampled_from(["end", "lone_rest", "drain"]))
+    at = data.draw(st.integers(0, max(len(every) - 1, 0)))
+
+    def walk(work: WorkQueue, acc: QueueAccounting) -> list[object]:
+        seen: list[object] = []
+        for k, job in enumerate(work):
+            seen.append(job.id)
+            if charge[k]:
+                acc.add(job)
+            if k == at and stop == "lone_rest":
+                rest = work.lone_rest(job.queue)
+                seen.append(None if rest is None else [j.id for j in rest])
+                if rest is not None:
+                    break
+            if k == at and stop == "drain":
+                seen.append([j.id for j in work.drain(job.queue)])
+        return seen
+
+    tree = build_queue_tree(queues)
+    filtered = {q: [job for job in listed if job.id not in skip] for q, listed in jobs.items()}
+    plain = QueueAccounting.empty(tree)
+    expected = walk(WorkQueue(filtered, plain, shares, presorted=True), plain)
+    acc = QueueAccounting.empty(tree)
+    assert walk(WorkQueue(jobs, acc, shares, presorted=True, skip=skip), acc) == expected
 
 
 # --- victim choice -------------------------------------------------------------------------------------
