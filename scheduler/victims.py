@@ -32,7 +32,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import compress, repeat
-from operator import is_
+from operator import attrgetter, is_
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,8 @@ def move_cost(running: RunningJob) -> tuple[int, float, int, str]:
     """Sort key of consolidation moves, cheapest first: fewest GPUs, youngest, lowest priority, id."""
     return (running.job.gpu_milli_total, -running.started_at, running.job.priority, running.job.id)
 
+
+_JOB_ID = attrgetter("job.id")
 
 _CostKey = Callable[[RunningJob], tuple[int, float, int, str]]
 """`victim_cost` or `move_cost` (a pool sorts by either in numpy; any other key in Python)."""
@@ -435,7 +437,8 @@ class VictimPool:
     def rank(self) -> dict[JobId, int]:
         """Job id → its entry (built on first use: most pools never remove a job)."""
         if self._rank is None:
-            self._rank = {held.job.id: i for i, held in enumerate(self.ordered)}
+            ordered = self.ordered  # (made in C; an id listed twice keeps its last entry, as before)
+            self._rank = dict(zip(map(_JOB_ID, ordered), range(len(ordered)), strict=True))
         return self._rank
 
     def entry(self, held: RunningJob) -> int:
