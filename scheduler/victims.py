@@ -173,19 +173,26 @@ _Key = tuple[int, float, int, str]
 """A candidate's cost key as `victim_cost` or `move_cost` gives it."""
 
 
+def _key_fields(cols: _Columns, key: _CostKey) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int64]]:
+    """The columns of the key's first three fields, in its order (`victim_cost` or `move_cost`)."""
+    if key is victim_cost:
+        return cols.priority, -cols.started, cols.milli
+    return cols.milli, -cols.started, cols.priority
+
+
 def _sort_keys(cols: _Columns, ids: NDArray[np.str_], key: _CostKey) -> list[_Key]:
     """Per job, its key (`victim_cost` or `move_cost`) as the tuple the key function gives, built
     from the columns (a kept pool finds where new jobs go among its sorted keys by `bisect`)."""
-    first, third = (cols.priority, cols.milli) if key is victim_cost else (cols.milli, cols.priority)
-    return list(zip(first.tolist(), (-cols.started).tolist(), third.tolist(), ids.tolist(), strict=True))
+    first, second, third = _key_fields(cols, key)
+    return list(zip(first.tolist(), second.tolist(), third.tolist(), ids.tolist(), strict=True))
 
 
 def _sorted(cols: _Columns, ids: NDArray[np.str_], key: _CostKey) -> tuple[_Columns, NDArray[np.str_]]:
     """The columns and ids in the order `sorted(key=key)` gives, for the two keys above: one
     `lexsort` over the key's fields, last field first (ids are unique; numpy compares str by code
     point as Python does)."""
-    first, third = (cols.priority, cols.milli) if key is victim_cost else (cols.milli, cols.priority)
-    perm = np.lexsort((ids, third, -cols.started, first)).astype(np.int64)
+    first, second, third = _key_fields(cols, key)
+    perm = np.lexsort((ids, third, second, first)).astype(np.int64)
     return _permute(cols, perm), ids[perm]
 
 
@@ -202,12 +209,14 @@ def _spliced(kept: list[Any], fresh: list[Any], at: list[int]) -> list[Any]:
     return out
 
 
-def _merged(kept: _Columns, keep: NDArray[np.bool_], fresh: _Columns, at: list[int]) -> _Columns:
-    """The `keep` entries of `kept` (in their order) with fresh entry i inserted before kept entry
-    `at[i]` of them (`at` ascending; entries with the same `at` in fresh order). Each column is
-    written once by where its entries go (kept entry j goes `j` plus the fresh entries at or before
-    it further; fresh entry i goes to `at[i] + i`); each fresh job's rows are inserted before the
-    rows of the kept job it precedes."""
+def _merged(
+    kept: _Columns, keep: NDArray[np.bool_], keep_list: list[bool], fresh: _Columns, at: list[int]
+) -> _Columns:
+    """The `keep` entries of `kept` (`keep_list`: the same mask as a list) in their order, with
+    fresh entry i inserted before kept entry `at[i]` of them (`at` ascending; entries with the same
+    `at` in fresh order). Each column is written once by where its entries go (kept entry j goes
+    `j` plus the fresh entries at or before it further; fresh entry i goes to `at[i] + i`); each
+    fresh job's rows are inserted before the rows of the kept job it precedes."""
     n_kept, n_fresh = int(np.count_nonzero(keep)), len(at)
     at_array = np.array(at, dtype=np.int64)
     fresh_to = at_array + np.arange(n_fresh, dtype=np.int64)
@@ -222,7 +231,7 @@ def _merged(kept: _Columns, keep: NDArray[np.bool_], fresh: _Columns, at: list[i
     counts = kept.counts[keep]
     row_at = np.concatenate(([0], np.cumsum(counts)))[at_array]  # the first row of the kept job each precedes
     return _Columns(
-        ordered=_spliced(list(compress(kept.ordered, keep.tolist())), fresh.ordered, at),
+        ordered=_spliced(list(compress(kept.ordered, keep_list)), fresh.ordered, at),
         counts=column(kept.counts, fresh.counts),
         nodes=np.insert(kept.nodes[np.repeat(keep, kept.counts)], np.repeat(row_at, fresh.counts), fresh.nodes),
         devices=column(kept.devices, fresh.devices),
@@ -320,13 +329,14 @@ def _kept_columns(
                 *_columns([candidates[i] for i in new.tolist()], index, None if slot is None else slot[new]), key
             )
             fresh_keys = _sort_keys(fresh, fresh_ids, key)
-            kept_keys = list(compress(last.keys, keep.tolist()))
+            keep_list = keep.tolist()
+            kept_keys = list(compress(last.keys, keep_list))
             before: list[int] = []  # per fresh job, the kept entry it goes before
             low = 0
             for fresh_key in fresh_keys:  # (ascending: each search starts where the last one ended)
                 low = bisect_right(kept_keys, fresh_key, low)
                 before.append(low)
-            cols = _merged(last.cols, keep, fresh, before)
+            cols = _merged(last.cols, keep, keep_list, fresh, before)
             return _keep(kept, key, cols, _spliced(kept_keys, fresh_keys, before), source)
     cols, ids = _sorted(*_columns(candidates, index, slot), key)
     return _keep(kept, key, cols, _sort_keys(cols, ids, key), source)

@@ -202,7 +202,6 @@ class CycleContext:
     (`_request_memo`; set at the first request)."""
     _model_requests: dict[tuple[JobId, str], GangRequest | PendingReason] = field(default_factory=dict)
     _cuts: dict[JobId, tuple[tuple[str, ...], Why | None]] = field(default_factory=dict)
-    _still_pending: tuple[int, dict[QueueName, list[Job]]] | None = None
 
     # -- bookkeeping --------------------------------------------------------------------------------
 
@@ -240,19 +239,11 @@ class CycleContext:
     def wait(self, job: Job, code: str, message: str) -> None:
         self.reasons[job.id] = pending_reason(job.id, code, message)
 
-    def still_pending(self) -> dict[QueueName, list[Job]]:
-        """The pending jobs not bound in this cycle, per leaf queue in job order (do not mutate: the
-        lists are shared until the next bind; `bound` only grows, so its size says when)."""
-        kept = self._still_pending
-        if kept is not None and kept[0] == len(self.bound):
-            return kept[1]
+    def still_pending(self) -> Iterator[Job]:
+        """The pending jobs not bound in this cycle, leaf queue by leaf queue, each in job order
+        (`bound` is read as the jobs are handed out)."""
         bound = self.bound
-        if bound:
-            still = {q: [j for j in jobs if j.id not in bound] for q, jobs in self.pending_by_queue.items()}
-        else:  # nothing bound yet (allocate's start): the lists as sorted
-            still = self.pending_by_queue
-        self._still_pending = (len(self.bound), still)
-        return still
+        return (job for jobs in self.pending_by_queue.values() for job in jobs if job.id not in bound)
 
     def work_queue(self, jobs_by_queue: Mapping[QueueName, Sequence[Job]] | None = None) -> WorkQueue:
         if jobs_by_queue is None:
@@ -264,8 +255,8 @@ class CycleContext:
         return WorkQueue(jobs_by_queue, self.stmt.accounting, self.shares)
 
     def queues_waiting(self) -> list[QueueName]:
-        """The leaf queues with a pending job not bound in this cycle (the queues of `still_pending`
-        with jobs, in the same order; each found at its first unbound job)."""
+        """The leaf queues with a pending job not bound in this cycle, in `pending_by_queue` order
+        (each found at its first unbound job)."""
         bound = self.bound
         return [q for q, jobs in self.pending_by_queue.items() if any(job.id not in bound for job in jobs)]
 

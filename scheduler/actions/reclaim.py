@@ -20,7 +20,6 @@ reclaimer's path and the victim's path differ (the split level and every level b
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import chain
 
 import numpy as np
 from numpy.typing import NDArray
@@ -269,7 +268,7 @@ def _refresh_reasons(ctx: CycleContext) -> None:
                 continue
             jobs.extend(job for job in fifo() if job.id not in bound)
     else:
-        jobs = chain.from_iterable(ctx.still_pending().values())
+        jobs = ctx.still_pending()
     for job in jobs:
         if job.min_replicas is None:
             if passing(job):
