@@ -10,7 +10,8 @@ share, reclaim, preemption and migration — migration is off in `SchedulerConfi
 turned on here); `leitstand-noconsolidation` is the same cycle without moves;
 `leitstand-nomigration` keeps consolidation and turns only migration off; any
 placement policy name (`fgd`, `bestfit`, `gpupacking`, ...) is a greedy FIFO-backfill baseline with
-that policy; `greedy-leitstand` is that baseline with our policy (separates policy from cycle).
+that policy; `greedy-leitstand` is that baseline with our policy configured as the cycle's (the same
+typical shapes, `--cycle-shapes`), which separates the policy from the cycle.
 
 Input errors end in one message and exit code 2, never a traceback: the options are checked before
 any file is read (naming the option and the fix), missing trace files name the path and
@@ -164,7 +165,11 @@ def _scheduler(
             workload.nodes, workload.queues, config, topology=workload.topology, name=key,
             context_factory=context if cycle_shapes == "trace" else None,
         )
-    return GreedyScheduler(policy, name=key, context_factory=context)
+    # `greedy-leitstand` stands for our policy without the cycle (what the cycle adds, in quality and
+    # in cost, is measured against it), so its policy is configured as the cycle's: the same typical
+    # shapes. The other baselines get the trace's shapes, as the FGD protocol gives them.
+    same_as_ours = key == "greedy-leitstand" and cycle_shapes != "trace"
+    return GreedyScheduler(policy, name=key, context_factory=None if same_as_ours else context)
 
 
 WARM_UP_NODES = 16
@@ -232,8 +237,9 @@ def replay(
     ] = "free",
     cycle_shapes: Annotated[
         str,
-        typer.Option(help="Typical shapes of our cycle's placement policy: defaults (DGX-style) or trace (the "
-                     "trace's own, as the baselines get them; an operator sets scheduler.typical_shapes)."),
+        typer.Option(help="Typical shapes of our cycle's placement policy, and of greedy-leitstand's: defaults "
+                     "(DGX-style) or trace (the trace's own, as the FGD protocol gives the other baselines; an "
+                     "operator sets scheduler.typical_shapes)."),
     ] = "defaults",
     migration_tries: Annotated[
         int, typer.Option(help="leitstand: node sets tried for migration per cycle (max_migration_tries).")
