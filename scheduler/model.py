@@ -491,6 +491,16 @@ NOT_SCHEDULED = Reason("NotScheduled", "not placed this cycle; will be retried n
 """The reason of a waiting job for which no action recorded one."""
 
 
+def waits_behind(behind: Mapping[tuple[QueueName, tuple[object, ...]], Why] | None, job: Job) -> Why | None:
+    """What a waiting job without a reason of its own waits for when allocate passed it over behind
+    a failed request: for a rigid job, its (queue, `request_key`) pair's failure in `behind` (the
+    cycle's `plain_failed`); None otherwise. The one rule `CycleContext.reason_of` and
+    `PendingReasons` read it by."""
+    if behind is None or job.min_replicas is not None:
+        return None
+    return behind.get((job.queue, job.request_key))
+
+
 class PendingReasons(Sequence[PendingReason]):
     """`Plan.pending` of a cycle: a `PendingReason` for every job of the snapshot the plan leaves
     waiting, in snapshot order — made when first read.
@@ -524,10 +534,7 @@ class PendingReasons(Sequence[PendingReason]):
 
     def _behind_of(self, job: Job) -> Why:
         """What `job` (not left out, without an entry in `why`) waits for."""
-        behind = self._behind
-        if behind is None or job.min_replicas is not None:
-            return NOT_SCHEDULED
-        return behind.get((job.queue, job.request_key), NOT_SCHEDULED)
+        return waits_behind(self._behind, job) or NOT_SCHEDULED
 
     def _all(self) -> tuple[PendingReason, ...]:
         made = self._made

@@ -32,6 +32,7 @@ from leitstand.scheduler.model import (
     Snapshot,
     Why,
     pending_reason,
+    waits_behind,
 )
 from leitstand.scheduler.ordering import WorkQueue
 from leitstand.scheduler.placement import NEVER_FITS, GangRequest
@@ -232,8 +233,8 @@ class CycleContext:
         entry, except those a suspended FIFO passed over, whose failure is their pair's (only rigid
         jobs are suspended); the plan's `PendingReasons` reads them the same way."""
         why = self.reasons.get(job.id)
-        if why is None and job.min_replicas is None and self.plain_failed is not None and job.id not in self.bound:
-            why = self.plain_failed.get((job.queue, job.request_key))
+        if why is None and job.id not in self.bound:
+            why = waits_behind(self.plain_failed, job)
         return why
 
     def wait(self, job: Job, code: str, message: str) -> None:
