@@ -19,17 +19,13 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
-from operator import attrgetter
 
 from leitstand.scheduler.actions import allocate, consolidate, grow, migrate, preempt, reclaim
-from leitstand.scheduler.actions.context import Code, CycleContext
+from leitstand.scheduler.actions.context import CycleContext
 from leitstand.scheduler.actions.shares import open_shares
 from leitstand.scheduler.fairshare import build_queue_tree
 from leitstand.scheduler.model import (
     GPU_MILLI,
-    Job,
-    JobId,
-    PendingReason,
     PendingReasons,
     Plan,
     Queue,
@@ -38,13 +34,11 @@ from leitstand.scheduler.model import (
     Snapshot,
     collector_paused,
 )
-from leitstand.scheduler.ordering import job_order_key
+from leitstand.scheduler.pending import open_pending
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.running import open_running
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import QueueAccounting, Statement
-
-_MIN_REPLICAS = attrgetter("min_replicas")
 
 __all__ = ["ACTIONS", "run_cycle"]
 
@@ -139,36 +133,19 @@ def _run_cycle(
     lap("snapshot")
 
     # 2. Sort the pending jobs into their leaf queues, in job order (once for every action); jobs of
-    #    unknown or inner queues wait here.
-    reasons: dict[JobId, PendingReason] = {}
-    pending_by_queue: dict[QueueName, list[Job]] = {}
-    refused: dict[QueueName, str] = {}  # unknown and inner queues: why their jobs wait
-    for job in snapshot.pending:
-        jobs = pending_by_queue.get(job.queue)
-        if jobs is not None:
-            jobs.append(job)
-            continue
-        why = refused.get(job.queue)
-        if why is None:
-            if job.queue not in tree.queues:
-                why = refused[job.queue] = f"queue {job.queue} does not exist; create it or resubmit"
-            elif not tree.is_leaf(job.queue):
-                why = refused[job.queue] = (
-                    f"queue {job.queue} has child queues and holds no jobs; submit to one of its leaf queues"
-                )
-            else:
-                pending_by_queue[job.queue] = [job]
-                continue
-        reasons[job.id] = PendingReason(job.id, Code.UNKNOWN_QUEUE, why)
-    for jobs in pending_by_queue.values():
-        jobs.sort(key=job_order_key)
+    #    unknown or inner queues wait here. Sorted afresh, or, with a kept state, the last cycle's
+    #    sort with the jobs that started taken out and the new ones sorted in (`pending.open_pending`).
+    waiting = open_pending(snapshot.pending, tree, state, sums.log)
+    pending_by_queue = waiting.by_queue
     lap("queues")
 
     # 3. Fair share, once per cycle: capacity = GPUs of schedulable nodes (each reserved pool apart,
     #    per GPU model when queues set model quotas); leaf demand = allocated + pending (`open_shares`).
     capacity = float(work.gpu_count[work.schedulable].sum()) * GPU_MILLI
     usage = _usage_share(snapshot, config, capacity)
-    shares = open_shares(tree, stmt, pending_by_queue, usage_share=usage, growth_milli=sums.growth)
+    shares = open_shares(
+        tree, stmt, pending_by_queue, usage_share=usage, growth_milli=sums.growth, pending_milli=waiting.demand
+    )
     lap("fair_share")
 
     # 4. The actions, in order, on one statement: allocate, reclaim, preempt, consolidate, migrate, grow.
@@ -187,11 +164,11 @@ def _run_cycle(
         reserved_pools=reserved,
         all_reserved=frozenset(p for p in reserved.values() if p is not None),
         # (`min_replicas` is None or at least 1: truthy exactly for elastic jobs; tested in C)
-        elastic=sums.elastic or any(map(_MIN_REPLICAS, snapshot.pending)),
+        elastic=sums.elastic or waiting.elastic > 0,
         running_priorities=sums.preemptible_priorities,
         running_sums=sums,
     )
-    ctx.reasons.update(reasons)
+    ctx.reasons.update(waiting.refused)
     for name, action in ACTIONS:
         action(ctx)
         lap(name)

@@ -55,6 +55,9 @@ class RunningSums:
     _slots: VictimSlots | None = field(default=None, repr=False)
     _deleted: int = field(default=0, repr=False)
     """Jobs deleted from `by_id` since it was last compacted (see `_updated`)."""
+    log: list[tuple[bool, RunningJob]] | None = field(default=None, repr=False)
+    """What the caller's state logged since its last cycle, as this cycle took it (None: no state, or
+    the first cycle on it): the pending jobs' sort reads the starts too (`pending.open_pending`)."""
 
     @property
     def slots(self) -> VictimSlots:
@@ -133,6 +136,7 @@ def open_running(running: tuple[RunningJob, ...], state: ClusterState | None = N
     sums = _updated(last, log, running) if last is not None and log is not None else None
     if sums is None:
         sums = _fresh(running)
+    sums.log = log
     if not sums.elastic and len(sums.by_id) == len(running):  # no id listed twice
         state.cycle_cache[CACHE_KEY] = sums
         if sums._slots is not None and sums._slots.crowded():

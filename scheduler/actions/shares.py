@@ -138,9 +138,11 @@ def open_shares(
     *,
     usage_share: Mapping[QueueName, float] | None,
     growth_milli: Mapping[QueueName, int] | None = None,
+    pending_milli: Mapping[QueueName, int] | None = None,
 ) -> FairShares:
     """The cycle's fair shares: leaf demand = allocated + pending (+ `growth_milli`, the replicas
-    running elastic jobs lack to reach full size); capacity = schedulable GPUs.
+    running elastic jobs lack to reach full size); capacity = schedulable GPUs. `pending_milli`, when
+given, is what each leaf's pending jobs ask for in all (the cycle keeps it with its sort of them).
 
     Reserved pools: the GPUs of each node pool some queue reserves are passed apart from the shared
     GPUs, so they are divided only inside the subtree reserved to them. Per-model quotas (any queue
@@ -157,8 +159,10 @@ def open_shares(
     for queue, missing in (growth_milli or {}).items():  # running elastic jobs below full size want the rest
         if queue in demand:
             demand[queue] += missing
-    for queue, jobs in pending_by_queue.items():
-        demand[queue] += sum(map(_GPU_MILLI_TOTAL, jobs))
+    if pending_milli is None:
+        pending_milli = {queue: sum(map(_GPU_MILLI_TOTAL, jobs)) for queue, jobs in pending_by_queue.items()}
+    for queue, milli in pending_milli.items():
+        demand[queue] += milli
     gpus = np.where(state.schedulable, state.gpu_count, 0).astype(np.float64) * GPU_MILLI
     reservation = effective_reservations(tree)
     reserved = sorted({p for p in reservation.values() if p is not None})
