@@ -142,7 +142,7 @@ def open_shares(
 ) -> FairShares:
     """The cycle's fair shares: leaf demand = allocated + pending (+ `growth_milli`, the replicas
     running elastic jobs lack to reach full size); capacity = schedulable GPUs. `pending_milli`, when
-given, is what each leaf's pending jobs ask for in all (the cycle keeps it with its sort of them).
+    given, is what each leaf's pending jobs ask for in all (the cycle keeps it with its sort of them).
 
     Reserved pools: the GPUs of each node pool some queue reserves are passed apart from the shared
     GPUs, so they are divided only inside the subtree reserved to them. Per-model quotas (any queue
