@@ -178,6 +178,7 @@ def _run_cycle(
     # 5. Close: the statement's log is the plan; every pending job left unbound carries a reason.
     bindings = stmt.bindings()
     bound_now = {b.job_id for b in bindings}
+    waiting.bound = bound_now  # (the next cycle's sort takes them out: `pending.open_pending`)
     pending = PendingReasons(snapshot.pending, bound_now, ctx.reasons, ctx.plain_failed)  # made when read
     lap("close")
     phases["total"] = clock() - started

@@ -11,7 +11,8 @@ cycle although only a few jobs arrive or start in between (the openb replay at l
 ~12,000 waiting at the end of its arrivals). A caller that keeps a `ClusterState` starts the jobs a
 plan binds with `allocate_job`, which the state logs (`ClusterState.running_log`,
 `running.open_running`); the next cycle takes the last cycle's sort, takes the jobs that started out
-of it, and adds the snapshot's jobs that come after those that stayed.
+of it — and those the last cycle bound, which a caller that applies its plans no longer lists even
+before its state sees them start — and adds the snapshot's jobs that come after those that stayed.
 
 Exact, and checked: the kept sort is used only if the snapshot lists, first, the jobs that stayed —
 the very same objects in the same order (one identity comparison per job, run in C) — and after
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from operator import attrgetter, is_
 from typing import TYPE_CHECKING
@@ -66,6 +68,10 @@ class PendingSort:
     """How many pending jobs are elastic (`Job.min_replicas` set)."""
     tree: _TreeShape
     """The queue tree it was sorted for."""
+    bound: AbstractSet[JobId] = frozenset()
+    """The jobs the cycle that read this sort bound (set by `cycle.run_cycle`): a caller that applies
+    the plan lists them no longer, whether or not its state logged them starting yet (the operator's
+    pods of an admitted gang show up cycles later)."""
 
     def _add(self, job: Job, tree: QueueTree, leaves: frozenset[QueueName]) -> None:
         """Sort one job in (after the jobs already listed in snapshot order)."""
@@ -167,16 +173,18 @@ def _fresh(pending: Sequence[Job], tree: QueueTree, shape: _TreeShape) -> Pendin
 def _updated(
     last: PendingSort, pending: Sequence[Job], log: list[tuple[bool, RunningJob]], tree: QueueTree
 ) -> PendingSort | None:
-    """`last` with the logged starts taken out and the snapshot's new jobs sorted in (mutated and
-    returned), or None when a fresh sort is needed: the jobs that stayed are not the snapshot's
-    first jobs object for object, or a job after them is listed already."""
+    """`last` with the jobs the last cycle bound and the logged starts taken out and the snapshot's
+    new jobs sorted in (mutated and returned), or None when a fresh sort is needed: the jobs that
+    stayed are not the snapshot's first jobs object for object, or a job after them is listed
+    already."""
     jobs = last.jobs
-    for started, held in log:
-        if not started:
-            continue  # (a job that ended and is pending again is a job the snapshot lists anew)
-        gone = jobs.get(held.job.id)
+    left = [*last.bound, *(held.job.id for started, held in log if started)]
+    # (a job that ended and is pending again is a job the snapshot lists anew)
+    for job_id in left:
+        gone = jobs.get(job_id)
         if gone is not None and not last._remove(gone):
             return None
+    last.bound = frozenset()
     stayed = len(jobs)
     if len(pending) < stayed or not all(map(is_, pending, jobs.values())):
         return None

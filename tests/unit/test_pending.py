@@ -89,10 +89,16 @@ def test_the_kept_sort_equals_a_fresh_sort_whatever_the_caller_does(seed: int, s
     for _ in range(rng.randint(0, 30)):
         pending.append(_job(made, rng, 0.0))
         made += 1
+    bound: list[Job] = []
     for step in range(steps):
         now = 60.0 * (step + 1)
+        for job in bound:  # what the last cycle bound: mostly started, or gone and not started yet, or left
+            if job in pending and rng.random() < 0.9:
+                pending.remove(job)
+                if rng.random() < 0.6:
+                    start(job)  # (else in flight: the operator's pods show up later)
         startable = [job for job in pending if job.queue in ("a", "b", "c")]
-        for job in rng.sample(startable, min(len(startable), rng.randint(0, 3))):  # bound, started
+        for job in rng.sample(startable, min(len(startable), rng.randint(0, 2))):  # started by the caller alone
             pending.remove(job)
             start(job)
         for _ in range(rng.randint(0, 4)):  # new jobs at the end
@@ -125,7 +131,11 @@ def test_the_kept_sort_equals_a_fresh_sort_whatever_the_caller_does(seed: int, s
         snapshot = list(pending)
         if rng.random() < 0.05 and pending:  # an id listed twice
             snapshot.append(pending[0])
-        _same(_cycle_reads(snapshot, tree, state, running), open_pending(tuple(snapshot), tree))
+        sort = _cycle_reads(snapshot, tree, state, running)
+        _same(sort, open_pending(tuple(snapshot), tree))
+        startable = [job for job in pending if job.queue in ("a", "b", "c")]
+        bound = rng.sample(startable, min(len(startable), rng.randint(0, 3)))
+        sort.bound = frozenset(job.id for job in bound)  # as `run_cycle` records its plan's bindings
 
 
 def _caller(rng: random.Random, n: int = 40) -> tuple[ClusterState, list[Job], QueueTree, PendingSort]:

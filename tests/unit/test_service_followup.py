@@ -203,3 +203,36 @@ def test_a_job_found_running_without_its_admission_gets_the_time_its_pods_were_c
     assert status["admittedAt"] == rfc3339(NOW - 200)
     [held] = scheduler.last_running
     assert held.started_at == NOW - 200  # not the cycle's clock (NOW + 30)
+
+
+def test_the_cores_sort_of_a_waiting_backlog_is_kept_from_cycle_to_cycle(monkeypatch: Any) -> None:
+    """The loop hands the core the same job objects in the same order while they wait, and new ones
+    after them, so the core's sort of the pending jobs (`scheduler/pending.py`) is built once and
+    then updated — also when a job arrives, and when one is admitted (it is no longer listed the next
+    cycle, while its pods do not exist yet)."""
+    from leitstand.scheduler import pending
+
+    fresh = []
+    real = pending._fresh
+    monkeypatch.setattr(pending, "_fresh", lambda *args: fresh.append(1) or real(*args))
+    api = FakeApiServer()
+    scheduler, cache, clock = world(api)
+    for name in ("wide-a", "wide-b", "wide-c"):  # 4 replicas of 8 GPUs on two 8-GPU nodes: they wait
+        scheduler.on_trainingjob("ADDED", tj_json("team", name, "team", replicas=4))
+    kept = []
+    from test_service_robustness import cycle_after
+
+    admitted = []
+    for step in range(5):
+        cycle_after(scheduler, clock, 1.0)
+        kept.append(cache.state.cycle_cache.get(pending.CACHE_KEY))
+        if step == 1:
+            scheduler.on_trainingjob("ADDED", tj_json("team", "wide-d", "team", replicas=4))
+        if step == 2:
+            scheduler.on_trainingjob("ADDED", tj_json("team", "small", "team", gpus=1))
+        if step == 3:
+            admitted = [c for c in api.calls if c[0] == "POST" and c[1].endswith("/pods")]
+    assert admitted and not cache.pods  # admitted in the fourth cycle; no pod seen by the fifth
+    assert [j.id for j in scheduler.last_pending] == ["team/wide-a", "team/wide-b", "team/wide-c", "team/wide-d"]
+    assert len(fresh) == 1 and all(sort is kept[0] for sort in kept)
+    assert [j.id for jobs in kept[-1].by_queue.values() for j in jobs] == [j.id for j in scheduler.last_pending]
