@@ -126,9 +126,11 @@ class ClusterState:
     """Owned by `actions/context.py`: each pending job's gang request from earlier cycles, reused while
     the job, its queue's node-pool reservations and `schedulable` are unchanged (shared by copies)."""
     cycle_cache: dict[Any, Any] = field(default_factory=dict)
-    """What a cycle leaves for the next (shared by copies): the columns of the last victim pool per
-    cost key (`victims.py`, keyed by the key function), failed consolidation shapes and when to try
-    them again (`actions/consolidate.py`, under "consolidate")."""
+    """What a cycle leaves for the next (shared by copies): the running jobs' sums (`running.py`,
+    under "running"), the pending jobs' sort into leaf queues (`pending.py`, under "pending"), the
+    columns of the last victim pool per cost key (`victims.py`, keyed by the key function), failed
+    consolidation shapes and when to try them again (`actions/consolidate.py`, under "consolidate").
+    docs/cycle.md, "What a kept state carries between cycles"."""
     running_log: list[tuple[bool, RunningJob]] | None = None
     """Jobs started (True) and ended (False) by `allocate_job` / `release_job` since a cycle last read
     this state (`running.open_running`, which starts the log); None: not recorded. Copies do not
