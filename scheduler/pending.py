@@ -73,7 +73,7 @@ class PendingSort:
     the plan lists them no longer, whether or not its state logged them starting yet (the operator's
     pods of an admitted gang show up cycles later)."""
 
-    def _add(self, job: Job, tree: QueueTree, leaves: frozenset[QueueName]) -> None:
+    def _add(self, job: Job, tree: QueueTree) -> None:
         """Sort one job in (after the jobs already listed in snapshot order)."""
         self.jobs[job.id] = job
         if job.min_replicas is not None:
@@ -86,11 +86,11 @@ class PendingSort:
             else:
                 insort(jobs, job, key=job_order_key)
             self.demand[queue] += job.gpu_milli_total
-        elif queue in leaves:
+        elif (why := _refusal(tree, queue)) is None:
             self.by_queue[queue] = [job]
             self.demand[queue] = job.gpu_milli_total
         else:
-            self.refused[job.id] = PendingReason(job.id, Code.UNKNOWN_QUEUE, _refusal(queue, queue in tree.queues))
+            self.refused[job.id] = PendingReason(job.id, Code.UNKNOWN_QUEUE, why)
 
     def _remove(self, job: Job) -> bool:
         """Take one listed job out (it started); False when it is not where its key says."""
@@ -114,10 +114,13 @@ class PendingSort:
         return True
 
 
-def _refusal(queue: QueueName, exists: bool) -> str:
-    if not exists:
+def _refusal(tree: QueueTree, queue: QueueName) -> str | None:
+    """Why the jobs of `queue` wait unsorted; None for a leaf queue, whose jobs are sorted."""
+    if queue not in tree.queues:
         return f"queue {queue} does not exist; create it or resubmit"
-    return f"queue {queue} has child queues and holds no jobs; submit to one of its leaf queues"
+    if not tree.is_leaf(queue):
+        return f"queue {queue} has child queues and holds no jobs; submit to one of its leaf queues"
+    return None
 
 
 def open_pending(
@@ -157,10 +160,11 @@ def _fresh(pending: Sequence[Job], tree: QueueTree, shape: _TreeShape) -> Pendin
             continue
         why = why_of.get(job.queue)
         if why is None:
-            if job.queue in tree.queues and tree.is_leaf(job.queue):
+            why = _refusal(tree, job.queue)
+            if why is None:
                 by_queue[job.queue] = [job]
                 continue
-            why = why_of[job.queue] = _refusal(job.queue, job.queue in tree.queues)
+            why_of[job.queue] = why
         refused[job.id] = PendingReason(job.id, Code.UNKNOWN_QUEUE, why)
     demand: dict[QueueName, int] = {}
     for queue, listed in by_queue.items():
@@ -188,10 +192,8 @@ def _updated(
     stayed = len(jobs)
     if len(pending) < stayed or not all(map(is_, pending, jobs.values())):
         return None
-    if len(pending) > stayed:
-        leaves = frozenset(tree.leaves)
-        for job in pending[stayed:]:
-            if job.id in jobs:
-                return None
-            last._add(job, tree, leaves)
+    for job in pending[stayed:]:
+        if job.id in jobs:
+            return None
+        last._add(job, tree)
     return last
