@@ -26,6 +26,10 @@ def node_candidates_kernel(
     row_job: NDArray[np.int64],
     row_node: NDArray[np.int64],
     row_gpus: NDArray[np.int64],
+    row_bits: NDArray[np.int64],
+    job_milli: NDArray[np.int64],
+    job_cpu: NDArray[np.int64],
+    job_memory: NDArray[np.int64],
     chosen: NDArray[np.bool_],
     mask: NDArray[np.bool_],
     slots_now: NDArray[np.int64],
@@ -35,9 +39,13 @@ def node_candidates_kernel(
     width: int,
     replicas: int,
     max_nodes: int,
+    cap: int,
     out_nodes: NDArray[np.int64],
     out_jobs: NDArray[np.int64],
     out_bounds: NDArray[np.int64],
+    out_held: NDArray[np.int64],
+    out_cpu: NDArray[np.int64],
+    out_memory: NDArray[np.int64],
 ) -> int:
     """Nodes worth searching and their candidates; returns how many nodes were written.
 
@@ -49,7 +57,12 @@ def node_candidates_kernel(
     that reaches `replicas` is worth searching; they are ranked by the replicas they hold now
     (more first), then by node index, and the first `max_nodes` are written to `out_nodes`. Their
     candidates, per node in ascending entry order without repeats, are `out_jobs[out_bounds[k] :
-    out_bounds[k + 1]]` for the k-th node (`out_bounds` has `max_nodes + 1` entries)."""
+    out_bounds[k + 1]]` for the k-th node (`out_bounds` has `max_nodes + 1` entries).
+
+    With `cap` > 0, also what the k-th node's first `cap` candidates hold there (every row of
+    theirs on that node): milli per GPU index added to `out_held[k]` (`row_bits` says which GPUs a
+    row holds, `job_milli` how much of each), CPU milli and memory MiB per row to `out_cpu[k]` and
+    `out_memory[k]`; the caller passes them zeroed."""
     n_nodes = mask.shape[0]
     freed = np.zeros(n_nodes, np.int64)
     has = np.zeros(n_nodes, np.bool_)
@@ -117,8 +130,20 @@ def node_candidates_kernel(
     for r in range(row_job.shape[0]):
         k = position[row_node[r]]
         job = row_job[r]
-        if k >= 0 and chosen[job] and job != last[k]:
+        if k < 0 or not chosen[job]:
+            continue
+        if job != last[k]:
             out_jobs[fill[k]] = job
             fill[k] += 1
             last[k] = job
+        if fill[k] - out_bounds[k] <= cap:  # the job is among the node's first `cap` (its rank < cap)
+            bits = row_bits[r]
+            g = 0
+            while bits:
+                if bits & 1:
+                    out_held[k, g] += job_milli[job]
+                bits >>= 1
+                g += 1
+            out_cpu[k] += job_cpu[job]
+            out_memory[k] += job_memory[job]
     return n_out

@@ -56,8 +56,6 @@ Accept = Callable[[Sequence[RunningJob], GangRequest, GangPlacement], bool]
 found in that state; must leave the statement as it found it."""
 
 _Held = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
-_FirstHeld = tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
-"""`VictimPool.first_held`: per node (gathered yet, milli per GPU index, CPU milli, memory MiB)."""
 
 MAX_DOMAINS = 16
 """Candidate domains tried per tier per waiting gang (the most promising first); bounds a search."""
@@ -106,6 +104,14 @@ class _Columns:
     milli: NDArray[np.int64]
     slot: NDArray[np.int64]
     """Per job: its slot in the `VictimSlots` the pool was built from, -1 when it has none."""
+    gpu_bits: NDArray[np.int64]
+    """Per row: the GPU indices the replica holds, as bits (bit g: GPU g of its node)."""
+    gpu_milli: NDArray[np.int64]
+    """Per job: the milli it holds on each of its devices (`Job.gpu_milli`)."""
+    cpu: NDArray[np.int64]
+    """Per job: CPU milli per replica."""
+    memory: NDArray[np.int64]
+    """Per job: memory MiB per replica."""
 
 
 def _columns(
@@ -121,20 +127,29 @@ def _columns(
     started_list: list[float] = []
     milli_list: list[int] = []
     id_list: list[str] = []
+    bits_list: list[int] = []
+    per_gpu_list: list[int] = []
+    cpu_list: list[int] = []
+    memory_list: list[int] = []
     for v in candidates:
         job = v.job
         placements = v.placements
         count_list.append(len(placements))
         if len(placements) == 1:
             node_list.append(index[placements[0].node])
+            bits_list.append(_bits(placements[0].gpu_indices))
         else:
             node_list.extend([index[p.node] for p in placements])
+            bits_list.extend([_bits(p.gpu_indices) for p in placements])
         gpus = job.gpus
         device_list.append(gpus if gpus > 1 else 1)
         priority_list.append(job.priority)
         started_list.append(v.started_at)
         milli_list.append(job.gpu_milli_total)
         id_list.append(job.id)
+        per_gpu_list.append(job.gpu_milli)
+        cpu_list.append(job.cpu_milli)
+        memory_list.append(job.memory_mib)
     cols = _Columns(
         ordered=list(candidates),
         counts=np.array(count_list, dtype=np.int64),
@@ -144,8 +159,20 @@ def _columns(
         started=np.array(started_list, dtype=np.float64),
         milli=np.array(milli_list, dtype=np.int64),
         slot=np.full(len(candidates), -1, dtype=np.int64) if slot is None else slot,
+        gpu_bits=np.array(bits_list, dtype=np.int64),
+        gpu_milli=np.array(per_gpu_list, dtype=np.int64),
+        cpu=np.array(cpu_list, dtype=np.int64),
+        memory=np.array(memory_list, dtype=np.int64),
     )
     return cols, np.array(id_list, dtype=str)
+
+
+def _bits(gpu_indices: Sequence[int]) -> int:
+    """GPU indices as bits (`_Columns.gpu_bits`)."""
+    bits = 0
+    for g in gpu_indices:
+        bits |= 1 << g
+    return bits
 
 
 def _permute(cols: _Columns, perm: NDArray[np.int64]) -> _Columns:
@@ -166,6 +193,10 @@ def _permute(cols: _Columns, perm: NDArray[np.int64]) -> _Columns:
         started=cols.started[perm],
         milli=cols.milli[perm],
         slot=cols.slot[perm],
+        gpu_bits=cols.gpu_bits[given_rows],
+        gpu_milli=cols.gpu_milli[perm],
+        cpu=cols.cpu[perm],
+        memory=cols.memory[perm],
     )
 
 
@@ -230,15 +261,25 @@ def _merged(
 
     counts = kept.counts[keep]
     row_at = np.concatenate(([0], np.cumsum(counts)))[at_array]  # the first row of the kept job each precedes
+    kept_rows = np.repeat(keep, kept.counts)
+    fresh_at = np.repeat(row_at, fresh.counts)
+
+    def rows(old: NDArray[np.int64], new: NDArray[np.int64]) -> NDArray[np.int64]:
+        return np.insert(old[kept_rows], fresh_at, new)
+
     return _Columns(
         ordered=_spliced(list(compress(kept.ordered, keep_list)), fresh.ordered, at),
         counts=column(kept.counts, fresh.counts),
-        nodes=np.insert(kept.nodes[np.repeat(keep, kept.counts)], np.repeat(row_at, fresh.counts), fresh.nodes),
+        nodes=rows(kept.nodes, fresh.nodes),
         devices=column(kept.devices, fresh.devices),
         priority=column(kept.priority, fresh.priority),
         started=column(kept.started, fresh.started),
         milli=column(kept.milli, fresh.milli),
         slot=column(kept.slot, fresh.slot),
+        gpu_bits=rows(kept.gpu_bits, fresh.gpu_bits),
+        gpu_milli=column(kept.gpu_milli, fresh.gpu_milli),
+        cpu=column(kept.cpu, fresh.cpu),
+        memory=column(kept.memory, fresh.memory),
     )
 
 
@@ -358,7 +399,7 @@ class VictimPool:
     Built once per action (O(candidates × replicas)); each search then selects its candidates with
     a boolean array (`eligible`) instead of walking Python objects, and evicted jobs are dropped
     with `remove`. Row r of the flat arrays is one replica: `row_job[r]` (index into `ordered`),
-    `row_node[r]`, `row_gpus[r]` (devices it holds, at least 1).
+    `row_node[r]`, `row_gpus[r]` (devices it holds, at least 1), `row_bits[r]` (which GPUs).
 
     It also remembers hopeless domains: `failed[(shape, level, domain)]` = (the candidates evicted
     there, the epoch), meaning "with all of these gone the gang still had no placement there". A
@@ -402,6 +443,12 @@ class VictimPool:
         self.row_start = np.cumsum(counts) - counts
         self.row_node = cols.nodes
         self.row_gpus = np.repeat(cols.devices, counts)
+        self.row_bits = cols.gpu_bits
+        """Per row: the GPU indices the replica holds, as bits."""
+        self.job_milli = cols.gpu_milli
+        """Per entry: the milli its job holds on each of its devices."""
+        self.job_cpu = cols.cpu
+        self.job_memory = cols.memory
         self.priority = cols.priority
         self.alive = np.ones(len(self.ordered), dtype=np.bool_)
         self._shrinkable: NDArray[np.bool_] | None = None
@@ -413,10 +460,6 @@ class VictimPool:
         """Per node: the epoch of the last committed move that changed it."""
         self.failed: dict[tuple[object, ...], tuple[frozenset[int], int]] = {}
         self._labelled: dict[int, NDArray[np.bool_]] = {}
-        self.version = 0
-        """Bumped by every `remove`, `changed` and `shrink`: what `first_held` remembers holds while it stays."""
-        self._first_held: tuple[tuple[int, int, bytes], _FirstHeld] | None = None
-        """(cap, version, chosen) → what `first_held` gathered so far for them."""
 
     def __len__(self) -> int:
         return int(self.alive.sum())
@@ -459,7 +502,6 @@ class VictimPool:
         i = self.rank.get(job_id)
         if i is not None:
             self.alive[i] = False
-            self.version += 1
 
     @property
     def shrinkable(self) -> NDArray[np.bool_]:
@@ -478,7 +520,6 @@ class VictimPool:
         i = self.rank.get(job_id)
         if i is not None:
             self.shrunk[i] = True
-            self.version += 1
 
     def rows_of(self, chosen: NDArray[np.bool_]) -> NDArray[np.int64]:
         """Indices of the rows (replicas) of the chosen candidates, in row order. A few chosen jobs
@@ -519,51 +560,6 @@ class VictimPool:
 
         return column(nodes), column(gpus), column(milli), column(cpu), column(memory)
 
-    def first_held(
-        self, state: ClusterState, chosen: NDArray[np.bool_], cap: int, nodes: NDArray[np.int64]
-    ) -> _FirstHeld:
-        """Per node, what the first `cap` of the `chosen` candidates there (cost order) hold: milli
-        per GPU index, CPU milli and memory MiB — the victim-search bound at the node level
-        (`_candidate_domains`), where a domain is one node. The same for every request, so it is
-        gathered for `nodes` not gathered yet, and kept while the pool and `chosen` stay as they are
-        (a cycle's consolidation asks for the same best nodes for one waiting shape after another).
-        Full-size arrays; only the rows of nodes asked for so far are filled."""
-        key = (cap, self.version, chosen.tobytes())
-        known = self._first_held
-        if known is None or known[0] != key:
-            width = state.gpu_free_milli.shape[1]
-            fresh: _FirstHeld = (
-                np.zeros(state.n_nodes, dtype=np.bool_),
-                np.zeros((state.n_nodes, width), dtype=np.int64),
-                np.zeros(state.n_nodes, dtype=np.int64),
-                np.zeros(state.n_nodes, dtype=np.int64),
-            )
-            known = self._first_held = (key, fresh)
-        done, held, cpu_freed, memory_freed = known[1]
-        missing = nodes[~done[nodes]]
-        if missing.size:
-            done[missing] = True
-            wanted = np.zeros(state.n_nodes, dtype=np.bool_)
-            wanted[missing] = True
-            rows = self.rows_of(chosen)
-            rows = rows[wanted[self.row_node[rows]]]
-            node, job = self.row_node[rows], self.row_job[rows]
-            by = np.lexsort((job, node))  # per node, in cost order (a job's rows on one node adjacent)
-            node, job = node[by], job[by]
-            new_pair = np.ones(by.size, dtype=np.bool_)
-            new_pair[1:] = (node[1:] != node[:-1]) | (job[1:] != job[:-1])
-            new_node = np.ones(by.size, dtype=np.bool_)
-            new_node[1:] = node[1:] != node[:-1]
-            pair = np.cumsum(new_pair) - 1
-            rank = pair - pair[new_node][np.cumsum(new_node) - 1]  # the job's place among the node's candidates
-            top = rows[by[rank < cap]]
-            dev_node, dev_gpu, dev_milli, cpu, memory = self.held_by(top)
-            np.add.at(held, (dev_node, dev_gpu), dev_milli)
-            at = self.row_node[top]
-            cpu_freed += np.bincount(at, weights=cpu, minlength=state.n_nodes).astype(np.int64)
-            memory_freed += np.bincount(at, weights=memory, minlength=state.n_nodes).astype(np.int64)
-        return known[1]
-
     def labelled(self, state: ClusterState, level: int) -> NDArray[np.bool_]:
         """Nodes that carry a label at `level` (static; computed once per level)."""
         known = self._labelled.get(level)
@@ -575,7 +571,6 @@ class VictimPool:
     def changed(self, nodes: Iterable[int]) -> None:
         """A move was committed on these nodes: domain failures recorded there no longer hold."""
         self.epoch += 1
-        self.version += 1
         index = np.fromiter(nodes, dtype=np.int64)
         if index.size:
             self.node_epoch[index] = self.epoch
@@ -828,8 +823,8 @@ def _node_candidates(
 ) -> list[tuple[int, NDArray[np.int64], NDArray[np.bool_] | None, NDArray[np.int64]]]:
     """`_candidate_domains` at the node level, where a domain is one node: the same bound, ranking
     and candidate lists, computed by `victim_kernels.node_candidates_kernel`; then, with `cap`, the
-    device-by-device bound over each listed node's `cap` cheapest candidates (what they hold is
-    kept per pool state, `VictimPool.first_held`, and only the listed nodes are counted)."""
+    device-by-device bound over each listed node's `cap` cheapest candidates (what they hold there
+    is summed by the same kernel, from the pool's per-row GPU bits and per-job sizes)."""
     state = stmt.state
     width = max(request.gpus, 1)
     by_devices = request.gpus > 0 and request.gpu_milli > 0
@@ -837,10 +832,17 @@ def _node_candidates(
     listed = np.empty(MAX_DOMAINS, dtype=np.int64)
     jobs = np.empty(pool.row_job.size, dtype=np.int64)
     bounds = np.empty(MAX_DOMAINS + 1, dtype=np.int64)
+    bound = cap is not None and by_devices
+    held = np.zeros((MAX_DOMAINS, state.gpu_free_milli.shape[1]), dtype=np.int64)
+    freed = np.zeros((2, MAX_DOMAINS), dtype=np.int64)  # CPU milli, memory MiB
     count = node_candidates_kernel(
         pool.row_job,
         pool.row_node,
         pool.row_gpus,
+        pool.row_bits,
+        pool.job_milli,
+        pool.job_cpu,
+        pool.job_memory,
         chosen,
         np.ascontiguousarray(request.node_mask, dtype=np.bool_),
         slots_now,
@@ -850,28 +852,31 @@ def _node_candidates(
         width,
         request.replicas,
         MAX_DOMAINS,
+        cap if bound and cap is not None else 0,
         listed,
         jobs,
         bounds,
+        held,
+        freed[0],
+        freed[1],
     )
     if not count:
         return []
     order = listed[:count]
     viable: list[bool] | None = None
-    if cap is not None and by_devices:
-        _, held_milli, cpu_freed, memory_freed = pool.first_held(state, chosen, cap, order)
+    if bound:
         room = slots_now[order] // width
-        held = held_milli[order]
+        held = held[:count]
         touched = held.any(axis=1)
         if touched.any():
             free_then = np.minimum(state.gpu_free_milli[order[touched]] + held[touched], GPU_MILLI)
             room[touched] = _slots(free_then, request.gpu_milli) // width
-        for need, free, freed in (
-            (request.cpu_milli, state.cpu_free_milli, cpu_freed),
-            (request.memory_mib, state.memory_free_mib, memory_freed),
+        for need, free, by_node in (
+            (request.cpu_milli, state.cpu_free_milli, freed[0]),
+            (request.memory_mib, state.memory_free_mib, freed[1]),
         ):
             if need > 0:  # and no more replicas than the node's CPU and memory hold with them gone
-                np.minimum(room, (free[order] + freed[order]) // need, out=room)
+                np.minimum(room, (free[order] + by_node[:count]) // need, out=room)
         viable = (room >= request.replicas).tolist()
     ends = bounds[: count + 1].tolist()
     return [

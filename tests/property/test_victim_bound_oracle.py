@@ -132,9 +132,9 @@ def test_every_domain_the_bound_leaves_out_has_no_victim_set() -> None:
 
 
 def test_the_node_level_bound_kept_between_searches_matches_a_fresh_one() -> None:
-    """`VictimPool.first_held` keeps what each node's first candidates hold between the searches of
-    one pool (consolidation searches shape after shape): the domains kept must be those a fresh
-    pool gives, also after candidates leave the pool and committed moves change nodes."""
+    """One pool serves the searches of many shapes (consolidation searches shape after shape): the
+    domains kept must be those a fresh pool gives, also after candidates leave the pool and
+    committed moves change nodes."""
     compared = 0
     for seed in SEEDS:
         rng = np.random.default_rng(1000 + seed)
@@ -170,14 +170,24 @@ def test_the_compiled_node_level_list_matches_the_array_passes(monkeypatch: pyte
     """At the node level `_candidate_domains` answers with a compiled kernel (`victim_kernels`): the
     nodes it lists, their order, their candidates and which of them the cap's bound keeps must be
     what the general array passes give — with a short list (`MAX_DOMAINS` 1–3, so that the ranking
-    by free room decides which nodes are listed), chosen subsets of the pool and every cap."""
-    compared = listed = 0
+    by free room decides which nodes are listed), chosen subsets of the pool and every cap. Every
+    other pool is built as a kept one (`kept=`, after a pool of most of its candidates), so the
+    columns the kernel reads come from the merge of a last pool's columns and new candidates'."""
+    compared = listed = merged = 0
     for seed in SEEDS:
         rng = np.random.default_rng(2000 + seed)
         stmt, state, running = _cluster(rng)
         if not running:
             continue
-        pool = VictimPool(stmt, running, key=move_cost if rng.random() < 0.5 else victim_cost)
+        key = move_cost if rng.random() < 0.5 else victim_cost
+        kept: dict[object, object] | None = None
+        if seed % 2:  # (own stream: the cases above stay those of the seed)
+            kept = {}
+            draws = np.random.default_rng(3000 + seed).random(len(running))
+            before = [r for r, draw in zip(running, draws, strict=True) if draw < 0.7]
+            VictimPool(stmt, before, key=key, kept=kept)
+            merged += len(before) < len(running)
+        pool = VictimPool(stmt, running, key=key, kept=kept)
         for request in _requests(rng, state) + _requests(rng, state):
             request = replace(request, replicas=1, required_level=NONE, preferred_level=NONE)
             for most in (1, 3, 16):
@@ -192,4 +202,4 @@ def test_the_compiled_node_level_list_matches_the_array_passes(monkeypatch: pyte
                     ], (seed, most, cap)
                     compared += 1
                     listed += len(fast)
-    assert compared > 1000 and listed > 1000, (compared, listed)
+    assert compared > 1000 and listed > 1000 and merged > 10, (compared, listed, merged)
