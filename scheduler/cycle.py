@@ -158,7 +158,7 @@ def _run_cycle(
         config=config,
         tree=tree,
         shares=shares,
-        policy=policy_context if policy_context is not None else PolicyContext.build(work, config.policy),
+        policy=policy_context if policy_context is not None else _default_policy(work, config.policy),
         stmt=stmt,
         pending_by_queue=pending_by_queue,
         reserved_pools=reserved,
@@ -193,6 +193,22 @@ def _run_cycle(
         phase_seconds=phases,
         cycle_id=cycle_id,
     )
+
+
+def _default_policy(work: ClusterState, policy: str) -> PolicyContext:
+    """The placement policy a cycle uses when the caller gives none: `policy` with the default
+    typical shapes, built once and kept in `cycle_cache` while the cluster is the same (the same
+    GPU-model table object, which copies of a state share, and node count: all the build reads).
+    A new context every cycle cost its build and, per request shape, a comparison of the two
+    contexts' arrays before `placement` kept that shape's scores."""
+    key = ("policy", policy)
+    kept = work.cycle_cache.get(key)
+    if kept is not None and kept[0] is work.model_codes and kept[1].node_rank.shape[0] == work.n_nodes:
+        context: PolicyContext = kept[1]
+        return context
+    context = PolicyContext.build(work, policy)
+    work.cycle_cache[key] = (work.model_codes, context)
+    return context
 
 
 def _reservation(queues: Mapping[QueueName, Queue], name: QueueName) -> str | None:

@@ -129,7 +129,8 @@ class ClusterState:
     """What a cycle leaves for the next (shared by copies): the running jobs' sums (`running.py`,
     under "running"), the pending jobs' sort into leaf queues (`pending.py`, under "pending"), the
     columns of the last victim pool per cost key (`victims.py`, keyed by the key function), failed
-    consolidation shapes and when to try them again (`actions/consolidate.py`, under "consolidate").
+    consolidation shapes and when to try them again (`actions/consolidate.py`, under "consolidate"),
+    the default placement policy (`cycle.py`, under ("policy", name)).
     docs/cycle.md, "What a kept state carries between cycles"."""
     running_log: list[tuple[bool, RunningJob]] | None = None
     """Jobs started (True) and ended (False) by `allocate_job` / `release_job` since a cycle last read

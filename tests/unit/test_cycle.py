@@ -60,6 +60,42 @@ def test_maintained_state_is_copied_not_mutated() -> None:
     assert np.array_equal(state.gpu_free_milli, before)
 
 
+def test_a_kept_state_builds_the_default_policy_once_per_cluster_and_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no policy from the caller the cycle builds `config.policy` with the default shapes: once
+    per kept state (copies share it), again for another policy name or another cluster, never when
+    the caller brings a context; and the placements are those of a context built afresh."""
+    built: list[str] = []
+    real = PolicyContext.build
+
+    def build(state: ClusterState, policy: str = "leitstand", **kwargs: object) -> PolicyContext:
+        built.append(str(policy))
+        return real(state, policy, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cycle.PolicyContext, "build", staticmethod(build))
+    nodes, topology = make_cluster(2, 8)
+    state = ClusterState.from_nodes(nodes, topology)
+    plans = [
+        run_cycle(make_snapshot(nodes, pending=[make_job(f"j{k}", gpus=2)], topology=topology), state=state)
+        for k in range(3)
+    ]
+    assert built == ["leitstand"]
+    fresh = run_cycle(make_snapshot(nodes, pending=[make_job("j0", gpus=2)], topology=topology))
+    assert plans[0].bindings == fresh.bindings
+    assert len(built) == 2  # (no state: nothing to keep it on)
+    config = SchedulerConfig(policy="bestfit")
+    run_cycle(make_snapshot(nodes, topology=topology), config, state=state)
+    run_cycle(make_snapshot(nodes, topology=topology), config, state=state)
+    assert built[2:] == ["bestfit"]
+    other_nodes, other_topology = make_cluster(3, 8)
+    other = ClusterState.from_nodes(other_nodes, other_topology)
+    other.cycle_cache.update(state.cycle_cache)  # (a cache carried to another cluster is not trusted)
+    run_cycle(make_snapshot(other_nodes, topology=other_topology), state=other)
+    assert built[3:] == ["leitstand"]
+    given = real(state, "leitstand")
+    run_cycle(make_snapshot(nodes, topology=topology), state=state, policy_context=given)
+    assert len(built) == 4
+
+
 def test_unknown_and_inner_queues_get_a_reason() -> None:
     queues = [make_queue("dept"), make_queue("a", "dept")]
     plan = run_cycle(make_snapshot(queues=queues, pending=[make_job("x", "nope"), make_job("y", "dept")]))
