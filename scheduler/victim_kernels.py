@@ -1,8 +1,10 @@
-"""Compiled step of the victim search: which nodes are worth searching for a one-node gang.
+"""Compiled steps of the victim search: which nodes are worth searching for a one-node gang.
 
 What it holds: `node_candidates_kernel`, the node-level part of `victims._candidate_domains` (where a
 topology domain is one node): per node, the device-slots its candidates would free; the nodes that
 could then hold the gang, most free room first; and each such node's candidates, cheapest first.
+And `moves_refuted_kernel`: for consolidation, whether a node's search is sure to find no moves
+because some job it would move has nowhere to go (`victims.choose_victims` with `rehome`).
 
 Who calls it: `victims._candidate_domains` at the node level — every victim search of a gang that
 fits on one node (a one-replica job, or a gang whose required level is the node), the common case
@@ -19,6 +21,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 from numpy.typing import NDArray
+
+from leitstand.scheduler.model import GPU_MILLI as _MODEL_GPU_MILLI
+
+GPU_MILLI = int(_MODEL_GPU_MILLI)
 
 
 @njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
@@ -147,3 +153,194 @@ def node_candidates_kernel(
             out_cpu[k] += job_cpu[job]
             out_memory[k] += job_memory[job]
     return n_out
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
+def _fits_elsewhere(
+    node: int,
+    gpus: int,
+    milli: int,
+    cpu: int,
+    memory: int,
+    cpu_free_milli: NDArray[np.int64],
+    memory_free_mib: NDArray[np.int64],
+    gpu_whole_free: NDArray[np.int32],
+    gpu_max_free_milli: NDArray[np.int32],
+) -> bool:
+    """Could one replica of (gpus × milli, CPU, memory) fit on some node other than `node` as the
+    state is? Node masks, models and schedulability are not looked at: an over-estimate."""
+    for x in range(cpu_free_milli.shape[0]):
+        if x == node or cpu_free_milli[x] < cpu or memory_free_mib[x] < memory:
+            continue
+        if gpus == 0:
+            return True
+        if milli >= GPU_MILLI:
+            if gpu_whole_free[x] >= gpus:
+                return True
+        elif gpu_max_free_milli[x] >= milli:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
+def _fits_beside(
+    free: NDArray[np.int64], w_gpus: int, w_milli: int, m_gpus: int, m_milli: int
+) -> bool:
+    """Could a replica of `m_gpus` × `m_milli` fit on a node whose GPUs have `free` milli beside one
+    of `w_gpus` × `w_milli`, for some choice of GPUs for both (whole GPUs: milli 1000; at most one
+    GPU when a share is less)? Exact for those shapes; the caller checks that the waiting replica
+    fits by itself."""
+    if m_gpus == 0:
+        return True
+    full = 0
+    for g in range(free.shape[0]):
+        if free[g] >= GPU_MILLI:
+            full += 1
+    if w_gpus == 0:
+        if m_milli >= GPU_MILLI:
+            return full >= m_gpus
+        best = 0
+        for g in range(free.shape[0]):
+            best = max(best, free[g])
+        return best >= m_milli
+    if w_milli >= GPU_MILLI:  # the waiting replica takes `w_gpus` whole GPUs (all alike)
+        if m_milli >= GPU_MILLI:
+            return full >= w_gpus + m_gpus
+        enough = 0
+        for g in range(free.shape[0]):
+            if free[g] >= m_milli:
+                enough += 1
+        return enough >= w_gpus + 1  # (whole GPUs are among them)
+    # The waiting replica takes a share of one GPU a (free[a] >= w_milli).
+    if m_milli >= GPU_MILLI:
+        spare = False  # a GPU that is not whole but holds the waiting share: it keeps the whole ones
+        for g in range(free.shape[0]):
+            if w_milli <= free[g] < GPU_MILLI:
+                spare = True
+        return (full if spare else full - 1) >= m_gpus
+    first_w = -1
+    count_w = 0
+    count_m = 0
+    for g in range(free.shape[0]):
+        if free[g] >= w_milli + m_milli:
+            return True  # both shares on one GPU
+        if free[g] >= w_milli:
+            count_w += 1
+            first_w = g
+        if free[g] >= m_milli:
+            count_m += 1
+    if count_w == 0 or count_m == 0:
+        return False
+    if count_w >= 2 or count_m >= 2:
+        return True
+    return not free[first_w] >= m_milli  # one GPU each: they must differ
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
+def moves_refuted_kernel(
+    node: int,
+    entries: NDArray[np.int64],
+    max_victims: int,
+    row_start: NDArray[np.int64],
+    row_count: NDArray[np.int64],
+    row_node: NDArray[np.int64],
+    row_bits: NDArray[np.int64],
+    job_milli: NDArray[np.int64],
+    job_cpu: NDArray[np.int64],
+    job_memory: NDArray[np.int64],
+    gpu_free_milli: NDArray[np.int32],
+    gpu_count: NDArray[np.int32],
+    cpu_free_milli: NDArray[np.int64],
+    memory_free_mib: NDArray[np.int64],
+    gpu_whole_free: NDArray[np.int32],
+    gpu_max_free_milli: NDArray[np.int32],
+    w_gpus: int,
+    w_milli: int,
+    w_cpu: int,
+    w_memory: int,
+) -> bool:
+    """Is a consolidation search of one node sure to find no moves? True only when it is.
+
+    The search evicts the node's candidates `entries` cheapest first, at most `max_victims`; each
+    time the waiting replica (`w_*`: one replica, whole GPUs or a share of one) fits on the node,
+    the moves are accepted only if every evicted job is placed again somewhere. Here, for every such
+    prefix, each evicted job needs a possible home: another node that could hold it as the state is
+    (the search changes no other node when every candidate has its one replica here), or this node
+    beside the waiting replica with the prefix gone (`_fits_beside`, any choice of GPUs). If some
+    job has neither, that prefix's moves are refused for sure; if every prefix is refused, so is the
+    search. Only necessary conditions are tested (homes are over-estimated, and competition between
+    the moved jobs is ignored), so True never drops a search that could succeed. False (search as
+    usual) for what it does not model: a candidate with several replicas or several GPU shares, a
+    waiting replica with several GPU shares."""
+    if w_gpus > 1 and w_milli < GPU_MILLI:
+        return False
+    width = gpu_count[node]
+    free = np.empty(width, np.int64)
+    for g in range(width):
+        free[g] = gpu_free_milli[node, g]
+    cpu = cpu_free_milli[node]
+    memory = memory_free_mib[node]
+    n = min(max_victims, entries.shape[0])
+    gpus = np.zeros(n, np.int64)
+    home = np.zeros(n, np.int8)  # -1 no other node holds it, 1 one does, 0 not asked yet
+    for k in range(n):
+        e = entries[k]
+        if row_count[e] != 1:
+            return False
+        r = row_start[e]
+        if row_node[r] != node:
+            return False
+        bits = row_bits[r]
+        g = 0
+        while bits:
+            if bits & 1:
+                if g >= width:
+                    return False
+                free[g] += job_milli[e]
+                gpus[k] += 1
+            bits >>= 1
+            g += 1
+        if gpus[k] > 1 and job_milli[e] < GPU_MILLI:
+            return False
+        cpu += job_cpu[e]
+        memory += job_memory[e]
+        # Does the waiting replica fit now (the placement's test of one node for one replica)?
+        if cpu < w_cpu or memory < w_memory:
+            continue
+        if w_gpus > 0:
+            if w_milli >= GPU_MILLI:
+                whole = 0
+                for d in range(width):
+                    if free[d] >= GPU_MILLI:
+                        whole += 1
+                if whole < w_gpus:
+                    continue
+            else:
+                best = 0
+                for d in range(width):
+                    if free[d] > best:
+                        best = free[d]
+                if best < w_milli:
+                    continue
+        refused = False
+        for j in range(k + 1):
+            m = entries[j]
+            if home[j] == 0:
+                away = _fits_elsewhere(
+                    node, gpus[j], job_milli[m], job_cpu[m], job_memory[m],
+                    cpu_free_milli, memory_free_mib, gpu_whole_free, gpu_max_free_milli,
+                )
+                home[j] = 1 if away else -1
+            if home[j] == 1:
+                continue
+            if (
+                cpu - w_cpu >= job_cpu[m]
+                and memory - w_memory >= job_memory[m]
+                and _fits_beside(free, w_gpus, w_milli, gpus[j], job_milli[m])
+            ):
+                continue
+            refused = True
+            break
+        if not refused:
+            return False
+    return True

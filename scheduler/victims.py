@@ -45,7 +45,7 @@ from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.running import VictimSlots
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import Statement
-from leitstand.scheduler.victim_kernels import node_candidates_kernel
+from leitstand.scheduler.victim_kernels import moves_refuted_kernel, node_candidates_kernel
 
 Admissible = Callable[[RunningJob, Sequence[RunningJob]], bool]
 """May this candidate join the victims already taken? Called with `taken` already evicted on the
@@ -601,13 +601,19 @@ def choose_victims(
     eligible: NDArray[np.bool_] | None = None,
     admissible: Admissible | None = None,
     accept: Accept | None = None,
+    rehome: bool = False,
     tally: dict[str, int] | None = None,
 ) -> VictimChoice | None:
     """The cheapest victim set whose eviction gives `request` a valid placement, or None.
 
     `eligible` (per `pool.ordered` entry; default: every alive candidate) narrows the candidates.
+    `rehome`: `accept` takes a set only if every victim is placed again elsewhere (consolidation);
+    then a one-replica gang's node is not searched when a victim the search would evict surely
+    has nowhere to go (`victim_kernels.moves_refuted_kernel`: the same result, without the
+    evictions, placements and accepts of a search that cannot succeed).
     `tally`, when given, counts the domains searched (`domains`), those skipped as known hopeless
-    (`domains_skipped`) and the placement calls (`placements`) of this search.
+    (`domains_skipped`) or refuted up front (`domains_refuted`) and the placement calls
+    (`placements`) of this search.
     """
     chosen = pool.alive if eligible is None else (eligible & pool.alive)
     if max_victims <= 0 or not chosen.any():
@@ -621,6 +627,7 @@ def choose_victims(
     # Without an admissibility filter the greedy pass evicts exactly the first `max_victims`
     # candidates of a domain: a domain where even those cannot make room is left out up front.
     cap = max_victims if admissible is None else None
+    refute = rehome and admissible is None and request.replicas == 1
     for level in search_tiers(state, request):
         if best_cost is not None and best_cost[0] <= cheapest_priority:
             break  # a later tier cannot beat the best set on priority, and loses on locality or size
@@ -633,6 +640,9 @@ def choose_victims(
                 and known[0].issuperset(local)
             ):
                 _count(tally, "domains_skipped")
+                continue
+            if refute and level == state.n_levels and _moves_refuted(state, request, pool, domain, local, max_victims):
+                _count(tally, "domains_refuted")
                 continue
             if domain_mask is None:  # built only for domains actually searched
                 domain_mask = np.zeros(state.n_nodes, dtype=np.bool_)
@@ -661,6 +671,41 @@ def choose_victims(
             if successes >= MAX_SUCCESSES:
                 return best
     return best
+
+
+def _moves_refuted(
+    state: ClusterState,
+    request: GangRequest,
+    pool: VictimPool,
+    node: int,
+    local: NDArray[np.int64],
+    max_victims: int,
+) -> bool:
+    """`moves_refuted_kernel` for one node's search (`choose_victims` with `rehome`)."""
+    return bool(
+        moves_refuted_kernel(
+            node,
+            local,
+            max_victims,
+            pool.row_start,
+            pool.row_count,
+            pool.row_node,
+            pool.row_bits,
+            pool.job_milli,
+            pool.job_cpu,
+            pool.job_memory,
+            state.gpu_free_milli,
+            state.gpu_count,
+            state.cpu_free_milli,
+            state.memory_free_mib,
+            state.gpu_whole_free,
+            state.gpu_max_free_milli,
+            request.gpus,
+            request.gpu_milli if request.gpus else 0,
+            request.cpu_milli,
+            request.memory_mib,
+        )
+    )
 
 
 def _count(tally: dict[str, int] | None, key: str, amount: int = 1) -> None:

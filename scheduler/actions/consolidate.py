@@ -113,12 +113,14 @@ def run(ctx: CycleContext) -> None:
             max_victims=ctx.config.max_consolidation_moves,
             for_job=job.id,
             accept=accept,
+            rehome=True,
             tally=tally,
         )
         ctx.count("consolidate_searches")
         ctx.count("consolidate_domains", tally.get("domains", 0))
         ctx.count("consolidate_placements", tally.get("placements", 0))
         ctx.count("consolidate_domains_skipped", tally.get("domains_skipped", 0))
+        ctx.count("consolidate_domains_refuted", tally.get("domains_refuted", 0))
         if choice is None:
             ctx.count("consolidate_search_failures")
             failed.add(shape)

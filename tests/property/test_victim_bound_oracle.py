@@ -23,7 +23,7 @@ from leitstand.scheduler import victims
 from leitstand.scheduler.codes import NONE
 from leitstand.scheduler.fairshare import build_queue_tree
 from leitstand.scheduler.model import Job, JobId, NodeName, QueueName, ReplicaPlacement, RunningJob, Topology
-from leitstand.scheduler.placement import GangRequest
+from leitstand.scheduler.placement import GangPlacement, GangRequest, place_gang
 from leitstand.scheduler.policies import PolicyContext
 from leitstand.scheduler.state import ClusterState
 from leitstand.scheduler.statement import QueueAccounting, Statement
@@ -203,3 +203,127 @@ def test_the_compiled_node_level_list_matches_the_array_passes(monkeypatch: pyte
                     compared += 1
                     listed += len(fast)
     assert compared > 1000 and listed > 1000 and merged > 10, (compared, listed, merged)
+
+
+def _waiting(rng: np.random.Generator, state: ClusterState, k: int) -> tuple[Job, GangRequest]:
+    """A one-replica waiting job: whole GPUs, a share of one GPU, or none; sometimes one GPU model."""
+    gpus, milli = [(int(rng.choice([1, 2, 4])), 1000), (1, int(rng.choice([250, 500, 750]))), (0, 0)][
+        int(rng.choice([0, 0, 1, 1, 2]))
+    ]
+    job = Job(
+        id=JobId(f"w{k}"), queue=QueueName("a"), replicas=1, gpus=gpus, gpu_milli=milli,
+        cpu_milli=int(rng.choice([0, 4000, 20000])), memory_mib=int(rng.choice([0, 30000, 100000])),
+        gpu_models=frozenset() if rng.random() < 0.7 else frozenset({str(rng.choice(["A", "B"]))}), priority=100,
+    )
+    return job, GangRequest.for_job(state, job)
+
+
+def test_a_consolidation_search_refuted_up_front_finds_no_moves() -> None:
+    """With `rehome` (consolidation), `choose_victims` passes over a node when
+    `moves_refuted_kernel` says that a job the search would move surely has nowhere to go. Every
+    node is searched here as consolidation searches it — the waiting replica bound, then every moved
+    job placed again over the whole cluster, its GPU-model mask and all — and no node the kernel
+    refutes may yield moves. Clusters get a second helping of small jobs so that moved jobs often
+    have no home; the counts check that refutations, and searches that do find moves, both occur."""
+    refuted = searched = found_any = 0
+    for seed in SEEDS:
+        rng = np.random.default_rng(4000 + seed)
+        stmt, state, running = _cluster(rng)
+        extra = _cluster(np.random.default_rng(5000 + seed))[2]
+        for held in extra:  # small shares stacked on top where they still fit
+            if held.job.replicas != 1 or held.job.gpus != 1 or held.job.gpu_milli >= 1000:
+                continue
+            node = state.node_index.get(held.placements[0].node)
+            if node is None or node >= state.n_nodes or not held.placements[0].gpu_indices:
+                continue
+            (device,) = held.placements[0].gpu_indices
+            if device >= int(state.gpu_count[node]) or state.gpu_free_milli[node, device] < held.job.gpu_milli:
+                continue
+            if state.cpu_free_milli[node] < held.job.cpu_milli or state.memory_free_mib[node] < held.job.memory_mib:
+                continue
+            again = RunningJob(job=replace(held.job, id=JobId(f"x{held.job.id}")), placements=held.placements,
+                               started_at=held.started_at)
+            state.allocate_job(again)
+            running.append(again)
+        if not running:
+            continue
+        policy = PolicyContext.build(state)
+        for k in range(8):
+            waiting, request = _waiting(rng, state, k)
+
+            def accept(
+                moved: object,
+                req: GangRequest,
+                placement: object,
+                waiting: Job = waiting,
+                stmt: Statement = stmt,
+                policy: PolicyContext = policy,
+            ) -> bool:
+                mark = stmt.checkpoint()
+                try:
+                    stmt.bind(waiting, req, placement)  # type: ignore[arg-type]
+                    for m in moved:  # type: ignore[attr-defined]
+                        again = GangRequest.for_job(stmt.state, m.job)
+                        home = place_gang(stmt.state, again, policy)
+                        if not isinstance(home, GangPlacement):
+                            return False
+                        stmt.bind(m.job, again, home)
+                    return True
+                finally:
+                    stmt.rollback(mark)
+
+            for most in (1, 2, 4):
+                pool = VictimPool(stmt, running, key=move_cost)
+                level = state.n_levels
+                for domain, nodes, _, local in _candidate_domains(stmt, request, pool, pool.alive, level, most):
+                    mask = np.zeros(state.n_nodes, dtype=np.bool_)
+                    mask[nodes] = True
+                    found, _, _ = _search_domain(
+                        stmt, replace(request, node_mask=mask), nodes, _Lazy(pool.ordered, local), policy, most,
+                        JobId("w"), None, accept,
+                    )
+                    searched += 1
+                    found_any += found is not None
+                    if victims._moves_refuted(state, request, pool, domain, local, most):
+                        refuted += 1
+                        assert found is None, (seed, k, most, domain)
+    assert refuted > 100 and found_any > 50 and refuted + found_any <= searched, (refuted, found_any, searched)
+
+
+def _beside_by_trying(free: list[int], w_gpus: int, w_milli: int, m_gpus: int, m_milli: int) -> bool:
+    """`_fits_beside` by trying every choice of GPUs for the waiting replica."""
+    from itertools import combinations
+
+    def fits(after: list[int], gpus: int, milli: int) -> list[list[int]]:
+        if gpus == 0:
+            return [after]
+        out = []
+        for chosen in combinations(range(len(after)), gpus):
+            if all(after[g] >= milli for g in chosen):
+                out.append([after[g] - (milli if g in chosen else 0) for g in range(len(after))])
+        return out
+
+    return any(fits(after, m_gpus, m_milli) for after in fits(list(free), w_gpus, w_milli))
+
+
+def test_two_replicas_beside_each_other_on_one_node_is_decided_as_by_trying_every_choice() -> None:
+    """`victim_kernels._fits_beside` (the refutation's test of a moved job going back onto its node
+    beside the waiting replica) claims exactness for whole GPUs and single shares: compared with
+    trying every choice of GPUs for the waiting replica, on random free vectors of 1–8 GPUs."""
+    from leitstand.scheduler.victim_kernels import _fits_beside
+
+    rng = np.random.default_rng(7)
+    shapes = [(0, 0), (1, 1000), (2, 1000), (3, 1000), (1, 250), (1, 500), (1, 750)]
+    compared = true = 0
+    for _ in range(3000):
+        width = int(rng.integers(1, 9))
+        free = [int(x) for x in rng.choice([0, 100, 250, 500, 600, 750, 1000, 1000], size=width)]
+        (w_gpus, w_milli), (m_gpus, m_milli) = (shapes[int(i)] for i in rng.integers(len(shapes), size=2))
+        if w_gpus > width or not _beside_by_trying(free, w_gpus, w_milli, 0, 0):
+            continue  # (the caller asks only when the waiting replica fits by itself)
+        expected = _beside_by_trying(free, w_gpus, w_milli, m_gpus, m_milli)
+        got = bool(_fits_beside(np.array(free, dtype=np.int64), w_gpus, w_milli, m_gpus, m_milli))
+        assert got == expected, (free, w_gpus, w_milli, m_gpus, m_milli)
+        compared += 1
+        true += expected
+    assert compared > 1000 and 0 < true < compared, (compared, true)
