@@ -258,6 +258,7 @@ def moves_refuted_kernel(
     w_milli: int,
     w_cpu: int,
     w_memory: int,
+    home: NDArray[np.int8],
 ) -> bool:
     """Is a consolidation search of one node sure to find no moves? True only when it is.
 
@@ -271,7 +272,11 @@ def moves_refuted_kernel(
     search. Only necessary conditions are tested (homes are over-estimated, and competition between
     the moved jobs is ignored), so True never drops a search that could succeed. False (search as
     usual) for what it does not model: a candidate with several replicas or several GPU shares, a
-    waiting replica with several GPU shares."""
+    waiting replica with several GPU shares.
+
+    `home[e]`, per pool entry, remembers whether another node could hold entry e (1), could not
+    (-1), or was not asked yet (0); the caller keeps it while the state is unchanged (the answer
+    does not depend on the waiting job), so searches of one cycle ask each candidate once."""
     if w_gpus > 1 and w_milli < GPU_MILLI:
         return False
     width = gpu_count[node]
@@ -282,7 +287,6 @@ def moves_refuted_kernel(
     memory = memory_free_mib[node]
     n = min(max_victims, entries.shape[0])
     gpus = np.zeros(n, np.int64)
-    home = np.zeros(n, np.int8)  # -1 no other node holds it, 1 one does, 0 not asked yet
     for k in range(n):
         e = entries[k]
         if row_count[e] != 1:
@@ -325,13 +329,13 @@ def moves_refuted_kernel(
         refused = False
         for j in range(k + 1):
             m = entries[j]
-            if home[j] == 0:
+            if home[m] == 0:
                 away = _fits_elsewhere(
                     node, gpus[j], job_milli[m], job_cpu[m], job_memory[m],
                     cpu_free_milli, memory_free_mib, gpu_whole_free, gpu_max_free_milli,
                 )
-                home[j] = 1 if away else -1
-            if home[j] == 1:
+                home[m] = 1 if away else -1
+            if home[m] == 1:
                 continue
             if (
                 cpu - w_cpu >= job_cpu[m]

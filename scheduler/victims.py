@@ -459,6 +459,7 @@ class VictimPool:
         self.node_epoch = np.zeros(state.n_nodes, dtype=np.int64)
         """Per node: the epoch of the last committed move that changed it."""
         self.failed: dict[tuple[object, ...], tuple[frozenset[int], int]] = {}
+        self._homes: NDArray[np.int8] | None = None
         self._labelled: dict[int, NDArray[np.bool_]] = {}
 
     def __len__(self) -> int:
@@ -568,9 +569,18 @@ class VictimPool:
             self._labelled[level] = known
         return known
 
+    def homes(self) -> NDArray[np.int8]:
+        """Per entry: could a node other than its own hold it as the state is (1), not (-1), not
+        asked yet (0) — `moves_refuted_kernel`'s memo, cleared by every committed move (`changed`)."""
+        if self._homes is None:
+            self._homes = np.zeros(len(self.ordered), dtype=np.int8)
+        return self._homes
+
     def changed(self, nodes: Iterable[int]) -> None:
         """A move was committed on these nodes: domain failures recorded there no longer hold."""
         self.epoch += 1
+        if self._homes is not None:
+            self._homes.fill(0)
         index = np.fromiter(nodes, dtype=np.int64)
         if index.size:
             self.node_epoch[index] = self.epoch
@@ -704,6 +714,7 @@ def _moves_refuted(
             request.gpu_milli if request.gpus else 0,
             request.cpu_milli,
             request.memory_mib,
+            pool.homes(),
         )
     )
 

@@ -224,8 +224,10 @@ def test_a_consolidation_search_refuted_up_front_finds_no_moves() -> None:
     node is searched here as consolidation searches it — the waiting replica bound, then every moved
     job placed again over the whole cluster, its GPU-model mask and all — and no node the kernel
     refutes may yield moves. Clusters get a second helping of small jobs so that moved jobs often
-    have no home; the counts check that refutations, and searches that do find moves, both occur."""
-    refuted = searched = found_any = 0
+    have no home; the counts check that refutations, and searches that do find moves, both occur.
+    One pool serves every waiting job of a cluster, as in a cycle, so the kernel's memo of which
+    candidates have another home (`VictimPool.homes`) is read across waiting shapes."""
+    refuted = searched = found_any = remembered = 0
     for seed in SEEDS:
         rng = np.random.default_rng(4000 + seed)
         stmt, state, running = _cluster(rng)
@@ -248,32 +250,32 @@ def test_a_consolidation_search_refuted_up_front_finds_no_moves() -> None:
         if not running:
             continue
         policy = PolicyContext.build(state)
-        for k in range(8):
-            waiting, request = _waiting(rng, state, k)
+        asks = [_waiting(rng, state, k) for k in range(8)]
+        for most in (1, 2, 4):
+            pool = VictimPool(stmt, running, key=move_cost)  # one pool for all waiting jobs, as in a cycle
+            for waiting, request in asks:
 
-            def accept(
-                moved: object,
-                req: GangRequest,
-                placement: object,
-                waiting: Job = waiting,
-                stmt: Statement = stmt,
-                policy: PolicyContext = policy,
-            ) -> bool:
-                mark = stmt.checkpoint()
-                try:
-                    stmt.bind(waiting, req, placement)  # type: ignore[arg-type]
-                    for m in moved:  # type: ignore[attr-defined]
-                        again = GangRequest.for_job(stmt.state, m.job)
-                        home = place_gang(stmt.state, again, policy)
-                        if not isinstance(home, GangPlacement):
-                            return False
-                        stmt.bind(m.job, again, home)
-                    return True
-                finally:
-                    stmt.rollback(mark)
+                def accept(
+                    moved: object,
+                    req: GangRequest,
+                    placement: object,
+                    waiting: Job = waiting,
+                    stmt: Statement = stmt,
+                    policy: PolicyContext = policy,
+                ) -> bool:
+                    mark = stmt.checkpoint()
+                    try:
+                        stmt.bind(waiting, req, placement)  # type: ignore[arg-type]
+                        for m in moved:  # type: ignore[attr-defined]
+                            again = GangRequest.for_job(stmt.state, m.job)
+                            home = place_gang(stmt.state, again, policy)
+                            if not isinstance(home, GangPlacement):
+                                return False
+                            stmt.bind(m.job, again, home)
+                        return True
+                    finally:
+                        stmt.rollback(mark)
 
-            for most in (1, 2, 4):
-                pool = VictimPool(stmt, running, key=move_cost)
                 level = state.n_levels
                 for domain, nodes, _, local in _candidate_domains(stmt, request, pool, pool.alive, level, most):
                     mask = np.zeros(state.n_nodes, dtype=np.bool_)
@@ -286,8 +288,12 @@ def test_a_consolidation_search_refuted_up_front_finds_no_moves() -> None:
                     found_any += found is not None
                     if victims._moves_refuted(state, request, pool, domain, local, most):
                         refuted += 1
-                        assert found is None, (seed, k, most, domain)
+                        assert found is None, (seed, waiting.id, most, domain)
+            remembered += bool(pool.homes().any())
+            pool.changed([0])  # a committed move: nothing the memo says may be taken on trust
+            assert not pool.homes().any()
     assert refuted > 100 and found_any > 50 and refuted + found_any <= searched, (refuted, found_any, searched)
+    assert remembered > 50, remembered  # pools whose memo served several waiting jobs
 
 
 def _beside_by_trying(free: list[int], w_gpus: int, w_milli: int, m_gpus: int, m_milli: int) -> bool:
