@@ -40,18 +40,22 @@ def node_candidates_kernel(
     mask: NDArray[np.bool_],
     slots_now: NDArray[np.int64],
     gpu_count: NDArray[np.int32],
+    gpu_free_milli: NDArray[np.int32],
+    cpu_free_milli: NDArray[np.int64],
+    memory_free_mib: NDArray[np.int64],
     by_devices: bool,
     units: int,
     width: int,
     replicas: int,
+    req_milli: int,
+    req_cpu: int,
+    req_memory: int,
     max_nodes: int,
     cap: int,
     out_nodes: NDArray[np.int64],
     out_jobs: NDArray[np.int64],
     out_bounds: NDArray[np.int64],
-    out_held: NDArray[np.int64],
-    out_cpu: NDArray[np.int64],
-    out_memory: NDArray[np.int64],
+    out_viable: NDArray[np.bool_],
 ) -> int:
     """Nodes worth searching and their candidates; returns how many nodes were written.
 
@@ -65,10 +69,13 @@ def node_candidates_kernel(
     candidates, per node in ascending entry order without repeats, are `out_jobs[out_bounds[k] :
     out_bounds[k + 1]]` for the k-th node (`out_bounds` has `max_nodes + 1` entries).
 
-    With `cap` > 0, also what the k-th node's first `cap` candidates hold there (every row of
-    theirs on that node): milli per GPU index added to `out_held[k]` (`row_bits` says which GPUs a
-    row holds, `job_milli` how much of each), CPU milli and memory MiB per row to `out_cpu[k]` and
-    `out_memory[k]`; the caller passes them zeroed."""
+    With `cap` > 0 (a gang of GPU shares or whole GPUs, `req_milli` each), `out_viable[k]` says
+    whether the k-th node could hold the gang with its first `cap` candidates gone: what they hold
+    there (every row of theirs on that node: milli per GPU index from `row_bits` and `job_milli`,
+    CPU milli and memory MiB per row) is added to the node's free resources, and the replicas that
+    then fit — device-slots of `req_milli` per GPU (whole GPUs: GPUs fully free) over `width`,
+    no more than CPU and memory allow — must reach `replicas`. A node none of whose GPUs they free
+    counts its slots as they are (`slots_now`)."""
     n_nodes = mask.shape[0]
     freed = np.zeros(n_nodes, np.int64)
     has = np.zeros(n_nodes, np.bool_)
@@ -133,6 +140,10 @@ def node_candidates_kernel(
         out_bounds[k + 1] = out_bounds[k] + size[k]
     fill = out_bounds[:n_out].copy()
     last[:] = -1
+    n_gpus = gpu_free_milli.shape[1]
+    held = np.zeros((n_out, n_gpus), np.int64)
+    cpu_freed = np.zeros(n_out, np.int64)
+    memory_freed = np.zeros(n_out, np.int64)
     for r in range(row_job.shape[0]):
         k = position[row_node[r]]
         job = row_job[r]
@@ -147,11 +158,35 @@ def node_candidates_kernel(
             g = 0
             while bits:
                 if bits & 1:
-                    out_held[k, g] += job_milli[job]
+                    held[k, g] += job_milli[job]
                 bits >>= 1
                 g += 1
-            out_cpu[k] += job_cpu[job]
-            out_memory[k] += job_memory[job]
+            cpu_freed[k] += job_cpu[job]
+            memory_freed[k] += job_memory[job]
+    if cap > 0:
+        for k in range(n_out):
+            node = out_nodes[k]
+            touched = False
+            for g in range(n_gpus):
+                if held[k, g] != 0:
+                    touched = True
+            if touched:
+                slots = 0
+                for g in range(n_gpus):
+                    free = min(np.int64(gpu_free_milli[node, g]) + held[k, g], GPU_MILLI)
+                    if req_milli >= GPU_MILLI:
+                        if free >= GPU_MILLI:
+                            slots += 1
+                    else:
+                        slots += free // req_milli
+                room = slots // width
+            else:
+                room = slots_now[node] // width
+            if req_cpu > 0:
+                room = min(room, (cpu_free_milli[node] + cpu_freed[k]) // req_cpu)
+            if req_memory > 0:
+                room = min(room, (memory_free_mib[node] + memory_freed[k]) // req_memory)
+            out_viable[k] = room >= replicas
     return n_out
 
 

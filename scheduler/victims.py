@@ -878,9 +878,9 @@ def _node_candidates(
     cap: int | None,
 ) -> list[tuple[int, NDArray[np.int64], NDArray[np.bool_] | None, NDArray[np.int64]]]:
     """`_candidate_domains` at the node level, where a domain is one node: the same bound, ranking
-    and candidate lists, computed by `victim_kernels.node_candidates_kernel`; then, with `cap`, the
-    device-by-device bound over each listed node's `cap` cheapest candidates (what they hold there
-    is summed by the same kernel, from the pool's per-row GPU bits and per-job sizes)."""
+    and candidate lists, and with `cap` the device-by-device bound over each listed node's `cap`
+    cheapest candidates (what they hold there, from the pool's per-row GPU bits and per-job sizes),
+    all computed by `victim_kernels.node_candidates_kernel`."""
     state = stmt.state
     width = max(request.gpus, 1)
     by_devices = request.gpus > 0 and request.gpu_milli > 0
@@ -889,8 +889,7 @@ def _node_candidates(
     jobs = np.empty(pool.row_job.size, dtype=np.int64)
     bounds = np.empty(MAX_DOMAINS + 1, dtype=np.int64)
     bound = cap is not None and by_devices
-    held = np.zeros((MAX_DOMAINS, state.gpu_free_milli.shape[1]), dtype=np.int64)
-    freed = np.zeros((2, MAX_DOMAINS), dtype=np.int64)  # CPU milli, memory MiB
+    viable_out = np.empty(MAX_DOMAINS, dtype=np.bool_)
     count = node_candidates_kernel(
         pool.row_job,
         pool.row_node,
@@ -903,37 +902,27 @@ def _node_candidates(
         np.ascontiguousarray(request.node_mask, dtype=np.bool_),
         slots_now,
         state.gpu_count,
+        state.gpu_free_milli,
+        state.cpu_free_milli,
+        state.memory_free_mib,
         by_devices,
         _units_per_gpu(request),
         width,
         request.replicas,
+        request.gpu_milli if request.gpus else 0,
+        request.cpu_milli,
+        request.memory_mib,
         MAX_DOMAINS,
         cap if bound and cap is not None else 0,
         listed,
         jobs,
         bounds,
-        held,
-        freed[0],
-        freed[1],
+        viable_out,
     )
     if not count:
         return []
     order = listed[:count]
-    viable: list[bool] | None = None
-    if bound:
-        room = slots_now[order] // width
-        held = held[:count]
-        touched = held.any(axis=1)
-        if touched.any():
-            free_then = np.minimum(state.gpu_free_milli[order[touched]] + held[touched], GPU_MILLI)
-            room[touched] = _slots(free_then, request.gpu_milli) // width
-        for need, free, by_node in (
-            (request.cpu_milli, state.cpu_free_milli, freed[0]),
-            (request.memory_mib, state.memory_free_mib, freed[1]),
-        ):
-            if need > 0:  # and no more replicas than the node's CPU and memory hold with them gone
-                np.minimum(room, (free[order] + by_node[:count]) // need, out=room)
-        viable = (room >= request.replicas).tolist()
+    viable = viable_out[:count].tolist() if bound else None
     ends = bounds[: count + 1].tolist()
     return [
         (node, np.array([node], dtype=np.int64), None, jobs[ends[k] : ends[k + 1]])
