@@ -362,6 +362,11 @@ def moves_refuted_kernel(
                 if best < w_milli:
                     continue
         refused = False
+        # What the jobs that can only come back here need beside the waiting replica, together.
+        back_cpu = w_cpu
+        back_memory = w_memory
+        back_milli = w_gpus * w_milli
+        back_whole = w_gpus if w_milli >= GPU_MILLI else 0
         for j in range(k + 1):
             m = entries[j]
             if home[m] == 0:
@@ -372,14 +377,29 @@ def moves_refuted_kernel(
                 home[m] = 1 if away else -1
             if home[m] == 1:
                 continue
-            if (
+            if not (
                 cpu - w_cpu >= job_cpu[m]
                 and memory - w_memory >= job_memory[m]
                 and _fits_beside(free, w_gpus, w_milli, gpus[j], job_milli[m])
             ):
-                continue
-            refused = True
-            break
+                refused = True
+                break
+            back_cpu += job_cpu[m]
+            back_memory += job_memory[m]
+            back_milli += gpus[j] * job_milli[m]
+            if job_milli[m] >= GPU_MILLI:
+                back_whole += gpus[j]
+        if not refused:
+            # Each fits beside the waiting replica alone; all of them at once need at least their
+            # CPU, memory and GPU milli summed, and their whole GPUs fully free.
+            total = 0
+            whole = 0
+            for d in range(width):
+                total += free[d]
+                if free[d] >= GPU_MILLI:
+                    whole += 1
+            if back_cpu > cpu or back_memory > memory or back_milli > total or back_whole > whole:
+                refused = True
         if not refused:
             return False
     return True

@@ -333,3 +333,60 @@ def test_two_replicas_beside_each_other_on_one_node_is_decided_as_by_trying_ever
         compared += 1
         true += expected
     assert compared > 1000 and 0 < true < compared, (compared, true)
+
+
+@pytest.mark.parametrize(("cpu_of_node", "refuted"), [(20_000, True), (30_000, False)])
+def test_moved_jobs_that_can_only_come_back_must_fit_back_together(cpu_of_node: int, refuted: bool) -> None:
+    """Two small jobs share a node whose CPU they use up; the other node has no CPU left, so a moved
+    job can only come back to its own node. The waiting job needs 10 cores: with one job gone the
+    moved job cannot come back beside it; with both gone each would fit back beside it alone, but
+    not both — the search finds no moves, and the kernel must say so from the jobs' sum
+    (`moves_refuted_kernel`). With 10 more cores on the node, moving one job works (it comes back
+    beside the waiting job), and the kernel must let the search run."""
+    nodes = [
+        make_node("n0", 4, model="A", cpu_milli=cpu_of_node, memory_mib=256_000, topology=("s0", "r0")),
+        make_node("n1", 4, model="A", cpu_milli=20_000, memory_mib=256_000, topology=("s0", "r0")),
+    ]
+    state = ClusterState.from_nodes(nodes, Topology(levels=("spine", "rack")))
+    full = Job(id=JobId("cpu"), queue=QueueName("b"), replicas=1, gpus=0, gpu_milli=0, cpu_milli=20_000,
+               memory_mib=0, priority=10, preemptible=False)
+    state.allocate_job(RunningJob(job=full, placements=(ReplicaPlacement(NodeName("n1"), ()),), started_at=0.0))
+    running = []
+    for k, device in enumerate((0, 1)):
+        job = Job(id=JobId(f"s{k}"), queue=QueueName("b"), replicas=1, gpus=1, gpu_milli=500, cpu_milli=10_000,
+                  memory_mib=0, priority=10, preemptible=True)
+        held = RunningJob(job=job, placements=(ReplicaPlacement(NodeName("n0"), (device,)),), started_at=float(k))
+        state.allocate_job(held)
+        running.append(held)
+    tree = build_queue_tree([make_queue("a"), make_queue("b")])
+    stmt = Statement(state=state, accounting=QueueAccounting.empty(tree))
+    policy = PolicyContext.build(state)
+    waiting = Job(id=JobId("w"), queue=QueueName("a"), replicas=1, gpus=1, gpu_milli=500,
+                  cpu_milli=10_000, memory_mib=0, priority=100)
+    request = GangRequest.for_job(state, waiting)
+
+    def accept(moved: object, req: GangRequest, placement: object) -> bool:
+        mark = stmt.checkpoint()
+        try:
+            stmt.bind(waiting, req, placement)  # type: ignore[arg-type]
+            for m in moved:  # type: ignore[attr-defined]
+                again = GangRequest.for_job(stmt.state, m.job)
+                home = place_gang(stmt.state, again, policy)
+                if not isinstance(home, GangPlacement):
+                    return False
+                stmt.bind(m.job, again, home)
+            return True
+        finally:
+            stmt.rollback(mark)
+
+    pool = VictimPool(stmt, running, key=move_cost)
+    (listed,) = _candidate_domains(stmt, request, pool, pool.alive, state.n_levels, 4)
+    domain, nodes, _, local = listed
+    assert domain == 0 and len(local) == 2
+    mask = np.zeros(state.n_nodes, dtype=np.bool_)
+    mask[nodes] = True
+    found, _, _ = _search_domain(
+        stmt, replace(request, node_mask=mask), nodes, _Lazy(pool.ordered, local), policy, 4, JobId("w"), None, accept
+    )
+    assert (found is None) is refuted
+    assert victims._moves_refuted(state, request, pool, domain, local, 4) is refuted
