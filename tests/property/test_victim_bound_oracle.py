@@ -13,6 +13,7 @@ out of 205,264, none wrongly.)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -218,6 +219,30 @@ def _waiting(rng: np.random.Generator, state: ClusterState, k: int) -> tuple[Job
     return job, GangRequest.for_job(state, job)
 
 
+def _consolidation_accept(
+    stmt: Statement, policy: PolicyContext, waiting: Job
+) -> Callable[[Sequence[RunningJob], GangRequest, GangPlacement], bool]:
+    """Consolidation's acceptance of a victim set, as `actions/consolidate.py` makes it: with the
+    waiting job bound, every moved job must be placed again (over the whole cluster, its own request
+    and mask); everything is rolled back either way."""
+
+    def accept(moved: Sequence[RunningJob], req: GangRequest, placement: GangPlacement) -> bool:
+        mark = stmt.checkpoint()
+        try:
+            stmt.bind(waiting, req, placement)
+            for m in moved:
+                again = GangRequest.for_job(stmt.state, m.job)
+                home = place_gang(stmt.state, again, policy)
+                if not isinstance(home, GangPlacement):
+                    return False
+                stmt.bind(m.job, again, home)
+            return True
+        finally:
+            stmt.rollback(mark)
+
+    return accept
+
+
 def test_a_consolidation_search_refuted_up_front_finds_no_moves() -> None:
     """With `rehome` (consolidation), `choose_victims` passes over a node when
     `moves_refuted_kernel` says that a job the search would move surely has nowhere to go. Every
@@ -255,27 +280,7 @@ def test_a_consolidation_search_refuted_up_front_finds_no_moves() -> None:
             pool = VictimPool(stmt, running, key=move_cost)  # one pool for all waiting jobs, as in a cycle
             for waiting, request in asks:
 
-                def accept(
-                    moved: object,
-                    req: GangRequest,
-                    placement: object,
-                    waiting: Job = waiting,
-                    stmt: Statement = stmt,
-                    policy: PolicyContext = policy,
-                ) -> bool:
-                    mark = stmt.checkpoint()
-                    try:
-                        stmt.bind(waiting, req, placement)  # type: ignore[arg-type]
-                        for m in moved:  # type: ignore[attr-defined]
-                            again = GangRequest.for_job(stmt.state, m.job)
-                            home = place_gang(stmt.state, again, policy)
-                            if not isinstance(home, GangPlacement):
-                                return False
-                            stmt.bind(m.job, again, home)
-                        return True
-                    finally:
-                        stmt.rollback(mark)
-
+                accept = _consolidation_accept(stmt, policy, waiting)
                 level = state.n_levels
                 for domain, nodes, _, local in _candidate_domains(stmt, request, pool, pool.alive, level, most):
                     mask = np.zeros(state.n_nodes, dtype=np.bool_)
@@ -365,20 +370,7 @@ def test_moved_jobs_that_can_only_come_back_must_fit_back_together(cpu_of_node: 
                   cpu_milli=10_000, memory_mib=0, priority=100)
     request = GangRequest.for_job(state, waiting)
 
-    def accept(moved: object, req: GangRequest, placement: object) -> bool:
-        mark = stmt.checkpoint()
-        try:
-            stmt.bind(waiting, req, placement)  # type: ignore[arg-type]
-            for m in moved:  # type: ignore[attr-defined]
-                again = GangRequest.for_job(stmt.state, m.job)
-                home = place_gang(stmt.state, again, policy)
-                if not isinstance(home, GangPlacement):
-                    return False
-                stmt.bind(m.job, again, home)
-            return True
-        finally:
-            stmt.rollback(mark)
-
+    accept = _consolidation_accept(stmt, policy, waiting)
     pool = VictimPool(stmt, running, key=move_cost)
     (listed,) = _candidate_domains(stmt, request, pool, pool.alive, state.n_levels, 4)
     domain, nodes, _, local = listed
