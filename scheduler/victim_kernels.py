@@ -302,10 +302,13 @@ def moves_refuted_kernel(
     the moves are accepted only if every evicted job is placed again somewhere. Here, for every such
     prefix, each evicted job needs a possible home: another node that could hold it as the state is
     (the search changes no other node when every candidate has its one replica here), or this node
-    beside the waiting replica with the prefix gone (`_fits_beside`, any choice of GPUs). If some
-    job has neither, that prefix's moves are refused for sure; if every prefix is refused, so is the
-    search. Only necessary conditions are tested (homes are over-estimated, and competition between
-    the moved jobs is ignored), so True never drops a search that could succeed. False (search as
+    beside the waiting replica with the prefix gone (`_fits_beside`, any choice of GPUs); and the
+    jobs with no other home must all fit back at once (their CPU, memory and GPU milli summed with
+    the waiting replica's within what the node has free, their whole GPUs within its fully free
+    ones). If some job has no home, or those that must come back do not fit together, that prefix's
+    moves are refused for sure; if every prefix is refused, so is the search. Only necessary
+    conditions are tested (homes elsewhere are over-estimated, and jobs competing for them are not
+    counted against each other), so True never drops a search that could succeed. False (search as
     usual) for what it does not model: a candidate with several replicas or several GPU shares, a
     waiting replica with several GPU shares.
 

@@ -651,7 +651,12 @@ def choose_victims(
             ):
                 _count(tally, "domains_skipped")
                 continue
-            if refute and level == state.n_levels and _moves_refuted(state, request, pool, domain, local, max_victims):
+            if (
+                refute
+                and level == state.n_levels
+                and len(nodes) == 1
+                and _moves_refuted(state, request, pool, int(nodes[0]), local, max_victims)
+            ):
                 _count(tally, "domains_refuted")
                 continue
             if domain_mask is None:  # built only for domains actually searched
