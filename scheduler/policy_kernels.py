@@ -166,6 +166,32 @@ def _lowest_fitting_kernel(
 
 
 @njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
+def _most_free_fitting_kernel(
+    free: NDArray[np.int32], count: int, req_gpus: int, req_milli: int, out: NDArray[np.int32]
+) -> None:
+    """Several slices per replica: the `req_gpus` fitting GPUs with the most free milli (lowest index
+    on ties). Replica after replica, taking the GPUs with the most slots left places k replicas on a
+    node whenever Σ_g min(⌊free_g / milli⌋, k) ≥ k · req_gpus — the count `replica_capacity_kernel`
+    promises (each pick keeps that sum true for the replicas left) — where the lowest-index GPUs can
+    strand slots on one GPU (3 replicas of 2 × 0.5 on 3 free GPUs)."""
+    for taken in range(req_gpus):
+        best = -1
+        for g in range(count):
+            if free[g] < req_milli:
+                continue
+            already = False
+            for k in range(taken):
+                if out[k] == g:
+                    already = True
+                    break
+            if already:
+                continue
+            if best < 0 or free[g] > free[best]:
+                best = g
+        out[taken] = best
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
 def _pseudo_random_fitting_kernel(free: NDArray[np.int32], count: int, n: int, req_milli: int) -> int:
     """Random's GPU for a sharing task: a fitting GPU picked by a hash of the node and its free milli.
 
@@ -506,6 +532,9 @@ def choose_gpus_kernel(
     Sharing task: FGD and leitstand take the GPU their score picked, Random a pseudo-random fitting GPU,
     the others the GPU with the least
     free milli that fits (lowest index on ties). Whole- and multi-GPU tasks: lowest-index fitting GPUs.
+    Several slices per replica (`req_gpus` > 1 shares of one GPU each): the fitting GPUs with the most
+    free milli, for every policy (`_most_free_fitting_kernel`: the fill then places every replica the
+    placement's count promises).
 
     The optional trailing arguments make FGD's / leitstand's GPU choice exact: the node's free CPU
     (`-1`: unknown, taken as plenty), its model code and the request's CPU. Fragmentation depends on
@@ -516,7 +545,10 @@ def choose_gpus_kernel(
     free = gpu_free_milli[n]
     count = gpu_count[n]
     if not (req_gpus == 1 and 0 < req_milli < GPU_MILLI):
-        _lowest_fitting_kernel(free, count, req_gpus, req_milli, out)
+        if 0 < req_milli < GPU_MILLI:
+            _most_free_fitting_kernel(free, count, req_gpus, req_milli, out)
+        else:
+            _lowest_fitting_kernel(free, count, req_gpus, req_milli, out)
         return
     if policy == FGD:
         gpu_scores = np.empty(max(count, 1), dtype=np.int64)

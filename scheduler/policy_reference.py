@@ -237,7 +237,10 @@ def choose_gpus(
         return
     free = [int(f) for f in gpu_free_milli[n, : int(gpu_count[n])]]
     if not _is_sharing(req_gpus, req_milli):
-        chosen = [g for g, f in enumerate(free) if f >= req_milli][:req_gpus]
+        fitting = [g for g, f in enumerate(free) if f >= req_milli]
+        if 0 < req_milli < GPU_MILLI:  # several slices per replica: the most free first
+            fitting.sort(key=lambda g: -free[g])  # (stable: lowest index on ties)
+        chosen = fitting[:req_gpus]
         out[: len(chosen)] = chosen
         return
     cpu_free = node_cpu_free if node_cpu_free >= 0 else CPU_PLENTY

@@ -8,8 +8,9 @@
 - every replica sits on a node of the request's mask with distinct GPUs, and on one of its
   `allowed_nodes` when the request names them;
 - "never fits" is exact: NeverFits is claimed only for gangs an empty cluster cannot hold either,
-  and on an empty cluster a gang that does not fit is NeverFits (or NoMatchingNodes, or Fragmented
-  where greedy slice packing fails), never Insufficient or NoTopologyDomain.
+  and on an empty cluster a gang that does not fit is NeverFits (or NoMatchingNodes; Fragmented is
+  still accepted there, though the fill no longer leaves it), never Insufficient or NoTopologyDomain;
+- several GPU shares per replica: exactly as many replicas fit a node as its slots allow.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from builders import make_node
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from placement_cases import random_request, random_state
@@ -170,3 +172,40 @@ def test_a_remembered_failure_is_what_placing_again_says(seed: int, n_nodes: int
                 if where is work:
                     release_placement(work, request, placement)
     event(f"remembered failures asked again: {'some' if remembered else 'none'}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    free=st.lists(st.sampled_from([0, 100, 200, 250, 300, 400, 500, 600, 750, 800, 1000]), min_size=1, max_size=8),
+    gpus=st.integers(2, 4),
+    milli=st.sampled_from([100, 200, 250, 300, 400, 500, 600, 750]),
+    policy=st.sampled_from([PolicyCode.LEITSTAND, PolicyCode.FGD, PolicyCode.BESTFIT, PolicyCode.RANDOM]),
+)
+def test_several_slices_per_replica_place_exactly_as_many_replicas_as_the_slots_allow(
+    free: list[int], gpus: int, milli: int, policy: PolicyCode
+) -> None:
+    """A node whose GPUs have `free` milli holds k replicas of `gpus` slices of `milli` on distinct
+    GPUs exactly when Σ_g min(⌊free_g / milli⌋, k) ≥ k · gpus (a k × GPUs 0/1 matrix with rows of
+    `gpus` and columns within each GPU's slots). The placement of k replicas must succeed for the
+    largest such k, with distinct GPUs per replica and no GPU over-committed, and k + 1 must fail
+    as not fitting — never `Fragmented` (the fill takes the GPUs with the most room first)."""
+    state = ClusterState.from_nodes([make_node("a", gpus=len(free))])
+    state.gpu_free_milli[0, : len(free)] = free
+    state.refresh_aggregates()
+    slots = [f // milli for f in free]
+    most = max((k for k in range(0, sum(slots) + 1) if sum(min(s, k) for s in slots) >= k * gpus), default=0)
+    ctx = PolicyContext.build(state, policy)
+    for engine in ("numba", "reference"):
+        if most:
+            request = GangRequest(replicas=most, gpus=gpus, gpu_milli=milli, cpu_milli=0, memory_mib=0,
+                                  node_mask=np.ones(1, bool))
+            result = place_gang(state, request, ctx, engine=engine)
+            assert isinstance(result, GangPlacement), (engine, result)
+            assert all(len(set(row.tolist())) == gpus for row in result.gpus)
+            used = np.bincount(result.gpus.ravel(), minlength=len(free)) * milli
+            assert (used <= np.array(free)).all()
+        over = GangRequest(replicas=most + 1, gpus=gpus, gpu_milli=milli, cpu_milli=0, memory_mib=0,
+                           node_mask=np.ones(1, bool))
+        failed = place_gang(state, over, ctx, engine=engine)
+        assert isinstance(failed, Unplaceable) and failed.code != FRAGMENTED, (engine, failed)
+    event(f"replicas {most}")

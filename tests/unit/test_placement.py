@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from builders import make_cluster, make_job, make_node
@@ -307,15 +309,25 @@ def test_one_replica_without_topology_is_filter_max_score_rank_choose(policy: Po
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_greedy_fill_that_fails_is_fragmented_and_all_or_nothing(engine: str) -> None:
-    """3 replicas × 2 half-GPU slices on distinct GPUs fit 3 free GPUs (2+2+2 slots), but the
-    lowest-index GPU choice puts the first two replicas on GPUs 0 and 1, leaving only GPU 2."""
+@pytest.mark.parametrize("policy", ["leitstand", "fgd", "bestfit", "random"])
+def test_several_slices_per_replica_fill_every_slot_the_count_promises(engine: str, policy: str) -> None:
+    """3 replicas × 2 half-GPU slices on distinct GPUs fit 3 free GPUs ({0,1}, {1,2}, {0,2}). The
+    lowest-index GPUs put the first two replicas on GPUs 0 and 1 and left GPU 2's two slots to a
+    replica that needs two GPUs (`Fragmented`, a wrong answer this test once pinned); the fill takes
+    the GPUs with the most room first, for every policy. A fourth replica does not fit (6 slots)."""
     state = ClusterState.from_nodes([make_node("a", gpus=3)])
     request = GangRequest(replicas=3, gpus=2, gpu_milli=500, cpu_milli=0, memory_mib=0, node_mask=np.ones(1, bool))
     before = state.gpu_free_milli.copy()
-    result = place_gang(state, request, PolicyContext.build(state), engine=engine)
-    assert isinstance(result, Unplaceable) and result.code == FRAGMENTED
-    assert np.array_equal(before, state.gpu_free_milli)
+    ctx = PolicyContext.build(state, policy)
+    result = place_gang(state, request, ctx, engine=engine)
+    assert isinstance(result, GangPlacement)
+    assert np.array_equal(before, state.gpu_free_milli)  # (place_gang only proposes)
+    assert all(len(set(row.tolist())) == 2 for row in result.gpus)
+    assert sorted(result.gpus.ravel().tolist()) == [0, 0, 1, 1, 2, 2]
+    apply_placement(state, request, result)
+    assert state.gpu_free_milli[0, :3].tolist() == [0, 0, 0]
+    more = place_gang(state, dataclasses.replace(request, replicas=1), ctx, engine=engine)
+    assert isinstance(more, Unplaceable) and more.code != FRAGMENTED
 
 
 def test_a_remembered_failure_is_redone_without_the_placement_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
