@@ -128,10 +128,18 @@ def _fgd_int_kernel(before: float, after: float) -> int:
 
 
 @njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
-def _take_least_free_kernel(
-    free: NDArray[np.int32], count: int, req_gpus: int, req_milli: int, out: NDArray[np.int32]
+def _take_by_free_kernel(
+    free: NDArray[np.int32], count: int, req_gpus: int, req_milli: int, out: NDArray[np.int32], most: bool
 ) -> None:
-    """GPUs that fit, least free first (lowest index on ties): the after-state of a whole-GPU task."""
+    """`req_gpus` GPUs that fit, least free first (`most` False: the after-state of a whole-GPU task
+    in the scores) or most free first (`most` True: several slices per replica, which
+    `choose_gpus_kernel` places so); lowest index on ties.
+
+    Why most free first for several slices: replica after replica, taking the GPUs with the most
+    slots left places k replicas on a node whenever Σ_g min(⌊free_g / milli⌋, k) ≥ k · req_gpus —
+    the count `replica_capacity_kernel` promises (each pick keeps that sum true for the replicas
+    left) — where the lowest-index GPUs can strand slots on one GPU (3 replicas of 2 × 0.5 GPU on 3
+    free GPUs)."""
     taken = 0
     while taken < req_gpus:
         best = -1
@@ -145,7 +153,7 @@ def _take_least_free_kernel(
                     break
             if already:
                 continue
-            if best < 0 or free[g] < free[best]:
+            if best < 0 or (free[g] > free[best] if most else free[g] < free[best]):
                 best = g
         out[taken] = best
         taken += 1
@@ -163,32 +171,6 @@ def _lowest_fitting_kernel(
         if free[g] >= req_milli:
             out[taken] = g
             taken += 1
-
-
-@njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
-def _most_free_fitting_kernel(
-    free: NDArray[np.int32], count: int, req_gpus: int, req_milli: int, out: NDArray[np.int32]
-) -> None:
-    """Several slices per replica: the `req_gpus` fitting GPUs with the most free milli (lowest index
-    on ties). Replica after replica, taking the GPUs with the most slots left places k replicas on a
-    node whenever Σ_g min(⌊free_g / milli⌋, k) ≥ k · req_gpus — the count `replica_capacity_kernel`
-    promises (each pick keeps that sum true for the replicas left) — where the lowest-index GPUs can
-    strand slots on one GPU (3 replicas of 2 × 0.5 on 3 free GPUs)."""
-    for taken in range(req_gpus):
-        best = -1
-        for g in range(count):
-            if free[g] < req_milli:
-                continue
-            already = False
-            for k in range(taken):
-                if out[k] == g:
-                    already = True
-                    break
-            if already:
-                continue
-            if best < 0 or free[g] > free[best]:
-                best = g
-        out[taken] = best
 
 
 @njit(cache=True, nogil=True)  # type: ignore[misc,unused-ignore]
@@ -269,7 +251,7 @@ def _fgd_scores_kernel(
         return best, best_delta, best_g
     if req_gpus > 0 and req_milli > 0:
         taken = np.empty(req_gpus, dtype=np.int32)
-        _take_least_free_kernel(free, count, req_gpus, req_milli, taken)
+        _take_by_free_kernel(free, count, req_gpus, req_milli, taken, False)
         for k in range(req_gpus):
             row[taken[k]] -= req_milli
     after = _node_frag_kernel(
@@ -297,7 +279,7 @@ def _gpupacking_kernel(free: NDArray[np.int32], count: int, req_gpus: int, req_m
     if fully == count:
         return max(33 - fully, fully)
     taken = np.empty(req_gpus, dtype=np.int32)
-    _take_least_free_kernel(free, count, req_gpus, req_milli, taken)
+    _take_by_free_kernel(free, count, req_gpus, req_milli, taken, False)
     fully_used = 0
     pct = 0
     for k in range(req_gpus):
@@ -533,7 +515,7 @@ def choose_gpus_kernel(
     the others the GPU with the least
     free milli that fits (lowest index on ties). Whole- and multi-GPU tasks: lowest-index fitting GPUs.
     Several slices per replica (`req_gpus` > 1 shares of one GPU each): the fitting GPUs with the most
-    free milli, for every policy (`_most_free_fitting_kernel`: the fill then places every replica the
+    free milli, for every policy (`_take_by_free_kernel`: the fill then places every replica the
     placement's count promises).
 
     The optional trailing arguments make FGD's / leitstand's GPU choice exact: the node's free CPU
@@ -546,7 +528,7 @@ def choose_gpus_kernel(
     count = gpu_count[n]
     if not (req_gpus == 1 and 0 < req_milli < GPU_MILLI):
         if 0 < req_milli < GPU_MILLI:
-            _most_free_fitting_kernel(free, count, req_gpus, req_milli, out)
+            _take_by_free_kernel(free, count, req_gpus, req_milli, out, True)
         else:
             _lowest_fitting_kernel(free, count, req_gpus, req_milli, out)
         return
@@ -602,4 +584,4 @@ def choose_gpus_kernel(
         else:
             out[0] = g
         return
-    _take_least_free_kernel(free, count, 1, req_milli, out)
+    _take_by_free_kernel(free, count, 1, req_milli, out, False)
