@@ -72,8 +72,10 @@ def fgd_score(before: float, after: float) -> int:
     return int(1.0 / (1.0 + math.exp(-((before - after) / 1000.0))) * 100.0)
 
 
-def _least_free_fitting(free: list[int], req_gpus: int, req_milli: int) -> list[int]:
-    fitting = sorted((f, g) for g, f in enumerate(free) if f >= req_milli)
+def _by_free(free: list[int], req_gpus: int, req_milli: int, most: bool = False) -> list[int]:
+    """Twin of `policy_kernels._take_by_free_kernel`: fitting GPUs, least (or most) free first, lowest
+    index on ties."""
+    fitting = sorted((-f if most else f, g) for g, f in enumerate(free) if f >= req_milli)
     return [g for _, g in fitting[:req_gpus]]
 
 
@@ -95,7 +97,7 @@ def fgd_node(
         return best, best_g
     after_free = list(free)
     if req_gpus > 0 and req_milli > 0:
-        for g in _least_free_fitting(free, req_gpus, req_milli):
+        for g in _by_free(free, req_gpus, req_milli):
             after_free[g] -= req_milli
     return fgd_score(before, node_fragmentation(after_free, cpu_free - req_cpu, model, *typ)), -1
 
@@ -111,7 +113,7 @@ def gpupacking(free: list[int], req_gpus: int, req_milli: int) -> int:
     fully = sum(1 for f in free if f == GPU_MILLI)
     if fully == len(free):
         return max(33 - fully, fully)
-    used = [free[g] for g in _least_free_fitting(free, req_gpus, req_milli)]
+    used = [free[g] for g in _by_free(free, req_gpus, req_milli)]
     fully_used = sum(1 for f in used if f == GPU_MILLI)
     if fully_used:
         return max(50 - fully_used, 33)
@@ -237,10 +239,10 @@ def choose_gpus(
         return
     free = [int(f) for f in gpu_free_milli[n, : int(gpu_count[n])]]
     if not _is_sharing(req_gpus, req_milli):
-        fitting = [g for g, f in enumerate(free) if f >= req_milli]
         if 0 < req_milli < GPU_MILLI:  # several slices per replica: the most free first
-            fitting.sort(key=lambda g: -free[g])  # (stable: lowest index on ties)
-        chosen = fitting[:req_gpus]
+            chosen = _by_free(free, req_gpus, req_milli, most=True)
+        else:
+            chosen = [g for g, f in enumerate(free) if f >= req_milli][:req_gpus]
         out[: len(chosen)] = chosen
         return
     cpu_free = node_cpu_free if node_cpu_free >= 0 else CPU_PLENTY
@@ -256,4 +258,4 @@ def choose_gpus(
         g = dotprod(free, cpu_free, req_gpus, req_milli, req_cpu)[1]
         out[0] = g if g >= 0 else free.index(GPU_MILLI)
     else:
-        out[0] = _least_free_fitting(free, 1, req_milli)[0]
+        out[0] = _by_free(free, 1, req_milli)[0]

@@ -536,30 +536,19 @@ class VictimPool:
 
     def held_by(self, rows: NDArray[np.int64]) -> _Held:
         """What the given rows (replicas) hold: per device (node, GPU index, milli) and per row (CPU
-        milli, memory MiB). Gathered from the jobs for just these rows: a search's bound looks at a
-        few per domain, and building the columns for every candidate cost more than the bound saved
-        on a large pool."""
+        milli, memory MiB), read from the pool's columns (each row's GPUs as bits, each job's milli
+        per device, CPU and memory), as `victim_kernels` reads them at the node level."""
         jobs = self.row_job[rows]
-        offsets = (rows - self.row_start[jobs]).tolist()  # which replica of its job each row is
-        nodes: list[int] = []
-        gpus: list[int] = []
-        milli: list[int] = []
-        cpu: list[int] = []
-        memory: list[int] = []
-        for j, k, node in zip(jobs.tolist(), offsets, self.row_node[rows].tolist(), strict=True):
-            held = self.ordered[j]
-            job = held.job
-            devices = held.placements[k].gpu_indices
-            nodes.extend([node] * len(devices))
-            gpus.extend(devices)
-            milli.extend([job.gpu_milli] * len(devices))
-            cpu.append(job.cpu_milli)
-            memory.append(job.memory_mib)
-
-        def column(values: list[int]) -> NDArray[np.int64]:
-            return np.array(values, dtype=np.int64)
-
-        return column(nodes), column(gpus), column(milli), column(cpu), column(memory)
+        bits = self.row_bits[rows]
+        width = int(bits.max(initial=0)).bit_length()
+        row, gpu = np.nonzero((bits[:, None] >> np.arange(width, dtype=np.int64)) & 1)
+        return (
+            self.row_node[rows][row],
+            gpu.astype(np.int64),
+            self.job_milli[jobs][row],
+            self.job_cpu[jobs],
+            self.job_memory[jobs],
+        )
 
     def labelled(self, state: ClusterState, level: int) -> NDArray[np.bool_]:
         """Nodes that carry a label at `level` (static; computed once per level)."""
